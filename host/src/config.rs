@@ -1,0 +1,663 @@
+//! The worker's TOML configuration.
+//!
+//! Loading runs three steps, and every error names the field it is about:
+//! 1. parse the TOML text;
+//! 2. replace `${NAME}` (or `${NAME:-default}`) in every string value with the environment variable `NAME`;
+//! 3. deserialize into [`Config`] (unknown fields are errors) and check what types cannot express
+//!    (identifiers, column types, limits).
+//!
+//! Relative paths (plugin, RAW directory, SQLite file, input file) are resolved against the directory of the
+//! configuration file, so a config works the same from any working directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::schema::{ColumnType, TableSpec, check_identifier};
+
+/// A configuration error; the message names the field and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A field is wrong.
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// Where the RAW copy of every record goes, before anything else happens to it.
+    pub raw: RawConfig,
+    /// The business rule plugin.
+    pub rule: RuleConfig,
+    /// Where final rows, the ledger, dead letters and checkpoints go.
+    pub sink: SinkConfig,
+    /// Batch limits; a batch is flushed when any limit is reached.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Retries of RAW writes and sink commits.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// One record per line of a file, or of standard input with `path = "-"`.
+    File {
+        /// The input file (relative to the config file), or `-` for standard input.
+        path: String,
+        /// Name of the source partition, used in record ids and checkpoints. Default: the file name
+        /// (`stdin` for standard input).
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+/// `[raw]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawConfig {
+    /// A local directory with the same key layout as the S3 store.
+    Local {
+        /// The directory (relative to the config file); created when missing.
+        dir: PathBuf,
+        /// A key prefix inside the directory, such as `orders/`. Default: none.
+        #[serde(default)]
+        prefix: String,
+    },
+}
+
+/// `[rule]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The plugin: a WebAssembly component implementing `weir:rules@0.1.0` (relative to the config file).
+    pub plugin: PathBuf,
+    /// Settings passed to the rule's `init`. Values are strings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Linear-memory cap of one rule instance, in MiB. Default 64.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline for one call of the rule on one batch, in milliseconds. Default 2000.
+    #[serde(default = "default_batch_deadline_ms")]
+    pub batch_deadline_ms: u64,
+    /// Most rows one record may emit; more rejects the record. Default 10000.
+    #[serde(default = "default_max_rows_per_record")]
+    pub max_rows_per_record: usize,
+    /// Where compiled plugins are cached. Default: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
+    /// `~/.cache/weir`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_memory_limit_mib() -> u64 {
+    64
+}
+fn default_batch_deadline_ms() -> u64 {
+    2000
+}
+fn default_max_rows_per_record() -> usize {
+    10_000
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `sqlite` (embedded default).
+    pub kind: SinkKind,
+    /// The SQLite database file (relative to the config file); created when missing.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The declared tables. Rules may only emit rows for these tables and columns.
+    pub tables: Vec<TableConfig>,
+}
+
+/// Kinds of sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The embedded SQLite sink.
+    Sqlite,
+}
+
+/// `[[sink.tables]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Table name: lowercase letters, digits and `_`, starting with a letter or `_`.
+    pub name: String,
+    /// Primary-key columns; rows are upserted by this key.
+    pub primary_key: Vec<String>,
+    /// Column name → type (`smallint`, `integer`, `bigint`, `decimal(p,s)`, `real`, `double precision`,
+    /// `boolean`, `varchar(n)`, `timestamp`, `timestamptz`, `super`), in declaration order.
+    pub columns: toml::Table,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records in one batch. Default 5000.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Most payload bytes in one batch. Default 4 000 000.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest time a partial batch waits for more records, in milliseconds. Default 250.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Batches buffered between two pipeline stages (backpressure beyond that). Default 2.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+fn default_max_records() -> usize {
+    5000
+}
+fn default_max_bytes() -> usize {
+    4_000_000
+}
+fn default_max_wait_ms() -> u64 {
+    250
+}
+fn default_queue_depth() -> usize {
+    2
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            max_wait_ms: default_max_wait_ms(),
+            queue_depth: default_queue_depth(),
+        }
+    }
+}
+
+/// `[retry]`: transient failures of RAW writes and sink commits are retried with exponential backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts before the worker gives up and stops (nothing is acknowledged). Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds; doubled after each failure. Default 100.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds. Default 30000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_initial_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// A loaded, checked configuration with paths resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration, with relative paths resolved against `base_dir`.
+    pub config: Config,
+    /// The declared tables, parsed.
+    pub tables: Vec<TableSpec>,
+    /// The directory of the config file.
+    pub base_dir: PathBuf,
+}
+
+/// Reads, interpolates, parses and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    parse(&text, &base_dir, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` looks up environment variables. Exposed for tests.
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    interpolate_table(&mut table, "", env)?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let field = if field == "." {
+                "(top level)".to_string()
+            } else {
+                field
+            };
+            ConfigError::field(field, hint(&message))
+        })?;
+    let tables = check(&config)?;
+    resolve_paths(&mut config, base_dir);
+    Ok(Loaded {
+        config,
+        tables,
+        base_dir: base_dir.to_path_buf(),
+    })
+}
+
+/// Adds a fix to serde's message where one is obvious.
+fn hint(message: &str) -> String {
+    if message.starts_with("missing field") {
+        format!("{message}; add it (see examples/quickstart/weir.toml)")
+    } else if message.starts_with("unknown field") {
+        format!("{message}; remove it or fix its spelling")
+    } else if message.starts_with("unknown variant") {
+        format!("{message}; use one of the listed values")
+    } else {
+        message.to_string()
+    }
+}
+
+fn interpolate_table(
+    table: &mut toml::Table,
+    prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        interpolate_value(value, &path, env)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = interpolate(s, path, env)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => interpolate_table(t, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}`; `$${` stays a literal `${`.
+fn interpolate(
+    s: &str,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| {
+                ConfigError::field(
+                    path,
+                    "unterminated `${`; write `${NAME}`, or `$${` for a literal `${`",
+                )
+            })?;
+            let expr = &after[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ConfigError::field(
+                    path,
+                    format!(
+                        "`${{{expr}}}` is not a valid environment variable reference; use letters, digits and `_`"
+                    ),
+                ));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(ConfigError::field(
+                        path,
+                        format!(
+                            "environment variable `{name}` is not set; set it, or write `${{{name}:-default}}`"
+                        ),
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks what serde cannot, and parses the declared tables.
+fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
+    let b = &config.batch;
+    if b.max_records == 0 {
+        return Err(ConfigError::field(
+            "batch.max_records",
+            "must be at least 1",
+        ));
+    }
+    if b.max_bytes == 0 {
+        return Err(ConfigError::field("batch.max_bytes", "must be at least 1"));
+    }
+    if b.queue_depth == 0 {
+        return Err(ConfigError::field(
+            "batch.queue_depth",
+            "must be at least 1",
+        ));
+    }
+    if config.retry.max_attempts == 0 {
+        return Err(ConfigError::field(
+            "retry.max_attempts",
+            "must be at least 1",
+        ));
+    }
+    let r = &config.rule;
+    if r.memory_limit_mib == 0 || r.memory_limit_mib > 4096 {
+        return Err(ConfigError::field(
+            "rule.memory_limit_mib",
+            format!(
+                "{} is out of range; use 1 to 4096 (MiB)",
+                r.memory_limit_mib
+            ),
+        ));
+    }
+    if r.batch_deadline_ms == 0 {
+        return Err(ConfigError::field(
+            "rule.batch_deadline_ms",
+            "must be at least 1 (milliseconds)",
+        ));
+    }
+    if r.plugin.as_os_str().is_empty() {
+        return Err(ConfigError::field(
+            "rule.plugin",
+            "is empty; give the path of the rule's .wasm file",
+        ));
+    }
+    match (&config.sink.kind, &config.sink.path) {
+        (SinkKind::Sqlite, None) => {
+            return Err(ConfigError::field(
+                "sink.path",
+                "missing; the sqlite sink needs the database file, e.g. `path = \"weir.db\"`",
+            ));
+        }
+        (SinkKind::Sqlite, Some(_)) => {}
+    }
+    let SourceConfig::File { path, name } = &config.source;
+    {
+        if path.is_empty() {
+            return Err(ConfigError::field(
+                "source.path",
+                "is empty; give a file, or `-` for standard input",
+            ));
+        }
+        if let Some(name) = name {
+            if name.is_empty() || name.contains('/') {
+                return Err(ConfigError::field(
+                    "source.name",
+                    "must be non-empty and contain no `/`",
+                ));
+            }
+        }
+    }
+    if config.sink.tables.is_empty() {
+        return Err(ConfigError::field(
+            "sink.tables",
+            "no table declared; add a [[sink.tables]] section for each table the rule emits",
+        ));
+    }
+    let mut specs: Vec<TableSpec> = Vec::new();
+    for (i, t) in config.sink.tables.iter().enumerate() {
+        let at = format!("sink.tables[{i}]");
+        check_identifier(&t.name).map_err(|m| ConfigError::field(format!("{at}.name"), m))?;
+        if specs.iter().any(|s| s.name == t.name) {
+            return Err(ConfigError::field(
+                format!("{at}.name"),
+                format!("table `{}` is declared twice", t.name),
+            ));
+        }
+        if t.columns.is_empty() {
+            return Err(ConfigError::field(
+                format!("{at}.columns"),
+                "no columns; declare `columns = { name = \"type\" }`",
+            ));
+        }
+        let mut columns = Vec::new();
+        for (name, ty) in &t.columns {
+            let field = format!("{at}.columns.{name}");
+            check_identifier(name).map_err(|m| ConfigError::field(&field, m))?;
+            let ty = ty.as_str().ok_or_else(|| {
+                ConfigError::field(&field, "the type must be a string such as \"varchar(36)\"")
+            })?;
+            let ty: ColumnType = ty
+                .parse()
+                .map_err(|m: String| ConfigError::field(&field, m))?;
+            columns.push((name.clone(), ty));
+        }
+        if t.primary_key.is_empty() {
+            return Err(ConfigError::field(
+                format!("{at}.primary_key"),
+                "empty; name the columns that identify a row, e.g. `primary_key = [\"id\"]`",
+            ));
+        }
+        for key in &t.primary_key {
+            if !columns.iter().any(|(c, _)| c == key) {
+                return Err(ConfigError::field(
+                    format!("{at}.primary_key"),
+                    format!(
+                        "`{key}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                        t.name
+                    ),
+                ));
+            }
+        }
+        specs.push(TableSpec::new(
+            t.name.clone(),
+            columns,
+            t.primary_key.clone(),
+        ));
+    }
+    Ok(specs)
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let join = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    config.rule.plugin = join(&config.rule.plugin);
+    if let Some(dir) = &config.rule.cache_dir {
+        config.rule.cache_dir = Some(join(dir));
+    }
+    if let Some(p) = &config.sink.path {
+        config.sink.path = Some(join(p));
+    }
+    match &mut config.raw {
+        RawConfig::Local { dir, .. } => *dir = join(dir),
+    }
+    match &mut config.source {
+        SourceConfig::File { path, .. } => {
+            if path != "-" {
+                *path = join(Path::new(path)).to_string_lossy().into_owned();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+kind = "file"
+path = "in.jsonl"
+[raw]
+kind = "local"
+dir = "raw"
+[rule]
+plugin = "rule.wasm"
+settings = { currency = "${CUR:-EUR}" }
+[sink]
+kind = "sqlite"
+path = "${DB}"
+[[sink.tables]]
+name = "orders"
+primary_key = ["id"]
+columns = { id = "varchar(36)", total = "decimal(18,2)" }
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "DB").then(|| "w.db".to_string())
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("/base"), Path::new("t.toml"), &env)
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// A good config loads, interpolates and resolves paths against the config's directory.
+    #[test]
+    fn good_config_loads() {
+        let l = parse(GOOD, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+        assert_eq!(l.config.sink.path.as_deref(), Some(Path::new("/base/w.db")));
+        assert_eq!(l.config.rule.settings["currency"], "EUR");
+        assert_eq!(l.tables[0].columns.len(), 2);
+        assert_eq!(l.config.batch.max_records, 5000);
+    }
+
+    /// Each malformed config names the offending field.
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("[batch]", "") + "[batch]\nmax_record = 5\n",
+                "batch.max_record",
+            ),
+            (
+                GOOD.replace("decimal(18,2)", "money"),
+                "sink.tables[0].columns.total",
+            ),
+            (GOOD.replace("\"${DB}\"", "\"${NOPE}\""), "sink.path"),
+            (
+                GOOD.replace("kind = \"sqlite\"", "kind = \"oracle\""),
+                "sink.kind",
+            ),
+            (
+                GOOD.replace("primary_key = [\"id\"]", "primary_key = [\"oid\"]"),
+                "sink.tables[0].primary_key",
+            ),
+            (GOOD.replace("plugin = \"rule.wasm\"\n", ""), "rule"),
+            (
+                GOOD.replace("name = \"orders\"", "name = \"drop table\""),
+                "sink.tables[0].name",
+            ),
+            (
+                GOOD.replace(
+                    "[[sink.tables]]",
+                    "[batch]\nmax_records = 0\n[[sink.tables]]",
+                ),
+                "batch.max_records",
+            ),
+            (GOOD.replace("kind = \"file\"", "kind = \"ftp\""), "source"),
+        ];
+        for (text, field) in cases {
+            let message = err(&text);
+            assert!(
+                message.contains(&format!("`{field}")),
+                "{message:?} should name {field}"
+            );
+        }
+    }
+
+    /// Interpolation handles defaults, literals and missing variables.
+    #[test]
+    fn interpolation() {
+        let e = |n: &str| (n == "A").then(|| "1".to_string());
+        assert_eq!(interpolate("x${A}y", "f", &e).unwrap(), "x1y");
+        assert_eq!(interpolate("${B:-2}", "f", &e).unwrap(), "2");
+        assert_eq!(interpolate("$${A} $5", "f", &e).unwrap(), "${A} $5");
+        assert!(
+            interpolate("${B}", "f", &e)
+                .unwrap_err()
+                .to_string()
+                .contains("`B` is not set")
+        );
+        assert!(interpolate("${A", "f", &e).is_err());
+    }
+}

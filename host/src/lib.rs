@@ -1,0 +1,25 @@
+//! weir: ETL worker fleets whose business rules are WebAssembly plugins.
+//!
+//! Data flows one way — `Source → RawStore → Rules → Sink → Ack` — and a source position is acknowledged only
+//! after the RAW copy and the final rows have committed.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, `${ENV}` interpolation, checks that name the field.
+//! - [`record`]: records and batches.
+//! - [`source`]: where records come from (`file`: lines of a file or stdin).
+//! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory).
+//! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox and the outcome checks.
+//! - [`schema`]: declared tables and column types, the value checks.
+//! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`).
+//! - [`pipeline`]: batching, bounded channels, retries, acknowledgements, the run summary.
+//! - [`worker`]: builds a pipeline from a configuration; what `weir run` and `weir validate` use.
+
+pub mod config;
+pub mod pipeline;
+pub mod raw;
+pub mod record;
+pub mod rules;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod worker;

@@ -1,0 +1,352 @@
+//! The `weir` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use weir::config;
+use weir::rules::validate::{self, RecordOutcome};
+use weir::rules::{Outcome, RuleLimits, RuleRuntime, SourceRecord, Value};
+use weir::source::Source as _;
+use weir::source::file::FileSource;
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "ETL workers whose business rules are WebAssembly plugins"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline of a configuration until its input ends or SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a configuration: fields, plugin contract and init, sink reachable, tables match.
+    Validate {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Work with rule plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run every line of an input file through a plugin and show each outcome.
+    Test {
+        /// The plugin (.wasm component).
+        plugin: PathBuf,
+        /// Input file, one record per line (`-` for stdin).
+        #[arg(long)]
+        input: String,
+        /// A configuration whose declared tables (and rule settings and limits) check the outcomes.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// A rule setting `name=value` (repeatable; overrides the configuration's).
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}`: write a setting as name=value"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,sqlx=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { config } => run(&config).await,
+        Command::Validate { config } => validate_config(&config).await,
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    input,
+                    config,
+                    settings,
+                    json,
+                },
+        } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
+    }
+}
+
+async fn run(path: &Path) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "signal received: finishing the in-flight batch (signal again to exit at once)"
+        );
+        let _ = stop.send(true);
+        wait_for_signal().await;
+        // Safe: nothing is acknowledged before its commit, so the next start resumes from the checkpoint.
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    let summary = weir::worker::run(&loaded, shutdown).await?;
+    print!("{}", summary.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn validate_config(path: &Path) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    println!("config: ok ({} tables declared)", loaded.tables.len());
+    let runtime = weir::worker::runtime(&loaded)?;
+    let rule = weir::worker::load_rule(&runtime, &loaded)?;
+    println!(
+        "rule: ok ({}, contract {}, sha256 {})",
+        rule.path().display(),
+        weir::rules::CONTRACT,
+        rule.digest()
+    );
+    let sink = weir::worker::check_sink(&loaded).await?;
+    println!("sink: ok ({})", sink);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin_test(
+    plugin: &Path,
+    input: &str,
+    config_path: Option<&Path>,
+    extra_settings: Vec<(String, String)>,
+    json: bool,
+) -> Result<ExitCode> {
+    let loaded = config_path.map(config::load).transpose()?;
+    let (mut limits, mut settings) = (
+        RuleLimits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(2),
+        },
+        Vec::new(),
+    );
+    if let Some(l) = &loaded {
+        limits.memory_bytes = (l.config.rule.memory_limit_mib as usize) << 20;
+        limits.deadline = Duration::from_millis(l.config.rule.batch_deadline_ms);
+        settings = l
+            .config
+            .rule
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    for (k, v) in extra_settings {
+        settings.retain(|(name, _)| *name != k);
+        settings.push((k, v));
+    }
+    let runtime = RuleRuntime::new(RuleRuntime::default_cache_dir())?;
+    let rule = runtime.load(plugin, limits, settings)?;
+    let mut source = FileSource::open(input, None)
+        .await
+        .context("opening the input")?;
+    let mut records: Vec<SourceRecord> = Vec::new();
+    while let Some(p) = source.next().await? {
+        records.push(p.record);
+    }
+    let raw = tokio::task::spawn_blocking({
+        let records = records.clone();
+        move || rule.process("plugin-test", &records)
+    })
+    .await?;
+
+    let mut shown = Vec::with_capacity(records.len());
+    for (record, raw) in records.iter().zip(raw) {
+        // With a configuration, the host's checks apply exactly as in a pipeline run.
+        let verdict = loaded
+            .as_ref()
+            .map(|l| validate::check(raw.clone(), &l.tables, l.config.rule.max_rows_per_record));
+        let entry = match (raw, verdict) {
+            (_, Some(RecordOutcome::Reject(stage, reason))) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": stage.as_str(), "reason": reason})
+            }
+            (Err(reason), _) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "sandbox", "reason": reason})
+            }
+            (Ok(Outcome::Reject(reason)), _) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "rule", "reason": reason})
+            }
+            (Ok(Outcome::Drop(reason)), _) => {
+                serde_json::json!({"id": record.id, "outcome": "drop", "reason": reason})
+            }
+            (Ok(Outcome::Emit(rows)), _) => {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        let cells: serde_json::Map<String, serde_json::Value> = r
+                            .cells
+                            .iter()
+                            .map(|(k, v)| (k.clone(), value_json(v)))
+                            .collect();
+                        serde_json::json!({"table": r.table, "cells": cells})
+                    })
+                    .collect();
+                serde_json::json!({"id": record.id, "outcome": "emit", "rows": rows})
+            }
+        };
+        shown.push(entry);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        print!("{}", outcome_table(&shown));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+        Value::Integer(i) => (*i).into(),
+        Value::Float(x) => (*x).into(),
+        Value::Decimal(s) | Value::Text(s) => s.clone().into(),
+        Value::TimestampUs(us) => weir::schema::format_timestamp_us(*us).into(),
+        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
+    }
+}
+
+/// One line per record (and one per emitted row), in aligned columns.
+fn outcome_table(shown: &[serde_json::Value]) -> String {
+    let mut lines: Vec<[String; 3]> = vec![["RECORD".into(), "OUTCOME".into(), "DETAIL".into()]];
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    for e in shown {
+        let id = text(&e["id"]);
+        let outcome = text(&e["outcome"]);
+        match outcome.as_str() {
+            "emit" => {
+                let rows = e["rows"].as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    lines.push([id.clone(), outcome.clone(), "(no rows)".into()]);
+                }
+                for (i, r) in rows.iter().enumerate() {
+                    let cells: Vec<String> = r["cells"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                        .unwrap_or_default();
+                    let first = if i == 0 {
+                        (id.clone(), outcome.clone())
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    lines.push([
+                        first.0,
+                        first.1,
+                        format!("{}: {}", text(&r["table"]), cells.join(", ")),
+                    ]);
+                }
+            }
+            "reject" => lines.push([
+                id,
+                format!("reject ({})", text(&e["stage"])),
+                text(&e["reason"]),
+            ]),
+            _ => lines.push([id, outcome, text(&e["reason"])]),
+        }
+    }
+    let w0 = lines
+        .iter()
+        .map(|l| l[0].chars().count())
+        .max()
+        .unwrap_or(0);
+    let w1 = lines
+        .iter()
+        .map(|l| l[1].chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for l in &lines {
+        out.push_str(&format!("{:w0$}  {:w1$}  {}\n", l[0], l[1], l[2]));
+    }
+    let count = |o: &str| shown.iter().filter(|e| e["outcome"] == o).count();
+    out.push_str(&format!(
+        "\n{} records: {} emitted, {} dropped, {} rejected\n",
+        shown.len(),
+        count("emit"),
+        count("drop"),
+        count("reject")
+    ));
+    out
+}

@@ -1,0 +1,464 @@
+//! The pipeline: `Source → RawStore → Rules → Sink → Ack`, one direction, one task per stage.
+//!
+//! Stages are joined by bounded channels (`batch.queue_depth`), so a slow sink slows the source down instead
+//! of piling batches up in memory. The pipeline owns batching, retries with backoff, the dead-letter path and
+//! acknowledgements; backends do only their own I/O.
+//!
+//! Exactly-once final state: RAW keys are deterministic, rows are upserted by primary key, and the
+//! checkpoint compare-and-set commits in the same transaction as the rows. A batch is acknowledged to the
+//! source only after that commit, so a crash anywhere leads to a retry that leaves the same final state.
+//!
+//! Shutdown: when the `shutdown` signal fires, the batcher stops reading, hands on the records it already
+//! has as a last batch, and every stage drains and exits after the last commit.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::{BatchConfig, RetryConfig};
+use crate::raw::RawStore;
+use crate::record::Batch;
+use crate::rules::RulePlugin;
+use crate::rules::validate::{self, RecordOutcome};
+use crate::schema::TableSpec;
+use crate::sink::{Commit, Load, Sink, SinkError};
+use crate::source::Source;
+
+/// Why a pipeline stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// RAW could not be written after all retries.
+    #[error("RAW write of batch {batch} failed after {attempts} attempts: {message}")]
+    Raw {
+        batch: String,
+        attempts: u32,
+        message: String,
+    },
+    /// The sink failed permanently or after all retries.
+    #[error("commit of batch {batch} failed after {attempts} attempts: {message}")]
+    Sink {
+        batch: String,
+        attempts: u32,
+        message: String,
+    },
+    /// Another worker owns the partition.
+    #[error(
+        "partition {partition} of {source_name} is owned by another worker (checkpoint moved); giving it up"
+    )]
+    NotOwner {
+        source_name: String,
+        partition: String,
+    },
+    /// A stage task failed.
+    #[error("pipeline stage failed: {0}")]
+    Stage(String),
+}
+
+/// What a run did, for the end-of-run summary.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Batches committed.
+    pub batches: usize,
+    /// Records read and committed.
+    pub records_in: usize,
+    /// Rows upserted per table.
+    pub rows: BTreeMap<String, usize>,
+    /// Records dropped, by reason.
+    pub dropped: BTreeMap<String, usize>,
+    /// Records rejected (dead-lettered), by reason.
+    pub rejected: BTreeMap<String, usize>,
+    /// Where RAW went.
+    pub raw: String,
+    /// Where rows and dead letters went.
+    pub sink: String,
+}
+
+impl Summary {
+    fn add(&mut self, tables: &[TableSpec], outcomes: &[RecordOutcome]) {
+        self.batches += 1;
+        self.records_in += outcomes.len();
+        for o in outcomes {
+            match o {
+                RecordOutcome::Emit(rows) => {
+                    for row in rows {
+                        *self.rows.entry(tables[row.table].name.clone()).or_default() += 1;
+                    }
+                }
+                RecordOutcome::Drop(r) => *self.dropped.entry(r.clone()).or_default() += 1,
+                RecordOutcome::Reject(_, r) => *self.rejected.entry(r.clone()).or_default() += 1,
+            }
+        }
+    }
+
+    /// The summary as text for a terminal.
+    pub fn render(&self) -> String {
+        let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
+        let mut s = format!(
+            "records in: {} in {} batches\n",
+            self.records_in, self.batches
+        );
+        s.push_str("rows upserted:\n");
+        if self.rows.is_empty() {
+            s.push_str("  (none)\n");
+        }
+        for (t, n) in &self.rows {
+            s.push_str(&format!("  {t}: {n}\n"));
+        }
+        s.push_str(&format!("dropped: {}\n", total(&self.dropped)));
+        for (r, n) in &self.dropped {
+            s.push_str(&format!("  {n} × {r}\n"));
+        }
+        s.push_str(&format!("rejected: {}\n", total(&self.rejected)));
+        for (r, n) in &self.rejected {
+            s.push_str(&format!("  {n} × {r}\n"));
+        }
+        s.push_str(&format!("RAW copies: {}\n", self.raw));
+        s.push_str(&format!(
+            "rows, ledger and dead letters: {} (table weir_dead_letters)\n",
+            self.sink
+        ));
+        s
+    }
+}
+
+/// Everything a pipeline run needs.
+pub struct Pipeline {
+    /// The source partition to read.
+    pub source: Box<dyn Source>,
+    /// Where RAW goes.
+    pub raw: Arc<dyn RawStore>,
+    /// The rule.
+    pub rule: Arc<RulePlugin>,
+    /// Where rows go.
+    pub sink: Arc<dyn Sink>,
+    /// The declared tables.
+    pub tables: Arc<Vec<TableSpec>>,
+    /// Batch limits.
+    pub batch: BatchConfig,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Most rows per record.
+    pub max_rows_per_record: usize,
+}
+
+/// A batch after RAW, with its references.
+struct Archived {
+    batch: Batch,
+    raw_refs: Vec<String>,
+}
+
+/// A batch after the rules.
+struct Processed {
+    batch: Batch,
+    raw_refs: Vec<String>,
+    outcomes: Vec<RecordOutcome>,
+}
+
+impl Pipeline {
+    /// Runs until the source ends or `shutdown` becomes true; returns what was committed.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<Summary, PipelineError> {
+        let Pipeline {
+            mut source,
+            raw,
+            rule,
+            sink,
+            tables,
+            batch,
+            retry,
+            max_rows_per_record,
+        } = self;
+        let source_name = source.source().to_string();
+        let partition = source.partition().to_string();
+        let position = retrying(&retry, "read checkpoint", || {
+            sink.checkpoint(&source_name, &partition)
+        })
+        .await
+        .map_err(|(attempts, e)| PipelineError::Sink {
+            batch: "(checkpoint)".into(),
+            attempts,
+            message: e.to_string(),
+        })?;
+        source.seek(&position).await?;
+        tracing::info!(source = %source_name, partition = %partition, checkpoint = %position, "starting");
+
+        let depth = batch.queue_depth;
+        let (to_raw, from_batcher) = mpsc::channel::<Batch>(depth);
+        let (to_rules, from_raw) = mpsc::channel::<Archived>(depth);
+        let (to_sink, from_rules) = mpsc::channel::<Processed>(depth);
+        let mut summary = Summary {
+            raw: raw.describe(),
+            sink: sink.describe(),
+            ..Summary::default()
+        };
+        let acker = source.acker();
+
+        let batcher = tokio::spawn(batcher(source, position, batch, to_raw, shutdown));
+        let raw_stage = tokio::spawn(raw_stage(raw, retry.clone(), from_batcher, to_rules));
+        let rules_stage = tokio::spawn(rules_stage(
+            rule.clone(),
+            tables.clone(),
+            max_rows_per_record,
+            from_raw,
+            to_sink,
+        ));
+        let sink_result = sink_stage(
+            sink,
+            rule.digest().to_string(),
+            tables,
+            retry,
+            from_rules,
+            acker,
+            &mut summary,
+        )
+        .await;
+        // When the sink stage stops early, the channels close and the other stages end on their own.
+        let joined = |r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r {
+            Ok(inner) => inner,
+            Err(e) => Err(PipelineError::Stage(e.to_string())),
+        };
+        sink_result?;
+        joined(batcher.await)?;
+        joined(raw_stage.await)?;
+        joined(rules_stage.await)?;
+        Ok(summary)
+    }
+}
+
+/// Groups records into batches by count, bytes and wait time.
+async fn batcher(
+    mut source: Box<dyn Source>,
+    mut prev_position: String,
+    limits: BatchConfig,
+    out: mpsc::Sender<Batch>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let source_name = source.source().to_string();
+    let partition = source.partition().to_string();
+    let max_wait = Duration::from_millis(limits.max_wait_ms);
+    let mut pending: Option<Batch> = None;
+    let mut ended = false;
+    while !ended {
+        let deadline = pending
+            .as_ref()
+            .map(|b| tokio::time::Instant::from_std(b.started + max_wait));
+        let flush = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => {
+                tracing::info!(source = %source_name, partition = %partition, "shutdown: finishing the in-flight batch");
+                ended = true;
+                true
+            }
+            _ = sleep_until(deadline) => true,
+            next = source.next() => match next? {
+                None => {
+                    ended = true;
+                    true
+                }
+                Some(polled) => {
+                    let b = pending.get_or_insert_with(|| Batch {
+                        id: String::new(),
+                        source: source_name.clone(),
+                        partition: partition.clone(),
+                        prev_position: prev_position.clone(),
+                        positions: Vec::new(),
+                        records: Vec::new(),
+                        bytes: 0,
+                        started: Instant::now(),
+                    });
+                    b.bytes += polled.record.payload.len();
+                    b.records.push(polled.record);
+                    b.positions.push(polled.position);
+                    b.records.len() >= limits.max_records || b.bytes >= limits.max_bytes
+                }
+            },
+        };
+        if flush && let Some(mut b) = pending.take() {
+            b.id = Batch::make_id(
+                &b.source,
+                &b.partition,
+                b.first_position(),
+                b.last_position(),
+            );
+            prev_position = b.last_position().to_string();
+            if out.send(b).await.is_err() {
+                return Ok(()); // a later stage stopped; it reports why
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when shutdown is requested; never, if the sender is gone without asking.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn raw_stage(
+    raw: Arc<dyn RawStore>,
+    retry: RetryConfig,
+    mut input: mpsc::Receiver<Batch>,
+    out: mpsc::Sender<Archived>,
+) -> Result<(), PipelineError> {
+    while let Some(batch) = input.recv().await {
+        let span = tracing::info_span!("raw", batch = %batch.id, partition = %batch.partition);
+        let raw_refs = retrying(&retry, "RAW write", || raw.put(&batch))
+            .instrument(span)
+            .await
+            .map_err(|(attempts, e)| PipelineError::Raw {
+                batch: batch.id.clone(),
+                attempts,
+                message: e.to_string(),
+            })?;
+        if out.send(Archived { batch, raw_refs }).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn rules_stage(
+    rule: Arc<RulePlugin>,
+    tables: Arc<Vec<TableSpec>>,
+    max_rows: usize,
+    mut input: mpsc::Receiver<Archived>,
+    out: mpsc::Sender<Processed>,
+) -> Result<(), PipelineError> {
+    while let Some(Archived { batch, raw_refs }) = input.recv().await {
+        let rule = rule.clone();
+        let tables = tables.clone();
+        let (batch, outcomes) = tokio::task::spawn_blocking(move || {
+            let outcomes: Vec<RecordOutcome> = rule
+                .process(&batch.id, &batch.records)
+                .into_iter()
+                .map(|raw| validate::check(raw, &tables, max_rows))
+                .collect();
+            (batch, outcomes)
+        })
+        .await
+        .map_err(|e| PipelineError::Stage(format!("rule stage: {e}")))?;
+        if out
+            .send(Processed {
+                batch,
+                raw_refs,
+                outcomes,
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn sink_stage(
+    sink: Arc<dyn Sink>,
+    rule_digest: String,
+    tables: Arc<Vec<TableSpec>>,
+    retry: RetryConfig,
+    mut input: mpsc::Receiver<Processed>,
+    mut acker: Box<dyn crate::source::Acker>,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    while let Some(p) = input.recv().await {
+        let span = tracing::info_span!("load", batch = %p.batch.id, partition = %p.batch.partition);
+        let load = Load {
+            batch: &p.batch,
+            raw_refs: &p.raw_refs,
+            outcomes: &p.outcomes,
+            tables: &tables,
+            rule_digest: &rule_digest,
+            loaded_at_us: chrono::Utc::now().timestamp_micros(),
+        };
+        let commit = retrying(&retry, "commit", || sink.commit(&load))
+            .instrument(span.clone())
+            .await
+            .map_err(|(attempts, e)| PipelineError::Sink {
+                batch: p.batch.id.clone(),
+                attempts,
+                message: e.to_string(),
+            })?;
+        if commit == Commit::NotOwner {
+            return Err(PipelineError::NotOwner {
+                source_name: p.batch.source.clone(),
+                partition: p.batch.partition.clone(),
+            });
+        }
+        acker.ack(&p.batch).instrument(span.clone()).await?;
+        summary.add(&tables, &p.outcomes);
+        let c = load.counts();
+        span.in_scope(|| {
+            tracing::info!(
+                records = c.records_in,
+                emitted = c.emitted,
+                dropped = c.dropped,
+                rejected = c.rejected,
+                rows = c.rows_out,
+                ms = p.batch.started.elapsed().as_millis() as u64,
+                "committed"
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Errors that say whether a retry may help.
+pub trait Retryable: std::fmt::Display {
+    /// Whether to retry.
+    fn is_transient(&self) -> bool;
+}
+
+impl Retryable for SinkError {
+    fn is_transient(&self) -> bool {
+        SinkError::is_transient(self)
+    }
+}
+
+impl Retryable for crate::raw::RawError {
+    fn is_transient(&self) -> bool {
+        matches!(self, crate::raw::RawError::Io { .. })
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or runs out of attempts, with exponential backoff.
+/// Returns the number of attempts with the last error.
+pub async fn retrying<T, E: Retryable, F, Fut>(
+    policy: &RetryConfig,
+    what: &str,
+    mut op: F,
+) -> Result<T, (u32, E)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(policy.initial_backoff_ms);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < policy.max_attempts => {
+                tracing::warn!(attempt, backoff_ms = backoff.as_millis() as u64, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(policy.max_backoff_ms));
+                attempt += 1;
+            }
+            Err(e) => return Err((attempt, e)),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The local-directory RAW store: the S3 layout on a local disk. Objects are written to a temporary file,
+//! synced, then renamed into place, so a crash never leaves a half-written object under a final key.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tracing::Instrument;
+
+use super::{RawError, RawLine, RawStore};
+use crate::record::Batch;
+
+/// RAW objects under a directory.
+pub struct LocalRaw {
+    dir: PathBuf,
+    prefix: String,
+}
+
+impl LocalRaw {
+    /// A store under `dir` with key `prefix`.
+    pub fn new(dir: PathBuf, prefix: String) -> Self {
+        LocalRaw { dir, prefix }
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> RawError {
+        RawError::Io {
+            store: self.dir.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl RawStore for LocalRaw {
+    async fn put(&self, batch: &Batch) -> Result<Vec<String>, RawError> {
+        let key = super::object_key(&self.prefix, batch);
+        let path = self.dir.join(&key);
+        let span = tracing::debug_span!("local_raw.put", key = %key, records = batch.records.len());
+        let bytes = super::encode(batch);
+        let write = move || -> std::io::Result<()> {
+            let parent = path.parent().expect("keys have folders");
+            std::fs::create_dir_all(parent)?;
+            let tmp = parent.join(format!(
+                ".{}.{}.tmp",
+                path.file_name().unwrap().to_string_lossy(),
+                std::process::id()
+            ));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(parent)?.sync_all()
+        };
+        tokio::task::spawn_blocking(write)
+            .instrument(span)
+            .await
+            .map_err(|e| self.io(e))?
+            .map_err(|e| self.io(e))?;
+        Ok(super::refs(&key, batch))
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<RawLine>, RawError> {
+        let bytes = tokio::fs::read(self.dir.join(key))
+            .await
+            .map_err(|e| self.io(format!("{key}: {e}")))?;
+        super::decode(key, &bytes)
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.dir.join(&self.prefix).display())
+    }
+}

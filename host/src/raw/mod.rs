@@ -1,0 +1,144 @@
+//! RAW stores: the untouched copy of every record, written before anything else happens to it.
+//!
+//! Every store uses the same deterministic layout, so a retried batch rewrites the same object and RAW can be
+//! queried in place by Athena, Spark, Glue or Redshift Spectrum:
+//!
+//! `{prefix}source={source}/dt={yyyy-mm-dd}/hour={hh}/{partition}-{first}-{last}.jsonl.gz`
+//!
+//! The date comes from the first record's source timestamp, never the wall clock. Each object is gzip JSON
+//! lines, one [`RawLine`] per record in batch order; a record's RAW reference is `{key}#{line}` (1-based).
+
+pub mod local;
+
+use std::io::{Read, Write};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::record::Batch;
+
+/// A RAW store failure (retried with backoff by the pipeline).
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    /// Writing or reading failed.
+    #[error("RAW store {store}: {message}")]
+    Io { store: String, message: String },
+    /// An object is not valid RAW.
+    #[error("RAW object {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// Stores RAW copies.
+#[async_trait]
+pub trait RawStore: Send + Sync {
+    /// Stores the batch durably and returns one RAW reference per record. Idempotent: the same batch always
+    /// goes to the same key with the same bytes.
+    async fn put(&self, batch: &Batch) -> Result<Vec<String>, RawError>;
+
+    /// Reads back the records of one object.
+    async fn get(&self, key: &str) -> Result<Vec<RawLine>, RawError>;
+
+    /// Where RAW goes, for people.
+    fn describe(&self) -> String;
+}
+
+/// One record in a RAW object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawLine {
+    /// The record id.
+    pub id: String,
+    /// The record's source position.
+    pub position: String,
+    /// The source partition key.
+    pub partition_key: String,
+    /// Source arrival time, ms since the epoch.
+    pub arrived_at_ms: i64,
+    /// Source attributes as name/value pairs.
+    pub attributes: Vec<(String, String)>,
+    /// The payload: the text itself when it is valid UTF-8, else base64.
+    pub payload: String,
+    /// `utf8` or `base64`.
+    pub payload_encoding: String,
+}
+
+impl RawLine {
+    /// The payload bytes exactly as received.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, String> {
+        match self.payload_encoding.as_str() {
+            "utf8" => Ok(self.payload.clone().into_bytes()),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("unknown payload_encoding `{other}`")),
+        }
+    }
+}
+
+/// The object key of a batch.
+pub fn object_key(prefix: &str, batch: &Batch) -> String {
+    let ms = batch.records.first().map(|r| r.arrived_at_ms).unwrap_or(0);
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let safe = |s: &str| s.replace(['/', '\\'], "_");
+    format!(
+        "{prefix}source={}/dt={}/hour={}/{}-{}-{}.jsonl.gz",
+        safe(&batch.source),
+        t.format("%Y-%m-%d"),
+        t.format("%H"),
+        safe(&batch.partition),
+        safe(batch.first_position()),
+        safe(batch.last_position()),
+    )
+}
+
+/// Encodes a batch as gzip JSON lines (deterministic bytes: no timestamp in the gzip header).
+pub fn encode(batch: &Batch) -> Vec<u8> {
+    let mut gz = flate2::GzBuilder::new().write(
+        Vec::with_capacity(batch.bytes / 3 + 64),
+        flate2::Compression::fast(),
+    );
+    for (record, position) in batch.records.iter().zip(&batch.positions) {
+        let (payload, payload_encoding) = match std::str::from_utf8(&record.payload) {
+            Ok(text) => (text.to_string(), "utf8"),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(&record.payload),
+                "base64",
+            ),
+        };
+        let line = RawLine {
+            id: record.id.clone(),
+            position: position.clone(),
+            partition_key: record.partition_key.clone(),
+            arrived_at_ms: record.arrived_at_ms,
+            attributes: record.attributes.clone(),
+            payload,
+            payload_encoding: payload_encoding.into(),
+        };
+        serde_json::to_writer(&mut gz, &line).expect("RAW lines serialize");
+        gz.write_all(b"\n").expect("writing to memory");
+    }
+    gz.finish().expect("writing to memory")
+}
+
+/// Decodes a gzip JSON-lines object.
+pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
+    let corrupt = |message: String| RawError::Corrupt {
+        key: key.to_string(),
+        message,
+    };
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .map_err(|e| corrupt(e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| corrupt(format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// The RAW references of a batch stored under `key`.
+pub fn refs(key: &str, batch: &Batch) -> Vec<String> {
+    (1..=batch.records.len())
+        .map(|n| format!("{key}#{n}"))
+        .collect()
+}

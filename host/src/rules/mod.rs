@@ -1,0 +1,467 @@
+//! The rule runtime: business rules as sandboxed WebAssembly components.
+//!
+//! - One [`RuleRuntime`] per process holds the wasmtime `Engine` (epoch interruption on, a ticker thread
+//!   advancing the epoch) and the `Linker` with the host imports and a locked-down WASI (no filesystem,
+//!   environment, network or clock beyond what WASI requires).
+//! - [`RuleRuntime::load`] compiles a plugin once — or loads it from the on-disk cache of precompiled
+//!   components, keyed by the wasm digest and the engine's settings — into a [`RulePlugin`] holding an
+//!   `InstancePre`.
+//! - Each instance lives in its own `Store` with a linear-memory cap; each call gets a deadline. Healthy
+//!   instances are reused across batches; an instance that trapped is thrown away.
+//! - [`RulePlugin::process`] never fails a batch because of one record: when a call traps, runs past its
+//!   deadline, hits the memory cap or returns the wrong number of outcomes, the batch is split in halves and
+//!   re-run on fresh instances until the guilty records are isolated; those are rejected with the reason and
+//!   the others get their normal outcome.
+
+mod bindings;
+mod stderr;
+pub mod validate;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use bindings::weir::rules::host::Level;
+pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
+use bindings::{Rule, RulePre};
+use stderr::GuestOutput;
+
+/// The contract version this host implements.
+pub const CONTRACT: &str = "weir:rules@0.1.0";
+
+/// How often the epoch advances; deadlines are rounded up to this.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors loading or starting a rule. Record-level failures are never errors: they become rejects.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The plugin file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a valid component.
+    #[error("plugin {path} is not a valid WebAssembly component: {message}")]
+    Compile { path: PathBuf, message: String },
+    /// The component does not implement this host's contract.
+    #[error(
+        "plugin {path} does not implement the {CONTRACT} contract this weir supports: {message}. \
+         Rebuild it against the wit/ folder of this weir version"
+    )]
+    Incompatible { path: PathBuf, message: String },
+    /// The rule's `init` refused its settings or failed.
+    #[error("rule {path} failed to initialize: {message}")]
+    Init { path: PathBuf, message: String },
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// Per-rule sandbox limits.
+#[derive(Debug, Clone)]
+pub struct RuleLimits {
+    /// Linear-memory cap of one instance, in bytes.
+    pub memory_bytes: usize,
+    /// Deadline of one call.
+    pub deadline: Duration,
+}
+
+/// The process-wide runtime. Cheap to share by reference; create one.
+pub struct RuleRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl RuleRuntime {
+    /// An engine with epoch interruption and a ticker thread; `cache_dir` holds precompiled components
+    /// (`None` disables the cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| RuleError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        Ok(RuleRuntime {
+            engine,
+            linker,
+            cache_dir,
+        })
+    }
+
+    /// The default cache directory: `$WEIR_CACHE_DIR`, `$XDG_CACHE_HOME/weir`, or `~/.cache/weir`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("WEIR_CACHE_DIR") {
+            return Some(PathBuf::from(d));
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(d).join("weir"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("weir"))
+    }
+
+    /// Loads a plugin, checks its contract, and initializes one instance with `settings` (a failing `init`
+    /// is reported here, at start, rather than on the first batch).
+    pub fn load(
+        &self,
+        path: &Path,
+        limits: RuleLimits,
+        settings: Vec<(String, String)>,
+    ) -> Result<RulePlugin, RuleError> {
+        let wasm = std::fs::read(path).map_err(|source| RuleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let digest = hex(&Sha256::digest(&wasm));
+        let component = self.compile_cached(path, &wasm, &digest)?;
+        let incompatible = |e: wasmtime::Error| RuleError::Incompatible {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(incompatible)?;
+        let pre = RulePre::new(pre).map_err(incompatible)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rule".into());
+        let plugin = RulePlugin {
+            pre,
+            engine: self.engine.clone(),
+            digest,
+            name,
+            path: path.to_path_buf(),
+            limits,
+            settings,
+            idle: Mutex::new(Vec::new()),
+        };
+        let instance = plugin
+            .instantiate("init")
+            .map_err(|message| RuleError::Init {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        plugin.checkin(instance);
+        Ok(plugin)
+    }
+
+    fn compile_cached(
+        &self,
+        path: &Path,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<Component, RuleError> {
+        let compile_err = |e: wasmtime::Error| RuleError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, wasm).map_err(compile_err);
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            // SAFETY: the file was written by `precompile_component` of an engine with the same settings
+            // (its name carries the engine's compatibility hash) into weir's own cache directory.
+            match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached component")
+                }
+            }
+        }
+        let started = Instant::now();
+        let bytes = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(compile_err)?;
+        tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
+        let stored = std::fs::create_dir_all(dir).and_then(|()| {
+            let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &file)
+        });
+        if let Err(e) = stored {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the plugin cache; continuing without it");
+        }
+        // SAFETY: `bytes` was just produced by `precompile_component` on this engine.
+        unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(compile_err)
+    }
+}
+
+/// Hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Store data of one instance.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    output: GuestOutput,
+    /// Plugin name and batch id, for the guest's log lines.
+    plugin: String,
+    batch_id: String,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::weir::rules::types::Host for HostState {}
+
+impl bindings::weir::rules::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let (plugin, batch) = (&self.plugin, &self.batch_id);
+        match level {
+            Level::Trace => tracing::trace!(plugin, batch, "{message}"),
+            Level::Debug => tracing::debug!(plugin, batch, "{message}"),
+            Level::Info => tracing::info!(plugin, batch, "{message}"),
+            Level::Warn => tracing::warn!(plugin, batch, "{message}"),
+            Level::Error => tracing::error!(plugin, batch, "{message}"),
+        }
+    }
+
+    fn count(&mut self, metric: String, delta: u64) {
+        tracing::trace!(plugin = %self.plugin, batch = %self.batch_id, metric, delta, "rule counter");
+    }
+}
+
+/// Caps linear memory; growing past the cap traps with a clear message instead of returning -1 to the guest.
+struct MemoryCap {
+    max_bytes: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            wasmtime::bail!(
+                "memory limit exceeded: the rule asked for {} MiB, the limit is {} MiB",
+                desired.div_ceil(1 << 20),
+                self.max_bytes >> 20
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// One live instance in its own store.
+struct Instance {
+    store: Store<HostState>,
+    rule: Rule,
+}
+
+/// A loaded plugin. `process` is blocking: call it from a blocking thread.
+pub struct RulePlugin {
+    pre: RulePre<HostState>,
+    engine: Engine,
+    digest: String,
+    name: String,
+    path: PathBuf,
+    limits: RuleLimits,
+    settings: Vec<(String, String)>,
+    /// Healthy instances ready for the next batch.
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// The result of running one record through the rule, before validation.
+pub type RawOutcome = Result<Outcome, String>;
+
+impl RulePlugin {
+    /// SHA-256 of the plugin's wasm bytes: the rule version recorded with every batch and row.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The plugin's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn instantiate(&self, batch_id: &str) -> Result<Instance, String> {
+        let output = GuestOutput::default();
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(output.clone())
+            .stdout(output.clone())
+            .allow_tcp(false)
+            .allow_udp(false);
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max_bytes: self.limits.memory_bytes,
+            },
+            output,
+            plugin: self.name.clone(),
+            batch_id: batch_id.to_string(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let rule = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.describe(&mut store, e))?;
+        match rule.call_init(&mut store, &self.settings) {
+            Ok(Ok(())) => Ok(Instance { store, rule }),
+            Ok(Err(message)) => Err(message),
+            Err(e) => Err(self.describe(&mut store, e)),
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.deadline.as_micros() as u64)
+            .div_ceil(EPOCH_TICK.as_micros() as u64)
+            .max(1)
+    }
+
+    fn checkout(&self, batch_id: &str) -> Result<Instance, String> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.instantiate(batch_id)?,
+        };
+        instance.store.data_mut().batch_id = batch_id.to_string();
+        Ok(instance)
+    }
+
+    fn checkin(&self, instance: Instance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(instance);
+    }
+
+    /// A readable reason for a failed call, with what the guest printed (a Rust panic message, say).
+    fn describe(&self, store: &mut Store<HostState>, error: wasmtime::Error) -> String {
+        let printed = store.data().output.take();
+        let reason = match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!(
+                "rule deadline of {} ms exceeded",
+                self.limits.deadline.as_millis()
+            ),
+            Some(trap) => format!("rule trapped: {trap}"),
+            None => {
+                let text = format!("{error:#}");
+                if text.contains("memory limit exceeded") {
+                    format!("rule {}", text.lines().next().unwrap_or(&text))
+                } else {
+                    format!("rule failed: {}", text.lines().next().unwrap_or(&text))
+                }
+            }
+        };
+        if printed.is_empty() {
+            reason
+        } else {
+            format!("{reason}; rule output: {printed}")
+        }
+    }
+
+    /// One call on one instance; `Err` is a failure of the whole call.
+    fn call(&self, batch_id: &str, records: &[SourceRecord]) -> Result<Vec<Outcome>, String> {
+        let mut instance = self.checkout(batch_id)?;
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        let result = instance.rule.call_process(&mut instance.store, records);
+        let printed = instance.store.data().output.take();
+        match result {
+            Ok(outcomes) if outcomes.len() == records.len() => {
+                if !printed.is_empty() {
+                    tracing::info!(plugin = %self.name, batch = batch_id, output = %printed, "rule output");
+                }
+                self.checkin(instance);
+                Ok(outcomes)
+            }
+            Ok(outcomes) => Err(format!(
+                "rule returned {} outcomes for {} records (it must return exactly one per record)",
+                outcomes.len(),
+                records.len()
+            )),
+            Err(e) => {
+                let mut reason = self.describe(&mut instance.store, e);
+                if !printed.is_empty() {
+                    reason.push_str(&format!("; rule output: {printed}"));
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Runs `records` through the rule. Always returns exactly one entry per record: the rule's outcome, or
+    /// `Err(reason)` for a record that made the rule trap, time out, exceed its memory or miscount.
+    pub fn process(&self, batch_id: &str, records: &[SourceRecord]) -> Vec<RawOutcome> {
+        let _span = tracing::debug_span!("rule", plugin = %self.name, batch = batch_id, records = records.len()).entered();
+        let mut out = Vec::with_capacity(records.len());
+        self.bisect(batch_id, records, &mut out);
+        out
+    }
+
+    fn bisect(&self, batch_id: &str, records: &[SourceRecord], out: &mut Vec<RawOutcome>) {
+        if records.is_empty() {
+            return;
+        }
+        match self.call(batch_id, records) {
+            Ok(outcomes) => out.extend(outcomes.into_iter().map(Ok)),
+            Err(reason) if records.len() == 1 => {
+                tracing::warn!(plugin = %self.name, batch = batch_id, record = %records[0].id, %reason, "record rejected by the sandbox");
+                out.push(Err(reason));
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    plugin = %self.name, batch = batch_id, records = records.len(), %reason,
+                    "rule call failed; splitting the batch to isolate the failing records"
+                );
+                let (left, right) = records.split_at(records.len() / 2);
+                self.bisect(batch_id, left, out);
+                self.bisect(batch_id, right, out);
+            }
+        }
+    }
+}

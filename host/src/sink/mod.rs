@@ -1,0 +1,143 @@
+//! Sinks: where final rows go, together with weir's own bookkeeping.
+//!
+//! A sink commits one batch in one transaction: the final rows (upserted by primary key, with lineage
+//! columns), the dead letters, one ledger row, and the checkpoint compare-and-set. If the compare-and-set
+//! matches no row, another worker owns the partition and the whole transaction is rolled back.
+//!
+//! Tables the sink owns (see the design notes):
+//! - `weir_checkpoints(source, partition, position, owner, lease_expires_at, updated_at)`
+//! - `weir_batches(batch_id, source, partition, first_position, last_position, raw_ref, rule_digest,
+//!   records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at)`
+//! - `weir_dead_letters(record_id, batch_id, raw_ref, stage, reason, payload_preview, at)`
+//!
+//! and every declared table gets `_weir_record_id`, `_weir_batch_id`, `_weir_rule_digest`, `_weir_loaded_at`.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::record::Batch;
+use crate::rules::validate::RecordOutcome;
+use crate::schema::TableSpec;
+
+/// A sink failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: connection loss, lock contention, serialization failure.
+    #[error("sink (transient): {0}")]
+    Transient(String),
+    /// Not worth retrying.
+    #[error("sink: {0}")]
+    Permanent(String),
+    /// The database's tables do not match the configuration.
+    #[error("sink schema mismatch: {0}")]
+    Schema(String),
+}
+
+impl SinkError {
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Transient(_))
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Everything committed; the batch may be acknowledged.
+    Committed,
+    /// The checkpoint moved under us: another worker owns the partition. Nothing was written.
+    NotOwner,
+}
+
+/// One batch ready to load.
+pub struct Load<'a> {
+    /// The batch (records, positions, ids).
+    pub batch: &'a Batch,
+    /// One RAW reference per record.
+    pub raw_refs: &'a [String],
+    /// One checked outcome per record.
+    pub outcomes: &'a [RecordOutcome],
+    /// The declared tables (`CheckedRow::table` indexes this).
+    pub tables: &'a [TableSpec],
+    /// SHA-256 of the rule that produced the outcomes.
+    pub rule_digest: &'a str,
+    /// Commit time bound from the client (µs since the epoch), never the database's clock.
+    pub loaded_at_us: i64,
+}
+
+/// Counts of one batch, as stored in the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records in the batch.
+    pub records_in: usize,
+    /// Records that emitted rows (possibly zero rows).
+    pub emitted: usize,
+    /// Records dropped.
+    pub dropped: usize,
+    /// Records rejected.
+    pub rejected: usize,
+    /// Rows emitted, all tables.
+    pub rows_out: usize,
+    /// Drop reason → count.
+    pub drop_reasons: BTreeMap<String, usize>,
+}
+
+impl Load<'_> {
+    /// The ledger counts of this batch.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts {
+            records_in: self.outcomes.len(),
+            ..Counts::default()
+        };
+        for o in self.outcomes {
+            match o {
+                RecordOutcome::Emit(rows) => {
+                    c.emitted += 1;
+                    c.rows_out += rows.len();
+                }
+                RecordOutcome::Drop(reason) => {
+                    c.dropped += 1;
+                    *c.drop_reasons.entry(reason.clone()).or_default() += 1;
+                }
+                RecordOutcome::Reject(..) => c.rejected += 1,
+            }
+        }
+        c
+    }
+
+    /// The RAW object of the batch (the references without their `#line`).
+    pub fn raw_object(&self) -> &str {
+        self.raw_refs
+            .first()
+            .and_then(|r| r.rsplit_once('#'))
+            .map(|(k, _)| k)
+            .unwrap_or("")
+    }
+}
+
+/// The first bytes of a payload, as text, for a dead letter (the full record is in RAW).
+pub fn payload_preview(payload: &[u8]) -> String {
+    let cut = &payload[..payload.len().min(256)];
+    String::from_utf8_lossy(cut).replace('\0', "\u{FFFD}")
+}
+
+/// A sink.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Checks existing tables against the declaration (a mismatch is an error naming table, column and
+    /// expected type). With `create`, creates weir's tables and missing declared tables; without, returns the
+    /// names of the tables that do not exist yet.
+    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError>;
+
+    /// The committed checkpoint of a partition (empty when none), creating its row when missing.
+    async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError>;
+
+    /// Commits one batch in one transaction.
+    async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError>;
+
+    /// Where data goes, for people.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,423 @@
+//! The embedded SQLite sink (sqlx): the default for trying weir without any server.
+//!
+//! Column types keep the declared weir type in SQLite's declared type while getting the right storage
+//! affinity: decimals, timestamps and `super` are stored as text (`DECIMAL TEXT(18,2)`, `TIMESTAMPTZ TEXT`,
+//! `SUPER TEXT`), so decimals stay exact (`44.90`), timestamps are ISO 8601 UTC with microseconds, and JSON
+//! stays JSON. Rows are upserted with SQLite's own `INSERT … ON CONFLICT DO UPDATE` (this file only: it is
+//! not Redshift SQL). Only declared, checked identifiers (see `schema::check_identifier`) are ever formatted
+//! into SQL text; every value is a bind parameter.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite};
+use std::sync::Arc;
+use tracing::Instrument;
+
+use super::{Commit, Load, Sink, SinkError, payload_preview};
+use crate::rules::validate::RecordOutcome;
+use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
+
+/// The SQLite sink.
+pub struct SqliteSink {
+    pool: SqlitePool,
+    path: PathBuf,
+    /// Upsert statement per declared table, built once by `prepare`.
+    upserts: std::sync::OnceLock<Vec<Arc<str>>>,
+}
+
+fn classify(e: sqlx::Error) -> SinkError {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => SinkError::Transient(e.to_string()),
+        sqlx::Error::Database(db)
+            if matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "261" | "262" | "517")
+            ) =>
+        {
+            SinkError::Transient(e.to_string())
+        }
+        _ => SinkError::Permanent(e.to_string()),
+    }
+}
+
+/// The SQLite declared type of a weir column type.
+pub fn sqlite_type(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::SmallInt => "SMALLINT".into(),
+        ColumnType::Integer => "INTEGER".into(),
+        ColumnType::BigInt => "BIGINT".into(),
+        ColumnType::Decimal { precision, scale } => format!("DECIMAL TEXT({precision},{scale})"),
+        ColumnType::Real => "REAL".into(),
+        ColumnType::Double => "DOUBLE PRECISION".into(),
+        ColumnType::Boolean => "BOOLEAN".into(),
+        ColumnType::Varchar(n) => format!("VARCHAR({n})"),
+        ColumnType::Timestamp => "TIMESTAMP TEXT".into(),
+        ColumnType::TimestampTz => "TIMESTAMPTZ TEXT".into(),
+        ColumnType::Super => "SUPER TEXT".into(),
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+const WEIR_TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS weir_checkpoints (
+    source VARCHAR(256) NOT NULL,
+    "partition" VARCHAR(256) NOT NULL,
+    position VARCHAR(256) NOT NULL,
+    owner VARCHAR(256),
+    lease_expires_at TIMESTAMPTZ TEXT,
+    updated_at TIMESTAMPTZ TEXT NOT NULL,
+    PRIMARY KEY (source, "partition")
+);
+CREATE TABLE IF NOT EXISTS weir_batches (
+    batch_id VARCHAR(1024) PRIMARY KEY,
+    source VARCHAR(256) NOT NULL,
+    "partition" VARCHAR(256) NOT NULL,
+    first_position VARCHAR(256) NOT NULL,
+    last_position VARCHAR(256) NOT NULL,
+    raw_ref VARCHAR(1024) NOT NULL,
+    rule_digest VARCHAR(64) NOT NULL,
+    records_in INTEGER NOT NULL,
+    emitted INTEGER NOT NULL,
+    dropped INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    rows_out INTEGER NOT NULL,
+    drop_reasons VARCHAR(65535) NOT NULL,
+    loaded_at TIMESTAMPTZ TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS weir_dead_letters (
+    record_id VARCHAR(1024) PRIMARY KEY,
+    batch_id VARCHAR(1024) NOT NULL,
+    raw_ref VARCHAR(1024) NOT NULL,
+    stage VARCHAR(32) NOT NULL,
+    reason VARCHAR(65535) NOT NULL,
+    payload_preview VARCHAR(1024) NOT NULL,
+    at TIMESTAMPTZ TEXT NOT NULL
+);
+"#;
+
+impl SqliteSink {
+    /// Opens (creating when missing) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self, SinkError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SinkError::Permanent(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(classify)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                SinkError::Permanent(format!(
+                    "cannot open SQLite database {}: {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(SqliteSink {
+            pool,
+            path: path.to_path_buf(),
+            upserts: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The connection pool, for tests and reports.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn check_table(&self, spec: &TableSpec) -> Result<bool, SinkError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "PRAGMA table_info({})",
+            quote(&spec.name)
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let existing: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("name"),
+                    r.get::<String, _>("type").to_ascii_uppercase(),
+                )
+            })
+            .collect();
+        for (column, ty) in &spec.columns {
+            let want = sqlite_type(*ty);
+            match existing.iter().find(|(n, _)| n == column) {
+                None => {
+                    return Err(SinkError::Schema(format!(
+                        "table {}, column {column}: missing in {}; the config declares {ty}. Add the column or \
+                         remove it from the config",
+                        spec.name,
+                        self.path.display()
+                    )));
+                }
+                Some((_, have)) if *have != want => {
+                    return Err(SinkError::Schema(format!(
+                        "table {}, column {column}: the database has type {have}, the config declares {ty} \
+                         (expected {want})",
+                        spec.name
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        for lineage in LINEAGE_COLUMNS {
+            if !existing.iter().any(|(n, _)| n == lineage) {
+                return Err(SinkError::Schema(format!(
+                    "table {}: lineage column {lineage} is missing; the table was not created by weir",
+                    spec.name
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    fn create_sql(spec: &TableSpec) -> String {
+        let mut cols: Vec<String> = spec
+            .columns
+            .iter()
+            .map(|(c, ty)| {
+                let not_null = if spec.is_key(c) { " NOT NULL" } else { "" };
+                format!("{} {}{not_null}", quote(c), sqlite_type(*ty))
+            })
+            .collect();
+        cols.push("_weir_record_id VARCHAR(1024) NOT NULL".into());
+        cols.push("_weir_batch_id VARCHAR(1024) NOT NULL".into());
+        cols.push("_weir_rule_digest VARCHAR(64) NOT NULL".into());
+        cols.push("_weir_loaded_at TIMESTAMPTZ TEXT NOT NULL".into());
+        let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
+        format!(
+            "CREATE TABLE {} (\n    {},\n    PRIMARY KEY ({})\n)",
+            quote(&spec.name),
+            cols.join(",\n    "),
+            key.join(", ")
+        )
+    }
+
+    fn upsert_sql(spec: &TableSpec) -> String {
+        let mut names: Vec<String> = spec.columns.iter().map(|(c, _)| quote(c)).collect();
+        names.extend(LINEAGE_COLUMNS.iter().map(|c| c.to_string()));
+        let marks = vec!["?"; names.len()].join(", ");
+        let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
+        let updates: Vec<String> = spec
+            .columns
+            .iter()
+            .filter(|(c, _)| !spec.is_key(c))
+            .map(|(c, _)| quote(c))
+            .chain(LINEAGE_COLUMNS.iter().map(|c| c.to_string()))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO UPDATE SET {}",
+            quote(&spec.name),
+            names.join(", "),
+            key.join(", "),
+            updates.join(", ")
+        )
+    }
+}
+
+fn bind_cell<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    cell: &'q Cell,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    match cell {
+        Cell::Null => q.bind(None::<String>),
+        Cell::Bool(b) => q.bind(*b),
+        Cell::Int(i) => q.bind(*i),
+        Cell::Float(x) => q.bind(*x),
+        Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => q.bind(s.as_str()),
+        Cell::TimestampUs(us) => q.bind(format_timestamp_us(*us)),
+    }
+}
+
+#[async_trait]
+impl Sink for SqliteSink {
+    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
+        if create {
+            sqlx::raw_sql(WEIR_TABLES)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+        }
+        let mut missing = Vec::new();
+        for spec in tables {
+            if self.check_table(spec).await? {
+                continue;
+            }
+            if create {
+                sqlx::query(AssertSqlSafe(Self::create_sql(spec)))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                tracing::info!(table = %spec.name, db = %self.path.display(), "created table");
+            } else {
+                missing.push(spec.name.clone());
+            }
+        }
+        let _ = self.upserts.set(
+            tables
+                .iter()
+                .map(|t| Arc::from(Self::upsert_sql(t)))
+                .collect(),
+        );
+        Ok(missing)
+    }
+
+    async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
+        let now = format_timestamp_us(chrono::Utc::now().timestamp_micros());
+        sqlx::query(
+            r#"INSERT INTO weir_checkpoints (source, "partition", position, updated_at) VALUES (?, ?, '', ?)
+               ON CONFLICT (source, "partition") DO NOTHING"#,
+        )
+        .bind(source)
+        .bind(partition)
+        .bind(&now)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        let row = sqlx::query(
+            r#"SELECT position FROM weir_checkpoints WHERE source = ? AND "partition" = ?"#,
+        )
+        .bind(source)
+        .bind(partition)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(row.get(0))
+    }
+
+    async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError> {
+        let span = tracing::debug_span!("sqlite.commit", batch = %load.batch.id, records = load.batch.records.len());
+        self.commit_batch(load).instrument(span).await
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite database {}", self.path.display())
+    }
+}
+
+impl SqliteSink {
+    async fn commit_batch(&self, load: &Load<'_>) -> Result<Commit, SinkError> {
+        let batch = load.batch;
+        let upserts = self
+            .upserts
+            .get()
+            .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
+        let loaded_at = format_timestamp_us(load.loaded_at_us);
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+
+        // Compare-and-set first: if another worker moved the checkpoint, write nothing.
+        let moved = sqlx::query(
+            r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
+               WHERE source = ? AND "partition" = ? AND position = ?"#,
+        )
+        .bind(batch.last_position())
+        .bind(&loaded_at)
+        .bind(&batch.source)
+        .bind(&batch.partition)
+        .bind(&batch.prev_position)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if moved.rows_affected() != 1 {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(Commit::NotOwner);
+        }
+
+        for ((record, outcome), raw_ref) in
+            batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
+        {
+            match outcome {
+                RecordOutcome::Emit(rows) => {
+                    for row in rows {
+                        let mut q = sqlx::query(AssertSqlSafe(upserts[row.table].clone()));
+                        for cell in &row.cells {
+                            q = bind_cell(q, cell);
+                        }
+                        q.bind(&record.id)
+                            .bind(&batch.id)
+                            .bind(load.rule_digest)
+                            .bind(&loaded_at)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                    }
+                }
+                RecordOutcome::Reject(stage, reason) => {
+                    sqlx::query(
+                        "INSERT INTO weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?)
+                         ON CONFLICT (record_id) DO UPDATE SET batch_id = excluded.batch_id, raw_ref = excluded.raw_ref,
+                           stage = excluded.stage, reason = excluded.reason,
+                           payload_preview = excluded.payload_preview, at = excluded.at",
+                    )
+                    .bind(&record.id)
+                    .bind(&batch.id)
+                    .bind(raw_ref)
+                    .bind(stage.as_str())
+                    .bind(reason)
+                    .bind(payload_preview(&record.payload))
+                    .bind(&loaded_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+                RecordOutcome::Drop(_) => {}
+            }
+        }
+
+        let c = load.counts();
+        let drop_reasons =
+            serde_json::to_string(&c.drop_reasons).expect("a map of strings serializes");
+        sqlx::query(
+            r#"INSERT INTO weir_batches (batch_id, source, "partition", first_position, last_position, raw_ref,
+                 rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"#,
+        )
+        .bind(&batch.id)
+        .bind(&batch.source)
+        .bind(&batch.partition)
+        .bind(batch.first_position())
+        .bind(batch.last_position())
+        .bind(load.raw_object())
+        .bind(load.rule_digest)
+        .bind(c.records_in as i64)
+        .bind(c.emitted as i64)
+        .bind(c.dropped as i64)
+        .bind(c.rejected as i64)
+        .bind(c.rows_out as i64)
+        .bind(drop_reasons)
+        .bind(&loaded_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+
+        tx.commit().await.map_err(classify)?;
+        Ok(Commit::Committed)
+    }
+}

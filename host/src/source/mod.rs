@@ -1,0 +1,58 @@
+//! Sources: where records come from.
+//!
+//! A source reads one partition and hands out one record at a time; the pipeline does the batching. Records
+//! are acknowledged through the source's [`Acker`] only after their batch has committed.
+
+pub mod file;
+
+use async_trait::async_trait;
+
+use crate::record::{Batch, Polled};
+
+/// A source failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading failed.
+    #[error("source {source_name}: {message}")]
+    Io {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// Reads records from one partition.
+#[async_trait]
+pub trait Source: Send {
+    /// The source label used in record ids, checkpoints and RAW keys, e.g. `file`.
+    fn source(&self) -> &str;
+
+    /// The partition this reader owns.
+    fn partition(&self) -> &str;
+
+    /// Skips every record at or before the committed `position` (empty: start from the beginning).
+    async fn seek(&mut self, position: &str) -> Result<(), SourceError>;
+
+    /// The next record, waiting for one if needed; `None` when the input has ended.
+    /// Must be cancel-safe: a call dropped before it returns loses no record.
+    async fn next(&mut self) -> Result<Option<Polled>, SourceError>;
+
+    /// The handle that acknowledges committed batches.
+    fn acker(&self) -> Box<dyn Acker>;
+}
+
+/// Acknowledges committed batches to the source (SQS delete, in-memory Kinesis position).
+#[async_trait]
+pub trait Acker: Send {
+    /// Called once per batch, after its commit.
+    async fn ack(&mut self, batch: &Batch) -> Result<(), SourceError>;
+}
+
+/// For sources whose durable position is the sink's checkpoint: nothing more to acknowledge.
+pub struct CheckpointOnly;
+
+#[async_trait]
+impl Acker for CheckpointOnly {
+    async fn ack(&mut self, _batch: &Batch) -> Result<(), SourceError> {
+        Ok(())
+    }
+}

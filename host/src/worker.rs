@@ -1,0 +1,122 @@
+//! Builds the pieces of a worker from a loaded configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
+use crate::pipeline::{Pipeline, PipelineError, Summary};
+use crate::raw::{RawStore, local::LocalRaw};
+use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
+use crate::sink::{Sink, SinkError, sqlite::SqliteSink};
+use crate::source::{Source, SourceError, file::FileSource};
+
+/// A failure to start or run a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The rule could not be loaded.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The sink could not be opened or prepared.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The source could not be opened.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The pipeline stopped.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Loads the rule of a configuration.
+pub fn load_rule(runtime: &RuleRuntime, loaded: &Loaded) -> Result<RulePlugin, RuleError> {
+    let r = &loaded.config.rule;
+    let limits = RuleLimits {
+        memory_bytes: (r.memory_limit_mib as usize) << 20,
+        deadline: Duration::from_millis(r.batch_deadline_ms),
+    };
+    let settings = r
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    runtime.load(&r.plugin, limits, settings)
+}
+
+/// The rule runtime for a configuration (its cache directory).
+pub fn runtime(loaded: &Loaded) -> Result<RuleRuntime, RuleError> {
+    let cache = loaded
+        .config
+        .rule
+        .cache_dir
+        .clone()
+        .or_else(RuleRuntime::default_cache_dir);
+    RuleRuntime::new(cache)
+}
+
+async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match loaded.config.sink.kind {
+        SinkKind::Sqlite => {
+            let path = loaded.config.sink.path.as_ref().expect("checked by config");
+            Arc::new(SqliteSink::open(path).await?)
+        }
+    })
+}
+
+/// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
+pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
+    let sink = connect_sink(loaded).await?;
+    sink.prepare(&loaded.tables, true).await?;
+    Ok(sink)
+}
+
+/// Connects to the sink and checks existing tables without creating anything; describes the result.
+pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
+    let sink = connect_sink(loaded).await?;
+    let missing = sink.prepare(&loaded.tables, false).await?;
+    Ok(if missing.is_empty() {
+        format!("{}; tables match", sink.describe())
+    } else {
+        format!(
+            "{}; tables match, not created yet (weir run creates them): {}",
+            sink.describe(),
+            missing.join(", ")
+        )
+    })
+}
+
+/// Opens the RAW store.
+pub fn open_raw(loaded: &Loaded) -> Arc<dyn RawStore> {
+    match &loaded.config.raw {
+        RawConfig::Local { dir, prefix } => Arc::new(LocalRaw::new(dir.clone(), prefix.clone())),
+    }
+}
+
+/// Opens the source.
+pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError> {
+    match &loaded.config.source {
+        SourceConfig::File { path, name } => {
+            Ok(Box::new(FileSource::open(path, name.clone()).await?))
+        }
+    }
+}
+
+/// Runs one worker to the end of its input or until `shutdown`.
+pub async fn run(
+    loaded: &Loaded,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Summary, WorkerError> {
+    let runtime = runtime(loaded)?;
+    let rule = Arc::new(load_rule(&runtime, loaded)?);
+    let sink = open_sink(loaded).await?;
+    let pipeline = Pipeline {
+        source: open_source(loaded).await?,
+        raw: open_raw(loaded),
+        rule,
+        sink,
+        tables: Arc::new(loaded.tables.clone()),
+        batch: loaded.config.batch.clone(),
+        retry: loaded.config.retry.clone(),
+        max_rows_per_record: loaded.config.rule.max_rows_per_record,
+    };
+    Ok(pipeline.run(shutdown).await?)
+}

@@ -1,0 +1,165 @@
+//! Write weir business rules in Rust.
+//!
+//! A rule is a type that implements [`Rule`]; [`export_rule!`] turns it into a WebAssembly component that
+//! implements the `weir:rules` contract (the WIT files in the repository's `wit/` folder). The generated
+//! bindings stay hidden behind this crate:
+//!
+//! ```ignore
+//! use weir_rule::{Outcome, Rule, RowBuilder, Settings, SourceRecord};
+//!
+//! struct Greetings;
+//!
+//! impl Rule for Greetings {
+//!     fn init(_settings: &Settings) -> Result<Self, String> {
+//!         Ok(Greetings)
+//!     }
+//!     fn process(&mut self, record: &SourceRecord) -> Outcome {
+//!         let Ok(text) = std::str::from_utf8(&record.payload) else {
+//!             return Outcome::Reject("payload: not UTF-8".into());
+//!         };
+//!         Outcome::Emit(vec![RowBuilder::new("greetings").text("text", text).build()])
+//!     }
+//! }
+//!
+//! weir_rule::export_rule!(Greetings);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`.
+//!
+//! Signal bad data with [`Outcome::Reject`] and a reason that names the field. A panic is a trap: the host then
+//! re-runs the batch on fresh instances to find the guilty record, which is correct but slow.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "rule",
+        pub_export_macro: true,
+        export_macro_name: "__export_rule_world",
+        default_bindings_module: "weir_rule::bindings",
+    });
+}
+
+mod row;
+
+pub use bindings::weir::rules::host::Level;
+pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
+pub use row::{RowBuilder, json_to_value, row_from_json};
+
+/// The version of the `weir:rules` contract this SDK implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// The `[rule] settings` table of the worker's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    /// Settings from name/value pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Settings(pairs)
+    }
+
+    /// The value of setting `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All settings as name/value pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// A business rule.
+///
+/// The host creates a fresh instance of the component, calls [`Rule::init`] once, then calls
+/// [`Rule::process_batch`] for batches of records. An instance may be discarded at any time (after a trap,
+/// a deadline, or when the worker scales), so a rule must not rely on state across batches for correctness.
+pub trait Rule: Sized + 'static {
+    /// Builds the rule from its settings. An `Err` stops the worker with that message.
+    fn init(settings: &Settings) -> Result<Self, String>;
+
+    /// Decides what one record becomes.
+    fn process(&mut self, record: &SourceRecord) -> Outcome;
+
+    /// Processes a batch; the default calls [`Rule::process`] for every record, in order.
+    /// Must return exactly one outcome per record.
+    fn process_batch(&mut self, batch: &[SourceRecord]) -> Vec<Outcome> {
+        batch.iter().map(|record| self.process(record)).collect()
+    }
+}
+
+/// Writes a line to the worker's log, tagged with the plugin and the batch.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::weir::rules::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{level:?}: {message}");
+}
+
+/// Adds `delta` to the rule counter `metric`.
+pub fn count(metric: &str, delta: u64) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::weir::rules::host::count(metric, delta);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (metric, delta);
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static RULE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<R: Rule>(settings: Vec<(String, String)>) -> Result<(), String> {
+        let rule = R::init(&Settings::new(settings))?;
+        RULE.with(|cell| *cell.borrow_mut() = Some(Box::new(rule)));
+        Ok(())
+    }
+
+    pub fn process<R: Rule>(batch: Vec<SourceRecord>) -> Vec<Outcome> {
+        RULE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            match slot.as_mut().and_then(|rule| rule.downcast_mut::<R>()) {
+                Some(rule) => rule.process_batch(&batch),
+                None => batch
+                    .iter()
+                    .map(|_| Outcome::Reject("rule: process called before init".into()))
+                    .collect(),
+            }
+        })
+    }
+}
+
+/// Exports a [`Rule`] implementation as the component's `init` and `process` functions.
+///
+/// Use it once, at the top level of the rule crate (a `cdylib`).
+#[macro_export]
+macro_rules! export_rule {
+    ($rule:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __WeirRuleExport;
+            impl $crate::bindings::Guest for __WeirRuleExport {
+                fn init(
+                    settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$rule>(settings)
+                }
+                fn process(
+                    batch: ::std::vec::Vec<$crate::SourceRecord>,
+                ) -> ::std::vec::Vec<$crate::Outcome> {
+                    $crate::__private::process::<$rule>(batch)
+                }
+            }
+    $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
+        };
+    };
+}

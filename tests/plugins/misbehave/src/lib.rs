@@ -1,0 +1,80 @@
+//! A rule that misbehaves on purpose. The payload says what to do:
+//!
+//! | payload   | behaviour                                                              |
+//! |-----------|------------------------------------------------------------------------|
+//! | `ok:ID`   | emit `t(id = ID, n = 1)`                                               |
+//! | `trap`    | panic (a trap)                                                         |
+//! | `loop`    | loop forever (the deadline must stop it)                               |
+//! | `alloc`   | allocate 512 MiB (the memory cap must stop it)                         |
+//! | `badcol`  | emit a row with an undeclared column                                   |
+//! | `badtable`| emit a row for an undeclared, SQL-looking table name                   |
+//! | `badtype` | emit text into the integer column `n`                                  |
+//! | `extra`   | return two outcomes for this one record (a miscount)                   |
+//! | `drop`    | drop with reason `asked to drop`                                       |
+//! | anything else | reject with reason `unknown command`                               |
+
+use weir_rule::{Outcome, RowBuilder, Rule, Settings, SourceRecord, Value};
+
+struct Misbehave;
+
+impl Rule for Misbehave {
+    fn init(_settings: &Settings) -> Result<Self, String> {
+        Ok(Misbehave)
+    }
+
+    fn process(&mut self, record: &SourceRecord) -> Outcome {
+        let payload = String::from_utf8_lossy(&record.payload);
+        let payload = payload.trim();
+        if let Some(id) = payload.strip_prefix("ok:") {
+            return Outcome::Emit(vec![
+                RowBuilder::new("t").text("id", id).integer("n", 1).build(),
+            ]);
+        }
+        match payload {
+            "trap" => panic!("boom on purpose in {}", record.id),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut v: Vec<u8> = Vec::new();
+                v.resize(512 << 20, 1);
+                Outcome::Drop(format!("allocated {}", v.len()))
+            }
+            "badcol" => Outcome::Emit(vec![
+                RowBuilder::new("t")
+                    .text("id", "x")
+                    .text("evil", "1")
+                    .build(),
+            ]),
+            "badtable" => Outcome::Emit(vec![
+                RowBuilder::new("t\"; DROP TABLE t; --")
+                    .text("id", "x")
+                    .build(),
+            ]),
+            "badtype" => Outcome::Emit(vec![
+                RowBuilder::new("t")
+                    .text("id", "x")
+                    .value("n", Value::Text("one".into()))
+                    .build(),
+            ]),
+            "drop" => Outcome::Drop("asked to drop".into()),
+            _ => Outcome::Reject("unknown command".into()),
+        }
+    }
+
+    fn process_batch(&mut self, batch: &[SourceRecord]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(batch.len());
+        for record in batch {
+            if record.payload.trim_ascii() == b"extra" {
+                out.push(Outcome::Drop("one".into()));
+            }
+            out.push(self.process(record));
+        }
+        out
+    }
+}
+
+weir_rule::export_rule!(Misbehave);
