@@ -95,13 +95,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Do not wait for blocking reads that can never finish (an open stdin after a shutdown signal).
+    runtime.shutdown_background();
+    code
 }
 
 fn init_logging(format: LogFormat) {

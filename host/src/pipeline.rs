@@ -315,6 +315,8 @@ async fn raw_stage(
     mut input: mpsc::Receiver<Batch>,
     out: mpsc::Sender<Archived>,
 ) -> Result<(), PipelineError> {
+    let crash = CrashPoint::from_env("raw");
+    let mut done = 0;
     while let Some(batch) = input.recv().await {
         let span = tracing::info_span!("raw", batch = %batch.id, partition = %batch.partition);
         let raw_refs = retrying(&retry, "RAW write", || raw.put(&batch))
@@ -325,6 +327,8 @@ async fn raw_stage(
                 attempts,
                 message: e.to_string(),
             })?;
+        done += 1;
+        CrashPoint::check(crash, done);
         if out.send(Archived { batch, raw_refs }).await.is_err() {
             return Ok(());
         }
@@ -376,6 +380,7 @@ async fn sink_stage(
     mut acker: Box<dyn crate::source::Acker>,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
+    let crash = CrashPoint::from_env("commit");
     while let Some(p) = input.recv().await {
         let span = tracing::info_span!("load", batch = %p.batch.id, partition = %p.batch.partition);
         let load = Load {
@@ -400,6 +405,7 @@ async fn sink_stage(
                 partition: p.batch.partition.clone(),
             });
         }
+        CrashPoint::check(crash, summary.batches + 1);
         acker.ack(&p.batch).instrument(span.clone()).await?;
         summary.add(&tables, &p.outcomes);
         let c = load.counts();
@@ -416,6 +422,34 @@ async fn sink_stage(
         });
     }
     Ok(())
+}
+
+/// A crash injected for recovery tests: `WEIR_CRASH_AFTER=raw:N` aborts the process right after the N-th RAW
+/// write, `commit:N` right after the N-th commit (before its acknowledgement). Unset in production.
+#[derive(Clone, Copy)]
+struct CrashPoint {
+    stage: &'static str,
+    after: usize,
+}
+
+impl CrashPoint {
+    fn from_env(stage: &'static str) -> Option<Self> {
+        let spec = std::env::var("WEIR_CRASH_AFTER").ok()?;
+        let (s, n) = spec.split_once(':')?;
+        (s == stage).then_some(CrashPoint {
+            stage,
+            after: n.parse().ok()?,
+        })
+    }
+
+    fn check(point: Option<Self>, done: usize) {
+        if let Some(p) = point
+            && done == p.after
+        {
+            eprintln!("WEIR_CRASH_AFTER: aborting after {} {}", p.stage, done);
+            std::process::abort();
+        }
+    }
 }
 
 /// Errors that say whether a retry may help.

@@ -390,11 +390,13 @@ impl RulePlugin {
             ),
             Some(trap) => format!("rule trapped: {trap}"),
             None => {
-                let text = format!("{error:#}");
-                if text.contains("memory limit exceeded") {
-                    format!("rule {}", text.lines().next().unwrap_or(&text))
+                // The root cause is the limiter's own message ("memory limit exceeded: …") or the host's.
+                let root = error.root_cause().to_string();
+                let root = root.lines().next().unwrap_or_default();
+                if root.starts_with("memory limit exceeded") {
+                    format!("rule {root}")
                 } else {
-                    format!("rule failed: {}", text.lines().next().unwrap_or(&text))
+                    format!("rule failed: {root}")
                 }
             }
         };

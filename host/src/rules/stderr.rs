@@ -31,10 +31,16 @@ impl GuestOutput {
         b.discarded += bytes.len() - keep;
     }
 
-    /// Takes what was written so far, as text, leaving the buffer empty.
+    /// Takes what was written so far as one line of text, leaving the buffer empty.
     pub fn take(&self) -> String {
         let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = String::from_utf8_lossy(&b.bytes).trim_end().to_string();
+        // One line per call, for logs and dead-letter reasons; Rust's backtrace hint is noise here.
+        let mut text = String::from_utf8_lossy(&b.bytes)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+            .collect::<Vec<_>>()
+            .join(" ");
         if b.discarded > 0 {
             text.push_str(&format!(" [... {} more bytes]", b.discarded));
         }
