@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a used one:
+#   scripts/test.sh
+# Installs what is missing (the wasm32-wasip2 target), builds the plugins once, then runs every test:
+# the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
+# Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
+# one machine (and CI's fresh clones) reuse them.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Compiled plugins are cached per test run's target dir, never in the user's home.
+export WEIR_CACHE_DIR=${WEIR_CACHE_DIR:-$CARGO_TARGET_DIR/weir-plugin-cache}
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+
+started=$SECONDS
+scripts/build-plugins.sh
+
+echo "==> guest SDK and example rules (native unit tests)"
+(cd plugins && cargo test --locked)
+
+echo "==> host: unit tests, black-box tests, benchmark smoke run"
+cargo test --workspace --locked
+
+echo "==> all tests passed in $((SECONDS - started)) s"
