@@ -16,7 +16,10 @@ fn validate_good_config() {
     let out = weir(&["validate", "-c", config.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rule: ok") && text.contains("contract weir:rules@0.1.0"), "{text}");
+    assert!(
+        text.contains("rule: ok") && text.contains("contract weir:rules@0.1.0"),
+        "{text}"
+    );
     assert!(text.contains("tables match"), "{text}");
 }
 
@@ -27,13 +30,37 @@ fn validate_bad_configs_name_the_field() {
     let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
     std::fs::write(dir.path().join("not-a-component.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let cases: Vec<(String, &str)> = vec![
-        (good.replace("max_wait_ms = 250", "max_wait = 250"), "`batch.max_wait`"),
-        (good.replace("\"decimal(18,2)\", line_count", "\"money\", line_count"), "`sink.tables[0].columns.total`"),
-        (good.replace("${WEIR_QUICKSTART_DB:-out/weir.db}", "${WEIR_TEST_UNSET_VARIABLE}"), "`sink.path`"),
-        (good.replace("kind = \"local\"", "kind = \"ftp\""), "`raw.kind`"),
-        (good.replace("primary_key = [\"order_id\"]", "primary_key = [\"id\"]"), "`sink.tables[0].primary_key`"),
-        (good.replace("memory_limit_mib = 64", "memory_limit_mib = \"lots\""), "`rule.memory_limit_mib`"),
-        (good.replace("max_records = 4", "max_records = 0"), "`batch.max_records`"),
+        (
+            good.replace("max_wait_ms = 250", "max_wait = 250"),
+            "`batch.max_wait`",
+        ),
+        (
+            good.replace("\"decimal(18,2)\", line_count", "\"money\", line_count"),
+            "`sink.tables[0].columns.total`",
+        ),
+        (
+            good.replace(
+                "${WEIR_QUICKSTART_DB:-out/weir.db}",
+                "${WEIR_TEST_UNSET_VARIABLE}",
+            ),
+            "`sink.path`",
+        ),
+        (
+            good.replace("kind = \"local\"", "kind = \"ftp\""),
+            "`raw.kind`",
+        ),
+        (
+            good.replace("primary_key = [\"order_id\"]", "primary_key = [\"id\"]"),
+            "`sink.tables[0].primary_key`",
+        ),
+        (
+            good.replace("memory_limit_mib = 64", "memory_limit_mib = \"lots\""),
+            "`rule.memory_limit_mib`",
+        ),
+        (
+            good.replace("max_records = 4", "max_records = 0"),
+            "`batch.max_records`",
+        ),
     ];
     for (i, (text, field)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
@@ -44,12 +71,18 @@ fn validate_bad_configs_name_the_field() {
         assert!(err.contains(field), "case {i}: {err:?} should name {field}");
     }
     // A file that is not a component is refused at load with a clear message.
-    let text = good.replace(&plugin("orders").display().to_string(), "not-a-component.wasm");
+    let text = good.replace(
+        &plugin("orders").display().to_string(),
+        "not-a-component.wasm",
+    );
     let path = dir.path().join("bad-plugin.toml");
     std::fs::write(&path, text).unwrap();
     let out = weir(&["validate", "-c", path.to_str().unwrap()], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not a valid WebAssembly component"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
 }
 
 /// SIGINT finishes the in-flight batch, commits and exits 0; what was committed is all there.
@@ -58,7 +91,11 @@ async fn sigint_commits_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
     let config = dir.path().join("stdin.toml");
-    std::fs::write(&config, good.replace("path = \"orders.jsonl\"", "path = \"-\"\nname = \"live\"")).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("path = \"orders.jsonl\"", "path = \"-\"\nname = \"live\""),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["run", "-c", config.to_str().unwrap()])
         .env("WEIR_LOG", "warn")
@@ -76,21 +113,40 @@ async fn sigint_commits_and_exits() {
     let started = Instant::now();
     loop {
         if db.exists()
-            && query(&db, "SELECT count(*) FROM sqlite_master WHERE name = 'weir_batches'").await[0][0] == "1"
+            && query(
+                &db,
+                "SELECT count(*) FROM sqlite_master WHERE name = 'weir_batches'",
+            )
+            .await[0][0]
+                == "1"
             && count(&db, "SELECT coalesce(sum(records_in), 0) FROM weir_batches").await == 17
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "records were not committed");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "records were not committed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     drop(stdin);
     assert!(out.status.success(), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("records in: 17"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("records in: 17"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
-    let cp = query(&db, "SELECT position FROM weir_checkpoints WHERE \"partition\" = 'live'").await;
+    let cp = query(
+        &db,
+        "SELECT position FROM weir_checkpoints WHERE \"partition\" = 'live'",
+    )
+    .await;
     assert_eq!(cp[0][0], "17");
 }

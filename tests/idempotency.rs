@@ -7,7 +7,13 @@ use std::path::Path;
 
 use common::*;
 
-const TABLES: [&str; 5] = ["orders", "order_lines", "weir_dead_letters", "weir_batches", "weir_checkpoints"];
+const TABLES: [&str; 5] = [
+    "orders",
+    "order_lines",
+    "weir_dead_letters",
+    "weir_batches",
+    "weir_checkpoints",
+];
 
 async fn clean_run_snapshot() -> std::collections::BTreeMap<String, Vec<Vec<String>>> {
     let dir = tempfile::tempdir().unwrap();
@@ -18,7 +24,9 @@ async fn clean_run_snapshot() -> std::collections::BTreeMap<String, Vec<Vec<Stri
 }
 
 fn run(config: &Path, crash: Option<&str>) -> std::process::Output {
-    let env: Vec<(&str, &str)> = crash.map(|c| vec![("WEIR_CRASH_AFTER", c)]).unwrap_or_default();
+    let env: Vec<(&str, &str)> = crash
+        .map(|c| vec![("WEIR_CRASH_AFTER", c)])
+        .unwrap_or_default();
     weir(&["run", "-c", config.to_str().unwrap()], &env)
 }
 
@@ -36,7 +44,10 @@ async fn same_input_twice_changes_nothing() {
     assert!(again.status.success(), "{}", show(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("records in: 0 in 0 batches"));
     assert_eq!(snapshot(&db, &TABLES).await, first);
-    assert_eq!(query(&db, "SELECT _weir_loaded_at FROM orders ORDER BY order_id").await, loaded_at);
+    assert_eq!(
+        query(&db, "SELECT _weir_loaded_at FROM orders ORDER BY order_id").await,
+        loaded_at
+    );
     assert_eq!(first, expected);
 }
 
@@ -49,12 +60,23 @@ async fn crash_then_restart_matches_a_clean_run() {
         let dir = tempfile::tempdir().unwrap();
         let config = quickstart_in(dir.path());
         let crashed = run(&config, Some(crash));
-        assert!(!crashed.status.success(), "{crash}: the process should have been killed\n{}", show(&crashed));
-        assert!(String::from_utf8_lossy(&crashed.stderr).contains("aborting after"), "{}", show(&crashed));
+        assert!(
+            !crashed.status.success(),
+            "{crash}: the process should have been killed\n{}",
+            show(&crashed)
+        );
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains("aborting after"),
+            "{}",
+            show(&crashed)
+        );
         let restarted = run(&config, None);
         assert!(restarted.status.success(), "{crash}: {}", show(&restarted));
         let got = snapshot(&dir.path().join("out/weir.db"), &TABLES).await;
-        assert_eq!(got, expected, "{crash}: final state differs from a clean run");
+        assert_eq!(
+            got, expected,
+            "{crash}: final state differs from a clean run"
+        );
         // RAW holds every record exactly once (`raw_lines` asserts no duplicates).
         assert_eq!(raw_lines(&dir.path().join("out/raw")).len(), 17, "{crash}");
     }

@@ -49,10 +49,22 @@ async fn guilty_records_only() {
         assert!(out.status.success(), "{}", show(&out));
         let db = dir.path().join("weir.db");
 
-        let ids: Vec<String> = query(&db, "SELECT id FROM t ORDER BY id").await.into_iter().map(|r| r[0].clone()).collect();
-        assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7"], "batch size {max_records}");
+        let ids: Vec<String> = query(&db, "SELECT id FROM t ORDER BY id")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(
+            ids,
+            ["1", "2", "3", "4", "5", "6", "7"],
+            "batch size {max_records}"
+        );
 
-        let dl = query(&db, "SELECT record_id, stage, reason FROM weir_dead_letters").await;
+        let dl = query(
+            &db,
+            "SELECT record_id, stage, reason FROM weir_dead_letters",
+        )
+        .await;
         let dead = |line: usize| {
             dl.iter()
                 .find(|r| r[0] == format!("file/input.txt/{line}"))
@@ -63,20 +75,42 @@ async fn guilty_records_only() {
             (2, "sandbox", "boom on purpose in file/input.txt/2"),
             (4, "sandbox", "rule deadline of 300 ms exceeded"),
             (6, "sandbox", "memory limit exceeded"),
-            (8, "validate", "table t, column `evil`: not a declared column"),
+            (
+                8,
+                "validate",
+                "table t, column `evil`: not a declared column",
+            ),
             (10, "validate", "is not declared in the sink configuration"),
-            (11, "validate", "table t, column n: expected integer, got text"),
+            (
+                11,
+                "validate",
+                "table t, column n: expected integer, got text",
+            ),
             (12, "sandbox", "rule returned 2 outcomes for 1 records"),
         ];
         for (line, stage, reason) in expect {
             let d = dead(line);
             assert_eq!(d[1], stage, "line {line}: {d:?}");
-            assert!(d[2].contains(reason), "line {line}: {:?} lacks {reason:?}", d[2]);
+            assert!(
+                d[2].contains(reason),
+                "line {line}: {:?} lacks {reason:?}",
+                d[2]
+            );
         }
-        assert_eq!(dl.len(), expect.len(), "only the guilty records are rejected: {dl:?}");
+        assert_eq!(
+            dl.len(),
+            expect.len(),
+            "only the guilty records are rejected: {dl:?}"
+        );
         assert_eq!(count(&db, "SELECT sum(dropped) FROM weir_batches").await, 1);
-        assert_eq!(count(&db, "SELECT sum(records_in) FROM weir_batches").await, 15);
+        assert_eq!(
+            count(&db, "SELECT sum(records_in) FROM weir_batches").await,
+            15
+        );
         // The SQL-looking table name never reached SQL: the table is intact.
-        assert_eq!(count(&db, "SELECT count(*) FROM sqlite_master WHERE name = 't'").await, 1);
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM sqlite_master WHERE name = 't'").await,
+            1
+        );
     }
 }

@@ -15,7 +15,9 @@ use weir_rule::Rule as _;
 fn payloads(n: usize) -> Vec<Vec<u8>> {
     let mut seed: u64 = 42;
     let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) as u32
     };
     (0..n)
@@ -47,7 +49,9 @@ fn tables() -> Vec<TableSpec> {
     let t = |name: &str, cols: &[(&str, &str)], key: &[&str]| {
         TableSpec::new(
             name.into(),
-            cols.iter().map(|(c, t)| (c.to_string(), t.parse::<ColumnType>().unwrap())).collect(),
+            cols.iter()
+                .map(|(c, t)| (c.to_string(), t.parse::<ColumnType>().unwrap()))
+                .collect(),
             key.iter().map(|k| k.to_string()).collect(),
         )
     };
@@ -82,7 +86,12 @@ fn tables() -> Vec<TableSpec> {
 }
 
 /// Runs `f` over all records in batches of `size` until at least `min_time` has passed; µs per record.
-fn measure(records: usize, size: usize, min_time: Duration, mut f: impl FnMut(usize, usize)) -> f64 {
+fn measure(
+    records: usize,
+    size: usize,
+    min_time: Duration,
+    mut f: impl FnMut(usize, usize),
+) -> f64 {
     let started = Instant::now();
     let mut done = 0usize;
     loop {
@@ -102,7 +111,11 @@ fn measure(records: usize, size: usize, min_time: Duration, mut f: impl FnMut(us
 
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let (n, min_time) = if smoke { (200, Duration::ZERO) } else { (20_000, Duration::from_secs(3)) };
+    let (n, min_time) = if smoke {
+        (200, Duration::ZERO)
+    } else {
+        (20_000, Duration::from_secs(3))
+    };
     let payloads = payloads(n);
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / n;
 
@@ -117,26 +130,32 @@ fn main() {
             payload: p.clone(),
         })
         .collect();
-    let guest_records: Vec<weir_rule::SourceRecord> = payloads
+    // The same records as the SDK's type, for the native call.
+    let guest_records: Vec<weir_rule::SourceRecord> = host_records
         .iter()
-        .enumerate()
-        .map(|(i, p)| weir_rule::SourceRecord {
-            id: format!("file/bench/{}", i + 1),
-            partition_key: "bench".into(),
-            arrived_at_ms: 0,
-            attributes: vec![],
-            payload: p.clone(),
+        .map(|r| weir_rule::SourceRecord {
+            id: r.id.clone(),
+            partition_key: r.partition_key.clone(),
+            arrived_at_ms: r.arrived_at_ms,
+            attributes: r.attributes.clone(),
+            payload: r.payload.clone(),
         })
         .collect();
 
     let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/orders.wasm");
-    assert!(wasm.exists(), "{} is missing: run scripts/build-plugins.sh", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} is missing: run scripts/build-plugins.sh",
+        wasm.display()
+    );
     let runtime = RuleRuntime::new(RuleRuntime::default_cache_dir()).expect("engine");
     let limits = RuleLimits {
         memory_bytes: 256 << 20,
         deadline: Duration::from_secs(10),
     };
-    let plugin = runtime.load(&wasm, limits, vec![]).expect("orders plugin loads");
+    let plugin = runtime
+        .load(&wasm, limits, vec![])
+        .expect("orders plugin loads");
     let tables = tables();
     let mut native = orders::Orders::init(&weir_rule::Settings::default()).unwrap();
 
@@ -145,7 +164,11 @@ fn main() {
     let native_out = native.process_batch(&guest_records);
     assert_eq!(wasm_out.len(), native_out.len());
     for (w, n) in wasm_out.iter().zip(&native_out) {
-        assert_eq!(format!("{:?}", w.as_ref().unwrap()), format!("{n:?}"), "wasm and native outcomes differ");
+        assert_eq!(
+            format!("{:?}", w.as_ref().unwrap()),
+            format!("{n:?}"),
+            "wasm and native outcomes differ"
+        );
     }
     let rejected = wasm_out
         .into_iter()

@@ -280,7 +280,7 @@ pub fn parse(
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();
             let message = e.into_inner().to_string();
-        let message = message.lines().next().unwrap_or_default().to_string();
+            let message = message.lines().next().unwrap_or_default().to_string();
             let field = if field == "." {
                 "(top level)".to_string()
             } else {

@@ -270,7 +270,7 @@ async fn batcher(
                         positions: Vec::new(),
                         records: Vec::new(),
                         bytes: 0,
-                        started: Instant::now(),
+                        started: Instant::now(), // monotonic, for latency only
                     });
                     b.bytes += polled.record.payload.len();
                     b.records.push(polled.record);
@@ -389,7 +389,7 @@ async fn sink_stage(
             outcomes: &p.outcomes,
             tables: &tables,
             rule_digest: &rule_digest,
-            loaded_at_us: chrono::Utc::now().timestamp_micros(),
+            loaded_at_us: crate::record::wall_clock_us(),
         };
         let commit = retrying(&retry, "commit", || sink.commit(&load))
             .instrument(span.clone())

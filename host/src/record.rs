@@ -1,6 +1,6 @@
 //! Records and batches as they travel through the pipeline.
 
-use std::time::Instant;
+use std::time::{Instant, UNIX_EPOCH};
 
 use crate::rules::SourceRecord;
 
@@ -49,4 +49,13 @@ impl Batch {
     pub fn last_position(&self) -> &str {
         self.positions.last().map(String::as_str).unwrap_or("")
     }
+}
+
+/// The worker's wall clock in µs since the Unix epoch. Timestamps written to a sink are bound from here,
+/// never taken from the database's clock (not portable to Redshift).
+pub fn wall_clock_us() -> i64 {
+    UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }

@@ -10,13 +10,20 @@ use sqlx::{ConnectOptions, Row};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A built plugin component from `plugins/dist/`.
 pub fn plugin(name: &str) -> PathBuf {
     let p = root().join("plugins/dist").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        p.display()
+    );
     p
 }
 
@@ -46,7 +53,10 @@ pub fn quickstart_in(dir: &Path) -> PathBuf {
     std::fs::copy(qs.join("orders.jsonl"), dir.join("orders.jsonl")).unwrap();
     let config = std::fs::read_to_string(qs.join("weir.toml"))
         .unwrap()
-        .replace("../../plugins/dist/orders.wasm", &plugin("orders").display().to_string());
+        .replace(
+            "../../plugins/dist/orders.wasm",
+            &plugin("orders").display().to_string(),
+        );
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).unwrap();
     path
@@ -54,8 +64,16 @@ pub fn quickstart_in(dir: &Path) -> PathBuf {
 
 /// All rows of a query as text (NULL as `NULL`), in the query's order.
 pub async fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let mut conn = SqliteConnectOptions::new().filename(db).read_only(true).connect().await.unwrap();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .connect()
+        .await
+        .unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
     rows.iter()
         .map(|r| {
             (0..r.columns().len())
@@ -66,7 +84,9 @@ pub async fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
                     if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
                         return v.map_or("NULL".into(), |v| v.to_string());
                     }
-                    r.try_get::<Option<f64>, _>(i).unwrap().map_or("NULL".into(), |v| v.to_string())
+                    r.try_get::<Option<f64>, _>(i)
+                        .unwrap()
+                        .map_or("NULL".into(), |v| v.to_string())
                 })
                 .collect()
         })
@@ -107,7 +127,10 @@ pub fn raw_lines(dir: &Path) -> BTreeMap<String, weir::raw::RawLine> {
             } else if p.to_string_lossy().ends_with(".jsonl.gz") {
                 let key = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
                 for line in weir::raw::decode(&key, &std::fs::read(&p).unwrap()).unwrap() {
-                    assert!(out.insert(line.id.clone(), line).is_none(), "a record is archived twice");
+                    assert!(
+                        out.insert(line.id.clone(), line).is_none(),
+                        "a record is archived twice"
+                    );
                 }
             }
         }

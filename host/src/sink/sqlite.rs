@@ -289,7 +289,7 @@ impl Sink for SqliteSink {
     }
 
     async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
-        let now = format_timestamp_us(chrono::Utc::now().timestamp_micros());
+        let now = format_timestamp_us(crate::record::wall_clock_us());
         sqlx::query(
             r#"INSERT INTO weir_checkpoints (source, "partition", position, updated_at) VALUES (?, ?, '', ?)
                ON CONFLICT (source, "partition") DO NOTHING"#,

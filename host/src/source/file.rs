@@ -31,7 +31,8 @@ impl FileSource {
                 (
                     Box::new(tokio::io::stdin()),
                     "stdin".into(),
-                    SystemTime::now(),
+                    // stdin has no source time of its own: the time reading started stands in for it.
+                    UNIX_EPOCH + UNIX_EPOCH.elapsed().unwrap_or_default(),
                 )
             } else {
                 let err = |e: std::io::Error| SourceError::Io {
