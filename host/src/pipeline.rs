@@ -496,3 +496,108 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Polled;
+    use crate::rules::SourceRecord;
+    use crate::source::{Acker, CheckpointOnly, SourceError};
+    use async_trait::async_trait;
+
+    /// An in-memory source: records of the given sizes, then (optionally) silence instead of an end.
+    struct VecSource {
+        sizes: std::vec::IntoIter<usize>,
+        line: u64,
+        then_wait: bool,
+    }
+
+    #[async_trait]
+    impl Source for VecSource {
+        fn source(&self) -> &str {
+            "mem"
+        }
+        fn partition(&self) -> &str {
+            "p"
+        }
+        async fn seek(&mut self, _position: &str) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn next(&mut self) -> Result<Option<Polled>, SourceError> {
+            match self.sizes.next() {
+                Some(size) => {
+                    self.line += 1;
+                    Ok(Some(Polled {
+                        record: SourceRecord {
+                            id: format!("mem/p/{}", self.line),
+                            partition_key: "p".into(),
+                            arrived_at_ms: 0,
+                            attributes: vec![],
+                            payload: vec![b'x'; size],
+                        },
+                        position: self.line.to_string(),
+                    }))
+                }
+                None if self.then_wait => std::future::pending().await,
+                None => Ok(None),
+            }
+        }
+        fn acker(&self) -> Box<dyn Acker> {
+            Box::new(CheckpointOnly)
+        }
+    }
+
+    async fn batches(
+        sizes: Vec<usize>,
+        then_wait: bool,
+        limits: BatchConfig,
+    ) -> Vec<(String, String, usize)> {
+        let source = Box::new(VecSource {
+            sizes: sizes.into_iter(),
+            line: 0,
+            then_wait,
+        });
+        let (tx, mut rx) = mpsc::channel(100);
+        let (_stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(batcher(source, "0".into(), limits, tx, shutdown));
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.push((b.id.clone(), b.prev_position.clone(), b.records.len()));
+            if then_wait && out.len() == 2 {
+                break;
+            }
+        }
+        task.abort();
+        out
+    }
+
+    /// Batches close on the record limit, the byte limit, the end of input, and the wait limit; each batch's
+    /// expected checkpoint is the previous batch's last position.
+    #[tokio::test]
+    async fn batching_limits() {
+        let limits = BatchConfig {
+            max_records: 3,
+            max_bytes: 100,
+            max_wait_ms: 50,
+            queue_depth: 2,
+        };
+        let got = batches(vec![10, 10, 10, 10, 60, 50, 10], false, limits.clone()).await;
+        assert_eq!(
+            got,
+            vec![
+                ("mem/p/1-3".to_string(), "0".to_string(), 3),
+                ("mem/p/4-6".into(), "3".into(), 3),
+                ("mem/p/7-7".into(), "6".into(), 1)
+            ]
+        );
+        let got = batches(vec![60, 50, 10], false, limits.clone()).await;
+        assert_eq!(
+            got[0],
+            ("mem/p/1-2".to_string(), "0".to_string(), 2),
+            "byte limit"
+        );
+        // A silent source: the partial batch goes out after max_wait_ms.
+        let got = batches(vec![10, 10, 10, 10], true, limits).await;
+        assert_eq!(got[1], ("mem/p/4-4".to_string(), "3".to_string(), 1));
+    }
+}
