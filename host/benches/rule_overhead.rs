@@ -24,13 +24,13 @@ fn payloads(n: usize) -> Vec<Vec<u8>> {
         .map(|i| {
             let lines = 1 + next() % 2;
             let lines: Vec<String> = (0..lines)
-                .map(|l| {
+                .map(|_| {
                     format!(
                         r#"{{"sku":"SKU-{}","qty":{},"unit_price":"{}.{:02}"}}"#,
                         next() % 100,
                         1 + next() % 5,
                         next() % 50,
-                        next() % 100 + l
+                        next() % 100
                     )
                 })
                 .collect();
