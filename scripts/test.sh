@@ -19,7 +19,8 @@ started=$SECONDS
 scripts/build-plugins.sh
 
 echo "==> guest SDK and example rules (native unit tests)"
-(cd plugins && cargo test --locked)
+# (a target dir of its own: the same crates built by two workspaces must not overwrite each other)
+(cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked)
 
 echo "==> host: unit tests, black-box tests, benchmark smoke run"
 cargo test --workspace --locked

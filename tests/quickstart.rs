@@ -44,7 +44,7 @@ async fn quickstart_end_to_end() {
             "2026-11-21T10:01:30.000000Z".into(),
             "EUR".into(),
             "ES".into(),
-            r#"{"city":"Madrid","country":"ES"}"#.into(),
+            r#"{"country":"ES","city":"Madrid"}"#.into(),
             "2".into()
         ]]
     );

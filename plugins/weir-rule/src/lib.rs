@@ -4,7 +4,7 @@
 //! implements the `weir:rules` contract (the WIT files in the repository's `wit/` folder). The generated
 //! bindings stay hidden behind this crate:
 //!
-//! ```ignore
+//! ```
 //! use weir_rule::{Outcome, Rule, RowBuilder, Settings, SourceRecord};
 //!
 //! struct Greetings;

@@ -4,12 +4,14 @@ use crate::{Row, Value};
 
 /// Builds one [`Row`] cell by cell.
 ///
-/// ```ignore
+/// ```
+/// # use weir_rule::RowBuilder;
 /// let row = RowBuilder::new("orders")
 ///     .text("order_id", "o-1")
 ///     .decimal("total", "44.98")
 ///     .integer("line_count", 2)
 ///     .build();
+/// assert_eq!(row.cells.len(), 3);
 /// ```
 #[derive(Debug, Clone)]
 pub struct RowBuilder {
