@@ -130,13 +130,24 @@ fn default_max_rows_per_record() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// `sqlite` (embedded default).
+    /// `sqlite` (embedded default), `postgres` or `redshift`.
     pub kind: SinkKind,
-    /// The SQLite database file (relative to the config file); created when missing.
+    /// sqlite: the database file (relative to the config file); created when missing.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// postgres / redshift: the connection URL, `postgres://user:password@host:5439/database`. Keep the password
+    /// out of the file: `url = "${WEIR_REDSHIFT_URL}"`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// postgres / redshift: the schema of the final and weir tables. Default `public`.
+    #[serde(default = "default_schema")]
+    pub schema: String,
     /// The declared tables. Rules may only emit rows for these tables and columns.
     pub tables: Vec<TableConfig>,
+}
+
+fn default_schema() -> String {
+    "public".into()
 }
 
 /// Kinds of sink.
@@ -145,6 +156,10 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// The embedded SQLite sink.
     Sqlite,
+    /// PostgreSQL (the same code as Redshift; the local stand-in).
+    Postgres,
+    /// Amazon Redshift over the PostgreSQL protocol.
+    Redshift,
 }
 
 /// `[[sink.tables]]`.
@@ -446,14 +461,45 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
             "is empty; give the path of the rule's .wasm file",
         ));
     }
-    match (&config.sink.kind, &config.sink.path) {
-        (SinkKind::Sqlite, None) => {
+    match (&config.sink.kind, &config.sink.path, &config.sink.url) {
+        (SinkKind::Sqlite, None, _) => {
             return Err(ConfigError::field(
                 "sink.path",
                 "missing; the sqlite sink needs the database file, e.g. `path = \"weir.db\"`",
             ));
         }
-        (SinkKind::Sqlite, Some(_)) => {}
+        (SinkKind::Sqlite, _, Some(_)) => {
+            return Err(ConfigError::field(
+                "sink.url",
+                "the sqlite sink takes `path`, not `url`; remove `url`",
+            ));
+        }
+        (SinkKind::Sqlite, Some(_), None) => {}
+        (SinkKind::Postgres | SinkKind::Redshift, _, None) => {
+            return Err(ConfigError::field(
+                "sink.url",
+                "missing; give the connection URL, e.g. `url = \"${WEIR_REDSHIFT_URL}\"` with \
+                 WEIR_REDSHIFT_URL=postgres://user:password@host:5439/database",
+            ));
+        }
+        (SinkKind::Postgres | SinkKind::Redshift, Some(_), _) => {
+            return Err(ConfigError::field(
+                "sink.path",
+                "only the sqlite sink takes `path`; remove it",
+            ));
+        }
+        (SinkKind::Postgres | SinkKind::Redshift, None, Some(url)) => {
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(ConfigError::field(
+                    "sink.url",
+                    format!(
+                        "not a valid connection URL ({e}); write postgres://user:password@host:port/database"
+                    ),
+                ));
+            }
+            check_identifier(&config.sink.schema)
+                .map_err(|m| ConfigError::field("sink.schema", m))?;
+        }
     }
     let SourceConfig::File { path, name } = &config.source;
     {

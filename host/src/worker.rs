@@ -7,7 +7,7 @@ use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
 use crate::pipeline::{Pipeline, PipelineError, Summary};
 use crate::raw::{RawStore, local::LocalRaw};
 use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
-use crate::sink::{Sink, SinkError, sqlite::SqliteSink};
+use crate::sink::{Sink, SinkError, redshift::RedshiftSink, sqlite::SqliteSink};
 use crate::source::{Source, SourceError, file::FileSource};
 
 /// A failure to start or run a worker.
@@ -58,6 +58,20 @@ async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
         SinkKind::Sqlite => {
             let path = loaded.config.sink.path.as_ref().expect("checked by config");
             Arc::new(SqliteSink::open(path).await?)
+        }
+        SinkKind::Postgres | SinkKind::Redshift => {
+            let url = loaded
+                .config
+                .sink
+                .url
+                .as_deref()
+                .expect("checked by config");
+            let redshift = loaded.config.sink.kind == SinkKind::Redshift;
+            Arc::new(RedshiftSink::new(
+                url,
+                &loaded.config.sink.schema,
+                redshift,
+            )?)
         }
     })
 }

@@ -137,3 +137,163 @@ pub fn raw_lines(dir: &Path) -> BTreeMap<String, weir::raw::RawLine> {
     }
     out
 }
+
+/// A fresh PostgreSQL database owned by a fresh MD5-password role, with the `SUPER` stand-in, dropped at the
+/// end. The server comes from `WEIR_PG_ADMIN_URL` (a superuser URL; scripts/services.sh sets it).
+pub struct TestDb {
+    admin: String,
+    /// The database name.
+    pub name: String,
+    /// The role name.
+    pub role: String,
+    /// The URL weir connects with (the MD5 role).
+    pub url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("WEIR_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Connects to `url` and returns the client (the connection runs on the current runtime).
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e} (run scripts/services.sh)"));
+    tokio::spawn(conn);
+    client
+}
+
+/// `url` with its database (path) replaced.
+fn with_db(url: &str, user: Option<(&str, &str)>, db: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let (auth_host, _) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = auth_host
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(auth_host);
+    match user {
+        Some((u, p)) => format!("postgres://{u}:{p}@{host}/{db}"),
+        None => format!("postgres://{auth_host}/{db}"),
+    }
+}
+
+impl TestDb {
+    /// Creates the role and the database.
+    pub async fn new() -> TestDb {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let unique = format!(
+            "{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            std::time::SystemTime::UNIX_EPOCH
+                .elapsed()
+                .unwrap()
+                .subsec_nanos()
+        );
+        let (name, role) = (format!("weir_t_{unique}"), format!("weir_u_{unique}"));
+        let admin = admin_url();
+        let client = pg(&admin).await;
+        client
+            .batch_execute(&format!(
+                "SET password_encryption = 'md5'; CREATE ROLE {role} LOGIN PASSWORD 'secret-{unique}'"
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
+            .await
+            .unwrap();
+        let in_db = pg(&with_db(&admin, None, &name)).await;
+        in_db
+            .batch_execute(
+                "CREATE DOMAIN super AS jsonb;
+                 CREATE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::super $$;
+                 CREATE FUNCTION json_serialize(super) RETURNS varchar LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::text::varchar $$;",
+            )
+            .await
+            .unwrap();
+        let url = with_db(&admin, Some((&role, &format!("secret-{unique}"))), &name);
+        TestDb {
+            admin,
+            name,
+            role,
+            url,
+        }
+    }
+
+    /// A client connected as the test role.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        pg(&self.url).await
+    }
+
+    /// A superuser client in the test database.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        pg(&with_db(&self.admin, None, &self.name)).await
+    }
+
+    /// All rows of a query as text (`NULL` for null), for comparisons.
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let client = self.client().await;
+        let messages = client.simple_query(sql).await.unwrap();
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One number from a query.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.rows(sql).await[0][0].parse().unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Best effort, synchronously, so a failed test still cleans up.
+        let sql = [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("DROP ROLE IF EXISTS {}", self.role),
+        ];
+        let admin = self.admin.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    for statement in &sql {
+                        let _ = client.batch_execute(statement).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The quickstart configuration in `dir` with the sink switched to PostgreSQL at `url`.
+pub fn quickstart_postgres_in(dir: &Path, url: &str) -> PathBuf {
+    let path = quickstart_in(dir);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "kind = \"sqlite\"\npath = \"${WEIR_QUICKSTART_DB:-out/weir.db}\"",
+        &format!("kind = \"postgres\"\nurl = \"{url}\""),
+    );
+    assert!(
+        text.contains("kind = \"postgres\""),
+        "the quickstart sink section changed"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}

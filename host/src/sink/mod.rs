@@ -12,6 +12,7 @@
 //!
 //! and every declared table gets `_weir_record_id`, `_weir_batch_id`, `_weir_rule_digest`, `_weir_loaded_at`.
 
+pub mod redshift;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,799 @@
+//! The Redshift sink, over the PostgreSQL wire protocol (tokio-postgres). Kinds `redshift` and `postgres` run
+//! the same code; PostgreSQL is the local stand-in. Every statement keeps to the subset that runs unchanged on
+//! both (see the Redshift portability notes): no `ON CONFLICT`, no `COPY FROM STDIN`, no `TRUNCATE` in a
+//! transaction, no database clock — timestamps are bound from the client.
+//!
+//! One transaction per batch:
+//! 1. the checkpoint compare-and-set (`UPDATE … WHERE position = $expected`); no row → another worker owns
+//!    the partition: roll back;
+//! 2. per table: empty the session's temp stage (`DELETE`), fill it with multi-row typed `INSERT`s (chunks
+//!    under 32,767 binds and about 4 MB), deduplicated in the client to the latest row per key (Redshift does
+//!    not enforce keys), then `DELETE … USING stage` + `INSERT … SELECT` from the stage;
+//! 3. dead letters (delete + insert by record id) and the ledger row;
+//! 4. commit.
+//!
+//! Values are bound as text, integers, floats or booleans, and cast in SQL to the declared column type
+//! (`CAST($n AS DECIMAL(18,2))`, `JSON_PARSE($n)` for `SUPER`), so Redshift and PostgreSQL infer nothing.
+//! Only declared, checked identifiers are formatted into SQL.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+use tracing::Instrument;
+
+use super::{Commit, Load, Sink, SinkError, payload_preview};
+use crate::rules::validate::{CheckedRow, RecordOutcome};
+use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
+
+/// Most bind parameters in one statement (the protocol's i16 count; Redshift's drivers cap there too).
+const MAX_BINDS: usize = 32_767;
+/// Rough cap on the bound bytes of one multi-row INSERT.
+const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// The PostgreSQL / Redshift sink.
+pub struct RedshiftSink {
+    config: tokio_postgres::Config,
+    schema: String,
+    redshift: bool,
+    conn: Mutex<Option<Conn>>,
+    tables: std::sync::OnceLock<Vec<TableSpec>>,
+}
+
+struct Conn {
+    client: Client,
+    /// Temp stage tables already created in this session.
+    staged: HashSet<String>,
+}
+
+fn classify(e: tokio_postgres::Error) -> SinkError {
+    let text = e.to_string();
+    let detail = e
+        .as_db_error()
+        .map(|d| format!("{}: {}", d.code().code(), d.message()));
+    let message = detail.unwrap_or(text);
+    let serialization = e.code()
+        == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+        || message.contains("1023")
+        || message
+            .to_ascii_lowercase()
+            .contains("serializable isolation violation");
+    let connection = e.is_closed()
+        || e.as_db_error().is_none()
+        || matches!(e.code().map(|c| c.code()), Some(c) if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03");
+    if serialization || connection {
+        SinkError::Transient(message)
+    } else {
+        SinkError::Permanent(message)
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The SQL type of a declared column.
+pub fn sql_type(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Varchar(n) => format!("VARCHAR({n})"),
+        ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        ColumnType::Double => "DOUBLE PRECISION".into(),
+        ColumnType::SmallInt => "SMALLINT".into(),
+        ColumnType::Integer => "INTEGER".into(),
+        ColumnType::BigInt => "BIGINT".into(),
+        ColumnType::Real => "REAL".into(),
+        ColumnType::Boolean => "BOOLEAN".into(),
+        ColumnType::Timestamp => "TIMESTAMP".into(),
+        ColumnType::TimestampTz => "TIMESTAMPTZ".into(),
+        ColumnType::Super => "SUPER".into(),
+    }
+}
+
+/// A bound value and its wire type.
+enum Bind {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Float(Option<f64>),
+    Bool(Option<bool>),
+}
+
+impl Bind {
+    fn param(&self) -> (&(dyn ToSql + Sync), Type) {
+        match self {
+            Bind::Text(v) => (v, Type::VARCHAR),
+            Bind::Int(v) => (v, Type::INT8),
+            Bind::Float(v) => (v, Type::FLOAT8),
+            Bind::Bool(v) => (v, Type::BOOL),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Bind::Text(Some(s)) => s.len() + 4,
+            _ => 12,
+        }
+    }
+}
+
+/// The placeholder for a value of `ty` at `$n`, with the cast that makes the statement portable.
+fn placeholder(ty: ColumnType, n: usize) -> String {
+    match ty {
+        ColumnType::Super => format!("JSON_PARSE(${n})"),
+        ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt | ColumnType::Boolean => {
+            format!("${n}")
+        }
+        ColumnType::Real | ColumnType::Double => format!("${n}"),
+        other => format!("CAST(${n} AS {})", sql_type(other)),
+    }
+}
+
+fn bind(ty: ColumnType, cell: &Cell) -> Bind {
+    match (ty, cell) {
+        (ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt, Cell::Int(i)) => {
+            Bind::Int(Some(*i))
+        }
+        (ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt, _) => Bind::Int(None),
+        (ColumnType::Real | ColumnType::Double, Cell::Float(x)) => Bind::Float(Some(*x)),
+        (ColumnType::Real | ColumnType::Double, _) => Bind::Float(None),
+        (ColumnType::Boolean, Cell::Bool(b)) => Bind::Bool(Some(*b)),
+        (ColumnType::Boolean, _) => Bind::Bool(None),
+        (_, Cell::TimestampUs(us)) => Bind::Text(Some(sql_timestamp(*us))),
+        (_, other) => Bind::Text(other.to_text()),
+    }
+}
+
+/// `2026-11-21 10:15:30.000000+00`: a literal both databases cast to `TIMESTAMP` and `TIMESTAMPTZ` alike.
+fn sql_timestamp(us: i64) -> String {
+    let iso = format_timestamp_us(us);
+    format!("{}+00", iso.replace('T', " ").trim_end_matches('Z'))
+}
+
+/// SQL for one declared table.
+struct TableSql {
+    target: String,
+    stage: String,
+    /// Declared columns then lineage columns, quoted.
+    columns: Vec<String>,
+    types: Vec<ColumnType>,
+    key: Vec<usize>,
+}
+
+impl TableSql {
+    fn new(schema: &str, spec: &TableSpec) -> Self {
+        let mut columns: Vec<String> = spec.columns.iter().map(|(c, _)| quote(c)).collect();
+        columns.extend(LINEAGE_COLUMNS.iter().map(|c| c.to_string()));
+        let mut types: Vec<ColumnType> = spec.columns.iter().map(|(_, t)| *t).collect();
+        types.extend([
+            ColumnType::Varchar(1024),
+            ColumnType::Varchar(1024),
+            ColumnType::Varchar(64),
+            ColumnType::TimestampTz,
+        ]);
+        TableSql {
+            target: format!("{}.{}", quote(schema), quote(&spec.name)),
+            stage: quote(&format!("weir_stage_{}", spec.name)),
+            columns,
+            types,
+            key: spec
+                .primary_key
+                .iter()
+                .map(|k| spec.column_index(k).expect("declared"))
+                .collect(),
+        }
+    }
+
+    fn create_stage(&self) -> String {
+        format!("CREATE TEMP TABLE {} (LIKE {})", self.stage, self.target)
+    }
+
+    fn insert_stage(&self, rows: usize) -> String {
+        let width = self.columns.len();
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let cells: Vec<String> = self
+                    .types
+                    .iter()
+                    .enumerate()
+                    .map(|(c, ty)| placeholder(*ty, r * width + c + 1))
+                    .collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            self.stage,
+            self.columns.join(", "),
+            values.join(", ")
+        )
+    }
+
+    fn merge(&self) -> [String; 2] {
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{t}.{c} = {s}.{c}",
+                    t = self.target,
+                    s = self.stage,
+                    c = self.columns[*k]
+                )
+            })
+            .collect();
+        let cols = self.columns.join(", ");
+        [
+            format!(
+                "DELETE FROM {} USING {} WHERE {}",
+                self.target,
+                self.stage,
+                on.join(" AND ")
+            ),
+            format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
+                self.target, self.stage
+            ),
+        ]
+    }
+}
+
+/// DDL of weir's own tables.
+pub fn weir_tables_ddl(schema: &str) -> Vec<String> {
+    let s = quote(schema);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.weir_checkpoints (source VARCHAR(256) NOT NULL, \"partition\" VARCHAR(256) NOT NULL, \
+             position VARCHAR(256) NOT NULL, owner VARCHAR(256), lease_expires_at TIMESTAMPTZ, \
+             updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (source, \"partition\"))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.weir_batches (batch_id VARCHAR(1024) NOT NULL, source VARCHAR(256) NOT NULL, \
+             \"partition\" VARCHAR(256) NOT NULL, first_position VARCHAR(256) NOT NULL, last_position VARCHAR(256) NOT NULL, \
+             raw_ref VARCHAR(1024) NOT NULL, rule_digest VARCHAR(64) NOT NULL, records_in INTEGER NOT NULL, \
+             emitted INTEGER NOT NULL, dropped INTEGER NOT NULL, rejected INTEGER NOT NULL, rows_out INTEGER NOT NULL, \
+             drop_reasons VARCHAR(65535) NOT NULL, loaded_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (batch_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.weir_dead_letters (record_id VARCHAR(1024) NOT NULL, batch_id VARCHAR(1024) NOT NULL, \
+             raw_ref VARCHAR(1024) NOT NULL, stage VARCHAR(32) NOT NULL, reason VARCHAR(65535) NOT NULL, \
+             payload_preview VARCHAR(1024) NOT NULL, at TIMESTAMPTZ NOT NULL, PRIMARY KEY (record_id))"
+        ),
+    ]
+}
+
+/// DDL of a declared table, with lineage columns.
+pub fn table_ddl(schema: &str, spec: &TableSpec) -> String {
+    let mut cols: Vec<String> = spec
+        .columns
+        .iter()
+        .map(|(c, ty)| {
+            let not_null = if spec.is_key(c) { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", quote(c), sql_type(*ty))
+        })
+        .collect();
+    cols.push("_weir_record_id VARCHAR(1024) NOT NULL".into());
+    cols.push("_weir_batch_id VARCHAR(1024) NOT NULL".into());
+    cols.push("_weir_rule_digest VARCHAR(64) NOT NULL".into());
+    cols.push("_weir_loaded_at TIMESTAMPTZ NOT NULL".into());
+    let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} ({}, PRIMARY KEY ({}))",
+        quote(schema),
+        quote(&spec.name),
+        cols.join(", "),
+        key.join(", ")
+    )
+}
+
+impl RedshiftSink {
+    /// A sink for `url` (`postgres://user:password@host:port/database`); connects lazily.
+    pub fn new(url: &str, schema: &str, redshift: bool) -> Result<Self, SinkError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            SinkError::Permanent(format!("sink.url is not a valid connection URL: {e}"))
+        })?;
+        Ok(RedshiftSink {
+            config,
+            schema: schema.to_string(),
+            redshift,
+            conn: Mutex::new(None),
+            tables: std::sync::OnceLock::new(),
+        })
+    }
+
+    async fn connect(&self) -> Result<Conn, SinkError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection closed");
+            }
+        });
+        // Redshift: no result caching surprises for weir's own bookkeeping reads.
+        if self.redshift {
+            client
+                .batch_execute("SET enable_result_cache_for_session TO off")
+                .await
+                .map_err(classify)?;
+        }
+        Ok(Conn {
+            client,
+            staged: HashSet::new(),
+        })
+    }
+
+    /// The session, connected when needed.
+    async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Conn>>, SinkError> {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = Some(self.connect().await?);
+        }
+        Ok(guard)
+    }
+
+    /// After a transient error the session is dropped, so the next attempt reconnects.
+    fn settle<T>(guard: &mut Option<Conn>, result: Result<T, SinkError>) -> Result<T, SinkError> {
+        if result.as_ref().is_err_and(SinkError::is_transient) {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn check_table(&self, client: &Client, spec: &TableSpec) -> Result<bool, SinkError> {
+        let rows = client
+            .query_typed(
+                "SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale, domain_name \
+                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                &[(&self.schema, Type::VARCHAR), (&spec.name, Type::VARCHAR)],
+            )
+            .await
+            .map_err(classify)?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        for (column, ty) in &spec.columns {
+            let Some(row) = rows.iter().find(|r| r.get::<_, String>(0) == *column) else {
+                return Err(SinkError::Schema(format!(
+                    "table {}, column {column}: missing in the database; the config declares {ty}. Add it with \
+                     ALTER TABLE or remove it from the config",
+                    spec.name
+                )));
+            };
+            let data_type: String = row.get(1);
+            let len: Option<i32> = row.get(2);
+            let precision: Option<i32> = row.get(3);
+            let scale: Option<i32> = row.get(4);
+            let domain: Option<String> = row.get(5);
+            let ok = match ty {
+                ColumnType::Varchar(n) => {
+                    data_type == "character varying" && len == Some(*n as i32)
+                }
+                ColumnType::Decimal {
+                    precision: p,
+                    scale: s,
+                } => {
+                    data_type == "numeric"
+                        && precision == Some(*p as i32)
+                        && scale == Some(*s as i32)
+                }
+                ColumnType::SmallInt => data_type == "smallint",
+                ColumnType::Integer => data_type == "integer",
+                ColumnType::BigInt => data_type == "bigint",
+                ColumnType::Real => data_type == "real",
+                ColumnType::Double => data_type == "double precision",
+                ColumnType::Boolean => data_type == "boolean",
+                ColumnType::Timestamp => data_type == "timestamp without time zone",
+                ColumnType::TimestampTz => data_type == "timestamp with time zone",
+                ColumnType::Super => {
+                    data_type.eq_ignore_ascii_case("super") || domain.as_deref() == Some("super")
+                }
+            };
+            if !ok {
+                let have = match (len, precision, scale) {
+                    (Some(l), _, _) => format!("{data_type}({l})"),
+                    (_, Some(p), Some(s)) if data_type == "numeric" => format!("numeric({p},{s})"),
+                    _ => data_type.clone(),
+                };
+                return Err(SinkError::Schema(format!(
+                    "table {}, column {column}: the database has {have}, the config declares {ty}",
+                    spec.name
+                )));
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Keeps the latest row per key, in first-seen order (Redshift does not enforce keys).
+fn dedupe<'a>(
+    rows: Vec<(&'a CheckedRow, &'a str)>,
+    key: &[usize],
+) -> Vec<(&'a CheckedRow, &'a str)> {
+    let mut last: HashMap<Vec<&Cell>, usize> = HashMap::new();
+    for (i, (row, _)) in rows.iter().enumerate() {
+        last.insert(key.iter().map(|k| &row.cells[*k]).collect(), i);
+    }
+    let keep: HashSet<usize> = last.into_values().collect();
+    rows.into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+impl std::hash::Hash for Cell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Cell::Null => {}
+            Cell::Bool(b) => b.hash(state),
+            Cell::Int(i) | Cell::TimestampUs(i) => i.hash(state),
+            Cell::Float(x) => x.to_bits().hash(state),
+            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => s.hash(state),
+        }
+    }
+}
+
+impl Eq for Cell {}
+
+#[async_trait]
+impl Sink for RedshiftSink {
+    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
+        let _ = self.tables.set(tables.to_vec());
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = async {
+            if create {
+                for ddl in weir_tables_ddl(&self.schema) {
+                    conn.client.batch_execute(&ddl).await.map_err(classify)?;
+                }
+            }
+            let mut missing = Vec::new();
+            for spec in tables {
+                if self.check_table(&conn.client, spec).await? {
+                    continue;
+                }
+                if create {
+                    conn.client
+                        .batch_execute(&table_ddl(&self.schema, spec))
+                        .await
+                        .map_err(classify)?;
+                    tracing::info!(table = %spec.name, "created table");
+                } else {
+                    missing.push(spec.name.clone());
+                }
+            }
+            Ok(missing)
+        }
+        .await;
+        Self::settle(&mut guard, result)
+    }
+
+    async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
+        let now = sql_timestamp(crate::record::wall_clock_us());
+        let table = format!("{}.weir_checkpoints", quote(&self.schema));
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = async {
+            let params: [(&(dyn ToSql + Sync), Type); 3] =
+                [(&source, Type::VARCHAR), (&partition, Type::VARCHAR), (&now, Type::VARCHAR)];
+            conn.client
+                .query_typed(
+                    &format!(
+                        "INSERT INTO {table} (source, \"partition\", position, updated_at) \
+                         SELECT $1, $2, '', CAST($3 AS TIMESTAMPTZ) \
+                         WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE source = $1 AND \"partition\" = $2)"
+                    ),
+                    &params,
+                )
+                .await
+                .map_err(classify)?;
+            let rows = conn
+                .client
+                .query_typed(
+                    &format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2"),
+                    &params[..2],
+                )
+                .await
+                .map_err(classify)?;
+            Ok(rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())
+        }
+        .await;
+        Self::settle(&mut guard, result)
+    }
+
+    async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError> {
+        let span = tracing::debug_span!("redshift.commit", batch = %load.batch.id, records = load.batch.records.len());
+        let mut guard = self.session().instrument(span.clone()).await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self.commit_batch(conn, load).instrument(span).await;
+        Self::settle(&mut guard, result)
+    }
+
+    fn describe(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(|h| format!("{h:?}"))
+            .unwrap_or_default();
+        let db = self.config.get_dbname().unwrap_or("");
+        let kind = if self.redshift {
+            "Redshift"
+        } else {
+            "PostgreSQL"
+        };
+        format!("{kind} database {db} on {host}, schema {}", self.schema)
+    }
+}
+
+impl RedshiftSink {
+    async fn commit_batch(&self, conn: &mut Conn, load: &Load<'_>) -> Result<Commit, SinkError> {
+        let batch = load.batch;
+        let specs = self
+            .tables
+            .get()
+            .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
+        let sqls: Vec<TableSql> = specs
+            .iter()
+            .map(|s| TableSql::new(&self.schema, s))
+            .collect();
+        for sql in &sqls {
+            if !conn.staged.contains(&sql.stage) {
+                conn.client
+                    .batch_execute(&sql.create_stage())
+                    .await
+                    .map_err(classify)?;
+                conn.staged.insert(sql.stage.clone());
+            }
+        }
+        let loaded_at = sql_timestamp(load.loaded_at_us);
+        let s = quote(&self.schema);
+        let tx = conn.client.transaction().await.map_err(classify)?;
+
+        let cas = tx
+            .prepare_typed(
+                &format!(
+                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+                ),
+                &[Type::VARCHAR; 5],
+            )
+            .await
+            .map_err(classify)?;
+        let moved = tx
+            .execute(
+                &cas,
+                &[
+                    &batch.last_position(),
+                    &loaded_at,
+                    &batch.source,
+                    &batch.partition,
+                    &batch.prev_position,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        if moved != 1 {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(Commit::NotOwner);
+        }
+
+        // Rows per table, in record order, with their record ids.
+        let mut per_table: Vec<Vec<(&CheckedRow, &str)>> = vec![Vec::new(); specs.len()];
+        for (record, outcome) in batch.records.iter().zip(load.outcomes) {
+            if let RecordOutcome::Emit(rows) = outcome {
+                for row in rows {
+                    per_table[row.table].push((row, record.id.as_str()));
+                }
+            }
+        }
+        for (t, rows) in per_table.into_iter().enumerate() {
+            let sql = &sqls[t];
+            tx.batch_execute(&format!("DELETE FROM {}", sql.stage))
+                .await
+                .map_err(classify)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = dedupe(rows, &sql.key);
+            let lineage = [batch.id.as_str(), load.rule_digest];
+            let mut pending: Vec<Bind> = Vec::new();
+            let mut pending_rows = 0;
+            let mut bytes = 0;
+            let width = sql.columns.len();
+            for (row, record_id) in rows {
+                for (cell, ty) in row.cells.iter().zip(&sql.types) {
+                    pending.push(bind(*ty, cell));
+                }
+                pending.push(Bind::Text(Some(record_id.to_string())));
+                pending.push(Bind::Text(Some(lineage[0].to_string())));
+                pending.push(Bind::Text(Some(lineage[1].to_string())));
+                pending.push(Bind::Text(Some(loaded_at.clone())));
+                bytes += pending[pending.len() - width..]
+                    .iter()
+                    .map(Bind::size)
+                    .sum::<usize>();
+                pending_rows += 1;
+                if pending.len() + width > MAX_BINDS || bytes > MAX_STATEMENT_BYTES {
+                    insert_chunk(&tx, sql, &pending, pending_rows).await?;
+                    pending.clear();
+                    pending_rows = 0;
+                    bytes = 0;
+                }
+            }
+            if pending_rows > 0 {
+                insert_chunk(&tx, sql, &pending, pending_rows).await?;
+            }
+            for statement in sql.merge() {
+                tx.batch_execute(&statement).await.map_err(classify)?;
+            }
+        }
+
+        for ((record, outcome), raw_ref) in
+            batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
+        {
+            if let RecordOutcome::Reject(stage, reason) = outcome {
+                let preview = payload_preview(&record.payload);
+                tx.query_typed(
+                    &format!("DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"),
+                    &[(&record.id, Type::VARCHAR)],
+                )
+                .await
+                .map_err(classify)?;
+                tx.query_typed(
+                    &format!(
+                        "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
+                    ),
+                    &[
+                        (&record.id, Type::VARCHAR),
+                        (&batch.id, Type::VARCHAR),
+                        (raw_ref, Type::VARCHAR),
+                        (&stage.as_str(), Type::VARCHAR),
+                        (reason, Type::VARCHAR),
+                        (&preview, Type::VARCHAR),
+                        (&loaded_at, Type::VARCHAR),
+                    ],
+                )
+                .await
+                .map_err(classify)?;
+            }
+        }
+
+        let c = load.counts();
+        let drop_reasons =
+            serde_json::to_string(&c.drop_reasons).expect("a map of strings serializes");
+        let n = |v: usize| v as i64;
+        tx.query_typed(
+            &format!(
+                "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
+                 rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
+            ),
+            &[
+                (&batch.id, Type::VARCHAR),
+                (&batch.source, Type::VARCHAR),
+                (&batch.partition, Type::VARCHAR),
+                (&batch.first_position(), Type::VARCHAR),
+                (&batch.last_position(), Type::VARCHAR),
+                (&load.raw_object(), Type::VARCHAR),
+                (&load.rule_digest, Type::VARCHAR),
+                (&n(c.records_in), Type::INT8),
+                (&n(c.emitted), Type::INT8),
+                (&n(c.dropped), Type::INT8),
+                (&n(c.rejected), Type::INT8),
+                (&n(c.rows_out), Type::INT8),
+                (&drop_reasons, Type::VARCHAR),
+                (&loaded_at, Type::VARCHAR),
+            ],
+        )
+        .await
+        .map_err(classify)?;
+
+        tx.commit().await.map_err(classify)?;
+        Ok(Commit::Committed)
+    }
+}
+
+async fn insert_chunk(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &TableSql,
+    binds: &[Bind],
+    rows: usize,
+) -> Result<(), SinkError> {
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = binds.iter().map(Bind::param).collect();
+    tx.query_typed(&sql.insert_stage(rows), &params)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TableSpec {
+        TableSpec::new(
+            "orders".into(),
+            vec![
+                ("order_id".into(), ColumnType::Varchar(36)),
+                (
+                    "total".into(),
+                    ColumnType::Decimal {
+                        precision: 18,
+                        scale: 2,
+                    },
+                ),
+                ("shipping".into(), ColumnType::Super),
+                ("n".into(), ColumnType::Integer),
+            ],
+            vec!["order_id".into()],
+        )
+    }
+
+    /// The generated statements are the portable shapes, with casts on the binds.
+    #[test]
+    fn statement_shapes() {
+        let t = TableSql::new("public", &spec());
+        assert_eq!(
+            t.create_stage(),
+            r#"CREATE TEMP TABLE "weir_stage_orders" (LIKE "public"."orders")"#
+        );
+        let insert = t.insert_stage(2);
+        assert!(insert.starts_with(r#"INSERT INTO "weir_stage_orders" ("order_id", "total", "shipping", "n", _weir_record_id"#));
+        assert!(
+            insert.contains(
+                "(CAST($1 AS VARCHAR(36)), CAST($2 AS DECIMAL(18,2)), JSON_PARSE($3), $4, "
+            )
+        );
+        assert!(insert.contains("CAST($16 AS TIMESTAMPTZ))"));
+        let [delete, insert] = t.merge();
+        assert_eq!(
+            delete,
+            r#"DELETE FROM "public"."orders" USING "weir_stage_orders" WHERE "public"."orders"."order_id" = "weir_stage_orders"."order_id""#
+        );
+        assert!(insert.starts_with(r#"INSERT INTO "public"."orders" ("order_id""#));
+        let ddl = table_ddl("public", &spec());
+        assert!(ddl.contains(r#""shipping" SUPER"#) && ddl.contains("PRIMARY KEY (\"order_id\")"));
+        for statement in [t.create_stage(), t.insert_stage(3), delete, ddl]
+            .iter()
+            .chain(&weir_tables_ddl("s"))
+        {
+            let upper = statement.to_ascii_uppercase();
+            for banned in [
+                "ON CONFLICT",
+                "TRUNCATE",
+                "NOW()",
+                "CURRENT_TIMESTAMP",
+                "STDIN",
+                "SERIAL",
+                "JSONB",
+            ] {
+                assert!(!upper.contains(banned), "{banned} in {statement}");
+            }
+        }
+    }
+
+    /// Duplicate keys in one batch keep the latest row only.
+    #[test]
+    fn dedupe_keeps_latest() {
+        let row = |id: &str, n: i64| CheckedRow {
+            table: 0,
+            cells: vec![Cell::Text(id.into()), Cell::Null, Cell::Null, Cell::Int(n)],
+        };
+        let (a1, b, a2) = (row("a", 1), row("b", 2), row("a", 3));
+        let kept = dedupe(vec![(&a1, "r1"), (&b, "r2"), (&a2, "r3")], &[0]);
+        let ids: Vec<&str> = kept.iter().map(|(_, r)| *r).collect();
+        assert_eq!(ids, ["r2", "r3"]);
+    }
+
+    /// Timestamps are bound as UTC literals.
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            sql_timestamp(1_795_256_970_000_000),
+            "2026-11-21 10:29:30.000000+00"
+        );
+    }
+}
