@@ -365,3 +365,32 @@ async fn terminated_backend_is_retried() {
         [["3"]]
     );
 }
+
+/// Every statement weir sends during a pipeline run is captured (`WEIR_LOG=weir::sql=trace`) and checked for
+/// SQL that Redshift rejects or treats differently.
+#[tokio::test]
+async fn every_statement_is_redshift_safe() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_postgres_in(dir.path(), &db.url);
+    let out = weir(
+        &["--log-format", "json", "run", "-c", config.to_str().unwrap()],
+        &[("WEIR_LOG", "warn,weir::sql=trace")],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let statements: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "weir::sql")
+        .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
+        .collect();
+    for expected in ["CREATE TEMP TABLE", "DELETE FROM \"public\".\"orders\" USING", "UPDATE \"public\".weir_checkpoints"] {
+        assert!(statements.iter().any(|s| s.contains(expected)), "no {expected:?} among {} statements", statements.len());
+    }
+    for s in &statements {
+        let upper = s.to_ascii_uppercase();
+        for banned in ["ON CONFLICT", "COPY ", "STDIN", "TRUNCATE", "NOW()", "CURRENT_TIMESTAMP", "GETDATE()", "::"] {
+            assert!(!upper.contains(banned), "{banned} in {s}");
+        }
+    }
+}

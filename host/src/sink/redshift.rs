@@ -92,6 +92,12 @@ pub fn sql_type(ty: ColumnType) -> String {
     }
 }
 
+/// Every statement weir sends passes through here: `WEIR_LOG=weir::sql=trace` logs each one.
+fn traced<T: AsRef<str>>(statement: T) -> T {
+    tracing::trace!(target: "weir::sql", sql = statement.as_ref());
+    statement
+}
+
 /// A bound value and its wire type.
 enum Bind {
     Text(Option<String>),
@@ -312,7 +318,7 @@ impl RedshiftSink {
         // Redshift: no result caching surprises for weir's own bookkeeping reads.
         if self.redshift {
             client
-                .batch_execute("SET enable_result_cache_for_session TO off")
+                .batch_execute(traced("SET enable_result_cache_for_session TO off"))
                 .await
                 .map_err(classify)?;
         }
@@ -342,8 +348,8 @@ impl RedshiftSink {
     async fn check_table(&self, client: &Client, spec: &TableSpec) -> Result<bool, SinkError> {
         let rows = client
             .query_typed(
-                "SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale, domain_name \
-                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                traced("SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale, domain_name \
+                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2"),
                 &[(&self.schema, Type::VARCHAR), (&spec.name, Type::VARCHAR)],
             )
             .await
@@ -445,7 +451,10 @@ impl Sink for RedshiftSink {
         let result = async {
             if create {
                 for ddl in weir_tables_ddl(&self.schema) {
-                    conn.client.batch_execute(&ddl).await.map_err(classify)?;
+                    conn.client
+                        .batch_execute(traced(&ddl))
+                        .await
+                        .map_err(classify)?;
                 }
             }
             let mut missing = Vec::new();
@@ -455,7 +464,7 @@ impl Sink for RedshiftSink {
                 }
                 if create {
                     conn.client
-                        .batch_execute(&table_ddl(&self.schema, spec))
+                        .batch_execute(traced(&table_ddl(&self.schema, spec)))
                         .await
                         .map_err(classify)?;
                     tracing::info!(table = %spec.name, "created table");
@@ -479,11 +488,11 @@ impl Sink for RedshiftSink {
                 [(&source, Type::VARCHAR), (&partition, Type::VARCHAR), (&now, Type::VARCHAR)];
             conn.client
                 .query_typed(
-                    &format!(
+                    traced(&format!(
                         "INSERT INTO {table} (source, \"partition\", position, updated_at) \
                          SELECT $1, $2, '', CAST($3 AS TIMESTAMPTZ) \
                          WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE source = $1 AND \"partition\" = $2)"
-                    ),
+                    )),
                     &params,
                 )
                 .await
@@ -491,7 +500,7 @@ impl Sink for RedshiftSink {
             let rows = conn
                 .client
                 .query_typed(
-                    &format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2"),
+                    traced(&format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2")),
                     &params[..2],
                 )
                 .await
@@ -541,7 +550,7 @@ impl RedshiftSink {
         for sql in &sqls {
             if !conn.staged.contains(&sql.stage) {
                 conn.client
-                    .batch_execute(&sql.create_stage())
+                    .batch_execute(traced(&sql.create_stage()))
                     .await
                     .map_err(classify)?;
                 conn.staged.insert(sql.stage.clone());
@@ -553,10 +562,10 @@ impl RedshiftSink {
 
         let cas = tx
             .prepare_typed(
-                &format!(
+                traced(&format!(
                     "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
                      WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                ),
+                )),
                 &[Type::VARCHAR; 5],
             )
             .await
@@ -590,7 +599,7 @@ impl RedshiftSink {
         }
         for (t, rows) in per_table.into_iter().enumerate() {
             let sql = &sqls[t];
-            tx.batch_execute(&format!("DELETE FROM {}", sql.stage))
+            tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
                 .await
                 .map_err(classify)?;
             if rows.is_empty() {
@@ -626,7 +635,9 @@ impl RedshiftSink {
                 insert_chunk(&tx, sql, &pending, pending_rows).await?;
             }
             for statement in sql.merge() {
-                tx.batch_execute(&statement).await.map_err(classify)?;
+                tx.batch_execute(traced(&statement))
+                    .await
+                    .map_err(classify)?;
             }
         }
 
@@ -636,16 +647,18 @@ impl RedshiftSink {
             if let RecordOutcome::Reject(stage, reason) = outcome {
                 let preview = payload_preview(&record.payload);
                 tx.query_typed(
-                    &format!("DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"),
+                    traced(&format!(
+                        "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
+                    )),
                     &[(&record.id, Type::VARCHAR)],
                 )
                 .await
                 .map_err(classify)?;
                 tx.query_typed(
-                    &format!(
+                    traced(&format!(
                         "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
                          VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
-                    ),
+                    )),
                     &[
                         (&record.id, Type::VARCHAR),
                         (&batch.id, Type::VARCHAR),
@@ -666,11 +679,11 @@ impl RedshiftSink {
             serde_json::to_string(&c.drop_reasons).expect("a map of strings serializes");
         let n = |v: usize| v as i64;
         tx.query_typed(
-            &format!(
+            traced(&format!(
                 "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
                  rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
-            ),
+            )),
             &[
                 (&batch.id, Type::VARCHAR),
                 (&batch.source, Type::VARCHAR),
@@ -703,7 +716,7 @@ async fn insert_chunk(
     rows: usize,
 ) -> Result<(), SinkError> {
     let params: Vec<(&(dyn ToSql + Sync), Type)> = binds.iter().map(Bind::param).collect();
-    tx.query_typed(&sql.insert_stage(rows), &params)
+    tx.query_typed(traced(&sql.insert_stage(rows)), &params)
         .await
         .map_err(classify)?;
     Ok(())
