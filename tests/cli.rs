@@ -150,3 +150,17 @@ async fn sigint_commits_and_exits() {
     .await;
     assert_eq!(cp[0][0], "17");
 }
+
+/// `weir schema plan` and `apply` on the embedded SQLite sink.
+#[test]
+fn schema_plan_and_apply_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_in(dir.path());
+    let cfg = config.to_str().unwrap();
+    let plan = weir(&["schema", "plan", "-c", cfg], &[]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success() && text.contains("CREATE TABLE \"order_lines\""), "{}", show(&plan));
+    assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
+    let again = weir(&["schema", "plan", "-c", cfg], &[]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", show(&again));
+}

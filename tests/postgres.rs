@@ -374,7 +374,13 @@ async fn every_statement_is_redshift_safe() {
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);
     let out = weir(
-        &["--log-format", "json", "run", "-c", config.to_str().unwrap()],
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+        ],
         &[("WEIR_LOG", "warn,weir::sql=trace")],
     );
     assert!(out.status.success(), "{}", show(&out));
@@ -384,13 +390,74 @@ async fn every_statement_is_redshift_safe() {
         .filter(|v| v["target"] == "weir::sql")
         .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
         .collect();
-    for expected in ["CREATE TEMP TABLE", "DELETE FROM \"public\".\"orders\" USING", "UPDATE \"public\".weir_checkpoints"] {
-        assert!(statements.iter().any(|s| s.contains(expected)), "no {expected:?} among {} statements", statements.len());
+    for expected in [
+        "CREATE TEMP TABLE",
+        "DELETE FROM \"public\".\"orders\" USING",
+        "UPDATE \"public\".weir_checkpoints",
+    ] {
+        assert!(
+            statements.iter().any(|s| s.contains(expected)),
+            "no {expected:?} among {} statements",
+            statements.len()
+        );
     }
     for s in &statements {
         let upper = s.to_ascii_uppercase();
-        for banned in ["ON CONFLICT", "COPY ", "STDIN", "TRUNCATE", "NOW()", "CURRENT_TIMESTAMP", "GETDATE()", "::"] {
+        for banned in [
+            "ON CONFLICT",
+            "COPY ",
+            "STDIN",
+            "TRUNCATE",
+            "NOW()",
+            "CURRENT_TIMESTAMP",
+            "GETDATE()",
+            "::",
+        ] {
             assert!(!upper.contains(banned), "{banned} in {s}");
         }
     }
+}
+
+/// `weir schema plan` prints the DDL and changes nothing; `apply` runs it; a declared column the table lacks
+/// stops `weir run` with the table and column named until `apply` adds it.
+#[tokio::test]
+async fn schema_plan_and_apply() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_postgres_in(dir.path(), &db.url);
+    let cfg = config.to_str().unwrap();
+    let tables = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'";
+
+    let plan = weir(&["schema", "plan", "-c", cfg], &[]);
+    assert!(plan.status.success(), "{}", show(&plan));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("CREATE TABLE IF NOT EXISTS \"public\".\"orders\""), "{text}");
+    assert!(text.contains("weir_checkpoints") && text.contains("not applied"), "{text}");
+    assert_eq!(db.count(tables).await, 0, "plan must not change anything");
+
+    assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
+    assert_eq!(db.count(tables).await, 5);
+    let again = weir(&["schema", "plan", "-c", cfg], &[]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", show(&again));
+
+    // A new column in the config.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "columns = { order_id = \"varchar(36)\", customer_id",
+        "columns = { order_id = \"varchar(36)\", note = \"varchar(10)\", customer_id",
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = weir(&["run", "-c", cfg], &[]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("table orders, column note: missing in the database"), "{err}");
+    assert!(err.contains("weir schema apply"), "{err}");
+    let plan = weir(&["schema", "plan", "-c", cfg], &[]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("ALTER TABLE \"public\".\"orders\" ADD COLUMN \"note\" VARCHAR(10);"),
+        "{}",
+        show(&plan)
+    );
+    assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
+    let run = weir(&["run", "-c", cfg], &[]);
+    assert!(run.status.success(), "{}", show(&run));
+    assert_eq!(db.count("SELECT count(*) FROM orders WHERE note IS NULL").await, 5);
 }

@@ -173,6 +173,12 @@ pub struct TableConfig {
     /// Column name → type (`smallint`, `integer`, `bigint`, `decimal(p,s)`, `real`, `double precision`,
     /// `boolean`, `varchar(n)`, `timestamp`, `timestamptz`, `super`), in declaration order.
     pub columns: toml::Table,
+    /// Redshift only: the distribution key column. Default: none (Redshift's AUTO).
+    #[serde(default)]
+    pub distkey: Option<String>,
+    /// Redshift only: compound sort key columns. Default: none.
+    #[serde(default)]
+    pub sortkey: Vec<String>,
 }
 
 /// `[batch]`.

@@ -53,6 +53,27 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Compare the sink's tables with the configuration, and bring them in line.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Print the DDL that would create missing tables and add new (nullable) columns; change nothing.
+    Plan {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run that DDL.
+    Apply {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +145,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::Validate { config } => validate_config(&config).await,
+        Command::Schema { command } => {
+            let (config, apply) = match command {
+                SchemaCommand::Plan { config } => (config, false),
+                SchemaCommand::Apply { config } => (config, true),
+            };
+            schema(&config, apply).await
+        }
         Command::Plugin {
             command:
                 PluginCommand::Test {
@@ -183,6 +211,33 @@ async fn validate_config(path: &Path) -> Result<ExitCode> {
     );
     let sink = weir::worker::check_sink(&loaded).await?;
     println!("sink: ok ({})", sink);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn schema(path: &Path, apply: bool) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    let sink = weir::worker::connect_sink(&loaded).await?;
+    let plan = sink.plan(&loaded.tables).await?;
+    if plan.statements.is_empty() {
+        println!(
+            "-- {}: the tables match the configuration; nothing to do",
+            sink.describe()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("-- {}", sink.describe());
+    for statement in &plan.statements {
+        println!("{statement};");
+    }
+    if apply {
+        sink.apply(&plan).await?;
+        println!("-- applied {} statements", plan.statements.len());
+    } else {
+        println!(
+            "-- not applied; run `weir schema apply -c {}` to apply",
+            path.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -166,6 +166,10 @@ pub struct TableSpec {
     pub columns: Vec<(String, ColumnType)>,
     /// Primary-key columns.
     pub primary_key: Vec<String>,
+    /// Redshift distribution key column (`DISTSTYLE KEY DISTKEY`), if any.
+    pub distkey: Option<String>,
+    /// Redshift compound sort key columns, if any.
+    pub sortkey: Vec<String>,
 }
 
 impl TableSpec {
@@ -175,7 +179,16 @@ impl TableSpec {
             name,
             columns,
             primary_key,
+            distkey: None,
+            sortkey: Vec::new(),
         }
+    }
+
+    /// The same table with Redshift distribution and sort keys (used only when the sink is Redshift).
+    pub fn with_redshift_keys(mut self, distkey: Option<String>, sortkey: Vec<String>) -> Self {
+        self.distkey = distkey;
+        self.sortkey = sortkey;
+        self
     }
 
     /// The index of `column`, if declared.

@@ -53,7 +53,8 @@ pub fn runtime(loaded: &Loaded) -> Result<RuleRuntime, RuleError> {
     RuleRuntime::new(cache)
 }
 
-async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
+/// Connects to the sink without touching its tables.
+pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
     Ok(match loaded.config.sink.kind {
         SinkKind::Sqlite => {
             let path = loaded.config.sink.path.as_ref().expect("checked by config");

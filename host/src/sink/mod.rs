@@ -119,6 +119,41 @@ impl Load<'_> {
     }
 }
 
+/// The DDL that brings a database in line with the declared tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaPlan {
+    /// Statements in order: `CREATE TABLE` for missing tables, then `ALTER TABLE … ADD COLUMN` for declared
+    /// columns the database lacks (always nullable).
+    pub statements: Vec<String>,
+    /// Tables that do not exist yet.
+    pub new_tables: Vec<String>,
+    /// `(table, column, type)` of the columns to add.
+    pub new_columns: Vec<(String, String, String)>,
+}
+
+impl SchemaPlan {
+    /// The start-up check: new tables may be created, but a declared column the table lacks stops the worker
+    /// until `weir schema apply` adds it.
+    pub fn check_at_start(&self) -> Result<(), SinkError> {
+        match self.new_columns.first() {
+            None => Ok(()),
+            Some((table, column, ty)) => Err(SinkError::Schema(format!(
+                "table {table}, column {column}: missing in the database; the config declares {ty}. Run \
+                 `weir schema apply -c CONFIG` to add it (as a nullable column), or remove it from the config"
+            ))),
+        }
+    }
+}
+
+/// A key column cannot be added to an existing table.
+pub(crate) fn key_column_missing(table: &TableSpec, column: &str) -> SinkError {
+    SinkError::Schema(format!(
+        "table {}, column {column}: a primary-key column is missing from the existing table; keys cannot be \
+         added in place. Recreate the table or change the config",
+        table.name
+    ))
+}
+
 /// The first bytes of a payload, as text, for a dead letter (the full record is in RAW).
 pub fn payload_preview(payload: &[u8]) -> String {
     let cut = &payload[..payload.len().min(256)];
@@ -128,9 +163,16 @@ pub fn payload_preview(payload: &[u8]) -> String {
 /// A sink.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Checks existing tables against the declaration (a mismatch is an error naming table, column and
-    /// expected type). With `create`, creates weir's tables and missing declared tables; without, returns the
-    /// names of the tables that do not exist yet.
+    /// Compares the database with the declared tables: a column of another type is an error naming table,
+    /// column and types; missing tables and columns become DDL in the plan.
+    async fn plan(&self, tables: &[TableSpec]) -> Result<SchemaPlan, SinkError>;
+
+    /// Runs a plan's statements.
+    async fn apply(&self, plan: &SchemaPlan) -> Result<(), SinkError>;
+
+    /// Checks the tables at start ([`SchemaPlan::check_at_start`]) and readies the sink for commits. With
+    /// `create`, creates weir's tables and missing declared tables; without, returns the names of the tables
+    /// that do not exist yet.
     async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError>;
 
     /// The committed checkpoint of a partition (empty when none), creating its row when missing.

@@ -25,7 +25,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
-use super::{Commit, Load, Sink, SinkError, payload_preview};
+use super::{Commit, Load, SchemaPlan, Sink, SinkError, payload_preview};
 use crate::rules::validate::{CheckedRow, RecordOutcome};
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -269,8 +269,8 @@ pub fn weir_tables_ddl(schema: &str) -> Vec<String> {
     ]
 }
 
-/// DDL of a declared table, with lineage columns.
-pub fn table_ddl(schema: &str, spec: &TableSpec) -> String {
+/// DDL of a declared table, with lineage columns; `DISTKEY`/`SORTKEY` options only for Redshift.
+pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
     let mut cols: Vec<String> = spec
         .columns
         .iter()
@@ -284,8 +284,18 @@ pub fn table_ddl(schema: &str, spec: &TableSpec) -> String {
     cols.push("_weir_rule_digest VARCHAR(64) NOT NULL".into());
     cols.push("_weir_loaded_at TIMESTAMPTZ NOT NULL".into());
     let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
+    let mut options = String::new();
+    if redshift {
+        if let Some(d) = &spec.distkey {
+            options.push_str(&format!(" DISTSTYLE KEY DISTKEY ({})", quote(d)));
+        }
+        if !spec.sortkey.is_empty() {
+            let cols: Vec<String> = spec.sortkey.iter().map(|c| quote(c)).collect();
+            options.push_str(&format!(" COMPOUND SORTKEY ({})", cols.join(", ")));
+        }
+    }
     format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} ({}, PRIMARY KEY ({}))",
+        "CREATE TABLE IF NOT EXISTS {}.{} ({}, PRIMARY KEY ({})){options}",
         quote(schema),
         quote(&spec.name),
         cols.join(", "),
@@ -345,7 +355,13 @@ impl RedshiftSink {
         result
     }
 
-    async fn check_table(&self, client: &Client, spec: &TableSpec) -> Result<bool, SinkError> {
+    /// `None` when the table does not exist, else the declared columns it lacks. A column of another type
+    /// is an error.
+    async fn check_table(
+        &self,
+        client: &Client,
+        spec: &TableSpec,
+    ) -> Result<Option<Vec<(String, ColumnType)>>, SinkError> {
         let rows = client
             .query_typed(
                 traced("SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale, domain_name \
@@ -355,15 +371,16 @@ impl RedshiftSink {
             .await
             .map_err(classify)?;
         if rows.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut missing = Vec::new();
         for (column, ty) in &spec.columns {
             let Some(row) = rows.iter().find(|r| r.get::<_, String>(0) == *column) else {
-                return Err(SinkError::Schema(format!(
-                    "table {}, column {column}: missing in the database; the config declares {ty}. Add it with \
-                     ALTER TABLE or remove it from the config",
-                    spec.name
-                )));
+                if spec.is_key(column) {
+                    return Err(super::key_column_missing(spec, column));
+                }
+                missing.push((column.clone(), *ty));
+                continue;
             };
             let data_type: String = row.get(1);
             let len: Option<i32> = row.get(2);
@@ -406,7 +423,7 @@ impl RedshiftSink {
                 )));
             }
         }
-        Ok(true)
+        Ok(Some(missing))
     }
 }
 
@@ -444,38 +461,85 @@ impl Eq for Cell {}
 
 #[async_trait]
 impl Sink for RedshiftSink {
-    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
-        let _ = self.tables.set(tables.to_vec());
+    async fn plan(&self, tables: &[TableSpec]) -> Result<SchemaPlan, SinkError> {
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
         let result = async {
-            if create {
-                for ddl in weir_tables_ddl(&self.schema) {
-                    conn.client
-                        .batch_execute(traced(&ddl))
-                        .await
-                        .map_err(classify)?;
-                }
+            let mut plan = SchemaPlan::default();
+            let have_weir = conn
+                .client
+                .query_typed(
+                    traced(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 \
+                         AND table_name IN ('weir_checkpoints', 'weir_batches', 'weir_dead_letters')",
+                    ),
+                    &[(&self.schema, Type::VARCHAR)],
+                )
+                .await
+                .map_err(classify)?;
+            if have_weir.len() < 3 {
+                plan.statements.extend(weir_tables_ddl(&self.schema));
+                plan.new_tables.push("weir_checkpoints, weir_batches, weir_dead_letters".into());
             }
-            let mut missing = Vec::new();
             for spec in tables {
-                if self.check_table(&conn.client, spec).await? {
-                    continue;
-                }
-                if create {
-                    conn.client
-                        .batch_execute(traced(&table_ddl(&self.schema, spec)))
-                        .await
-                        .map_err(classify)?;
-                    tracing::info!(table = %spec.name, "created table");
-                } else {
-                    missing.push(spec.name.clone());
+                match self.check_table(&conn.client, spec).await? {
+                    None => {
+                        plan.statements.push(table_ddl(&self.schema, spec, self.redshift));
+                        plan.new_tables.push(spec.name.clone());
+                    }
+                    Some(missing) => {
+                        for (column, ty) in missing {
+                            plan.statements.push(format!(
+                                "ALTER TABLE {}.{} ADD COLUMN {} {}",
+                                quote(&self.schema),
+                                quote(&spec.name),
+                                quote(&column),
+                                sql_type(ty)
+                            ));
+                            plan.new_columns.push((spec.name.clone(), column, ty.to_string()));
+                        }
+                    }
                 }
             }
-            Ok(missing)
+            Ok(plan)
         }
         .await;
         Self::settle(&mut guard, result)
+    }
+
+    async fn apply(&self, plan: &SchemaPlan) -> Result<(), SinkError> {
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = async {
+            // One statement at a time, outside any transaction block (Redshift runs some DDL only there).
+            for statement in &plan.statements {
+                conn.client
+                    .batch_execute(traced(statement))
+                    .await
+                    .map_err(classify)?;
+            }
+            // Temp stages copy the target's columns: recreate them after the targets change.
+            for stage in conn.staged.drain() {
+                conn.client
+                    .batch_execute(traced(&format!("DROP TABLE IF EXISTS {stage}")))
+                    .await
+                    .map_err(classify)?;
+            }
+            Ok(())
+        }
+        .await;
+        Self::settle(&mut guard, result)
+    }
+
+    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
+        let _ = self.tables.set(tables.to_vec());
+        let plan = self.plan(tables).await?;
+        plan.check_at_start()?;
+        if create && !plan.statements.is_empty() {
+            self.apply(&plan).await?;
+            tracing::info!(tables = %plan.new_tables.join(", "), "created tables");
+        }
+        Ok(if create { Vec::new() } else { plan.new_tables })
     }
 
     async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
@@ -767,7 +831,13 @@ mod tests {
             r#"DELETE FROM "public"."orders" USING "weir_stage_orders" WHERE "public"."orders"."order_id" = "weir_stage_orders"."order_id""#
         );
         assert!(insert.starts_with(r#"INSERT INTO "public"."orders" ("order_id""#));
-        let ddl = table_ddl("public", &spec());
+        let ddl = table_ddl("public", &spec(), false);
+        let keyed = spec().with_redshift_keys(Some("order_id".into()), vec!["order_id".into()]);
+        assert!(
+            table_ddl("s", &keyed, true)
+                .ends_with(r#"DISTSTYLE KEY DISTKEY ("order_id") COMPOUND SORTKEY ("order_id")"#)
+        );
+        assert!(!table_ddl("s", &keyed, false).contains("DISTKEY"));
         assert!(ddl.contains(r#""shipping" SUPER"#) && ddl.contains("PRIMARY KEY (\"order_id\")"));
         for statement in [t.create_stage(), t.insert_stage(3), delete, ddl]
             .iter()

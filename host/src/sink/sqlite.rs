@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use std::sync::Arc;
 use tracing::Instrument;
 
-use super::{Commit, Load, Sink, SinkError, payload_preview};
+use super::{Commit, Load, SchemaPlan, Sink, SinkError, payload_preview};
 use crate::rules::validate::RecordOutcome;
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -144,7 +144,12 @@ impl SqliteSink {
         &self.pool
     }
 
-    async fn check_table(&self, spec: &TableSpec) -> Result<bool, SinkError> {
+    /// `None` when the table does not exist, else the declared columns it lacks. A column of another type
+    /// is an error.
+    async fn check_table(
+        &self,
+        spec: &TableSpec,
+    ) -> Result<Option<Vec<(String, ColumnType)>>, SinkError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "PRAGMA table_info({})",
             quote(&spec.name)
@@ -153,7 +158,7 @@ impl SqliteSink {
         .await
         .map_err(classify)?;
         if rows.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let existing: Vec<(String, String)> = rows
             .iter()
@@ -164,17 +169,12 @@ impl SqliteSink {
                 )
             })
             .collect();
+        let mut missing = Vec::new();
         for (column, ty) in &spec.columns {
             let want = sqlite_type(*ty);
             match existing.iter().find(|(n, _)| n == column) {
-                None => {
-                    return Err(SinkError::Schema(format!(
-                        "table {}, column {column}: missing in {}; the config declares {ty}. Add the column or \
-                         remove it from the config",
-                        spec.name,
-                        self.path.display()
-                    )));
-                }
+                None if spec.is_key(column) => return Err(super::key_column_missing(spec, column)),
+                None => missing.push((column.clone(), *ty)),
                 Some((_, have)) if *have != want => {
                     return Err(SinkError::Schema(format!(
                         "table {}, column {column}: the database has type {have}, the config declares {ty} \
@@ -193,7 +193,7 @@ impl SqliteSink {
                 )));
             }
         }
-        Ok(true)
+        Ok(Some(missing))
     }
 
     fn create_sql(spec: &TableSpec) -> String {
@@ -257,27 +257,59 @@ fn bind_cell<'q>(
 
 #[async_trait]
 impl Sink for SqliteSink {
-    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
-        if create {
-            sqlx::raw_sql(WEIR_TABLES)
+    async fn plan(&self, tables: &[TableSpec]) -> Result<SchemaPlan, SinkError> {
+        let mut plan = SchemaPlan::default();
+        let have_weir: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('weir_checkpoints', 'weir_batches', 'weir_dead_letters')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        if have_weir < 3 {
+            plan.statements.push(WEIR_TABLES.trim().to_string());
+            plan.new_tables
+                .push("weir_checkpoints, weir_batches, weir_dead_letters".into());
+        }
+        for spec in tables {
+            match self.check_table(spec).await? {
+                None => {
+                    plan.statements.push(Self::create_sql(spec));
+                    plan.new_tables.push(spec.name.clone());
+                }
+                Some(missing) => {
+                    for (column, ty) in missing {
+                        plan.statements.push(format!(
+                            "ALTER TABLE {} ADD COLUMN {} {}",
+                            quote(&spec.name),
+                            quote(&column),
+                            sqlite_type(ty)
+                        ));
+                        plan.new_columns
+                            .push((spec.name.clone(), column, ty.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn apply(&self, plan: &SchemaPlan) -> Result<(), SinkError> {
+        for statement in &plan.statements {
+            sqlx::raw_sql(AssertSqlSafe(statement.clone()))
                 .execute(&self.pool)
                 .await
                 .map_err(classify)?;
         }
-        let mut missing = Vec::new();
-        for spec in tables {
-            if self.check_table(spec).await? {
-                continue;
-            }
-            if create {
-                sqlx::query(AssertSqlSafe(Self::create_sql(spec)))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                tracing::info!(table = %spec.name, db = %self.path.display(), "created table");
-            } else {
-                missing.push(spec.name.clone());
-            }
+        Ok(())
+    }
+
+    async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError> {
+        let plan = self.plan(tables).await?;
+        plan.check_at_start()?;
+        if create && !plan.statements.is_empty() {
+            self.apply(&plan).await?;
+            tracing::info!(tables = %plan.new_tables.join(", "), db = %self.path.display(), "created tables");
         }
         let _ = self.upserts.set(
             tables
@@ -285,7 +317,7 @@ impl Sink for SqliteSink {
                 .map(|t| Arc::from(Self::upsert_sql(t)))
                 .collect(),
         );
-        Ok(missing)
+        Ok(if create { Vec::new() } else { plan.new_tables })
     }
 
     async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
