@@ -159,8 +159,16 @@ fn schema_plan_and_apply_sqlite() {
     let cfg = config.to_str().unwrap();
     let plan = weir(&["schema", "plan", "-c", cfg], &[]);
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan.status.success() && text.contains("CREATE TABLE \"order_lines\""), "{}", show(&plan));
+    assert!(
+        plan.status.success() && text.contains("CREATE TABLE \"order_lines\""),
+        "{}",
+        show(&plan)
+    );
     assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
     let again = weir(&["schema", "plan", "-c", cfg], &[]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        show(&again)
+    );
 }

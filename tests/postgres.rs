@@ -431,14 +431,24 @@ async fn schema_plan_and_apply() {
     let plan = weir(&["schema", "plan", "-c", cfg], &[]);
     assert!(plan.status.success(), "{}", show(&plan));
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(text.contains("CREATE TABLE IF NOT EXISTS \"public\".\"orders\""), "{text}");
-    assert!(text.contains("weir_checkpoints") && text.contains("not applied"), "{text}");
+    assert!(
+        text.contains("CREATE TABLE IF NOT EXISTS \"public\".\"orders\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("weir_checkpoints") && text.contains("not applied"),
+        "{text}"
+    );
     assert_eq!(db.count(tables).await, 0, "plan must not change anything");
 
     assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
     assert_eq!(db.count(tables).await, 5);
     let again = weir(&["schema", "plan", "-c", cfg], &[]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        show(&again)
+    );
 
     // A new column in the config.
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -448,16 +458,85 @@ async fn schema_plan_and_apply() {
     std::fs::write(&config, text).unwrap();
     let run = weir(&["run", "-c", cfg], &[]);
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && err.contains("table orders, column note: missing in the database"), "{err}");
+    assert!(
+        !run.status.success() && err.contains("table orders, column note: missing in the database"),
+        "{err}"
+    );
     assert!(err.contains("weir schema apply"), "{err}");
     let plan = weir(&["schema", "plan", "-c", cfg], &[]);
     assert!(
-        String::from_utf8_lossy(&plan.stdout).contains("ALTER TABLE \"public\".\"orders\" ADD COLUMN \"note\" VARCHAR(10);"),
+        String::from_utf8_lossy(&plan.stdout)
+            .contains("ALTER TABLE \"public\".\"orders\" ADD COLUMN \"note\" VARCHAR(10);"),
         "{}",
         show(&plan)
     );
     assert!(weir(&["schema", "apply", "-c", cfg], &[]).status.success());
     let run = weir(&["run", "-c", cfg], &[]);
     assert!(run.status.success(), "{}", show(&run));
-    assert_eq!(db.count("SELECT count(*) FROM orders WHERE note IS NULL").await, 5);
+    assert_eq!(
+        db.count("SELECT count(*) FROM orders WHERE note IS NULL")
+            .await,
+        5
+    );
+}
+
+/// A value that passes weir's checks but that the database refuses (a JSON `\u0000` escape, which
+/// PostgreSQL's `jsonb` rejects) dead-letters only its record, naming the table; the rest of the batch loads.
+#[tokio::test]
+async fn refused_value_dead_letters_only_its_record() {
+    let db = TestDb::new().await;
+    let tables = spec();
+    let s = sink(&db).await;
+    let mut one = batch("", 1, &[("a", 1), ("b", 2), ("c", 3)]);
+    if let RecordOutcome::Emit(rows) = &mut one.1[1] {
+        rows[0].cells[3] = Cell::Json(r#"{"note":"\u0000"}"#.into());
+    }
+    let refused = match s.commit(&load(&one, &tables)).await {
+        Err(weir::sink::SinkError::Rejected(refused)) => refused,
+        other => panic!("expected the record to be refused, got {other:?}"),
+    };
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, 1);
+    assert!(
+        refused[0]
+            .1
+            .starts_with("table items: the database refused the row"),
+        "{}",
+        refused[0].1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM items").await,
+        0,
+        "nothing commits with the refused row"
+    );
+
+    // Through the binary: the same value in an order's `shipping` object.
+    let dir = tempfile::tempdir().unwrap();
+    let db2 = TestDb::new().await;
+    let config = quickstart_postgres_in(dir.path(), &db2.url);
+    let mut input = std::fs::read(dir.path().join("orders.jsonl")).unwrap();
+    input.extend_from_slice(
+        br#"{"order_id":"o-00000099","placed_at":"2026-11-21T11:00:00Z","currency":"EUR","shipping":{"country":"ES","note":"\u0000"},"lines":[{"sku":"S","qty":1,"unit_price":"1.00"}]}"#,
+    );
+    input.push(b'\n');
+    std::fs::write(dir.path().join("orders.jsonl"), input).unwrap();
+    let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(db2.count("SELECT count(*) FROM orders").await, 5);
+    assert_eq!(db2.count("SELECT count(*) FROM order_lines").await, 12);
+    let dead = db2
+        .rows(
+            "SELECT stage, reason FROM weir_dead_letters WHERE record_id = 'file/orders.jsonl/18'",
+        )
+        .await;
+    assert_eq!(dead[0][0], "sink");
+    assert!(
+        dead[0][1].starts_with("table orders: the database refused the row"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(
+        db2.count("SELECT sum(rejected) FROM weir_batches").await,
+        11
+    );
 }

@@ -381,24 +381,47 @@ async fn sink_stage(
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let crash = CrashPoint::from_env("commit");
-    while let Some(p) = input.recv().await {
+    while let Some(mut p) = input.recv().await {
         let span = tracing::info_span!("load", batch = %p.batch.id, partition = %p.batch.partition);
+        let loaded_at_us = crate::record::wall_clock_us();
+        let commit = loop {
+            let load = Load {
+                batch: &p.batch,
+                raw_refs: &p.raw_refs,
+                outcomes: &p.outcomes,
+                tables: &tables,
+                rule_digest: &rule_digest,
+                loaded_at_us,
+            };
+            match retrying(&retry, "commit", || sink.commit(&load))
+                .instrument(span.clone())
+                .await
+            {
+                Ok(commit) => break commit,
+                // Rows the database refuses are dead-lettered; the rest of the batch commits.
+                Err((_, SinkError::Rejected(refused))) => {
+                    for (i, reason) in refused {
+                        span.in_scope(|| tracing::warn!(record = %p.batch.records[i].id, %reason, "dead-lettered by the sink"));
+                        p.outcomes[i] = RecordOutcome::Reject(validate::RejectStage::Sink, reason);
+                    }
+                }
+                Err((attempts, e)) => {
+                    return Err(PipelineError::Sink {
+                        batch: p.batch.id.clone(),
+                        attempts,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        };
         let load = Load {
             batch: &p.batch,
             raw_refs: &p.raw_refs,
             outcomes: &p.outcomes,
             tables: &tables,
             rule_digest: &rule_digest,
-            loaded_at_us: crate::record::wall_clock_us(),
+            loaded_at_us,
         };
-        let commit = retrying(&retry, "commit", || sink.commit(&load))
-            .instrument(span.clone())
-            .await
-            .map_err(|(attempts, e)| PipelineError::Sink {
-                batch: p.batch.id.clone(),
-                attempts,
-                message: e.to_string(),
-            })?;
         if commit == Commit::NotOwner {
             return Err(PipelineError::NotOwner {
                 source_name: p.batch.source.clone(),

@@ -25,6 +25,8 @@ pub enum RejectStage {
     Sandbox,
     /// The rule's rows broke the declared schema.
     Validate,
+    /// The database refused the record's rows.
+    Sink,
 }
 
 impl RejectStage {
@@ -34,6 +36,7 @@ impl RejectStage {
             RejectStage::Rule => "rule",
             RejectStage::Sandbox => "sandbox",
             RejectStage::Validate => "validate",
+            RejectStage::Sink => "sink",
         }
     }
 }

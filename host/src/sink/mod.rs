@@ -35,6 +35,13 @@ pub enum SinkError {
     /// The database's tables do not match the configuration.
     #[error("sink schema mismatch: {0}")]
     Schema(String),
+    /// The database refused a value (data exception); never retried as is.
+    #[error("sink refused a value: {0}")]
+    Data(String),
+    /// These records (by index in the batch) cannot be loaded, with the reason: the pipeline dead-letters
+    /// them and commits the rest.
+    #[error("sink refused the rows of {} records", .0.len())]
+    Rejected(Vec<(usize, String)>),
 }
 
 impl SinkError {
@@ -152,6 +159,21 @@ pub(crate) fn key_column_missing(table: &TableSpec, column: &str) -> SinkError {
          added in place. Recreate the table or change the config",
         table.name
     ))
+}
+
+/// Text fit for any `VARCHAR(max_bytes)`: NUL characters (which PostgreSQL refuses) replaced, cut to
+/// `max_bytes` UTF-8 bytes on a character boundary.
+pub fn clean_text(text: &str, max_bytes: usize) -> String {
+    let mut s = text.replace('\0', "\u{FFFD}");
+    if s.len() > max_bytes {
+        let mut cut = max_bytes.saturating_sub(3);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 /// The first bytes of a payload, as text, for a dead letter (the full record is in RAW).

@@ -25,7 +25,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
-use super::{Commit, Load, SchemaPlan, Sink, SinkError, payload_preview};
+use super::{Commit, Load, SchemaPlan, Sink, SinkError, clean_text, payload_preview};
 use crate::rules::validate::{CheckedRow, RecordOutcome};
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -64,8 +64,14 @@ fn classify(e: tokio_postgres::Error) -> SinkError {
     let connection = e.is_closed()
         || e.as_db_error().is_none()
         || matches!(e.code().map(|c| c.code()), Some(c) if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03");
+    // Class 22 (data exception) and 23 (integrity): a value the database refuses. Never retried as is: the
+    // offending records are isolated and dead-lettered.
+    let data =
+        matches!(e.code().map(|c| c.code()), Some(c) if c.starts_with("22") || c.starts_with("23"));
     if serialization || connection {
         SinkError::Transient(message)
+    } else if data {
+        SinkError::Data(message)
     } else {
         SinkError::Permanent(message)
     }
@@ -579,7 +585,17 @@ impl Sink for RedshiftSink {
         let span = tracing::debug_span!("redshift.commit", batch = %load.batch.id, records = load.batch.records.len());
         let mut guard = self.session().instrument(span.clone()).await?;
         let conn = guard.as_mut().expect("connected");
-        let result = self.commit_batch(conn, load).instrument(span).await;
+        let mut result = self.commit_batch(conn, load).instrument(span.clone()).await;
+        if let Err(SinkError::Data(message)) = &result {
+            tracing::warn!(parent: &span, error = %message, "the database refused a value; isolating the records");
+            result = match self.isolate(conn, load).instrument(span).await {
+                Ok(guilty) if !guilty.is_empty() => Err(SinkError::Rejected(guilty)),
+                Ok(_) => Err(SinkError::Permanent(format!(
+                    "{message} (not reproducible record by record)"
+                ))),
+                Err(e) => Err(e),
+            };
+        }
         Self::settle(&mut guard, result)
     }
 
@@ -652,52 +668,12 @@ impl RedshiftSink {
             return Ok(Commit::NotOwner);
         }
 
-        // Rows per table, in record order, with their record ids.
-        let mut per_table: Vec<Vec<(&CheckedRow, &str)>> = vec![Vec::new(); specs.len()];
-        for (record, outcome) in batch.records.iter().zip(load.outcomes) {
-            if let RecordOutcome::Emit(rows) = outcome {
-                for row in rows {
-                    per_table[row.table].push((row, record.id.as_str()));
-                }
-            }
-        }
-        for (t, rows) in per_table.into_iter().enumerate() {
+        for (t, rows) in rows_by_table(load, specs.len(), None)
+            .into_iter()
+            .enumerate()
+        {
             let sql = &sqls[t];
-            tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
-                .await
-                .map_err(classify)?;
-            if rows.is_empty() {
-                continue;
-            }
-            let rows = dedupe(rows, &sql.key);
-            let lineage = [batch.id.as_str(), load.rule_digest];
-            let mut pending: Vec<Bind> = Vec::new();
-            let mut pending_rows = 0;
-            let mut bytes = 0;
-            let width = sql.columns.len();
-            for (row, record_id) in rows {
-                for (cell, ty) in row.cells.iter().zip(&sql.types) {
-                    pending.push(bind(*ty, cell));
-                }
-                pending.push(Bind::Text(Some(record_id.to_string())));
-                pending.push(Bind::Text(Some(lineage[0].to_string())));
-                pending.push(Bind::Text(Some(lineage[1].to_string())));
-                pending.push(Bind::Text(Some(loaded_at.clone())));
-                bytes += pending[pending.len() - width..]
-                    .iter()
-                    .map(Bind::size)
-                    .sum::<usize>();
-                pending_rows += 1;
-                if pending.len() + width > MAX_BINDS || bytes > MAX_STATEMENT_BYTES {
-                    insert_chunk(&tx, sql, &pending, pending_rows).await?;
-                    pending.clear();
-                    pending_rows = 0;
-                    bytes = 0;
-                }
-            }
-            if pending_rows > 0 {
-                insert_chunk(&tx, sql, &pending, pending_rows).await?;
-            }
+            fill_stage(&tx, sql, rows, load, &loaded_at).await?;
             for statement in sql.merge() {
                 tx.batch_execute(traced(&statement))
                     .await
@@ -710,6 +686,7 @@ impl RedshiftSink {
         {
             if let RecordOutcome::Reject(stage, reason) = outcome {
                 let preview = payload_preview(&record.payload);
+                let reason = clean_text(reason, 65_535);
                 tx.query_typed(
                     traced(&format!(
                         "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
@@ -728,7 +705,7 @@ impl RedshiftSink {
                         (&batch.id, Type::VARCHAR),
                         (raw_ref, Type::VARCHAR),
                         (&stage.as_str(), Type::VARCHAR),
-                        (reason, Type::VARCHAR),
+                        (&reason, Type::VARCHAR),
                         (&preview, Type::VARCHAR),
                         (&loaded_at, Type::VARCHAR),
                     ],
@@ -770,6 +747,130 @@ impl RedshiftSink {
 
         tx.commit().await.map_err(classify)?;
         Ok(Commit::Committed)
+    }
+}
+
+/// Emitted rows per table, in record order, with their record ids; only records in `only` when given.
+fn rows_by_table<'a>(
+    load: &'a Load<'_>,
+    tables: usize,
+    only: Option<&[usize]>,
+) -> Vec<Vec<(&'a CheckedRow, &'a str)>> {
+    let mut per_table: Vec<Vec<(&CheckedRow, &str)>> = vec![Vec::new(); tables];
+    let records = load.batch.records.iter().zip(load.outcomes).enumerate();
+    for (i, (record, outcome)) in records {
+        if only.is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        if let RecordOutcome::Emit(rows) = outcome {
+            for row in rows {
+                per_table[row.table].push((row, record.id.as_str()));
+            }
+        }
+    }
+    per_table
+}
+
+/// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.
+async fn fill_stage(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &TableSql,
+    rows: Vec<(&CheckedRow, &str)>,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+        .await
+        .map_err(classify)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows = dedupe(rows, &sql.key);
+    let width = sql.columns.len();
+    let mut pending: Vec<Bind> = Vec::new();
+    let mut pending_rows = 0;
+    let mut bytes = 0;
+    for (row, record_id) in rows {
+        for (cell, ty) in row.cells.iter().zip(&sql.types) {
+            pending.push(bind(*ty, cell));
+        }
+        pending.push(Bind::Text(Some(record_id.to_string())));
+        pending.push(Bind::Text(Some(load.batch.id.clone())));
+        pending.push(Bind::Text(Some(load.rule_digest.to_string())));
+        pending.push(Bind::Text(Some(loaded_at.to_string())));
+        bytes += pending[pending.len() - width..]
+            .iter()
+            .map(Bind::size)
+            .sum::<usize>();
+        pending_rows += 1;
+        if pending.len() + width > MAX_BINDS || bytes > MAX_STATEMENT_BYTES {
+            insert_chunk(tx, sql, &pending, pending_rows).await?;
+            pending.clear();
+            pending_rows = 0;
+            bytes = 0;
+        }
+    }
+    if pending_rows > 0 {
+        insert_chunk(tx, sql, &pending, pending_rows).await?;
+    }
+    Ok(())
+}
+
+impl RedshiftSink {
+    /// After a data error: finds the records whose rows the database refuses, by filling the stages with
+    /// halves of the batch in transactions that are rolled back, down to single records.
+    async fn isolate(
+        &self,
+        conn: &mut Conn,
+        load: &Load<'_>,
+    ) -> Result<Vec<(usize, String)>, SinkError> {
+        let specs = self.tables.get().expect("prepared");
+        let sqls: Vec<TableSql> = specs
+            .iter()
+            .map(|s| TableSql::new(&self.schema, s))
+            .collect();
+        let loaded_at = sql_timestamp(load.loaded_at_us);
+        let emitting: Vec<usize> = (0..load.outcomes.len())
+            .filter(
+                |i| matches!(load.outcomes[*i], RecordOutcome::Emit(ref rows) if !rows.is_empty()),
+            )
+            .collect();
+        let mut guilty = Vec::new();
+        let mut todo = vec![emitting];
+        while let Some(set) = todo.pop() {
+            if set.is_empty() {
+                continue;
+            }
+            let tx = conn.client.transaction().await.map_err(classify)?;
+            let mut failure = None;
+            for (t, rows) in rows_by_table(load, specs.len(), Some(&set))
+                .into_iter()
+                .enumerate()
+            {
+                if let Err(e) = fill_stage(&tx, &sqls[t], rows, load, &loaded_at).await {
+                    failure = Some((specs[t].name.clone(), e));
+                    break;
+                }
+            }
+            drop(tx); // rolled back
+            match failure {
+                None => {}
+                Some((_, e)) if !matches!(e, SinkError::Data(_)) => return Err(e),
+                Some((table, SinkError::Data(message))) if set.len() == 1 => {
+                    guilty.push((
+                        set[0],
+                        format!("table {table}: the database refused the row: {message}"),
+                    ));
+                }
+                Some(_) => {
+                    let (a, b) = set.split_at(set.len() / 2);
+                    todo.push(a.to_vec());
+                    todo.push(b.to_vec());
+                }
+            }
+        }
+        guilty.sort();
+        Ok(guilty)
     }
 }
 
