@@ -234,7 +234,7 @@ fn load<'a>(b: &'a (Batch, Vec<RecordOutcome>, Vec<String>), tables: &'a [TableS
 }
 
 async fn sink(db: &TestDb) -> RedshiftSink {
-    let s = RedshiftSink::new(&db.url, "public", false).unwrap();
+    let s = RedshiftSink::new(&db.url, "public", false, None).unwrap();
     s.prepare(&spec(), true).await.unwrap();
     assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
     s
@@ -317,7 +317,7 @@ async fn schema_mismatch_is_named() {
         .batch_execute("CREATE TABLE items (id VARCHAR(16) NOT NULL, n BIGINT, price DECIMAL(10,2), doc super, at TIMESTAMPTZ)")
         .await
         .unwrap();
-    let s = RedshiftSink::new(&db.url, "public", false).unwrap();
+    let s = RedshiftSink::new(&db.url, "public", false, None).unwrap();
     let err = s.prepare(&spec(), true).await.unwrap_err().to_string();
     assert!(
         err.contains("table items, column n: the database has bigint, the config declares integer"),
@@ -538,5 +538,110 @@ async fn refused_value_dead_letters_only_its_record() {
     assert_eq!(
         db2.count("SELECT sum(rejected) FROM weir_batches").await,
         11
+    );
+}
+
+/// A TLS front for the test server: answers PostgreSQL's SSLRequest, terminates TLS with a certificate for
+/// `localhost` signed by a fresh CA, and relays the session to the server in plain text. Returns the port and
+/// the CA's PEM file.
+async fn tls_front(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(
+        tokio_rustls::rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let upstream: tokio_postgres::Config = std::env::var("WEIR_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .parse()
+        .unwrap();
+    let port = upstream.get_ports().first().copied().unwrap_or(5432);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                assert_eq!(
+                    request[4..],
+                    [0x04, 0xd2, 0x16, 0x2f],
+                    "expected an SSLRequest"
+                );
+                client.write_all(b"S").await?;
+                let mut tls = acceptor.accept(client).await?;
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    (front, ca_file)
+}
+
+/// With `sslmode=require` the sink speaks TLS and verifies the certificate chain and the host name: it works
+/// for the name on the certificate with the CA trusted, and refuses another name or an unknown CA.
+#[tokio::test]
+async fn tls_verifies_chain_and_host_name() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = tls_front(dir.path()).await;
+    let (user, db_name) = (
+        db.url
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap(),
+        &db.name,
+    );
+    let url = |host: &str| format!("postgres://{user}@{host}:{port}/{db_name}?sslmode=require");
+
+    let s = RedshiftSink::new(&url("localhost"), "public", false, Some(&ca)).unwrap();
+    s.prepare(&spec(), true)
+        .await
+        .expect("TLS session with a verified certificate");
+    assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
+
+    let wrong_name = RedshiftSink::new(&url("127.0.0.1"), "public", false, Some(&ca)).unwrap();
+    let err = wrong_name
+        .prepare(&spec(), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("not valid for name"), "{err}");
+
+    let unknown_ca = RedshiftSink::new(&url("localhost"), "public", false, None).unwrap();
+    let err = unknown_ca
+        .prepare(&spec(), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.to_lowercase().contains("unknownissuer")
+            || err.to_lowercase().contains("unknown issuer"),
+        "{err}"
     );
 }

@@ -139,6 +139,10 @@ pub struct SinkConfig {
     /// out of the file: `url = "${WEIR_REDSHIFT_URL}"`.
     #[serde(default)]
     pub url: Option<String>,
+    /// postgres / redshift: a PEM file of extra CA certificates to trust for TLS (relative to the config
+    /// file). Default: the public web roots only, which Redshift's certificates chain to.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// postgres / redshift: the schema of the final and weir tables. Default `public`.
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -598,6 +602,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(p) = &config.sink.path {
         config.sink.path = Some(join(p));
+    }
+    if let Some(p) = &config.sink.tls_ca_file {
+        config.sink.tls_ca_file = Some(join(p));
     }
     match &mut config.raw {
         RawConfig::Local { dir, .. } => *dir = join(dir),

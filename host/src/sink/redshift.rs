@@ -37,6 +37,8 @@ const MAX_STATEMENT_BYTES: usize = 4 << 20;
 /// The PostgreSQL / Redshift sink.
 pub struct RedshiftSink {
     config: tokio_postgres::Config,
+    /// TLS with certificate and hostname verification, when the connection uses it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
     redshift: bool,
     conn: Mutex<Option<Conn>>,
@@ -50,11 +52,24 @@ struct Conn {
 }
 
 fn classify(e: tokio_postgres::Error) -> SinkError {
-    let text = e.to_string();
-    let detail = e
-        .as_db_error()
-        .map(|d| format!("{}: {}", d.code().code(), d.message()));
-    let message = detail.unwrap_or(text);
+    let message = match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => {
+            // The causes carry the useful part (a refused certificate, a reset connection).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    };
+    if message.contains("invalid peer certificate") {
+        return SinkError::Permanent(format!(
+            "{message} (check the host name in sink.url and sink.tls_ca_file)"
+        ));
+    }
     let serialization = e.code()
         == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
         || message.contains("1023")
@@ -310,13 +325,35 @@ pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
 }
 
 impl RedshiftSink {
-    /// A sink for `url` (`postgres://user:password@host:port/database`); connects lazily.
-    pub fn new(url: &str, schema: &str, redshift: bool) -> Result<Self, SinkError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+    /// A sink for `url` (`postgres://user:password@host:port/database[?sslmode=…]`); connects lazily.
+    ///
+    /// TLS (rustls, certificate and hostname verified against the public web roots plus `ca_file`, a PEM
+    /// bundle) is used with `sslmode=require`, and by default for Redshift; `sslmode=disable` turns it off.
+    /// For PostgreSQL without `sslmode`, connections are plain.
+    pub fn new(
+        url: &str,
+        schema: &str,
+        redshift: bool,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, SinkError> {
+        use tokio_postgres::config::SslMode;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             SinkError::Permanent(format!("sink.url is not a valid connection URL: {e}"))
         })?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Disable => false,
+            SslMode::Require => true,
+            _ => redshift,
+        };
+        let tls = if tls {
+            config.ssl_mode(SslMode::Require);
+            Some(tls_connector(ca_file)?)
+        } else {
+            None
+        };
         Ok(RedshiftSink {
             config,
+            tls,
             schema: schema.to_string(),
             redshift,
             conn: Mutex::new(None),
@@ -325,12 +362,21 @@ impl RedshiftSink {
     }
 
     async fn connect(&self) -> Result<Conn, SinkError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "database connection closed");
+        let closed =
+            |e: tokio_postgres::Error| tracing::warn!(error = %e, "database connection closed");
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    self.config.connect(tls.clone()).await.map_err(classify)?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                client
             }
-        });
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                client
+            }
+        };
         // Redshift: no result caching surprises for weir's own bookkeeping reads.
         if self.redshift {
             client
@@ -431,6 +477,34 @@ impl RedshiftSink {
         }
         Ok(Some(missing))
     }
+}
+
+/// A rustls connector trusting the public web roots (Redshift's certificates chain to them) and the
+/// certificates of `ca_file`.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SinkError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad =
+            |e: String| SinkError::Permanent(format!("sink.tls_ca_file {}: {e}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| SinkError::Permanent(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Keeps the latest row per key, in first-seen order (Redshift does not enforce keys).
