@@ -234,7 +234,7 @@ fn load<'a>(b: &'a (Batch, Vec<RecordOutcome>, Vec<String>), tables: &'a [TableS
 }
 
 async fn sink(db: &TestDb) -> RedshiftSink {
-    let s = RedshiftSink::new(&db.url, "public", false, None).unwrap();
+    let s = RedshiftSink::new(&db.url, "public", false, None, 2).unwrap();
     s.prepare(&spec(), true).await.unwrap();
     assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
     s
@@ -317,7 +317,7 @@ async fn schema_mismatch_is_named() {
         .batch_execute("CREATE TABLE items (id VARCHAR(16) NOT NULL, n BIGINT, price DECIMAL(10,2), doc super, at TIMESTAMPTZ)")
         .await
         .unwrap();
-    let s = RedshiftSink::new(&db.url, "public", false, None).unwrap();
+    let s = RedshiftSink::new(&db.url, "public", false, None, 2).unwrap();
     let err = s.prepare(&spec(), true).await.unwrap_err().to_string();
     assert!(
         err.contains("table items, column n: the database has bigint, the config declares integer"),
@@ -619,13 +619,13 @@ async fn tls_verifies_chain_and_host_name() {
     );
     let url = |host: &str| format!("postgres://{user}@{host}:{port}/{db_name}?sslmode=require");
 
-    let s = RedshiftSink::new(&url("localhost"), "public", false, Some(&ca)).unwrap();
+    let s = RedshiftSink::new(&url("localhost"), "public", false, Some(&ca), 1).unwrap();
     s.prepare(&spec(), true)
         .await
         .expect("TLS session with a verified certificate");
     assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
 
-    let wrong_name = RedshiftSink::new(&url("127.0.0.1"), "public", false, Some(&ca)).unwrap();
+    let wrong_name = RedshiftSink::new(&url("127.0.0.1"), "public", false, Some(&ca), 1).unwrap();
     let err = wrong_name
         .prepare(&spec(), true)
         .await
@@ -633,7 +633,7 @@ async fn tls_verifies_chain_and_host_name() {
         .to_string();
     assert!(err.to_lowercase().contains("not valid for name"), "{err}");
 
-    let unknown_ca = RedshiftSink::new(&url("localhost"), "public", false, None).unwrap();
+    let unknown_ca = RedshiftSink::new(&url("localhost"), "public", false, None, 2).unwrap();
     let err = unknown_ca
         .prepare(&spec(), true)
         .await

@@ -143,11 +143,18 @@ pub struct SinkConfig {
     /// file). Default: the public web roots only, which Redshift's certificates chain to.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// postgres / redshift: most database sessions this worker opens. Default 2.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
     /// postgres / redshift: the schema of the final and weir tables. Default `public`.
     #[serde(default = "default_schema")]
     pub schema: String,
     /// The declared tables. Rules may only emit rows for these tables and columns.
     pub tables: Vec<TableConfig>,
+}
+
+fn default_connections() -> usize {
+    2
 }
 
 fn default_schema() -> String {

@@ -73,6 +73,7 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
                 &loaded.config.sink.schema,
                 redshift,
                 loaded.config.sink.tls_ca_file.as_deref(),
+                loaded.config.sink.connections,
             )?)
         }
     })

@@ -41,7 +41,8 @@ pub struct RedshiftSink {
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
     redshift: bool,
-    conn: Mutex<Option<Conn>>,
+    /// A small pool of sessions: each keeps its own temp stages; a broken one is dropped and reconnected.
+    pool: Vec<Mutex<Option<Conn>>>,
     tables: std::sync::OnceLock<Vec<TableSpec>>,
 }
 
@@ -266,6 +267,58 @@ impl TableSql {
     }
 }
 
+/// The Redshift-only fast path for the stage fill: `COPY` from gzip JSON-lines files in S3 listed by a
+/// manifest, then the same merge. Needs real Redshift (PostgreSQL has no `COPY … FROM 's3://…'`); the files
+/// hold one [`stage_json_line`] per row.
+pub fn copy_stage_sql(
+    stage: &str,
+    columns: &[String],
+    manifest_url: &str,
+    iam_role: &str,
+    region: &str,
+) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "COPY {stage} ({}) FROM {} IAM_ROLE {} FORMAT AS JSON 'auto' GZIP MANIFEST TIMEFORMAT 'auto' REGION {}",
+        columns.join(", "),
+        literal(manifest_url),
+        literal(iam_role),
+        literal(region)
+    )
+}
+
+/// One stage row as a JSON object for `COPY … FORMAT AS JSON 'auto'`: keys are the column names, `SUPER`
+/// values nested JSON, decimals and timestamps strings Redshift parses.
+pub fn stage_json_line(
+    spec: &TableSpec,
+    cells: &[Cell],
+    lineage: [&str; 3],
+    loaded_at: &str,
+) -> String {
+    let mut object = serde_json::Map::new();
+    for ((name, _), cell) in spec.columns.iter().zip(cells) {
+        let value = match cell {
+            Cell::Null => serde_json::Value::Null,
+            Cell::Bool(b) => (*b).into(),
+            Cell::Int(i) => (*i).into(),
+            Cell::Float(x) => {
+                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+            }
+            Cell::Json(j) => serde_json::from_str(j).unwrap_or(serde_json::Value::Null),
+            Cell::TimestampUs(us) => sql_timestamp(*us).into(),
+            Cell::Decimal(t) | Cell::Text(t) => t.clone().into(),
+        };
+        object.insert(name.clone(), value);
+    }
+    for (name, value) in LINEAGE_COLUMNS
+        .iter()
+        .zip([lineage[0], lineage[1], lineage[2], loaded_at])
+    {
+        object.insert(name.to_string(), value.into());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
 /// DDL of weir's own tables.
 pub fn weir_tables_ddl(schema: &str) -> Vec<String> {
     let s = quote(schema);
@@ -329,12 +382,13 @@ impl RedshiftSink {
     ///
     /// TLS (rustls, certificate and hostname verified against the public web roots plus `ca_file`, a PEM
     /// bundle) is used with `sslmode=require`, and by default for Redshift; `sslmode=disable` turns it off.
-    /// For PostgreSQL without `sslmode`, connections are plain.
+    /// For PostgreSQL without `sslmode`, connections are plain. `connections` sessions at most.
     pub fn new(
         url: &str,
         schema: &str,
         redshift: bool,
         ca_file: Option<&std::path::Path>,
+        connections: usize,
     ) -> Result<Self, SinkError> {
         use tokio_postgres::config::SslMode;
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
@@ -356,7 +410,7 @@ impl RedshiftSink {
             tls,
             schema: schema.to_string(),
             redshift,
-            conn: Mutex::new(None),
+            pool: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             tables: std::sync::OnceLock::new(),
         })
     }
@@ -392,7 +446,12 @@ impl RedshiftSink {
 
     /// The session, connected when needed.
     async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Conn>>, SinkError> {
-        let mut guard = self.conn.lock().await;
+        // A free session if there is one, else wait for the first.
+        let free = self.pool.iter().find_map(|slot| slot.try_lock().ok());
+        let mut guard = match free {
+            Some(g) => g,
+            None => self.pool[0].lock().await,
+        };
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = Some(self.connect().await?);
         }
@@ -1031,6 +1090,42 @@ mod tests {
                 assert!(!upper.contains(banned), "{banned} in {statement}");
             }
         }
+    }
+
+    /// The COPY fast path's SQL text and row encoding (they run only on real Redshift).
+    #[test]
+    fn copy_from_s3() {
+        let t = TableSql::new("public", &spec());
+        let copy = copy_stage_sql(
+            &t.stage,
+            &t.columns,
+            "s3://bucket/stage/b1.manifest",
+            "arn:aws:iam::123456789012:role/weir-o'k",
+            "eu-west-1",
+        );
+        assert_eq!(
+            copy,
+            "COPY \"weir_stage_orders\" (\"order_id\", \"total\", \"shipping\", \"n\", _weir_record_id, _weir_batch_id, \
+             _weir_rule_digest, _weir_loaded_at) FROM 's3://bucket/stage/b1.manifest' \
+             IAM_ROLE 'arn:aws:iam::123456789012:role/weir-o''k' FORMAT AS JSON 'auto' GZIP MANIFEST \
+             TIMEFORMAT 'auto' REGION 'eu-west-1'"
+        );
+        let cells = [
+            Cell::Text("o-1".into()),
+            Cell::Decimal("44.90".into()),
+            Cell::Json(r#"{"a":[1]}"#.into()),
+            Cell::Null,
+        ];
+        let line = stage_json_line(
+            &spec(),
+            &cells,
+            ["file/x/1", "b", "d"],
+            "2026-11-21 10:00:00.000000+00",
+        );
+        assert_eq!(
+            line,
+            r#"{"order_id":"o-1","total":"44.90","shipping":{"a":[1]},"n":null,"_weir_record_id":"file/x/1","_weir_batch_id":"b","_weir_rule_digest":"d","_weir_loaded_at":"2026-11-21 10:00:00.000000+00"}"#
+        );
     }
 
     /// Duplicate keys in one batch keep the latest row only.
