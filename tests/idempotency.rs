@@ -7,14 +7,6 @@ use std::path::Path;
 
 use common::*;
 
-const TABLES: [&str; 5] = [
-    "orders",
-    "order_lines",
-    "weir_dead_letters",
-    "weir_batches",
-    "weir_checkpoints",
-];
-
 async fn clean_run_snapshot() -> std::collections::BTreeMap<String, Vec<Vec<String>>> {
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());

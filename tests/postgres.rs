@@ -16,14 +16,6 @@ use weir::schema::{Cell, ColumnType, TableSpec};
 use weir::sink::redshift::RedshiftSink;
 use weir::sink::{Commit, Load, Sink};
 
-const TABLES: [&str; 5] = [
-    "orders",
-    "order_lines",
-    "weir_dead_letters",
-    "weir_batches",
-    "weir_checkpoints",
-];
-
 /// Every table's rows, sorted, without wall-clock columns; `SUPER` read through `JSON_SERIALIZE`.
 async fn pg_snapshot(db: &TestDb) -> Vec<Vec<Vec<String>>> {
     let mut out = Vec::new();

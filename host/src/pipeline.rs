@@ -414,14 +414,6 @@ async fn sink_stage(
                 }
             }
         };
-        let load = Load {
-            batch: &p.batch,
-            raw_refs: &p.raw_refs,
-            outcomes: &p.outcomes,
-            tables: &tables,
-            rule_digest: &rule_digest,
-            loaded_at_us,
-        };
         if commit == Commit::NotOwner {
             return Err(PipelineError::NotOwner {
                 source_name: p.batch.source.clone(),
@@ -431,7 +423,7 @@ async fn sink_stage(
         CrashPoint::check(crash, summary.batches + 1);
         acker.ack(&p.batch).instrument(span.clone()).await?;
         summary.add(&tables, &p.outcomes);
-        let c = load.counts();
+        let c = crate::sink::Counts::of(&p.outcomes);
         span.in_scope(|| {
             tracing::info!(
                 records = c.records_in,

@@ -8,6 +8,15 @@ use std::process::{Command, Output};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Row};
 
+/// The tables of the quickstart sink: final rows and weir's own.
+pub const TABLES: [&str; 5] = [
+    "orders",
+    "order_lines",
+    "weir_dead_letters",
+    "weir_batches",
+    "weir_checkpoints",
+];
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -93,14 +93,14 @@ pub struct Counts {
     pub drop_reasons: BTreeMap<String, usize>,
 }
 
-impl Load<'_> {
-    /// The ledger counts of this batch.
-    pub fn counts(&self) -> Counts {
+impl Counts {
+    /// The ledger counts of a batch's outcomes.
+    pub fn of(outcomes: &[RecordOutcome]) -> Counts {
         let mut c = Counts {
-            records_in: self.outcomes.len(),
+            records_in: outcomes.len(),
             ..Counts::default()
         };
-        for o in self.outcomes {
+        for o in outcomes {
             match o {
                 RecordOutcome::Emit(rows) => {
                     c.emitted += 1;
@@ -114,6 +114,13 @@ impl Load<'_> {
             }
         }
         c
+    }
+}
+
+impl Load<'_> {
+    /// The ledger counts of this batch.
+    pub fn counts(&self) -> Counts {
+        Counts::of(self.outcomes)
     }
 
     /// The RAW object of the batch (the references without their `#line`).
