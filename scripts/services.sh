@@ -4,10 +4,13 @@
 #
 #   PostgreSQL (stand-in for Redshift): WEIR_PG_ADMIN_URL, a superuser URL the tests use to create a fresh
 #   database and an MD5-password role per test. Set it yourself to test against another server.
+#   moto server (S3 and the Redshift control plane, AWS wire protocols): WEIR_AWS_ENDPOINT, on 127.0.0.1:4566.
+#   Set it yourself to use another endpoint.
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
 
+# ---- PostgreSQL -------------------------------------------------------------------------------------------
 pg_url=${WEIR_PG_ADMIN_URL:-}
 if [ -z "$pg_url" ]; then
   if ! command -v pg_ctlcluster >/dev/null 2>&1; then
@@ -25,10 +28,39 @@ if [ -z "$pg_url" ]; then
   if psql -X -q "postgresql://postgres@127.0.0.1:5432/postgres" -c 'SELECT 1' >/dev/null 2>&1; then
     pg_url="postgres://postgres@127.0.0.1:5432/postgres"
   else
-    # A fresh install asks for a password over TCP: give the superuser one, through the local socket.
-    log "setting a password for the postgres superuser (test machines only)"
+    # A fresh install asks for SCRAM passwords over TCP. For this test server: give the superuser a password,
+    # accept MD5 passwords (Redshift-like), and trust members of weir_iam_users, the roles the IAM tests log
+    # in as with the random passwords a local AWS server hands out.
+    log "configuring PostgreSQL $version for the tests (test machines only)"
+    hba=/etc/postgresql/$version/main/pg_hba.conf
+    if ! grep -q weir_iam_users "$hba"; then
+      { echo "host all +weir_iam_users 127.0.0.1/32 trust"; echo "host all all 127.0.0.1/32 md5"; cat "$hba"; } > "$hba.new"
+      mv "$hba.new" "$hba"
+    fi
     su postgres -c "psql -X -q -c \"ALTER ROLE postgres PASSWORD 'weir-tests'\"" >&2
+    su postgres -c "psql -X -q -c \"DO \\\$\\\$ BEGIN CREATE ROLE weir_iam_users NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \\\$\\\$\"" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload >&2
     pg_url="postgres://postgres:weir-tests@127.0.0.1:5432/postgres"
   fi
 fi
 echo "export WEIR_PG_ADMIN_URL='$pg_url'"
+
+# ---- moto server ------------------------------------------------------------------------------------------
+aws_url=${WEIR_AWS_ENDPOINT:-}
+if [ -z "$aws_url" ]; then
+  aws_url="http://127.0.0.1:4566"
+  up() { (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; }
+  if ! up; then
+    venv=${WEIR_MOTO_VENV:-/var/tmp/weir-moto}
+    if [ ! -x "$venv/bin/moto_server" ]; then
+      log "installing moto server (PyPI) into $venv"
+      python3 -m venv "$venv" >&2
+      "$venv/bin/pip" install -q 'moto[server]==5.2.5' >&2
+    fi
+    log "starting moto server on 127.0.0.1:4566"
+    nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 4566 > "${TMPDIR:-/tmp}/weir-moto.log" 2>&1 &
+    for _ in $(seq 1 30); do up && break; sleep 1; done
+    up || { log "moto server did not start"; exit 1; }
+  fi
+fi
+echo "export WEIR_AWS_ENDPOINT='$aws_url'"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a used one:
 #   scripts/test.sh
-# Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL), builds the plugins once, then runs every test:
+# Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL, moto server), builds the plugins once, then runs every test:
 # the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
 # Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
 # one machine (and CI's fresh clones) reuse them.
@@ -16,7 +16,8 @@ export WEIR_CACHE_DIR=${WEIR_CACHE_DIR:-$CARGO_TARGET_DIR/weir-plugin-cache}
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 
 started=$SECONDS
-# Real services the tests talk to (PostgreSQL for Redshift), installed and started when missing.
+# Real services the tests talk to (PostgreSQL for Redshift, moto for S3 and the Redshift control plane),
+# installed and started when missing.
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh
 

@@ -13,7 +13,7 @@ use weir::record::Batch;
 use weir::rules::SourceRecord;
 use weir::rules::validate::{CheckedRow, RecordOutcome, RejectStage};
 use weir::schema::{Cell, ColumnType, TableSpec};
-use weir::sink::redshift::RedshiftSink;
+use weir::sink::redshift::{RedshiftOptions, RedshiftSink};
 use weir::sink::{Commit, Load, Sink};
 
 /// Every table's rows, sorted, without wall-clock columns; `SUPER` read through `JSON_SERIALIZE`.
@@ -226,7 +226,7 @@ fn load<'a>(b: &'a (Batch, Vec<RecordOutcome>, Vec<String>), tables: &'a [TableS
 }
 
 async fn sink(db: &TestDb) -> RedshiftSink {
-    let s = RedshiftSink::new(&db.url, "public", false, None, 2).unwrap();
+    let s = RedshiftSink::new(&db.url, RedshiftOptions::default()).unwrap();
     s.prepare(&spec(), true).await.unwrap();
     assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
     s
@@ -309,7 +309,7 @@ async fn schema_mismatch_is_named() {
         .batch_execute("CREATE TABLE items (id VARCHAR(16) NOT NULL, n BIGINT, price DECIMAL(10,2), doc super, at TIMESTAMPTZ)")
         .await
         .unwrap();
-    let s = RedshiftSink::new(&db.url, "public", false, None, 2).unwrap();
+    let s = RedshiftSink::new(&db.url, RedshiftOptions::default()).unwrap();
     let err = s.prepare(&spec(), true).await.unwrap_err().to_string();
     assert!(
         err.contains("table items, column n: the database has bigint, the config declares integer"),
@@ -610,14 +610,19 @@ async fn tls_verifies_chain_and_host_name() {
         &db.name,
     );
     let url = |host: &str| format!("postgres://{user}@{host}:{port}/{db_name}?sslmode=require");
+    let tls = |ca: Option<&std::path::PathBuf>| RedshiftOptions {
+        tls_ca_file: ca.cloned(),
+        connections: 1,
+        ..RedshiftOptions::default()
+    };
 
-    let s = RedshiftSink::new(&url("localhost"), "public", false, Some(&ca), 1).unwrap();
+    let s = RedshiftSink::new(&url("localhost"), tls(Some(&ca))).unwrap();
     s.prepare(&spec(), true)
         .await
         .expect("TLS session with a verified certificate");
     assert_eq!(s.checkpoint("mem", "p").await.unwrap(), "");
 
-    let wrong_name = RedshiftSink::new(&url("127.0.0.1"), "public", false, Some(&ca), 1).unwrap();
+    let wrong_name = RedshiftSink::new(&url("127.0.0.1"), tls(Some(&ca))).unwrap();
     let err = wrong_name
         .prepare(&spec(), true)
         .await
@@ -625,7 +630,7 @@ async fn tls_verifies_chain_and_host_name() {
         .to_string();
     assert!(err.to_lowercase().contains("not valid for name"), "{err}");
 
-    let unknown_ca = RedshiftSink::new(&url("localhost"), "public", false, None, 2).unwrap();
+    let unknown_ca = RedshiftSink::new(&url("localhost"), tls(None)).unwrap();
     let err = unknown_ca
         .prepare(&spec(), true)
         .await
@@ -635,5 +640,190 @@ async fn tls_verifies_chain_and_host_name() {
         err.to_lowercase().contains("unknownissuer")
             || err.to_lowercase().contains("unknown issuer"),
         "{err}"
+    );
+}
+
+/// With `[sink.iam]`, every new connection logs in with temporary credentials from `GetClusterCredentials`
+/// (served here by a local AWS server; the database role is the `IAM:` user it returns).
+#[tokio::test]
+async fn iam_credentials_for_each_connection() {
+    let db = TestDb::new().await;
+    let cluster = format!("weir-{}", db.name.replace('_', "-"));
+    aws_sdk_redshift::Client::new(&aws_sdk().await)
+        .create_cluster()
+        .cluster_identifier(&cluster)
+        .node_type("ra3.xlplus")
+        .master_username("admin")
+        .master_user_password("Admin-password-1")
+        .send()
+        .await
+        .expect("the local AWS server creates the cluster");
+    let iam_user = format!("IAM:{}", db.role);
+    let admin = db.admin().await;
+    let _ = admin
+        .batch_execute("CREATE ROLE weir_iam_users NOLOGIN")
+        .await; // may exist already
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{iam_user}\" LOGIN; GRANT {} TO \"{iam_user}\"; GRANT weir_iam_users TO \"{iam_user}\"",
+            db.role
+        ))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_postgres_in(dir.path(), &db.url);
+    let host = db
+        .url
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("kind = \"postgres\"\nurl = \"{}\"", db.url),
+        &format!(
+            "kind = \"redshift\"\nurl = \"postgres://{}@{host}/{}?sslmode=disable\"\n\
+             iam = {{ cluster_id = \"{cluster}\", duration_secs = 900 }}",
+            db.role, db.name
+        ),
+    ) + &format!(
+        "\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+        aws_endpoint()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = weir(&["run", "-c", config.to_str().unwrap()], &AWS_TEST_ENV);
+    assert!(out.status.success(), "{}", show(&out));
+    // The tables belong to the IAM user: read them as the superuser.
+    let orders: i64 = admin.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert_eq!(orders, 5);
+    let owner = db
+        .rows("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'")
+        .await;
+    assert_eq!(owner[0][0], iam_user, "weir logged in with the IAM user");
+}
+
+/// The COPY fast path's stage files: gzip JSON lines per table (latest row per key) and a manifest, under
+/// keys that depend only on the batch, so a retry rewrites the same objects.
+#[tokio::test]
+async fn copy_stage_files_in_s3() {
+    use std::io::Read;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!("weir-stage-{}", std::process::id());
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let tables = spec();
+    let one = batch("", 1, &[("a", 1), ("b", 2), ("a", 3)]);
+    let manifests = weir::sink::redshift::write_copy_stage(
+        &s3,
+        &bucket,
+        "stage/",
+        &load(&one, &tables),
+        &tables,
+    )
+    .await
+    .unwrap();
+    let manifest_url = manifests[0].clone().expect("a manifest for the table");
+    assert_eq!(
+        manifest_url,
+        format!("s3://{bucket}/stage/mem_p_1-3/items.manifest")
+    );
+    let get = |key: String| {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        async move {
+            s3.get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .to_vec()
+        }
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&get("stage/mem_p_1-3/items.manifest".into()).await).unwrap();
+    assert_eq!(
+        manifest["entries"][0]["url"],
+        format!("s3://{bucket}/stage/mem_p_1-3/items.jsonl.gz")
+    );
+    assert_eq!(manifest["entries"][0]["mandatory"], true);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&get("stage/mem_p_1-3/items.jsonl.gz".into()).await[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "latest row per key: {text}");
+    assert_eq!(lines[1]["id"], "a");
+    assert_eq!(lines[1]["n"], 3);
+    assert_eq!(lines[1]["price"], "3.50");
+    assert_eq!(lines[1]["doc"]["n"], 3);
+    assert_eq!(lines[1]["_weir_record_id"], "mem/p/3");
+    // A retry writes the same two objects again.
+    weir::sink::redshift::write_copy_stage(&s3, &bucket, "stage/", &load(&one, &tables), &tables)
+        .await
+        .unwrap();
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(listed.contents().len(), 2);
+}
+
+/// `merge = "merge"` (one MERGE statement per table) leaves the same tables as the default delete + insert,
+/// including when a later batch updates rows in place.
+#[tokio::test]
+async fn merge_statement_mode_matches_delete_insert() {
+    let tables = spec();
+    let mut finals = Vec::new();
+    for mode in [
+        weir::config::MergeMode::DeleteInsert,
+        weir::config::MergeMode::Merge,
+    ] {
+        let db = TestDb::new().await;
+        let s = RedshiftSink::new(
+            &db.url,
+            RedshiftOptions {
+                merge: mode,
+                ..RedshiftOptions::default()
+            },
+        )
+        .unwrap();
+        s.prepare(&tables, true).await.unwrap();
+        s.checkpoint("mem", "p").await.unwrap();
+        let one = batch("", 1, &[("a", 1), ("b", 2), ("a", 3)]);
+        assert_eq!(
+            s.commit(&load(&one, &tables)).await.unwrap(),
+            Commit::Committed
+        );
+        let two = batch("3", 4, &[("b", 20), ("c", 30)]);
+        assert_eq!(
+            s.commit(&load(&two, &tables)).await.unwrap(),
+            Commit::Committed
+        );
+        finals.push(
+            db.rows(
+                "SELECT id, n, price, JSON_SERIALIZE(doc), _weir_record_id FROM items ORDER BY id",
+            )
+            .await,
+        );
+    }
+    assert_eq!(finals[0], finals[1]);
+    assert_eq!(finals[1].len(), 3);
+    assert_eq!(
+        finals[1][1],
+        ["b", "20", "20.50", r#"{"n": 20}"#, "mem/p/4"]
     );
 }

@@ -61,6 +61,9 @@ pub struct Config {
     /// Retries of RAW writes and sink commits.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// AWS region and endpoint override, for every AWS backend.
+    #[serde(default)]
+    pub aws: crate::aws::AwsConfig,
 }
 
 /// `[source]`.
@@ -149,8 +152,81 @@ pub struct SinkConfig {
     /// postgres / redshift: the schema of the final and weir tables. Default `public`.
     #[serde(default = "default_schema")]
     pub schema: String,
+    /// redshift: fetch temporary database credentials through IAM for each new connection, instead of a
+    /// password in `url`.
+    #[serde(default)]
+    pub iam: Option<IamConfig>,
+    /// postgres / redshift: how the stage is merged: `delete_insert` (default: `DELETE … USING` + `INSERT …
+    /// SELECT`) or `merge` (one `MERGE` statement; PostgreSQL ≥ 15 and Redshift).
+    #[serde(default)]
+    pub merge: MergeMode,
+    /// redshift: how the stage is filled: `insert` (default; works everywhere) or `copy` from S3.
+    #[serde(default)]
+    pub stage_fill: StageFillConfig,
     /// The declared tables. Rules may only emit rows for these tables and columns.
     pub tables: Vec<TableConfig>,
+}
+
+/// How a stage is merged into its target table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMode {
+    /// `DELETE FROM target USING stage …` then `INSERT INTO target SELECT … FROM stage`.
+    #[default]
+    DeleteInsert,
+    /// `MERGE INTO target USING stage …`.
+    Merge,
+}
+
+/// `[sink.iam]`: Redshift temporary credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamConfig {
+    /// A provisioned cluster's identifier (`GetClusterCredentials`). Give this or `workgroup`.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// A Redshift Serverless workgroup (`GetCredentials`). Give this or `cluster_id`.
+    #[serde(default)]
+    pub workgroup: Option<String>,
+    /// Provisioned only: the database user. Default: the user in `url`.
+    #[serde(default)]
+    pub db_user: Option<String>,
+    /// Provisioned only: create the user when missing. Default false.
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Lifetime of the credentials, 900 to 3600 seconds. Default 900.
+    #[serde(default = "default_iam_duration_secs")]
+    pub duration_secs: u32,
+}
+
+fn default_iam_duration_secs() -> u32 {
+    900
+}
+
+/// `[sink.stage_fill]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StageFillConfig {
+    /// Multi-row typed INSERTs (works on Redshift and PostgreSQL).
+    #[default]
+    Insert,
+    /// Redshift only: gzip JSON lines and a manifest written to S3, then `COPY … FORMAT AS JSON 'auto'`.
+    Copy {
+        /// The S3 bucket for stage files.
+        bucket: String,
+        /// Key prefix for stage files. Default `weir-stage/`.
+        #[serde(default = "default_stage_prefix")]
+        prefix: String,
+        /// The IAM role Redshift assumes to read the bucket (`IAM_ROLE` of the COPY).
+        iam_role: String,
+        /// The bucket's region. Default: `[aws] region`, else `us-east-1`.
+        #[serde(default)]
+        region: Option<String>,
+    },
+}
+
+fn default_stage_prefix() -> String {
+    "weir-stage/".into()
 }
 
 fn default_connections() -> usize {
@@ -190,6 +266,9 @@ pub struct TableConfig {
     /// Redshift only: compound sort key columns. Default: none.
     #[serde(default)]
     pub sortkey: Vec<String>,
+    /// Redshift only: column compression, e.g. `encode = { total = "az64", sku = "zstd" }`. Default: Redshift's.
+    #[serde(default)]
+    pub encode: BTreeMap<String, String>,
 }
 
 /// `[batch]`.

@@ -4,6 +4,7 @@
 //! after the RAW copy and the final rows have committed.
 //!
 //! Layout:
+//! - [`aws`]: AWS settings shared by the AWS backends.
 //! - [`config`]: the TOML configuration, `${ENV}` interpolation, checks that name the field.
 //! - [`record`]: records and batches.
 //! - [`source`]: where records come from (`file`: lines of a file or stdin).
@@ -14,6 +15,7 @@
 //! - [`pipeline`]: batching, bounded channels, retries, acknowledgements, the run summary.
 //! - [`worker`]: builds a pipeline from a configuration; what `weir run` and `weir validate` use.
 
+pub mod aws;
 pub mod config;
 pub mod pipeline;
 pub mod raw;

@@ -170,6 +170,8 @@ pub struct TableSpec {
     pub distkey: Option<String>,
     /// Redshift compound sort key columns, if any.
     pub sortkey: Vec<String>,
+    /// Redshift column compression encodings (`ENCODE …`), by column.
+    pub encode: Vec<(String, String)>,
 }
 
 impl TableSpec {
@@ -181,6 +183,7 @@ impl TableSpec {
             primary_key,
             distkey: None,
             sortkey: Vec::new(),
+            encode: Vec::new(),
         }
     }
 

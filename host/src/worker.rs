@@ -7,7 +7,11 @@ use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
 use crate::pipeline::{Pipeline, PipelineError, Summary};
 use crate::raw::{RawStore, local::LocalRaw};
 use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
-use crate::sink::{Sink, SinkError, redshift::RedshiftSink, sqlite::SqliteSink};
+use crate::sink::{
+    Sink, SinkError,
+    redshift::{RedshiftOptions, RedshiftSink},
+    sqlite::SqliteSink,
+};
 use crate::source::{Source, SourceError, file::FileSource};
 
 /// A failure to start or run a worker.
@@ -67,14 +71,18 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
                 .url
                 .as_deref()
                 .expect("checked by config");
-            let redshift = loaded.config.sink.kind == SinkKind::Redshift;
-            Arc::new(RedshiftSink::new(
-                url,
-                &loaded.config.sink.schema,
-                redshift,
-                loaded.config.sink.tls_ca_file.as_deref(),
-                loaded.config.sink.connections,
-            )?)
+            let sink = &loaded.config.sink;
+            let options = RedshiftOptions {
+                schema: sink.schema.clone(),
+                redshift: sink.kind == SinkKind::Redshift,
+                tls_ca_file: sink.tls_ca_file.clone(),
+                connections: sink.connections,
+                iam: sink.iam.clone(),
+                stage_fill: sink.stage_fill.clone(),
+                aws: loaded.config.aws.clone(),
+                merge: sink.merge,
+            };
+            Arc::new(RedshiftSink::new(url, options)?)
         }
     })
 }

@@ -306,3 +306,31 @@ pub fn quickstart_postgres_in(dir: &Path, url: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The AWS endpoint of the local test server (moto; scripts/services.sh starts it).
+pub fn aws_endpoint() -> String {
+    std::env::var("WEIR_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// SDK settings for the local AWS test server, with its static test credentials.
+pub async fn aws_sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(aws_endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "weir-tests",
+        ))
+        .load()
+        .await
+}
+
+/// Environment for a `weir` process talking to the local AWS test server.
+pub const AWS_TEST_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];

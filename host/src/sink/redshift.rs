@@ -26,6 +26,8 @@ use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
 use super::{Commit, Load, SchemaPlan, Sink, SinkError, clean_text, payload_preview};
+use crate::aws::AwsConfig;
+use crate::config::{IamConfig, MergeMode, StageFillConfig};
 use crate::rules::validate::{CheckedRow, RecordOutcome};
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -43,6 +45,12 @@ pub struct RedshiftSink {
     redshift: bool,
     /// A small pool of sessions: each keeps its own temp stages; a broken one is dropped and reconnected.
     pool: Vec<Mutex<Option<Conn>>>,
+    iam: Option<IamConfig>,
+    stage_fill: StageFillConfig,
+    aws: AwsConfig,
+    merge: MergeMode,
+    /// The AWS SDK configuration, loaded on first use (IAM credentials, COPY stage files).
+    sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
     tables: std::sync::OnceLock<Vec<TableSpec>>,
 }
 
@@ -238,6 +246,42 @@ impl TableSql {
         )
     }
 
+    /// `MERGE INTO target USING stage …`: one statement instead of delete + insert (PostgreSQL ≥ 15 and
+    /// Redshift; the stage is a table and deduplicated, as Redshift requires).
+    fn merge_statement(&self) -> String {
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{t}.{c} = {s}.{c}",
+                    t = self.target,
+                    s = self.stage,
+                    c = self.columns[*k]
+                )
+            })
+            .collect();
+        let set: Vec<String> = (0..self.columns.len())
+            .filter(|i| !self.key.contains(i))
+            .map(|i| format!("{c} = {s}.{c}", c = self.columns[i], s = self.stage))
+            .collect();
+        let values: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{}.{c}", self.stage))
+            .collect();
+        format!(
+            "MERGE INTO {t} USING {s} ON {on} WHEN MATCHED THEN UPDATE SET {set} \
+             WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})",
+            t = self.target,
+            s = self.stage,
+            on = on.join(" AND "),
+            set = set.join(", "),
+            cols = self.columns.join(", "),
+            values = values.join(", ")
+        )
+    }
+
     fn merge(&self) -> [String; 2] {
         let on: Vec<String> = self
             .key
@@ -350,7 +394,11 @@ pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
         .iter()
         .map(|(c, ty)| {
             let not_null = if spec.is_key(c) { " NOT NULL" } else { "" };
-            format!("{} {}{not_null}", quote(c), sql_type(*ty))
+            let encode = match spec.encode.iter().find(|(name, _)| name == c) {
+                Some((_, e)) if redshift => format!(" ENCODE {e}"),
+                _ => String::new(),
+            };
+            format!("{} {}{not_null}{encode}", quote(c), sql_type(*ty))
         })
         .collect();
     cols.push("_weir_record_id VARCHAR(1024) NOT NULL".into());
@@ -380,16 +428,10 @@ pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
 impl RedshiftSink {
     /// A sink for `url` (`postgres://user:password@host:port/database[?sslmode=…]`); connects lazily.
     ///
-    /// TLS (rustls, certificate and hostname verified against the public web roots plus `ca_file`, a PEM
-    /// bundle) is used with `sslmode=require`, and by default for Redshift; `sslmode=disable` turns it off.
-    /// For PostgreSQL without `sslmode`, connections are plain. `connections` sessions at most.
-    pub fn new(
-        url: &str,
-        schema: &str,
-        redshift: bool,
-        ca_file: Option<&std::path::Path>,
-        connections: usize,
-    ) -> Result<Self, SinkError> {
+    /// TLS (rustls, certificate and hostname verified against the public web roots plus
+    /// `options.tls_ca_file`, a PEM bundle) is used with `sslmode=require`, and by default for Redshift;
+    /// `sslmode=disable` turns it off. For PostgreSQL without `sslmode`, connections are plain.
+    pub fn new(url: &str, options: RedshiftOptions) -> Result<Self, SinkError> {
         use tokio_postgres::config::SslMode;
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             SinkError::Permanent(format!("sink.url is not a valid connection URL: {e}"))
@@ -397,47 +439,106 @@ impl RedshiftSink {
         let tls = match config.get_ssl_mode() {
             SslMode::Disable => false,
             SslMode::Require => true,
-            _ => redshift,
+            _ => options.redshift,
         };
         let tls = if tls {
             config.ssl_mode(SslMode::Require);
-            Some(tls_connector(ca_file)?)
+            Some(tls_connector(options.tls_ca_file.as_deref())?)
         } else {
             None
         };
         Ok(RedshiftSink {
             config,
             tls,
-            schema: schema.to_string(),
-            redshift,
-            pool: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            schema: options.schema,
+            redshift: options.redshift,
+            pool: (0..options.connections.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
             tables: std::sync::OnceLock::new(),
+            iam: options.iam,
+            stage_fill: options.stage_fill,
+            aws: options.aws,
+            merge: options.merge,
+            sdk: tokio::sync::OnceCell::new(),
         })
     }
 
+    async fn sdk(&self) -> &aws_config::SdkConfig {
+        self.sdk.get_or_init(|| self.aws.load()).await
+    }
+
+    /// Temporary database credentials from IAM (`GetClusterCredentials` or Serverless `GetCredentials`).
+    async fn iam_credentials(&self, iam: &IamConfig) -> Result<(String, String), SinkError> {
+        let db = self.config.get_dbname().unwrap_or("dev").to_string();
+        let duration = iam.duration_secs as i32;
+        let sdk = self.sdk().await;
+        let (user, password) = if let Some(cluster) = &iam.cluster_id {
+            let user = iam
+                .db_user
+                .clone()
+                .or_else(|| self.config.get_user().map(str::to_string))
+                .ok_or_else(|| {
+                    SinkError::Permanent("sink.iam: set `db_user` or a user in sink.url".into())
+                })?;
+            let out = aws_sdk_redshift::Client::new(sdk)
+                .get_cluster_credentials()
+                .cluster_identifier(cluster)
+                .db_user(user)
+                .db_name(db)
+                .duration_seconds(duration)
+                .auto_create(iam.auto_create)
+                .send()
+                .await
+                .map_err(|e| aws_error("GetClusterCredentials", e))?;
+            (
+                out.db_user().map(str::to_string),
+                out.db_password().map(str::to_string),
+            )
+        } else {
+            let workgroup = iam.workgroup.as_deref().expect("checked by config");
+            let out = aws_sdk_redshiftserverless::Client::new(sdk)
+                .get_credentials()
+                .workgroup_name(workgroup)
+                .db_name(db)
+                .duration_seconds(duration)
+                .send()
+                .await
+                .map_err(|e| aws_error("GetCredentials", e))?;
+            (
+                out.db_user().map(str::to_string),
+                out.db_password().map(str::to_string),
+            )
+        };
+        match (user, password) {
+            (Some(u), Some(p)) => Ok((u, p)),
+            _ => Err(SinkError::Permanent(
+                "IAM returned no database user or password".into(),
+            )),
+        }
+    }
+
     async fn connect(&self) -> Result<Conn, SinkError> {
+        // With IAM, fresh temporary credentials for every new connection.
+        let mut config = self.config.clone();
+        if let Some(iam) = &self.iam {
+            let (user, password) = self.iam_credentials(iam).await?;
+            config.user(&user).password(password);
+        }
         let closed =
             |e: tokio_postgres::Error| tracing::warn!(error = %e, "database connection closed");
         let client = match &self.tls {
             Some(tls) => {
-                let (client, connection) =
-                    self.config.connect(tls.clone()).await.map_err(classify)?;
+                let (client, connection) = config.connect(tls.clone()).await.map_err(classify)?;
                 tokio::spawn(async move { connection.await.map_err(closed) });
                 client
             }
             None => {
-                let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+                let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
                 tokio::spawn(async move { connection.await.map_err(closed) });
                 client
             }
         };
-        // Redshift: no result caching surprises for weir's own bookkeeping reads.
-        if self.redshift {
-            client
-                .batch_execute(traced("SET enable_result_cache_for_session TO off"))
-                .await
-                .map_err(classify)?;
-        }
         Ok(Conn {
             client,
             staged: HashSet::new(),
@@ -536,6 +637,124 @@ impl RedshiftSink {
         }
         Ok(Some(missing))
     }
+}
+
+/// Options of a [`RedshiftSink`] beyond its URL.
+#[derive(Debug, Clone)]
+pub struct RedshiftOptions {
+    /// Schema of the final and weir tables.
+    pub schema: String,
+    /// Redshift (TLS by default, Redshift-only table options) rather than PostgreSQL.
+    pub redshift: bool,
+    /// Extra CA certificates (PEM) to trust.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Most sessions.
+    pub connections: usize,
+    /// IAM temporary credentials.
+    pub iam: Option<IamConfig>,
+    /// How the stage is filled.
+    pub stage_fill: StageFillConfig,
+    /// AWS settings (IAM, COPY stage files).
+    pub aws: AwsConfig,
+    /// How the stage is merged into the target.
+    pub merge: MergeMode,
+}
+
+impl Default for RedshiftOptions {
+    fn default() -> Self {
+        RedshiftOptions {
+            schema: "public".into(),
+            redshift: false,
+            tls_ca_file: None,
+            connections: 2,
+            iam: None,
+            stage_fill: StageFillConfig::Insert,
+            aws: AwsConfig::default(),
+            merge: MergeMode::DeleteInsert,
+        }
+    }
+}
+
+/// An AWS call's failure: the service said no (permanent), or it could not be reached (transient).
+fn aws_error<E, R>(what: &str, e: aws_sdk_redshift::error::SdkError<E, R>) -> SinkError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let service = matches!(e, aws_sdk_redshift::error::SdkError::ServiceError(_));
+    let message = format!("{what}: {}", crate::aws::error_message(&e));
+    if service {
+        SinkError::Permanent(message)
+    } else {
+        SinkError::Transient(message)
+    }
+}
+
+/// Writes the COPY stage files of a batch: per table with rows, gzip JSON lines (deduplicated to the latest
+/// row per key) and a manifest, under `{prefix}{batch id}/`. Keys depend only on the batch, so a retry rewrites
+/// the same objects. Returns each table's manifest URL (`None` for a table without rows).
+pub async fn write_copy_stage(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    load: &Load<'_>,
+    specs: &[TableSpec],
+) -> Result<Vec<Option<String>>, SinkError> {
+    use std::io::Write;
+    let loaded_at = sql_timestamp(load.loaded_at_us);
+    let folder: String = load
+        .batch
+        .id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut manifests = Vec::with_capacity(specs.len());
+    for (t, rows) in rows_by_table(load, specs.len(), None)
+        .into_iter()
+        .enumerate()
+    {
+        if rows.is_empty() {
+            manifests.push(None);
+            continue;
+        }
+        let key = TableSql::new("s", &specs[t]).key;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for (row, record_id) in dedupe(rows, &key) {
+            let line = stage_json_line(
+                &specs[t],
+                &row.cells,
+                [record_id, &load.batch.id, load.rule_digest],
+                &loaded_at,
+            );
+            gz.write_all(line.as_bytes())
+                .and_then(|()| gz.write_all(b"\n"))
+                .expect("writing to memory");
+        }
+        let data = gz.finish().expect("writing to memory");
+        let data_key = format!("{prefix}{folder}/{}.jsonl.gz", specs[t].name);
+        let manifest_key = format!("{prefix}{folder}/{}.manifest", specs[t].name);
+        let manifest = serde_json::json!({"entries": [{"url": format!("s3://{bucket}/{data_key}"), "mandatory": true}]});
+        for (key, body) in [
+            (&data_key, data),
+            (&manifest_key, manifest.to_string().into_bytes()),
+        ] {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .map_err(|e| aws_error("S3 PutObject", e))?;
+        }
+        manifests.push(Some(format!("s3://{bucket}/{manifest_key}")));
+    }
+    Ok(manifests)
 }
 
 /// A rustls connector trusting the public web roots (Redshift's certificates chain to them) and the
@@ -771,6 +990,24 @@ impl RedshiftSink {
         }
         let loaded_at = sql_timestamp(load.loaded_at_us);
         let s = quote(&self.schema);
+        // The COPY fast path writes its stage files before the transaction starts.
+        let copy = match &self.stage_fill {
+            StageFillConfig::Insert => None,
+            StageFillConfig::Copy {
+                bucket,
+                prefix,
+                iam_role,
+                region,
+            } => {
+                let s3 = self.aws.s3_from(self.sdk().await);
+                let manifests = write_copy_stage(&s3, bucket, prefix, load, specs).await?;
+                let region = region
+                    .clone()
+                    .or_else(|| self.aws.region.clone())
+                    .unwrap_or_else(|| "us-east-1".into());
+                Some((manifests, iam_role.clone(), region))
+            }
+        };
         let tx = conn.client.transaction().await.map_err(classify)?;
 
         let cas = tx
@@ -806,8 +1043,26 @@ impl RedshiftSink {
             .enumerate()
         {
             let sql = &sqls[t];
-            fill_stage(&tx, sql, rows, load, &loaded_at).await?;
-            for statement in sql.merge() {
+            match &copy {
+                None => fill_stage(&tx, sql, rows, load, &loaded_at).await?,
+                Some((manifests, role, region)) => {
+                    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+                        .await
+                        .map_err(classify)?;
+                    if let Some(manifest) = &manifests[t] {
+                        let statement =
+                            copy_stage_sql(&sql.stage, &sql.columns, manifest, role, region);
+                        tx.batch_execute(traced(&statement))
+                            .await
+                            .map_err(classify)?;
+                    }
+                }
+            }
+            let statements = match self.merge {
+                MergeMode::DeleteInsert => sql.merge().to_vec(),
+                MergeMode::Merge => vec![sql.merge_statement()],
+            };
+            for statement in statements {
                 tx.batch_execute(traced(&statement))
                     .await
                     .map_err(classify)?;
@@ -1059,6 +1314,10 @@ mod tests {
             )
         );
         assert!(insert.contains("CAST($16 AS TIMESTAMPTZ))"));
+        assert_eq!(
+            t.merge_statement(),
+            r#"MERGE INTO "public"."orders" USING "weir_stage_orders" ON "public"."orders"."order_id" = "weir_stage_orders"."order_id" WHEN MATCHED THEN UPDATE SET "total" = "weir_stage_orders"."total", "shipping" = "weir_stage_orders"."shipping", "n" = "weir_stage_orders"."n", _weir_record_id = "weir_stage_orders"._weir_record_id, _weir_batch_id = "weir_stage_orders"._weir_batch_id, _weir_rule_digest = "weir_stage_orders"._weir_rule_digest, _weir_loaded_at = "weir_stage_orders"._weir_loaded_at WHEN NOT MATCHED THEN INSERT ("order_id", "total", "shipping", "n", _weir_record_id, _weir_batch_id, _weir_rule_digest, _weir_loaded_at) VALUES ("weir_stage_orders"."order_id", "weir_stage_orders"."total", "weir_stage_orders"."shipping", "weir_stage_orders"."n", "weir_stage_orders"._weir_record_id, "weir_stage_orders"._weir_batch_id, "weir_stage_orders"._weir_rule_digest, "weir_stage_orders"._weir_loaded_at)"#
+        );
         let [delete, insert] = t.merge();
         assert_eq!(
             delete,
@@ -1066,7 +1325,9 @@ mod tests {
         );
         assert!(insert.starts_with(r#"INSERT INTO "public"."orders" ("order_id""#));
         let ddl = table_ddl("public", &spec(), false);
-        let keyed = spec().with_redshift_keys(Some("order_id".into()), vec!["order_id".into()]);
+        let mut keyed = spec().with_redshift_keys(Some("order_id".into()), vec!["order_id".into()]);
+        keyed.encode = vec![("total".into(), "az64".into())];
+        assert!(table_ddl("s", &keyed, true).contains(r#""total" DECIMAL(18,2) ENCODE az64"#));
         assert!(
             table_ddl("s", &keyed, true)
                 .ends_with(r#"DISTSTYLE KEY DISTKEY ("order_id") COMPOUND SORTKEY ("order_id")"#)

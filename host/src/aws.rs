@@ -1,0 +1,58 @@
+//! AWS settings shared by every AWS backend: credentials and region from the standard chain (environment,
+//! profile, EC2 instance profile), with an optional region and endpoint override (`[aws]` in the config) for
+//! local servers that speak the AWS protocols.
+
+use serde::Deserialize;
+
+/// `[aws]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region. Default: the standard chain (`AWS_REGION`, profile, instance metadata).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint for every AWS service, e.g. `http://127.0.0.1:4566` for a local test server. Default: AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsConfig {
+    /// The SDK configuration.
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        loader.load().await
+    }
+
+    /// An S3 client; path-style addressing when an endpoint override is set (local servers need it).
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        self.s3_from(&self.load().await)
+    }
+
+    /// An S3 client from an already loaded SDK configuration.
+    pub fn s3_from(&self, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(self.endpoint_url.is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+}
+
+/// A readable message from an SDK error, with its cause chain.
+pub fn error_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(&format!(": {s}"));
+        }
+        source = cause.source();
+    }
+    text
+}
