@@ -697,7 +697,11 @@ async fn iam_credentials_for_each_connection() {
     let out = weir(&["run", "-c", config.to_str().unwrap()], &AWS_TEST_ENV);
     assert!(out.status.success(), "{}", show(&out));
     // The tables belong to the IAM user: read them as the superuser.
-    let orders: i64 = admin.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    let orders: i64 = admin
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(orders, 5);
     let owner = db
         .rows("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'")

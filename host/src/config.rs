@@ -597,6 +597,37 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
                 .map_err(|m| ConfigError::field("sink.schema", m))?;
         }
     }
+    if let Some(iam) = &config.sink.iam {
+        if config.sink.kind != SinkKind::Redshift {
+            return Err(ConfigError::field(
+                "sink.iam",
+                "IAM credentials are for `kind = \"redshift\"` only",
+            ));
+        }
+        if iam.cluster_id.is_some() == iam.workgroup.is_some() {
+            return Err(ConfigError::field(
+                "sink.iam",
+                "give exactly one of `cluster_id` (provisioned) or `workgroup` (Serverless)",
+            ));
+        }
+        if !(900..=3600).contains(&iam.duration_secs) {
+            return Err(ConfigError::field(
+                "sink.iam.duration_secs",
+                "must be from 900 to 3600 (seconds)",
+            ));
+        }
+    }
+    if matches!(config.sink.stage_fill, StageFillConfig::Copy { .. })
+        && config.sink.kind != SinkKind::Redshift
+    {
+        return Err(ConfigError::field(
+            "sink.stage_fill",
+            "`kind = \"copy\"` needs Redshift (`[sink] kind = \"redshift\"`); PostgreSQL cannot COPY from S3",
+        ));
+    }
+    if config.sink.connections == 0 {
+        return Err(ConfigError::field("sink.connections", "must be at least 1"));
+    }
     let SourceConfig::File { path, name } = &config.source;
     {
         if path.is_empty() {
@@ -665,11 +696,52 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
                 ));
             }
         }
-        specs.push(TableSpec::new(
-            t.name.clone(),
-            columns,
-            t.primary_key.clone(),
-        ));
+        let keys = t.distkey.iter().map(|k| ("distkey", k));
+        for (field, key) in keys.chain(t.sortkey.iter().map(|k| ("sortkey", k))) {
+            if !columns.iter().any(|(c, _)| c == key) {
+                return Err(ConfigError::field(
+                    format!("{at}.{field}"),
+                    format!("`{key}` is not a declared column of `{}`", t.name),
+                ));
+            }
+        }
+        let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
+            .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
+        const ENCODINGS: [&str; 13] = [
+            "raw",
+            "az64",
+            "bytedict",
+            "delta",
+            "delta32k",
+            "lzo",
+            "mostly8",
+            "mostly16",
+            "mostly32",
+            "runlength",
+            "text255",
+            "text32k",
+            "zstd",
+        ];
+        for (column, encoding) in &t.encode {
+            let field = format!("{at}.encode.{column}");
+            if spec.column_index(column).is_none() {
+                return Err(ConfigError::field(
+                    field,
+                    format!("`{column}` is not a declared column of `{}`", t.name),
+                ));
+            }
+            if !ENCODINGS.contains(&encoding.as_str()) {
+                return Err(ConfigError::field(
+                    field,
+                    format!(
+                        "unknown encoding `{encoding}`; use one of {}",
+                        ENCODINGS.join(", ")
+                    ),
+                ));
+            }
+            spec.encode.push((column.clone(), encoding.clone()));
+        }
+        specs.push(spec);
     }
     Ok(specs)
 }
@@ -781,6 +853,18 @@ columns = { id = "varchar(36)", total = "decimal(18,2)" }
                 "batch.max_records",
             ),
             (GOOD.replace("kind = \"file\"", "kind = \"ftp\""), "source"),
+            (GOOD.replace("path = \"${DB}\"", "path = \"${DB}\"\niam = { cluster_id = \"c\" }"), "sink.iam"),
+            (
+                GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"redshift\"\nurl = \"postgres://u@h/d\"\niam = { cluster_id = \"c\", duration_secs = 60 }"),
+                "sink.iam.duration_secs",
+            ),
+            (
+                GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"postgres\"\nurl = \"postgres://u@h/d\"\nstage_fill = { kind = \"copy\", bucket = \"b\", iam_role = \"r\" }"),
+                "sink.stage_fill",
+            ),
+            (GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"redshift\""), "sink.url"),
+            (GOOD.replace("columns = {", "encode = { total = \"gzip9\" }\ncolumns = {"), "sink.tables[0].encode.total"),
+            (GOOD.replace("columns = {", "sortkey = [\"placed_at\"]\ncolumns = {"), "sink.tables[0].sortkey"),
         ];
         for (text, field) in cases {
             let message = err(&text);
