@@ -1064,6 +1064,13 @@ impl RedshiftSink {
                     }
                 }
             }
+            // PostgreSQL plans the merge join from the stage's statistics: without them it assumes a large
+            // stage and scans the whole target for every batch. (Redshift has no indexes to choose.)
+            if !self.redshift {
+                tx.batch_execute(traced(&format!("ANALYZE {}", sql.stage)))
+                    .await
+                    .map_err(classify)?;
+            }
             let statements = match self.merge {
                 MergeMode::DeleteInsert => sql.merge().to_vec(),
                 MergeMode::Merge => vec![sql.merge_statement()],
