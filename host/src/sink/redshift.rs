@@ -250,9 +250,8 @@ impl TableSql {
         )
     }
 
-    /// `MERGE INTO target USING stage …`: one statement instead of delete + insert (PostgreSQL ≥ 15 and
-    /// Redshift; the stage is a table and deduplicated, as Redshift requires).
-    fn merge_statement(&self) -> String {
+    /// `target.k = stage.k AND …` over the primary key.
+    fn key_match(&self) -> String {
         let on: Vec<String> = self
             .key
             .iter()
@@ -265,6 +264,13 @@ impl TableSql {
                 )
             })
             .collect();
+        on.join(" AND ")
+    }
+
+    /// `MERGE INTO target USING stage …`: one statement instead of delete + insert (PostgreSQL ≥ 15 and
+    /// Redshift; the stage is a table and deduplicated, as Redshift requires).
+    fn merge_statement(&self) -> String {
+        let on = self.key_match();
         let set: Vec<String> = (0..self.columns.len())
             .filter(|i| !self.key.contains(i))
             .map(|i| format!("{c} = {s}.{c}", c = self.columns[i], s = self.stage))
@@ -279,7 +285,7 @@ impl TableSql {
              WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})",
             t = self.target,
             s = self.stage,
-            on = on.join(" AND "),
+            on = on,
             set = set.join(", "),
             cols = self.columns.join(", "),
             values = values.join(", ")
@@ -287,25 +293,12 @@ impl TableSql {
     }
 
     fn merge(&self) -> [String; 2] {
-        let on: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| {
-                format!(
-                    "{t}.{c} = {s}.{c}",
-                    t = self.target,
-                    s = self.stage,
-                    c = self.columns[*k]
-                )
-            })
-            .collect();
+        let on = self.key_match();
         let cols = self.columns.join(", ");
         [
             format!(
-                "DELETE FROM {} USING {} WHERE {}",
-                self.target,
-                self.stage,
-                on.join(" AND ")
+                "DELETE FROM {} USING {} WHERE {on}",
+                self.target, self.stage
             ),
             format!(
                 "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
