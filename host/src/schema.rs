@@ -240,6 +240,21 @@ impl Cell {
     }
 }
 
+impl std::hash::Hash for Cell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Cell::Null => {}
+            Cell::Bool(b) => b.hash(state),
+            Cell::Int(i) | Cell::TimestampUs(i) => i.hash(state),
+            Cell::Float(x) => x.to_bits().hash(state),
+            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => s.hash(state),
+        }
+    }
+}
+
+impl Eq for Cell {}
+
 /// `1700000000000000` → `2023-11-14T22:13:20.000000Z`.
 pub fn format_timestamp_us(us: i64) -> String {
     match chrono::DateTime::from_timestamp_micros(us) {

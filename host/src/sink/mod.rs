@@ -20,7 +20,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::record::Batch;
-use crate::rules::validate::RecordOutcome;
+use std::collections::{HashMap, HashSet};
+
+use crate::rules::validate::{CheckedRow, RecordOutcome};
+use crate::schema::Cell;
 use crate::schema::TableSpec;
 
 /// A sink failure.
@@ -187,6 +190,44 @@ pub fn clean_text(text: &str, max_bytes: usize) -> String {
 pub fn payload_preview(payload: &[u8]) -> String {
     let cut = &payload[..payload.len().min(256)];
     String::from_utf8_lossy(cut).replace('\0', "\u{FFFD}")
+}
+
+/// Keeps the latest row per key, in first-seen order (Redshift does not enforce keys).
+pub(crate) fn dedupe<'a>(
+    rows: Vec<(&'a CheckedRow, &'a str)>,
+    key: &[usize],
+) -> Vec<(&'a CheckedRow, &'a str)> {
+    let mut last: HashMap<Vec<&Cell>, usize> = HashMap::new();
+    for (i, (row, _)) in rows.iter().enumerate() {
+        last.insert(key.iter().map(|k| &row.cells[*k]).collect(), i);
+    }
+    let keep: HashSet<usize> = last.into_values().collect();
+    rows.into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// Emitted rows per table, in record order, with their record ids; only records in `only` when given.
+pub(crate) fn rows_by_table<'a>(
+    load: &'a Load<'_>,
+    tables: usize,
+    only: Option<&[usize]>,
+) -> Vec<Vec<(&'a CheckedRow, &'a str)>> {
+    let mut per_table: Vec<Vec<(&CheckedRow, &str)>> = vec![Vec::new(); tables];
+    let records = load.batch.records.iter().zip(load.outcomes).enumerate();
+    for (i, (record, outcome)) in records {
+        if only.is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        if let RecordOutcome::Emit(rows) = outcome {
+            for row in rows {
+                per_table[row.table].push((row, record.id.as_str()));
+            }
+        }
+    }
+    per_table
 }
 
 /// A sink.

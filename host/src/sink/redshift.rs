@@ -16,7 +16,7 @@
 //! (`CAST($n AS DECIMAL(18,2))`, `JSON_PARSE($n)` for `SUPER`), so Redshift and PostgreSQL infer nothing.
 //! Only declared, checked identifiers are formatted into SQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -25,7 +25,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
-use super::{Commit, Load, SchemaPlan, Sink, SinkError, clean_text, payload_preview};
+use super::{
+    Commit, Load, SchemaPlan, Sink, SinkError, clean_text, dedupe, payload_preview, rows_by_table,
+};
 use crate::aws::AwsConfig;
 use crate::config::{IamConfig, MergeMode, StageFillConfig};
 use crate::rules::validate::{CheckedRow, RecordOutcome};
@@ -784,38 +786,6 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// Keeps the latest row per key, in first-seen order (Redshift does not enforce keys).
-fn dedupe<'a>(
-    rows: Vec<(&'a CheckedRow, &'a str)>,
-    key: &[usize],
-) -> Vec<(&'a CheckedRow, &'a str)> {
-    let mut last: HashMap<Vec<&Cell>, usize> = HashMap::new();
-    for (i, (row, _)) in rows.iter().enumerate() {
-        last.insert(key.iter().map(|k| &row.cells[*k]).collect(), i);
-    }
-    let keep: HashSet<usize> = last.into_values().collect();
-    rows.into_iter()
-        .enumerate()
-        .filter(|(i, _)| keep.contains(i))
-        .map(|(_, r)| r)
-        .collect()
-}
-
-impl std::hash::Hash for Cell {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        std::mem::discriminant(self).hash(state);
-        match self {
-            Cell::Null => {}
-            Cell::Bool(b) => b.hash(state),
-            Cell::Int(i) | Cell::TimestampUs(i) => i.hash(state),
-            Cell::Float(x) => x.to_bits().hash(state),
-            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => s.hash(state),
-        }
-    }
-}
-
-impl Eq for Cell {}
-
 #[async_trait]
 impl Sink for RedshiftSink {
     async fn plan(&self, tables: &[TableSpec]) -> Result<SchemaPlan, SinkError> {
@@ -1142,27 +1112,6 @@ impl RedshiftSink {
         tx.commit().await.map_err(classify)?;
         Ok(Commit::Committed)
     }
-}
-
-/// Emitted rows per table, in record order, with their record ids; only records in `only` when given.
-fn rows_by_table<'a>(
-    load: &'a Load<'_>,
-    tables: usize,
-    only: Option<&[usize]>,
-) -> Vec<Vec<(&'a CheckedRow, &'a str)>> {
-    let mut per_table: Vec<Vec<(&CheckedRow, &str)>> = vec![Vec::new(); tables];
-    let records = load.batch.records.iter().zip(load.outcomes).enumerate();
-    for (i, (record, outcome)) in records {
-        if only.is_some_and(|o| !o.contains(&i)) {
-            continue;
-        }
-        if let RecordOutcome::Emit(rows) = outcome {
-            for row in rows {
-                per_table[row.table].push((row, record.id.as_str()));
-            }
-        }
-    }
-    per_table
 }
 
 /// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.

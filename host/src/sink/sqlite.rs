@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use std::sync::Arc;
 use tracing::Instrument;
 
-use super::{Commit, Load, SchemaPlan, Sink, SinkError, payload_preview};
+use super::{Commit, Load, SchemaPlan, Sink, SinkError, dedupe, payload_preview, rows_by_table};
 use crate::rules::validate::RecordOutcome;
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -218,10 +218,12 @@ impl SqliteSink {
         )
     }
 
-    fn upsert_sql(spec: &TableSpec) -> String {
+    /// `INSERT … VALUES (…), … ON CONFLICT (key) DO UPDATE …` for `rows` rows (SQLite's own upsert).
+    fn upsert_sql(spec: &TableSpec, rows: usize) -> String {
         let mut names: Vec<String> = spec.columns.iter().map(|(c, _)| quote(c)).collect();
         names.extend(LINEAGE_COLUMNS.iter().map(|c| c.to_string()));
-        let marks = vec!["?"; names.len()].join(", ");
+        let marks = format!("({})", vec!["?"; names.len()].join(", "));
+        let values = vec![marks.as_str(); rows].join(", ");
         let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
         let updates: Vec<String> = spec
             .columns
@@ -232,7 +234,7 @@ impl SqliteSink {
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
         format!(
-            "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO UPDATE SET {}",
+            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO UPDATE SET {}",
             quote(&spec.name),
             names.join(", "),
             key.join(", "),
@@ -240,6 +242,9 @@ impl SqliteSink {
         )
     }
 }
+
+/// Rows per upsert statement: one statement per row costs a round trip to SQLite's worker thread each.
+const ROWS_PER_UPSERT: usize = 100;
 
 fn bind_cell<'q>(
     q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -314,7 +319,7 @@ impl Sink for SqliteSink {
         let _ = self.upserts.set(
             tables
                 .iter()
-                .map(|t| Arc::from(Self::upsert_sql(t)))
+                .map(|t| Arc::from(Self::upsert_sql(t, ROWS_PER_UPSERT)))
                 .collect(),
         );
         Ok(if create { Vec::new() } else { plan.new_tables })
@@ -381,25 +386,43 @@ impl SqliteSink {
             return Ok(Commit::NotOwner);
         }
 
+        // Rows per table, the latest per key (a key may repeat within a batch), in multi-row upserts.
+        for (t, rows) in rows_by_table(load, load.tables.len(), None)
+            .into_iter()
+            .enumerate()
+        {
+            let spec = &load.tables[t];
+            let key: Vec<usize> = spec
+                .primary_key
+                .iter()
+                .filter_map(|k| spec.column_index(k))
+                .collect();
+            let rows = dedupe(rows, &key);
+            for chunk in rows.chunks(ROWS_PER_UPSERT) {
+                let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT {
+                    upserts[t].clone()
+                } else {
+                    Arc::from(Self::upsert_sql(spec, chunk.len()))
+                };
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (row, record_id) in chunk {
+                    for cell in &row.cells {
+                        q = bind_cell(q, cell);
+                    }
+                    q = q
+                        .bind(*record_id)
+                        .bind(&batch.id)
+                        .bind(load.rule_digest)
+                        .bind(&loaded_at);
+                }
+                q.execute(&mut *tx).await.map_err(classify)?;
+            }
+        }
+
         for ((record, outcome), raw_ref) in
             batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
         {
             match outcome {
-                RecordOutcome::Emit(rows) => {
-                    for row in rows {
-                        let mut q = sqlx::query(AssertSqlSafe(upserts[row.table].clone()));
-                        for cell in &row.cells {
-                            q = bind_cell(q, cell);
-                        }
-                        q.bind(&record.id)
-                            .bind(&batch.id)
-                            .bind(load.rule_digest)
-                            .bind(&loaded_at)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(classify)?;
-                    }
-                }
                 RecordOutcome::Reject(stage, reason) => {
                     sqlx::query(
                         "INSERT INTO weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at)
@@ -419,7 +442,7 @@ impl SqliteSink {
                     .await
                     .map_err(classify)?;
                 }
-                RecordOutcome::Drop(_) => {}
+                RecordOutcome::Drop(_) | RecordOutcome::Emit(_) => {}
             }
         }
 
