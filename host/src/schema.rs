@@ -157,6 +157,14 @@ pub const LINEAGE_COLUMNS: [&str; 4] = [
     "_weir_loaded_at",
 ];
 
+/// The types of [`LINEAGE_COLUMNS`], in the same order (every lineage column is `NOT NULL`).
+pub const LINEAGE_TYPES: [ColumnType; 4] = [
+    ColumnType::Varchar(1024),
+    ColumnType::Varchar(1024),
+    ColumnType::Varchar(64),
+    ColumnType::TimestampTz,
+];
+
 /// One declared table.
 #[derive(Debug, Clone)]
 pub struct TableSpec {

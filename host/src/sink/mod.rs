@@ -23,8 +23,8 @@ use crate::record::Batch;
 use std::collections::{HashMap, HashSet};
 
 use crate::rules::validate::{CheckedRow, RecordOutcome};
-use crate::schema::Cell;
 use crate::schema::TableSpec;
+use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, LINEAGE_TYPES};
 
 /// A sink failure.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +228,20 @@ pub(crate) fn rows_by_table<'a>(
         }
     }
     per_table
+}
+
+/// A double-quoted SQL identifier (only declared, checked names are ever quoted into SQL).
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// `name TYPE NOT NULL` column definitions of the lineage columns, in a sink's type names.
+pub(crate) fn lineage_ddl(sql_type: impl Fn(ColumnType) -> String) -> Vec<String> {
+    LINEAGE_COLUMNS
+        .iter()
+        .zip(LINEAGE_TYPES)
+        .map(|(name, ty)| format!("{name} {} NOT NULL", sql_type(ty)))
+        .collect()
 }
 
 /// A sink.

@@ -26,12 +26,15 @@ use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
 use super::{
-    Commit, Load, SchemaPlan, Sink, SinkError, clean_text, dedupe, payload_preview, rows_by_table,
+    Commit, Load, SchemaPlan, Sink, SinkError, clean_text, dedupe, lineage_ddl, payload_preview,
+    quote, rows_by_table,
 };
 use crate::aws::AwsConfig;
 use crate::config::{IamConfig, MergeMode, StageFillConfig};
 use crate::rules::validate::{CheckedRow, RecordOutcome};
-use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
+use crate::schema::{
+    Cell, ColumnType, LINEAGE_COLUMNS, LINEAGE_TYPES, TableSpec, format_timestamp_us,
+};
 
 /// Most bind parameters in one statement (the protocol's i16 count; Redshift's drivers cap there too).
 const MAX_BINDS: usize = 32_767;
@@ -105,10 +108,6 @@ fn classify(e: tokio_postgres::Error) -> SinkError {
     } else {
         SinkError::Permanent(message)
     }
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// The SQL type of a declared column.
@@ -208,12 +207,7 @@ impl TableSql {
         let mut columns: Vec<String> = spec.columns.iter().map(|(c, _)| quote(c)).collect();
         columns.extend(LINEAGE_COLUMNS.iter().map(|c| c.to_string()));
         let mut types: Vec<ColumnType> = spec.columns.iter().map(|(_, t)| *t).collect();
-        types.extend([
-            ColumnType::Varchar(1024),
-            ColumnType::Varchar(1024),
-            ColumnType::Varchar(64),
-            ColumnType::TimestampTz,
-        ]);
+        types.extend(LINEAGE_TYPES);
         TableSql {
             target: format!("{}.{}", quote(schema), quote(&spec.name)),
             stage: quote(&format!("weir_stage_{}", spec.name)),
@@ -400,10 +394,7 @@ pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
             format!("{} {}{not_null}{encode}", quote(c), sql_type(*ty))
         })
         .collect();
-    cols.push("_weir_record_id VARCHAR(1024) NOT NULL".into());
-    cols.push("_weir_batch_id VARCHAR(1024) NOT NULL".into());
-    cols.push("_weir_rule_digest VARCHAR(64) NOT NULL".into());
-    cols.push("_weir_loaded_at TIMESTAMPTZ NOT NULL".into());
+    cols.extend(lineage_ddl(sql_type));
     let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
     let mut options = String::new();
     if redshift {

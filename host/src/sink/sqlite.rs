@@ -19,7 +19,10 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use std::sync::Arc;
 use tracing::Instrument;
 
-use super::{Commit, Load, SchemaPlan, Sink, SinkError, dedupe, payload_preview, rows_by_table};
+use super::{
+    Commit, Load, SchemaPlan, Sink, SinkError, dedupe, lineage_ddl, payload_preview, quote,
+    rows_by_table,
+};
 use crate::rules::validate::RecordOutcome;
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
@@ -64,10 +67,6 @@ pub fn sqlite_type(ty: ColumnType) -> String {
         ColumnType::TimestampTz => "TIMESTAMPTZ TEXT".into(),
         ColumnType::Super => "SUPER TEXT".into(),
     }
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 const WEIR_TABLES: &str = r#"
@@ -205,10 +204,7 @@ impl SqliteSink {
                 format!("{} {}{not_null}", quote(c), sqlite_type(*ty))
             })
             .collect();
-        cols.push("_weir_record_id VARCHAR(1024) NOT NULL".into());
-        cols.push("_weir_batch_id VARCHAR(1024) NOT NULL".into());
-        cols.push("_weir_rule_digest VARCHAR(64) NOT NULL".into());
-        cols.push("_weir_loaded_at TIMESTAMPTZ TEXT NOT NULL".into());
+        cols.extend(lineage_ddl(sqlite_type));
         let key: Vec<String> = spec.primary_key.iter().map(|k| quote(k)).collect();
         format!(
             "CREATE TABLE {} (\n    {},\n    PRIMARY KEY ({})\n)",
