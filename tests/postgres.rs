@@ -206,6 +206,7 @@ fn batch(
         source: "mem".into(),
         partition: "p".into(),
         prev_position: prev.into(),
+        ordered: true,
         positions,
         records,
         bytes: 0,

@@ -43,6 +43,36 @@ impl AwsConfig {
     }
 }
 
+impl AwsConfig {
+    /// An SQS client.
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.load().await)
+    }
+
+    /// An S3 client with its own endpoint override (path-style addressing, as local servers need).
+    pub fn s3_at(&self, sdk: &aws_config::SdkConfig, endpoint_url: &str) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .endpoint_url(endpoint_url)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+}
+
+/// An SDK error as text: the service's error code and message when there are some, else the cause chain.
+pub fn sdk_error<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => error_message(e),
+    }
+}
+
 /// A readable message from an SDK error, with its cause chain.
 pub fn error_message(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();

@@ -79,6 +79,41 @@ pub enum SourceConfig {
         #[serde(default)]
         name: Option<String>,
     },
+    /// An Amazon SQS queue (standard or FIFO): several concurrent long polls; messages stay invisible
+    /// while their batch is in flight and are deleted only after their batch has committed.
+    Sqs {
+        /// The queue URL, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`.
+        queue_url: String,
+        /// Concurrent long-polling receivers. Default 4.
+        #[serde(default = "default_receivers")]
+        receivers: usize,
+        /// Long-poll wait per receive call, in seconds (0–20). Default 20.
+        #[serde(default = "default_wait_secs")]
+        wait_secs: i32,
+        /// Messages per receive call (1–10). Default 10.
+        #[serde(default = "default_max_messages")]
+        max_messages: i32,
+        /// How long a received message stays invisible, in seconds; weir extends it while the message's
+        /// batch is in flight, so a slow sink never causes a redelivery. Default 60.
+        #[serde(default = "default_visibility_timeout_secs")]
+        visibility_timeout_secs: i32,
+        /// Stop when no message has arrived for this many seconds (drain-and-exit jobs). Default: never.
+        #[serde(default)]
+        idle_exit_secs: Option<u64>,
+    },
+}
+
+fn default_receivers() -> usize {
+    4
+}
+fn default_wait_secs() -> i32 {
+    20
+}
+fn default_max_messages() -> i32 {
+    10
+}
+fn default_visibility_timeout_secs() -> i32 {
+    60
 }
 
 /// `[raw]`.
@@ -93,6 +128,54 @@ pub enum RawConfig {
         #[serde(default)]
         prefix: String,
     },
+    /// An Amazon S3 bucket: one gzip JSON-lines object per batch.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// A key prefix, such as `raw/orders/`. Default: none.
+        #[serde(default)]
+        prefix: String,
+        /// Server-side encryption: `"none"` (the bucket's default), `"s3"` (SSE-S3) or `"kms"` (SSE-KMS).
+        /// Default `"none"`.
+        #[serde(default)]
+        sse: Sse,
+        /// The KMS key for `sse = "kms"`. Default: the account's `aws/s3` key.
+        #[serde(default)]
+        kms_key_id: Option<String>,
+        /// Objects larger than this are uploaded in parts, in bytes. Default 67 108 864 (64 MiB).
+        #[serde(default = "default_multipart_threshold_bytes")]
+        multipart_threshold_bytes: usize,
+        /// Part size of multipart uploads, in bytes (S3 minimum 5 MiB). Default 16 777 216 (16 MiB).
+        #[serde(default = "default_part_size_bytes")]
+        part_size_bytes: usize,
+        /// An S3 endpoint for this store only (S3-compatible storage, a VPC endpoint); default `[aws]
+        /// endpoint_url`, else AWS.
+        #[serde(default)]
+        endpoint_url: Option<String>,
+    },
+}
+
+/// Server-side encryption of RAW objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sse {
+    /// The bucket's default encryption.
+    #[default]
+    None,
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS (`aws:kms`), with `kms_key_id` or the account's default key.
+    Kms,
+}
+
+/// The smallest part S3 accepts (except the last one).
+pub const MIN_PART_SIZE_BYTES: usize = 5 << 20;
+
+fn default_multipart_threshold_bytes() -> usize {
+    64 << 20
+}
+fn default_part_size_bytes() -> usize {
+    16 << 20
 }
 
 /// `[rule]`.
@@ -512,6 +595,132 @@ fn interpolate(
 }
 
 /// Checks what serde cannot, and parses the declared tables.
+fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
+    match source {
+        SourceConfig::File { path, name } => {
+            if path.is_empty() {
+                return Err(ConfigError::field(
+                    "source.path",
+                    "is empty; give a file, or `-` for standard input",
+                ));
+            }
+            if let Some(name) = name {
+                if name.is_empty() || name.contains('/') {
+                    return Err(ConfigError::field(
+                        "source.name",
+                        "must be non-empty and contain no `/`",
+                    ));
+                }
+            }
+        }
+        SourceConfig::Sqs {
+            queue_url,
+            receivers,
+            wait_secs,
+            max_messages,
+            visibility_timeout_secs,
+            idle_exit_secs,
+        } => {
+            let name = queue_url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            if !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
+                || name.is_empty()
+            {
+                return Err(ConfigError::field(
+                    "source.queue_url",
+                    format!(
+                        "`{queue_url}` is not a queue URL; use the URL SQS shows for the queue, e.g. \
+                         `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`"
+                    ),
+                ));
+            }
+            if !(1..=64).contains(receivers) {
+                return Err(ConfigError::field(
+                    "source.receivers",
+                    format!("{receivers} is out of range; use 1 to 64"),
+                ));
+            }
+            if !(0..=20).contains(wait_secs) {
+                return Err(ConfigError::field(
+                    "source.wait_secs",
+                    format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
+                ));
+            }
+            if !(1..=10).contains(max_messages) {
+                return Err(ConfigError::field(
+                    "source.max_messages",
+                    format!("{max_messages} is out of range; SQS returns 1 to 10 messages per call"),
+                ));
+            }
+            if !(2..=43_200).contains(visibility_timeout_secs) {
+                return Err(ConfigError::field(
+                    "source.visibility_timeout_secs",
+                    format!(
+                        "{visibility_timeout_secs} is out of range; use 2 to 43200 seconds (12 hours)"
+                    ),
+                ));
+            }
+            if *idle_exit_secs == Some(0) {
+                return Err(ConfigError::field(
+                    "source.idle_exit_secs",
+                    "must be at least 1 (seconds); leave it out to run until stopped",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_raw(raw: &RawConfig) -> Result<(), ConfigError> {
+    match raw {
+        RawConfig::Local { .. } => {}
+        RawConfig::S3 {
+            bucket,
+            sse,
+            kms_key_id,
+            part_size_bytes,
+            multipart_threshold_bytes,
+            endpoint_url,
+            ..
+        } => {
+            if bucket.is_empty() || bucket.contains('/') {
+                return Err(ConfigError::field(
+                    "raw.bucket",
+                    "must be a bucket name (no `s3://`, no `/`), e.g. `bucket = \"acme-raw\"`",
+                ));
+            }
+            if kms_key_id.is_some() && *sse != Sse::Kms {
+                return Err(ConfigError::field(
+                    "raw.kms_key_id",
+                    "is only used with `sse = \"kms\"`; set that or remove kms_key_id",
+                ));
+            }
+            if *part_size_bytes < MIN_PART_SIZE_BYTES {
+                return Err(ConfigError::field(
+                    "raw.part_size_bytes",
+                    format!(
+                        "{part_size_bytes} is below the S3 minimum part size; use at least {MIN_PART_SIZE_BYTES} (5 MiB)"
+                    ),
+                ));
+            }
+            if *multipart_threshold_bytes == 0 {
+                return Err(ConfigError::field(
+                    "raw.multipart_threshold_bytes",
+                    "must be at least 1 (bytes)",
+                ));
+            }
+            if let Some(url) = endpoint_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::field(
+                        "raw.endpoint_url",
+                        format!("`{url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     let b = &config.batch;
     if b.max_records == 0 {
@@ -628,23 +837,8 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     if config.sink.connections == 0 {
         return Err(ConfigError::field("sink.connections", "must be at least 1"));
     }
-    let SourceConfig::File { path, name } = &config.source;
-    {
-        if path.is_empty() {
-            return Err(ConfigError::field(
-                "source.path",
-                "is empty; give a file, or `-` for standard input",
-            ));
-        }
-        if let Some(name) = name {
-            if name.is_empty() || name.contains('/') {
-                return Err(ConfigError::field(
-                    "source.name",
-                    "must be non-empty and contain no `/`",
-                ));
-            }
-        }
-    }
+    check_source(&config.source)?;
+    check_raw(&config.raw)?;
     if config.sink.tables.is_empty() {
         return Err(ConfigError::field(
             "sink.tables",
@@ -766,6 +960,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     match &mut config.raw {
         RawConfig::Local { dir, .. } => *dir = join(dir),
+        RawConfig::S3 { .. } => {}
     }
     match &mut config.source {
         SourceConfig::File { path, .. } => {
@@ -773,6 +968,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
                 *path = join(Path::new(path)).to_string_lossy().into_owned();
             }
         }
+        SourceConfig::Sqs { .. } => {}
     }
 }
 

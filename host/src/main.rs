@@ -53,6 +53,18 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Send the lines of a file to the configuration's source queue, one message per line (fills an SQS
+    /// queue for a demo or a backfill).
+    Produce {
+        /// The configuration file (its `[source]` is the queue).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Input file, one message per line (`-` for stdin).
+        input: String,
+        /// Message group of FIFO queues.
+        #[arg(long, default_value = "weir")]
+        group_id: String,
+    },
     /// Compare the sink's tables with the configuration, and bring them in line.
     Schema {
         #[command(subcommand)]
@@ -145,6 +157,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::Validate { config } => validate_config(&config).await,
+        Command::Produce {
+            config,
+            input,
+            group_id,
+        } => produce(&config, &input, &group_id).await,
         Command::Schema { command } => {
             let (config, apply) = match command {
                 SchemaCommand::Plan { config } => (config, false),
@@ -181,6 +198,33 @@ async fn run(path: &Path) -> Result<ExitCode> {
     });
     let summary = weir::worker::run(&loaded, shutdown).await?;
     print!("{}", summary.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn produce(path: &Path, input: &str, group_id: &str) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    let config::SourceConfig::Sqs { queue_url, .. } = &loaded.config.source else {
+        anyhow::bail!(
+            "{}: `weir produce` sends to an SQS source; this configuration's [source] is not `kind = \"sqs\"`",
+            path.display()
+        );
+    };
+    let bytes = if input == "-" {
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut buf).await?;
+        buf
+    } else {
+        tokio::fs::read(input)
+            .await
+            .with_context(|| format!("reading {input}"))?
+    };
+    let lines: Vec<Vec<u8>> = bytes
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    let client = loaded.config.aws.sqs().await;
+    let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
+    println!("sent {sent} messages to {queue_url}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -176,15 +176,19 @@ impl Pipeline {
         } = self;
         let source_name = source.source().to_string();
         let partition = source.partition().to_string();
-        let position = retrying(&retry, "read checkpoint", || {
-            sink.checkpoint(&source_name, &partition)
-        })
-        .await
-        .map_err(|(attempts, e)| PipelineError::Sink {
-            batch: "(checkpoint)".into(),
-            attempts,
-            message: e.to_string(),
-        })?;
+        let position = if source.ordered() {
+            retrying(&retry, "read checkpoint", || {
+                sink.checkpoint(&source_name, &partition)
+            })
+            .await
+            .map_err(|(attempts, e)| PipelineError::Sink {
+                batch: "(checkpoint)".into(),
+                attempts,
+                message: e.to_string(),
+            })?
+        } else {
+            String::new()
+        };
         source.seek(&position).await?;
         tracing::info!(source = %source_name, partition = %partition, checkpoint = %position, "starting");
 
@@ -242,6 +246,7 @@ async fn batcher(
     let source_name = source.source().to_string();
     let partition = source.partition().to_string();
     let max_wait = Duration::from_millis(limits.max_wait_ms);
+    let ordered = source.ordered();
     let mut pending: Option<Batch> = None;
     let mut ended = false;
     while !ended {
@@ -267,6 +272,7 @@ async fn batcher(
                         source: source_name.clone(),
                         partition: partition.clone(),
                         prev_position: prev_position.clone(),
+                        ordered,
                         positions: Vec::new(),
                         records: Vec::new(),
                         bytes: 0,
@@ -280,12 +286,7 @@ async fn batcher(
             },
         };
         if flush && let Some(mut b) = pending.take() {
-            b.id = Batch::make_id(
-                &b.source,
-                &b.partition,
-                b.first_position(),
-                b.last_position(),
-            );
+            b.assign_id();
             prev_position = b.last_position().to_string();
             if out.send(b).await.is_err() {
                 return Ok(()); // a later stage stopped; it reports why

@@ -24,6 +24,10 @@ pub struct Batch {
     pub partition: String,
     /// The committed checkpoint this batch follows (empty when none): the compare-and-set's expected value.
     pub prev_position: String,
+    /// Whether positions are ordered and checkpointed (file, Kinesis). When false (SQS: positions are message
+    /// ids, acknowledged by deletion), the sink skips the checkpoint compare-and-set and the ledger row of the
+    /// batch id guards against committing the same delivery twice.
+    pub ordered: bool,
     /// One position per record.
     pub positions: Vec<String>,
     /// The records, in source order.
@@ -38,6 +42,42 @@ impl Batch {
     /// A batch id from its partition and position range.
     pub fn make_id(source: &str, partition: &str, first: &str, last: &str) -> String {
         format!("{source}/{partition}/{first}-{last}")
+    }
+
+    /// The id of this batch: `{source}/{partition}/{first}-{last}`, and for unordered sources a digest of
+    /// every position and attribute (`-{digest}`), since two deliveries can share their first and last message
+    /// but not their contents. A redelivered message carries a new receive count, so a replay gets a new id.
+    pub fn assign_id(&mut self) {
+        self.id = Self::make_id(
+            &self.source,
+            &self.partition,
+            self.first_position(),
+            self.last_position(),
+        );
+        if let Some(d) = self.digest() {
+            self.id = format!("{}-{d}", self.id);
+        }
+    }
+
+    /// The content digest that makes ids of unordered batches unique (`None` for ordered sources).
+    pub fn digest(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if self.ordered {
+            return None;
+        }
+        let mut h = Sha256::new();
+        for (r, p) in self.records.iter().zip(&self.positions) {
+            h.update(p.as_bytes());
+            h.update([0]);
+            for (k, v) in &r.attributes {
+                h.update(k.as_bytes());
+                h.update([1]);
+                h.update(v.as_bytes());
+                h.update([2]);
+            }
+        }
+        let d = h.finalize();
+        Some(d[..6].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Position of the first record.

@@ -5,14 +5,22 @@ use std::time::Duration;
 
 use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
 use crate::pipeline::{Pipeline, PipelineError, Summary};
-use crate::raw::{RawStore, local::LocalRaw};
+use crate::raw::{
+    RawError, RawStore,
+    local::LocalRaw,
+    s3::{S3Options, S3Raw},
+};
 use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
 use crate::sink::{
     Sink, SinkError,
     redshift::{RedshiftOptions, RedshiftSink},
     sqlite::SqliteSink,
 };
-use crate::source::{Source, SourceError, file::FileSource};
+use crate::source::{
+    Source, SourceError,
+    file::FileSource,
+    sqs::{SqsOptions, SqsSource},
+};
 
 /// A failure to start or run a worker.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,9 @@ pub enum WorkerError {
     /// The source could not be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The RAW store could not be opened.
+    #[error(transparent)]
+    Raw(#[from] RawError),
     /// The pipeline stopped.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -109,11 +120,40 @@ pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
     })
 }
 
-/// Opens the RAW store.
-pub fn open_raw(loaded: &Loaded) -> Arc<dyn RawStore> {
-    match &loaded.config.raw {
+/// Opens the RAW store (checking that an S3 bucket is reachable).
+pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
+    Ok(match &loaded.config.raw {
         RawConfig::Local { dir, prefix } => Arc::new(LocalRaw::new(dir.clone(), prefix.clone())),
-    }
+        RawConfig::S3 {
+            bucket,
+            prefix,
+            sse,
+            kms_key_id,
+            multipart_threshold_bytes,
+            part_size_bytes,
+            endpoint_url,
+        } => {
+            let aws = &loaded.config.aws;
+            let sdk = aws.load().await;
+            let client = match endpoint_url {
+                Some(url) => aws.s3_at(&sdk, url),
+                None => aws.s3_from(&sdk),
+            };
+            let store = S3Raw::new(
+                client,
+                S3Options {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    sse: *sse,
+                    kms_key_id: kms_key_id.clone(),
+                    multipart_threshold_bytes: *multipart_threshold_bytes,
+                    part_size_bytes: *part_size_bytes,
+                },
+            );
+            store.check().await?;
+            Arc::new(store)
+        }
+    })
 }
 
 /// Opens the source.
@@ -121,6 +161,25 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
     match &loaded.config.source {
         SourceConfig::File { path, name } => {
             Ok(Box::new(FileSource::open(path, name.clone()).await?))
+        }
+        SourceConfig::Sqs {
+            queue_url,
+            receivers,
+            wait_secs,
+            max_messages,
+            visibility_timeout_secs,
+            idle_exit_secs,
+        } => {
+            let client = loaded.config.aws.sqs().await;
+            let options = SqsOptions {
+                queue_url: queue_url.clone(),
+                receivers: *receivers,
+                wait_secs: *wait_secs,
+                max_messages: *max_messages,
+                visibility_timeout_secs: *visibility_timeout_secs,
+                idle_exit: idle_exit_secs.map(Duration::from_secs),
+            };
+            Ok(Box::new(SqsSource::open(client, options).await?))
         }
     }
 }
@@ -133,9 +192,10 @@ pub async fn run(
     let runtime = runtime(loaded)?;
     let rule = Arc::new(load_rule(&runtime, loaded)?);
     let sink = open_sink(loaded).await?;
+    let raw = open_raw(loaded).await?;
     let pipeline = Pipeline {
         source: open_source(loaded).await?,
-        raw: open_raw(loaded),
+        raw,
         rule,
         sink,
         tables: Arc::new(loaded.tables.clone()),

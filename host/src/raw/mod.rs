@@ -3,12 +3,15 @@
 //! Every store uses the same deterministic layout, so a retried batch rewrites the same object and RAW can be
 //! queried in place by Athena, Spark, Glue or Redshift Spectrum:
 //!
-//! `{prefix}source={source}/dt={yyyy-mm-dd}/hour={hh}/{partition}-{first}-{last}.jsonl.gz`
+//! `{prefix}source={source}/dt={yyyy-mm-dd}/hour={hh}/{partition}-{first}-{last}[-{digest}].jsonl.gz`
+//!
+//! (the digest only for unordered sources such as SQS, see [`Batch::digest`]).
 //!
 //! The date comes from the first record's source timestamp, never the wall clock. Each object is gzip JSON
 //! lines, one [`RawLine`] per record in batch order; a record's RAW reference is `{key}#{line}` (1-based).
 
 pub mod local;
+pub mod s3;
 
 use std::io::{Read, Write};
 
@@ -80,8 +83,9 @@ pub fn object_key(prefix: &str, batch: &Batch) -> String {
     let ms = batch.records.first().map(|r| r.arrived_at_ms).unwrap_or(0);
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     let safe = |s: &str| s.replace(['/', '\\'], "_");
+    let digest = batch.digest().map(|d| format!("-{d}")).unwrap_or_default();
     format!(
-        "{prefix}source={}/dt={}/hour={}/{}-{}-{}.jsonl.gz",
+        "{prefix}source={}/dt={}/hour={}/{}-{}-{}{digest}.jsonl.gz",
         safe(&batch.source),
         t.format("%Y-%m-%d"),
         t.format("%H"),
@@ -169,6 +173,7 @@ mod tests {
             source: "file".into(),
             partition: "f".into(),
             prev_position: "6".into(),
+            ordered: true,
             positions: (7..7 + payloads.len()).map(|n| n.to_string()).collect(),
             records,
             bytes: 0,

@@ -970,32 +970,48 @@ impl RedshiftSink {
         };
         let tx = conn.client.transaction().await.map_err(classify)?;
 
-        let cas = tx
-            .prepare_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                )),
-                &[Type::VARCHAR; 5],
-            )
-            .await
-            .map_err(classify)?;
-        let moved = tx
-            .execute(
-                &cas,
-                &[
-                    &batch.last_position(),
-                    &loaded_at,
-                    &batch.source,
-                    &batch.partition,
-                    &batch.prev_position,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        if moved != 1 {
-            tx.rollback().await.map_err(classify)?;
-            return Ok(Commit::NotOwner);
+        if !batch.ordered {
+            // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
+            let seen = tx
+                .query_typed(
+                    traced(&format!("SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1")),
+                    &[(&batch.id, Type::VARCHAR)],
+                )
+                .await
+                .map_err(classify)?;
+            if !seen.is_empty() {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(Commit::Committed);
+            }
+        }
+        if batch.ordered {
+            let cas = tx
+                .prepare_typed(
+                    traced(&format!(
+                        "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                         WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+                    )),
+                    &[Type::VARCHAR; 5],
+                )
+                .await
+                .map_err(classify)?;
+            let moved = tx
+                .execute(
+                    &cas,
+                    &[
+                        &batch.last_position(),
+                        &loaded_at,
+                        &batch.source,
+                        &batch.partition,
+                        &batch.prev_position,
+                    ],
+                )
+                .await
+                .map_err(classify)?;
+            if moved != 1 {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(Commit::NotOwner);
+            }
         }
 
         for (t, rows) in rows_by_table(load, specs.len(), None)

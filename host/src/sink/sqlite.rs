@@ -364,22 +364,36 @@ impl SqliteSink {
         let loaded_at = format_timestamp_us(load.loaded_at_us);
         let mut tx = self.pool.begin().await.map_err(classify)?;
 
-        // Compare-and-set first: if another worker moved the checkpoint, write nothing.
-        let moved = sqlx::query(
-            r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
-               WHERE source = ? AND "partition" = ? AND position = ?"#,
-        )
-        .bind(batch.last_position())
-        .bind(&loaded_at)
-        .bind(&batch.source)
-        .bind(&batch.partition)
-        .bind(&batch.prev_position)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if moved.rows_affected() != 1 {
-            tx.rollback().await.map_err(classify)?;
-            return Ok(Commit::NotOwner);
+        if !batch.ordered {
+            // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
+            let seen = sqlx::query("SELECT 1 FROM weir_batches WHERE batch_id = ?")
+                .bind(&batch.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+            if seen.is_some() {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(Commit::Committed);
+            }
+        }
+        if batch.ordered {
+            // Compare-and-set first: if another worker moved the checkpoint, write nothing.
+            let moved = sqlx::query(
+                r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
+                   WHERE source = ? AND "partition" = ? AND position = ?"#,
+            )
+            .bind(batch.last_position())
+            .bind(&loaded_at)
+            .bind(&batch.source)
+            .bind(&batch.partition)
+            .bind(&batch.prev_position)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if moved.rows_affected() != 1 {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(Commit::NotOwner);
+            }
         }
 
         // Rows per table, the latest per key (a key may repeat within a batch), in multi-row upserts.

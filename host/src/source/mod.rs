@@ -4,6 +4,7 @@
 //! are acknowledged through the source's [`Acker`] only after their batch has committed.
 
 pub mod file;
+pub mod sqs;
 
 use async_trait::async_trait;
 
@@ -38,6 +39,12 @@ pub trait Source: Send {
 
     /// The handle that acknowledges committed batches.
     fn acker(&self) -> Box<dyn Acker>;
+
+    /// Whether positions are ordered and the sink's checkpoint is the durable position (file, Kinesis).
+    /// Unordered sources (SQS) are acknowledged by deletion only.
+    fn ordered(&self) -> bool {
+        true
+    }
 }
 
 /// Acknowledges committed batches to the source (SQS delete, in-memory Kinesis position).

@@ -1,0 +1,584 @@
+//! The SQS source and the S3 RAW store against a local server speaking the AWS protocols (moto; set
+//! `WEIR_AWS_ENDPOINT` to point elsewhere) and a real PostgreSQL: end to end with exact RAW bytes, a sink
+//! stalled past the visibility timeout, a crash between commit and delete, rejected messages, an S3 outage.
+//! Queues are kept to tens of messages (moto's SQS slows down as a queue grows).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use common::*;
+use sha2::{Digest, Sha256};
+use weir::raw::RawLine;
+
+struct Aws {
+    sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
+}
+
+async fn aws() -> Aws {
+    let sdk = aws_sdk().await;
+    Aws {
+        sqs: aws_sdk_sqs::Client::new(&sdk),
+        s3: aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        ),
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+impl Aws {
+    async fn queue(&self, visibility_secs: u32) -> String {
+        self.sqs
+            .create_queue()
+            .queue_name(unique("weir-q"))
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_secs.to_string(),
+            )
+            .send()
+            .await
+            .expect("create queue (is the AWS test server running? scripts/services.sh)")
+            .queue_url
+            .unwrap()
+    }
+
+    async fn bucket(&self) -> String {
+        let name = unique("weir-raw");
+        self.s3.create_bucket().bucket(&name).send().await.unwrap();
+        name
+    }
+
+    /// (visible, in flight) messages of a queue.
+    async fn depth(&self, url: &str) -> (i64, i64) {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let a = out.attributes().unwrap();
+        let n = |k| a.get(&k).map(|v| v.parse().unwrap()).unwrap_or(0);
+        (
+            n(QueueAttributeName::ApproximateNumberOfMessages),
+            n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Sends `lines`, each with the message attribute `origin = test`; returns message id → body.
+    async fn send(&self, url: &str, lines: &[String]) -> BTreeMap<String, String> {
+        let mut sent = BTreeMap::new();
+        for chunk in lines.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .message_attributes(
+                            "origin",
+                            MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value("test")
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert!(out.failed().is_empty());
+            for ok in out.successful() {
+                let i: usize = ok.id().parse().unwrap();
+                sent.insert(ok.message_id().to_string(), chunk[i].clone());
+            }
+        }
+        sent
+    }
+
+    /// Every RAW line in the bucket, with the key of its object.
+    async fn raw(&self, bucket: &str) -> Vec<(String, RawLine)> {
+        let listed = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for o in listed.contents() {
+            let key = o.key().unwrap().to_string();
+            let got = self
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
+            let meta = got.metadata().cloned().unwrap_or_default();
+            let bytes = got.body.collect().await.unwrap().into_bytes();
+            let lines = weir::raw::decode(&key, &bytes).unwrap();
+            let sha: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(meta.get("weir-sha256"), Some(&sha), "{key}");
+            assert_eq!(
+                meta.get("weir-records"),
+                Some(&lines.len().to_string()),
+                "{key}"
+            );
+            out.extend(lines.into_iter().map(|l| (key.clone(), l)));
+        }
+        out
+    }
+}
+
+/// The quickstart input lines (17 orders: 5 good, 2 test orders dropped, 10 malformed).
+fn quickstart_lines() -> Vec<String> {
+    std::fs::read_to_string(root().join("examples/quickstart/orders.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A configuration SQS → S3 RAW → orders rule → PostgreSQL, with `extra` settings appended to sections.
+struct Setup<'a> {
+    queue_url: &'a str,
+    bucket: &'a str,
+    db_url: &'a str,
+    source: &'a str,
+    raw: &'a str,
+    batch: &'a str,
+    retry: &'a str,
+}
+
+fn write_config(dir: &Path, s: &Setup) -> PathBuf {
+    let quickstart = std::fs::read_to_string(root().join("examples/quickstart/weir.toml")).unwrap();
+    let tables_at = quickstart.find("[[sink.tables]]").unwrap();
+    let tables_end = quickstart.find("[batch]").unwrap();
+    let tables = &quickstart[tables_at..tables_end];
+    let text = format!(
+        r#"[source]
+kind = "sqs"
+queue_url = "{queue}"
+wait_secs = 1
+idle_exit_secs = 3
+{source}
+
+[raw]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "orders/"
+{raw}
+
+[rule]
+plugin = "{plugin}"
+
+[sink]
+kind = "postgres"
+url = "{db}"
+
+{tables}
+[batch]
+{batch}
+
+[retry]
+{retry}
+
+[aws]
+endpoint_url = "{endpoint}"
+"#,
+        queue = s.queue_url,
+        source = s.source,
+        bucket = s.bucket,
+        raw = s.raw,
+        plugin = plugin("orders").display(),
+        db = s.db_url,
+        batch = s.batch,
+        retry = s.retry,
+        endpoint = aws_endpoint(),
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn setup<'a>(queue_url: &'a str, bucket: &'a str, db_url: &'a str) -> Setup<'a> {
+    Setup {
+        queue_url,
+        bucket,
+        db_url,
+        source: "",
+        raw: "",
+        batch: "max_records = 100\nmax_wait_ms = 1000",
+        retry: "",
+    }
+}
+
+/// A `weir` process running in the background; killed if the test ends first.
+struct Running(Option<Child>);
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(args)
+            .env("WEIR_LOG", "info")
+            .envs(AWS_TEST_ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Running(Some(cmd.spawn().expect("weir starts")))
+    }
+
+    /// Waits for the exit (at most `limit`) without blocking the async runtime.
+    async fn wait(mut self, limit: Duration) -> Output {
+        let child = self.0.take().unwrap();
+        let pid = child.id();
+        let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+        match tokio::time::timeout(limit, waiter).await {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                panic!("weir did not finish within {limit:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+        }
+    }
+}
+
+async fn run_weir(config: &Path, env: &[(&str, &str)]) -> Output {
+    Running::start(&["run", "-c", config.to_str().unwrap()], env)
+        .wait(Duration::from_secs(120))
+        .await
+}
+
+async fn assert_quickstart_rows(db: &TestDb) {
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 5);
+    assert_eq!(db.count("SELECT count(*) FROM order_lines").await, 12);
+    assert_eq!(db.count("SELECT count(*) FROM weir_dead_letters").await, 10);
+    let o1 = db
+        .rows("SELECT total, country FROM orders WHERE order_id = 'o-00000001'")
+        .await;
+    assert_eq!(o1, [["44.98", "ES"]]);
+}
+
+/// SQS → S3 RAW → rule → PostgreSQL: every message's RAW line holds its exact bytes and attributes, object
+/// metadata and SSE are set (multipart upload forced), rows are right, rejected messages are dead letters
+/// (deleted, not redelivered), and the queue ends empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_to_s3_raw_to_postgres() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(30).await, aws.bucket().await);
+    let sent = aws.send(&queue, &quickstart_lines()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "receivers = 3",
+            raw: "sse = \"s3\"\nmultipart_threshold_bytes = 1",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let out = run_weir(&config, &[]).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("records in: 17 in"), "{stdout}");
+
+    let queue_name = queue.rsplit('/').next().unwrap();
+    let raw = aws.raw(&bucket).await;
+    assert_eq!(raw.len(), 17);
+    for (key, line) in &raw {
+        assert!(key.starts_with("orders/source=sqs/dt="), "{key}");
+        let message_id = line
+            .id
+            .strip_prefix(&format!("sqs/{queue_name}/"))
+            .unwrap();
+        assert_eq!(line.position, message_id);
+        assert_eq!(line.payload_bytes().unwrap(), sent[message_id].as_bytes());
+        assert!(line.attributes.contains(&("origin".into(), "test".into())));
+        assert!(
+            line.attributes
+                .contains(&("sqs:ApproximateReceiveCount".into(), "1".into()))
+        );
+    }
+    let head = aws
+        .s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&raw[0].0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+
+    assert_quickstart_rows(&db).await;
+    // Rejected messages are dead letters under their SQS record ids, with the stage and the reason.
+    let dead = db
+        .rows("SELECT record_id, stage, reason FROM weir_dead_letters ORDER BY 1")
+        .await;
+    assert!(dead.iter().all(|d| d[0].starts_with(&format!("sqs/{queue_name}/"))));
+    assert!(dead.iter().any(|d| d[1] == "validate" && d[2].contains("column order_id")));
+    // Final rows trace back to RAW lines.
+    let lineage = db
+        .rows("SELECT _weir_record_id FROM orders ORDER BY 1")
+        .await;
+    for l in lineage {
+        assert!(raw.iter().any(|(_, line)| line.id == l[0]), "{l:?}");
+    }
+    assert_eq!(db.count("SELECT sum(records_in) FROM weir_batches").await, 17);
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
+
+/// A sink stalled for 3× the visibility timeout (its table locked) causes no redelivery: the heartbeat keeps
+/// the messages invisible, every message is archived and loaded once, and the queue ends empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_sink_causes_no_redelivery() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
+    aws.send(&queue, &quickstart_lines()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 2",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let applied = weir(&["schema", "apply", "-c", config.to_str().unwrap()], &AWS_TEST_ENV);
+    assert!(applied.status.success(), "{}", show(&applied));
+
+    let locker = db.admin().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(db.count("SELECT count(*) FROM weir_batches").await, 0);
+    // Everything is in flight with this worker; nothing came back to the queue.
+    assert_eq!(aws.depth(&queue).await, (0, 17));
+    locker.batch_execute("COMMIT").await.unwrap();
+    let out = running.wait(Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", show(&out));
+
+    assert_quickstart_rows(&db).await;
+    assert_eq!(db.count("SELECT sum(records_in) FROM weir_batches").await, 17);
+    let raw = aws.raw(&bucket).await;
+    assert_eq!(raw.len(), 17);
+    assert!(raw.iter().all(|(_, l)| l
+        .attributes
+        .contains(&("sqs:ApproximateReceiveCount".into(), "1".into()))));
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
+
+/// A crash after a commit but before the delete: the messages come back after their visibility timeout, the
+/// final tables are unchanged by the replay, and the ledger shows the replayed batch. Filled by `weir produce`.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_between_commit_and_delete_replays_idempotently() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 2\nreceivers = 1",
+            batch: "max_records = 10\nmax_wait_ms = 1000",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let input = dir.path().join("orders.jsonl");
+    std::fs::write(&input, quickstart_lines().join("\n")).unwrap();
+    let produced = weir(
+        &["produce", "-c", config.to_str().unwrap(), input.to_str().unwrap()],
+        &AWS_TEST_ENV,
+    );
+    assert!(produced.status.success(), "{}", show(&produced));
+    assert!(String::from_utf8_lossy(&produced.stdout).contains("sent 17 messages"));
+
+    let crashed = run_weir(&config, &[("WEIR_CRASH_AFTER", "commit:1")]).await;
+    assert!(!crashed.status.success(), "{}", show(&crashed));
+    let first = db.count("SELECT sum(records_in) FROM weir_batches").await;
+    assert!(first > 0);
+    let rows_after_crash = db
+        .rows("SELECT order_id, total, line_count, _weir_record_id FROM orders ORDER BY 1")
+        .await;
+    let (visible, in_flight) = aws.depth(&queue).await;
+    assert_eq!(visible + in_flight, 17, "nothing was deleted");
+
+    let out = run_weir(&config, &[]).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_quickstart_rows(&db).await;
+    let rows = db
+        .rows("SELECT order_id, total, line_count, _weir_record_id FROM orders ORDER BY 1")
+        .await;
+    for r in &rows_after_crash {
+        assert!(rows.contains(r), "row {r:?} changed by the replay");
+    }
+    // The ledger holds the replayed batch as well: more records in than messages.
+    assert_eq!(
+        db.count("SELECT sum(records_in) FROM weir_batches").await,
+        17 + first
+    );
+    let raw = aws.raw(&bucket).await;
+    assert_eq!(raw.len() as i64, 17 + first);
+    let replayed = raw
+        .iter()
+        .filter(|(_, l)| {
+            l.attributes
+                .contains(&("sqs:ApproximateReceiveCount".into(), "2".into()))
+        })
+        .count();
+    assert_eq!(replayed as i64, first);
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
+
+/// Forwards TCP connections to the AWS test server while `up`; refuses them (closes at once) while down.
+struct Outage {
+    up: Arc<AtomicBool>,
+    url: String,
+}
+
+async fn s3_front() -> Outage {
+    let target = aws_endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if !flag.load(Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    Outage { up, url }
+}
+
+/// S3 unreachable: the worker keeps retrying the RAW write, deletes nothing and loads nothing; once S3 is
+/// back it completes, with no redelivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_outage_deletes_nothing_and_recovers() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(4).await, aws.bucket().await);
+    aws.send(&queue, &quickstart_lines()).await;
+    let front = s3_front().await;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = format!("endpoint_url = \"{}\"", front.url);
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 4",
+            raw: &raw,
+            retry: "max_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 500",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(aws.depth(&queue).await, (0, 17), "all in flight, none deleted");
+    assert_eq!(db.count("SELECT count(*) FROM weir_batches").await, 0);
+    front.up.store(true, Ordering::SeqCst);
+    let out = running.wait(Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RAW write"),
+        "the outage was retried: {}",
+        show(&out)
+    );
+    assert_quickstart_rows(&db).await;
+    assert_eq!(db.count("SELECT sum(records_in) FROM weir_batches").await, 17);
+    assert_eq!(aws.raw(&bucket).await.len(), 17);
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
+
+/// A missing queue or bucket stops the worker at start with a message naming the setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_queue_or_bucket_is_named() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(30).await, aws.bucket().await);
+    let dir = tempfile::tempdir().unwrap();
+    let missing_queue = format!("{}-missing", queue);
+    let config = write_config(dir.path(), &setup(&missing_queue, &bucket, &db.url));
+    let out = run_weir(&config, &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("source.queue_url"),
+        "{}",
+        show(&out)
+    );
+    let config = write_config(dir.path(), &setup(&queue, "weir-no-such-bucket", &db.url));
+    let out = run_weir(&config, &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("raw.bucket"),
+        "{}",
+        show(&out)
+    );
+}
