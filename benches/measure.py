@@ -1,12 +1,33 @@
 #!/usr/bin/env python3
-"""Runs a command and prints `ELAPSED_SECONDS MAX_RSS_MIB` of it (wall clock, peak resident memory)."""
+"""Runs a command and prints `ELAPSED_SECONDS MAX_RSS_MIB` of it (wall clock, peak resident memory).
+
+Environment:
+  MEASURE_STDOUT=FILE   keep the command's standard output in FILE (else discarded)
+  MEASURE_SAMPLES=FILE  write `SECONDS RSS_MIB` samples of the command's resident memory, every 0.2 s
+"""
+import os
 import resource
 import subprocess
 import sys
 import time
 
+out_path = os.environ.get("MEASURE_STDOUT")
+samples_path = os.environ.get("MEASURE_SAMPLES")
+out = open(out_path, "wb") if out_path else subprocess.DEVNULL
 start = time.monotonic()
-code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+child = subprocess.Popen(sys.argv[1:], stdout=out)
+samples = open(samples_path, "w") if samples_path else None
+while child.poll() is None:
+    if samples:
+        try:
+            with open(f"/proc/{child.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        samples.write(f"{time.monotonic() - start:.2f} {int(line.split()[1]) / 1024:.1f}\n")
+        except OSError:
+            pass
+    time.sleep(0.2)
+code = child.wait()
 elapsed = time.monotonic() - start
 rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 if code != 0:

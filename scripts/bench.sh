@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh [RECORDS]        default 200000; the numbers in docs/PERFORMANCE.md come from this
 set -euo pipefail
+export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
@@ -41,36 +42,97 @@ drop_db() { psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS weir_ben
 
 rows() { psql -X -qAt "$1" -c "SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM order_lines)"; }
 
-printf '| run | records | rows | seconds | records/s | rows/s | peak RSS MiB |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|\n'
-line() { # name records rows seconds rss
-  awk -v name="$1" -v n="$2" -v r="$3" -v s="$4" -v m="$5" \
-    'BEGIN { printf "| %s | %d | %d | %.2f | %.0f | %.0f | %s |\n", name, n, r, s, n / s, r / s, m }'
+printf '| run | records | rows | seconds | records/s | rows/s | p50 ms | p99 ms | peak RSS MiB |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+line() { # name records rows seconds rss [p50 p99]
+  awk -v name="$1" -v n="$2" -v r="$3" -v s="$4" -v m="$5" -v p50="${6:--}" -v p99="${7:--}" \
+    'BEGIN { printf "| %s | %d | %d | %.2f | %.0f | %.0f | %s | %s | %s |\n", name, n, r, s, n / s, r / s, p50, p99, m }'
 }
 
-for batch in 100 1000 5000 20000; do
-  url=$(fresh_db "w$batch")
-  sed -e "s|^path = \"orders.jsonl\"|path = \"$work/orders.jsonl\"|" \
-      -e "s|^dir = \"out/raw\"|dir = \"$work/raw-$batch\"|" \
+# weir's configuration for this data: the quickstart pointed at $work, PostgreSQL, batch size $2.
+weir_config() { # name batch [input]
+  local url=$1 batch=$2 input=${3:-$work/orders.jsonl} cfg="$work/weir-$RANDOM.toml"
+  sed -e "s|^path = \"orders.jsonl\"|path = \"$input\"|" \
+      -e "s|^dir = \"out/raw\"|dir = \"$work/raw-$RANDOM\"|" \
       -e "s|^plugin = .*|plugin = \"$root/plugins/dist/orders.wasm\"|" \
       -e "s|^kind = \"sqlite\"|kind = \"postgres\"|" \
       -e "s|^path = \"\${WEIR_QUICKSTART_DB:-out/weir.db}\"|url = \"$url\"|" \
       -e "s|^max_records = 4|max_records = $batch|" \
-      examples/quickstart/weir.toml > "$work/weir-$batch.toml"
-  "$weir" schema apply -c "$work/weir-$batch.toml" >/dev/null
-  read -r secs rss < <(WEIR_LOG=warn python3 benches/measure.py "$weir" run -c "$work/weir-$batch.toml")
+      examples/quickstart/weir.toml > "$cfg"
+  echo "$cfg"
+}
+
+# Runs weir on a config; prints `seconds rss p50 p99` (latency from the run summary).
+measure_weir() { # config [stdin-feed args...]
+  local cfg=$1; shift
+  "$weir" schema apply -c "$cfg" >/dev/null
+  local secs rss
+  if [ $# -gt 0 ]; then
+    read -r secs rss < <(python3 benches/feed.py "$@" | MEASURE_STDOUT="$work/out" MEASURE_SAMPLES="$work/rss" \
+      WEIR_LOG=warn python3 benches/measure.py "$weir" run -c "$cfg")
+  else
+    read -r secs rss < <(MEASURE_STDOUT="$work/out" MEASURE_SAMPLES="$work/rss" \
+      WEIR_LOG=warn python3 benches/measure.py "$weir" run -c "$cfg")
+  fi
+  local lat
+  lat=$(sed -n 's/^latency, receive to commit: p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms.*/\1 \2/p' "$work/out")
+  echo "$secs $rss ${lat:-- -}"
+}
+
+for batch in 100 1000 5000 20000; do
+  url=$(fresh_db "w$batch")
+  cfg=$(weir_config "$url" "$batch")
+  read -r secs rss _ _ < <(measure_weir "$cfg")
   line "weir, batch $batch" "$n" "$(rows "$url")" "$secs" "$rss"
   drop_db "w$batch"
 done
 
+# Parallel rule instances and sink connections, at batch 5000.
+for knob in "instances = 2|rule.instances = 2" "connections = 2|sink.connections = 2"; do
+  setting=${knob%%|*} label=${knob##*|}
+  url=$(fresh_db knob)
+  cfg=$(weir_config "$url" 5000)
+  case $setting in
+    instances*) sed -i "s|^batch_deadline_ms = 2000|batch_deadline_ms = 2000\n$setting|" "$cfg" ;;
+    connections*) sed -i "s|^url = \"$url\"|url = \"$url\"\n$setting|" "$cfg" ;;
+  esac
+  read -r secs rss _ _ < <(measure_weir "$cfg")
+  line "weir, batch 5000, $label" "$n" "$(rows "$url")" "$secs" "$rss"
+  drop_db knob
+done
+
+# A steady 1,000 records/s from standard input for 60 s (batches close after 100 ms): latency and memory.
+steady_secs=${WEIR_BENCH_STEADY_SECS:-60}
+stall_secs=${WEIR_BENCH_STALL_SECS:-60}
+url=$(fresh_db steady)
+cfg=$(weir_config "$url" 5000 -)
+sed -i "s|^max_wait_ms = 250|max_wait_ms = 100|" "$cfg"
+read -r secs rss p50 p99 < <(measure_weir "$cfg" "$work/orders.jsonl" 1000 "$steady_secs")
+line "weir, steady 1,000 records/s for ${steady_secs} s" "$((1000 * steady_secs))" "$(rows "$url")" "$secs" "$rss" "$p50" "$p99"
+drop_db steady
+
+# The same feed with the sink stalled (its table locked) for 60 s in the middle: memory must stay bounded.
+url=$(fresh_db stall)
+cfg=$(weir_config "$url" 5000 -)
+sed -i "s|^max_wait_ms = 250|max_wait_ms = 100|" "$cfg"
+"$weir" schema apply -c "$cfg" >/dev/null
+total=$((stall_secs + 40))
+( sleep 20; psql -X -q "$url" -c "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep($stall_secs); COMMIT;" >/dev/null ) &
+locker=$!
+read -r secs rss p50 p99 < <(measure_weir "$cfg" "$work/orders.jsonl" 1000 "$total")
+wait "$locker"
+stalled_rss=$(awk -v a=20 -v b=$((20 + stall_secs)) '$1 >= a && $1 < b && $2 > m { m = $2 } END { printf "%.1f", m }' "$work/rss")
+steady_rss=$(awk '$1 < 20 && $2 > m { m = $2 } END { printf "%.1f", m }' "$work/rss")
+line "weir, 1,000 records/s, sink stalled ${stall_secs} s (RSS before / during the stall)" "$((1000 * total))" "$(rows "$url")" "$secs" "$steady_rss / $stalled_rss" "$p50" "$p99"
+drop_db stall
+
 url=$(fresh_db python)
 read -r secs rss < <(python3 benches/measure.py "$venv/bin/python" benches/baseline/worker.py "$work/orders.jsonl" "$url")
-line "Python worker (psycopg2, batch 5000)" "$n" "$(rows "$url")" "$secs" "$rss"
+line "Python worker (psycopg2, batch 5000)" "$n" "$(rows "$url")" "$secs" "$rss" - -
 
 # The server ceiling: the same staged merge into weir's tables, rows generated by the server.
 psql -X -q "$url" -c "DROP TABLE orders, order_lines" >/dev/null
-sed -i "s|^url = .*|url = \"$url\"|" "$work/weir-5000.toml"
-"$weir" schema apply -c "$work/weir-5000.toml" >/dev/null
+"$weir" schema apply -c "$(weir_config "$url" 5000)" >/dev/null
 {
   echo "CREATE TEMP TABLE s_o (LIKE orders); CREATE TEMP TABLE s_l (LIKE order_lines);"
   for ((first = 0; first < n; first += 5000)); do

@@ -211,6 +211,7 @@ fn batch(
         records,
         bytes: 0,
         started: Instant::now(),
+        received_us: Vec::new(),
     };
     (b, outcomes, raw_refs)
 }

@@ -196,6 +196,9 @@ pub struct RuleConfig {
     /// Most rows one record may emit; more rejects the record. Default 10000.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: usize,
+    /// Rule instances that process one batch in parallel (contiguous slices of it). Default 1.
+    #[serde(default = "default_instances")]
+    pub instances: usize,
     /// Where compiled plugins are cached. Default: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
     /// `~/.cache/weir`.
     #[serde(default)]
@@ -207,6 +210,9 @@ fn default_memory_limit_mib() -> u64 {
 }
 fn default_batch_deadline_ms() -> u64 {
     2000
+}
+fn default_instances() -> usize {
+    1
 }
 fn default_max_rows_per_record() -> usize {
     10_000
@@ -621,7 +627,11 @@ fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
             visibility_timeout_secs,
             idle_exit_secs,
         } => {
-            let name = queue_url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            let name = queue_url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("");
             if !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
                 || name.is_empty()
             {
@@ -648,7 +658,9 @@ fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
             if !(1..=10).contains(max_messages) {
                 return Err(ConfigError::field(
                     "source.max_messages",
-                    format!("{max_messages} is out of range; SQS returns 1 to 10 messages per call"),
+                    format!(
+                        "{max_messages} is out of range; SQS returns 1 to 10 messages per call"
+                    ),
                 ));
             }
             if !(2..=43_200).contains(visibility_timeout_secs) {
@@ -752,6 +764,12 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
                 "{} is out of range; use 1 to 4096 (MiB)",
                 r.memory_limit_mib
             ),
+        ));
+    }
+    if r.instances == 0 || r.instances > 256 {
+        return Err(ConfigError::field(
+            "rule.instances",
+            format!("{} is out of range; use 1 to 256", r.instances),
         ));
     }
     if r.batch_deadline_ms == 0 {
@@ -995,6 +1013,55 @@ primary_key = ["id"]
 columns = { id = "varchar(36)", total = "decimal(18,2)" }
 "#;
 
+    const SQS: &str =
+        "kind = \"sqs\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/orders\"";
+
+    /// SQS and S3 settings load with their documented defaults.
+    #[test]
+    fn sqs_and_s3_defaults() {
+        let text = GOOD
+            .replace("kind = \"file\"\npath = \"in.jsonl\"", SQS)
+            .replace(
+                "kind = \"local\"\ndir = \"raw\"",
+                "kind = \"s3\"\nbucket = \"b\"",
+            );
+        let l = parse(&text, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+        let SourceConfig::Sqs {
+            receivers,
+            wait_secs,
+            max_messages,
+            visibility_timeout_secs,
+            idle_exit_secs,
+            ..
+        } = l.config.source
+        else {
+            panic!("sqs source expected")
+        };
+        assert_eq!(
+            (
+                receivers,
+                wait_secs,
+                max_messages,
+                visibility_timeout_secs,
+                idle_exit_secs
+            ),
+            (4, 20, 10, 60, None)
+        );
+        let RawConfig::S3 {
+            sse,
+            multipart_threshold_bytes,
+            part_size_bytes,
+            ..
+        } = l.config.raw
+        else {
+            panic!("s3 raw expected")
+        };
+        assert_eq!(
+            (sse, multipart_threshold_bytes, part_size_bytes),
+            (Sse::None, 64 << 20, 16 << 20)
+        );
+    }
+
     fn env(name: &str) -> Option<String> {
         (name == "DB").then(|| "w.db".to_string())
     }
@@ -1061,6 +1128,17 @@ columns = { id = "varchar(36)", total = "decimal(18,2)" }
             (GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"redshift\""), "sink.url"),
             (GOOD.replace("columns = {", "encode = { total = \"gzip9\" }\ncolumns = {"), "sink.tables[0].encode.total"),
             (GOOD.replace("columns = {", "sortkey = [\"placed_at\"]\ncolumns = {"), "sink.tables[0].sortkey"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"sqs\"\nqueue_url = \"orders\""), "source.queue_url"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nwait_secs = 30")), "source.wait_secs"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nmax_messages = 11")), "source.max_messages"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nvisibility_timeout_secs = 0")), "source.visibility_timeout_secs"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nreceivers = 0")), "source.receivers"),
+            (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\npoll_secs = 1")), "source"),
+            (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"s3://b\""), "raw.bucket"),
+            (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nkms_key_id = \"k\""), "raw.kms_key_id"),
+            (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nsse = \"aes\""), "raw"),
+            (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\npart_size_bytes = 1000"), "raw.part_size_bytes"),
+            (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\ninstances = 0"), "rule.instances"),
         ];
         for (text, field) in cases {
             let message = err(&text);

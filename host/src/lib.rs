@@ -6,17 +6,20 @@
 //! Layout:
 //! - [`aws`]: AWS settings shared by the AWS backends.
 //! - [`config`]: the TOML configuration, `${ENV}` interpolation, checks that name the field.
+//! - [`metrics`]: what a worker measures about itself (latency histograms).
 //! - [`record`]: records and batches.
-//! - [`source`]: where records come from (`file`: lines of a file or stdin).
-//! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory).
+//! - [`source`]: where records come from (`file`: lines of a file or stdin; `sqs`: an SQS queue).
+//! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory; `s3`).
 //! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox and the outcome checks.
 //! - [`schema`]: declared tables and column types, the value checks.
-//! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`).
+//! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`, `redshift` for
+//!   Redshift and PostgreSQL).
 //! - [`pipeline`]: batching, bounded channels, retries, acknowledgements, the run summary.
 //! - [`worker`]: builds a pipeline from a configuration; what `weir run` and `weir validate` use.
 
 pub mod aws;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod raw;
 pub mod record;

@@ -218,10 +218,7 @@ async fn produce(path: &Path, input: &str, group_id: &str) -> Result<ExitCode> {
             .await
             .with_context(|| format!("reading {input}"))?
     };
-    let lines: Vec<Vec<u8>> = bytes
-        .split(|b| *b == b'\n')
-        .map(<[u8]>::to_vec)
-        .collect();
+    let lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
     let client = loaded.config.aws.sqs().await;
     let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
     println!("sent {sent} messages to {queue_url}");

@@ -78,6 +78,8 @@ pub struct Summary {
     pub raw: String,
     /// Where rows and dead letters went.
     pub sink: String,
+    /// Per record, from its receipt by the source to the commit of its batch.
+    pub latency: crate::metrics::Histogram,
 }
 
 impl Summary {
@@ -119,6 +121,15 @@ impl Summary {
         for (r, n) in &self.rejected {
             s.push_str(&format!("  {n} × {r}\n"));
         }
+        if let (Some(p50), Some(p99)) = (self.latency.quantile(0.5), self.latency.quantile(0.99)) {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            s.push_str(&format!(
+                "latency, receive to commit: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+                ms(p50),
+                ms(p99),
+                ms(self.latency.max())
+            ));
+        }
         s.push_str(&format!("RAW copies: {}\n", self.raw));
         s.push_str(&format!(
             "rows, ledger and dead letters: {} (table weir_dead_letters)\n",
@@ -146,6 +157,8 @@ pub struct Pipeline {
     pub retry: RetryConfig,
     /// Most rows per record.
     pub max_rows_per_record: usize,
+    /// Rule instances working on one batch in parallel.
+    pub rule_instances: usize,
 }
 
 /// A batch after RAW, with its references.
@@ -173,6 +186,7 @@ impl Pipeline {
             batch,
             retry,
             max_rows_per_record,
+            rule_instances,
         } = self;
         let source_name = source.source().to_string();
         let partition = source.partition().to_string();
@@ -209,6 +223,7 @@ impl Pipeline {
             rule.clone(),
             tables.clone(),
             max_rows_per_record,
+            rule_instances,
             from_raw,
             to_sink,
         ));
@@ -277,7 +292,10 @@ async fn batcher(
                         records: Vec::new(),
                         bytes: 0,
                         started: Instant::now(), // monotonic, for latency only
+                        received_us: Vec::new(),
                     });
+                    let offset = b.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    b.received_us.push(offset);
                     b.bytes += polled.record.payload.len();
                     b.records.push(polled.record);
                     b.positions.push(polled.position);
@@ -341,6 +359,7 @@ async fn rules_stage(
     rule: Arc<RulePlugin>,
     tables: Arc<Vec<TableSpec>>,
     max_rows: usize,
+    instances: usize,
     mut input: mpsc::Receiver<Archived>,
     out: mpsc::Sender<Processed>,
 ) -> Result<(), PipelineError> {
@@ -348,11 +367,29 @@ async fn rules_stage(
         let rule = rule.clone();
         let tables = tables.clone();
         let (batch, outcomes) = tokio::task::spawn_blocking(move || {
-            let outcomes: Vec<RecordOutcome> = rule
-                .process(&batch.id, &batch.records)
-                .into_iter()
-                .map(|raw| validate::check(raw, &tables, max_rows))
-                .collect();
+            let run = |records: &[crate::rules::SourceRecord]| -> Vec<RecordOutcome> {
+                rule.process(&batch.id, records)
+                    .into_iter()
+                    .map(|raw| validate::check(raw, &tables, max_rows))
+                    .collect()
+            };
+            // Contiguous slices on parallel instances; outcomes stay in record order.
+            let slice = batch.records.len().div_ceil(instances.max(1)).max(1);
+            let outcomes: Vec<RecordOutcome> = if instances <= 1 || batch.records.len() <= slice {
+                run(&batch.records)
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = batch
+                        .records
+                        .chunks(slice)
+                        .map(|chunk| scope.spawn(move || run(chunk)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("rule slices do not panic"))
+                        .collect()
+                })
+            };
             (batch, outcomes)
         })
         .await
@@ -420,6 +457,12 @@ async fn sink_stage(
                 source_name: p.batch.source.clone(),
                 partition: p.batch.partition.clone(),
             });
+        }
+        let committed_us = p.batch.started.elapsed().as_micros() as u64;
+        for offset in &p.batch.received_us {
+            summary.latency.record(Duration::from_micros(
+                committed_us.saturating_sub(*offset as u64),
+            ));
         }
         CrashPoint::check(crash, summary.batches + 1);
         acker.ack(&p.batch).instrument(span.clone()).await?;

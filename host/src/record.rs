@@ -36,6 +36,8 @@ pub struct Batch {
     pub bytes: usize,
     /// When the first record was received, for latency.
     pub started: Instant,
+    /// When each record was received, in µs after `started` (for receive-to-commit latency).
+    pub received_us: Vec<u32>,
 }
 
 impl Batch {

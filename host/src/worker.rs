@@ -202,6 +202,7 @@ pub async fn run(
         batch: loaded.config.batch.clone(),
         retry: loaded.config.retry.clone(),
         max_rows_per_record: loaded.config.rule.max_rows_per_record,
+        rule_instances: loaded.config.rule.instances,
     };
     Ok(pipeline.run(shutdown).await?)
 }

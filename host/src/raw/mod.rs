@@ -178,6 +178,7 @@ mod tests {
             records,
             bytes: 0,
             started: std::time::Instant::now(),
+            received_us: Vec::new(),
         }
     }
 

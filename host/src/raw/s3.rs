@@ -40,7 +40,6 @@ pub struct S3Raw {
     options: S3Options,
 }
 
-
 impl S3Raw {
     /// A store writing to `options.bucket` through `client`.
     pub fn new(client: aws_sdk_s3::Client, options: S3Options) -> Self {
@@ -134,10 +133,12 @@ impl S3Raw {
         for (k, v) in meta {
             create = create.metadata(*k, v);
         }
-        let upload = create
-            .send()
-            .await
-            .map_err(|e| self.io(format!("start multipart upload of {key}: {}", crate::aws::sdk_error(&e))))?;
+        let upload = create.send().await.map_err(|e| {
+            self.io(format!(
+                "start multipart upload of {key}: {}",
+                crate::aws::sdk_error(&e)
+            ))
+        })?;
         let upload_id = upload
             .upload_id()
             .ok_or_else(|| self.io(format!("multipart upload of {key}: no upload id")))?
@@ -156,7 +157,12 @@ impl S3Raw {
                     .body(ByteStream::from(chunk.to_vec()))
                     .send()
                     .await
-                    .map_err(|e| self.io(format!("part {number} of {key}: {}", crate::aws::sdk_error(&e))))?;
+                    .map_err(|e| {
+                        self.io(format!(
+                            "part {number} of {key}: {}",
+                            crate::aws::sdk_error(&e)
+                        ))
+                    })?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
@@ -178,7 +184,12 @@ impl S3Raw {
                 )
                 .send()
                 .await
-                .map_err(|e| self.io(format!("complete multipart upload of {key}: {}", crate::aws::sdk_error(&e))))?;
+                .map_err(|e| {
+                    self.io(format!(
+                        "complete multipart upload of {key}: {}",
+                        crate::aws::sdk_error(&e)
+                    ))
+                })?;
             Ok(())
         }
         .await;
@@ -208,12 +219,17 @@ impl RawStore for S3Raw {
             ("weir-records", batch.records.len().to_string()),
             (
                 "weir-sha256",
-                digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
             ),
         ];
         let size = body.len();
         if size > self.options.multipart_threshold_bytes {
-            self.put_multipart(&key, body, &meta).instrument(span).await?;
+            self.put_multipart(&key, body, &meta)
+                .instrument(span)
+                .await?;
         } else {
             self.put_single(&key, body, &meta).instrument(span).await?;
         }

@@ -16,7 +16,7 @@
 //! (`CAST($n AS DECIMAL(18,2))`, `JSON_PARSE($n)` for `SUPER`), so Redshift and PostgreSQL infer nothing.
 //! Only declared, checked identifiers are formatted into SQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -67,7 +67,11 @@ struct Conn {
     client: Client,
     /// Temp stage tables already created in this session.
     staged: HashSet<String>,
+    /// Full-size stage INSERTs prepared in this session, by stage: parsed and planned once, not per chunk.
+    prepared: Statements,
 }
+
+type Statements = HashMap<String, tokio_postgres::Statement>;
 
 fn classify(e: tokio_postgres::Error) -> SinkError {
     let message = match e.as_db_error() {
@@ -532,6 +536,7 @@ impl RedshiftSink {
         Ok(Conn {
             client,
             staged: HashSet::new(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -837,6 +842,7 @@ impl Sink for RedshiftSink {
                     .map_err(classify)?;
             }
             // Temp stages copy the target's columns: recreate them after the targets change.
+            conn.prepared.clear();
             for stage in conn.staged.drain() {
                 conn.client
                     .batch_execute(traced(&format!("DROP TABLE IF EXISTS {stage}")))
@@ -974,7 +980,9 @@ impl RedshiftSink {
             // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
             let seen = tx
                 .query_typed(
-                    traced(&format!("SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1")),
+                    traced(&format!(
+                        "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
+                    )),
                     &[(&batch.id, Type::VARCHAR)],
                 )
                 .await
@@ -1020,7 +1028,7 @@ impl RedshiftSink {
         {
             let sql = &sqls[t];
             match &copy {
-                None => fill_stage(&tx, sql, rows, load, &loaded_at).await?,
+                None => fill_stage(&tx, &mut conn.prepared, sql, rows, load, &loaded_at).await?,
                 Some((manifests, role, region)) => {
                     tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
                         .await
@@ -1124,6 +1132,7 @@ impl RedshiftSink {
 /// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.
 async fn fill_stage(
     tx: &tokio_postgres::Transaction<'_>,
+    prepared: &mut Statements,
     sql: &TableSql,
     rows: Vec<(&CheckedRow, &str)>,
     load: &Load<'_>,
@@ -1157,14 +1166,14 @@ async fn fill_stage(
             || bytes > MAX_STATEMENT_BYTES
             || pending_rows >= MAX_ROWS_PER_INSERT
         {
-            insert_chunk(tx, sql, &pending, pending_rows).await?;
+            insert_chunk(tx, prepared, sql, &pending, pending_rows).await?;
             pending.clear();
             pending_rows = 0;
             bytes = 0;
         }
     }
     if pending_rows > 0 {
-        insert_chunk(tx, sql, &pending, pending_rows).await?;
+        insert_chunk(tx, prepared, sql, &pending, pending_rows).await?;
     }
     Ok(())
 }
@@ -1200,7 +1209,9 @@ impl RedshiftSink {
                 .into_iter()
                 .enumerate()
             {
-                if let Err(e) = fill_stage(&tx, &sqls[t], rows, load, &loaded_at).await {
+                if let Err(e) =
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await
+                {
                     failure = Some((specs[t].name.clone(), e));
                     break;
                 }
@@ -1229,10 +1240,29 @@ impl RedshiftSink {
 
 async fn insert_chunk(
     tx: &tokio_postgres::Transaction<'_>,
+    prepared: &mut Statements,
     sql: &TableSql,
     binds: &[Bind],
     rows: usize,
 ) -> Result<(), SinkError> {
+    if rows == MAX_ROWS_PER_INSERT {
+        // Every full chunk of a table has the same shape: prepare it once per session.
+        let statement = match prepared.get(&sql.stage) {
+            Some(s) => s.clone(),
+            None => {
+                let types: Vec<Type> = binds.iter().map(|b| b.param().1).collect();
+                let s = tx
+                    .prepare_typed(traced(&sql.insert_stage(rows)), &types)
+                    .await
+                    .map_err(classify)?;
+                prepared.insert(sql.stage.clone(), s.clone());
+                s
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b.param().0).collect();
+        tx.execute(&statement, &params).await.map_err(classify)?;
+        return Ok(());
+    }
     let params: Vec<(&(dyn ToSql + Sync), Type)> = binds.iter().map(Bind::param).collect();
     tx.query_typed(traced(&sql.insert_stage(rows)), &params)
         .await

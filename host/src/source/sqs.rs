@@ -106,7 +106,6 @@ fn sqs_error(queue: &str, message: impl std::fmt::Display) -> SourceError {
     }
 }
 
-
 /// Error codes after which polling cannot succeed by retrying.
 fn is_fatal(code: Option<&str>) -> bool {
     matches!(
@@ -134,7 +133,10 @@ pub fn queue_name(queue_url: &str) -> &str {
 
 impl SqsSource {
     /// Checks the queue exists (and whether it is FIFO), then starts the receivers and the heartbeat.
-    pub async fn open(client: aws_sdk_sqs::Client, options: SqsOptions) -> Result<Self, SourceError> {
+    pub async fn open(
+        client: aws_sdk_sqs::Client,
+        options: SqsOptions,
+    ) -> Result<Self, SourceError> {
         let queue = queue_name(&options.queue_url).to_string();
         let attrs = client
             .get_queue_attributes()
@@ -168,7 +170,10 @@ impl SqsSource {
         let receivers = (0..options.receivers)
             .map(|n| {
                 let span = tracing::info_span!("sqs.receiver", queue = %queue, n);
-                tokio::spawn(receive_loop(shared.clone(), options.clone(), fifo, tx.clone()).instrument(span))
+                tokio::spawn(
+                    receive_loop(shared.clone(), options.clone(), fifo, tx.clone())
+                        .instrument(span),
+                )
             })
             .collect();
         let heartbeat = Arc::new(Heartbeat {
@@ -311,7 +316,10 @@ async fn receive_loop(
                 let text = crate::aws::sdk_error(&e);
                 if is_fatal(e.code()) {
                     let _ = tx
-                        .send(Err(sqs_error(&shared.queue, format!("receive failed: {text}"))))
+                        .send(Err(sqs_error(
+                            &shared.queue,
+                            format!("receive failed: {text}"),
+                        )))
                         .await;
                     return;
                 }
@@ -380,17 +388,26 @@ fn to_polled(queue: &str, fifo: bool, m: &Message) -> Option<Polled> {
         .unwrap_or_default();
     attributes.sort();
     for (name, label) in [
-        (MessageSystemAttributeName::MessageGroupId, "sqs:MessageGroupId"),
+        (
+            MessageSystemAttributeName::MessageGroupId,
+            "sqs:MessageGroupId",
+        ),
         (
             MessageSystemAttributeName::MessageDeduplicationId,
             "sqs:MessageDeduplicationId",
         ),
-        (MessageSystemAttributeName::SequenceNumber, "sqs:SequenceNumber"),
+        (
+            MessageSystemAttributeName::SequenceNumber,
+            "sqs:SequenceNumber",
+        ),
         (
             MessageSystemAttributeName::ApproximateReceiveCount,
             "sqs:ApproximateReceiveCount",
         ),
-        (MessageSystemAttributeName::SentTimestamp, "sqs:SentTimestamp"),
+        (
+            MessageSystemAttributeName::SentTimestamp,
+            "sqs:SentTimestamp",
+        ),
     ] {
         if let Some(v) = system(name) {
             attributes.push((label.to_string(), v.to_string()));
@@ -438,7 +455,9 @@ async fn heartbeat(shared: Arc<Shared>) {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "extending visibility failed; retrying at the next tick"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "extending visibility failed; retrying at the next tick")
+                }
             }
         }
         if !due.is_empty() {
@@ -495,7 +514,8 @@ const DELETE_ATTEMPTS: u32 = 6;
 #[async_trait]
 impl Acker for SqsAcker {
     async fn ack(&mut self, batch: &Batch) -> Result<(), SourceError> {
-        let span = tracing::debug_span!("sqs.delete", queue = %self.shared.queue, batch = %batch.id);
+        let span =
+            tracing::debug_span!("sqs.delete", queue = %self.shared.queue, batch = %batch.id);
         let mut pending: Vec<(String, String)> = {
             let inflight = self.shared.inflight.lock().expect("not poisoned");
             batch
@@ -509,7 +529,10 @@ impl Acker for SqsAcker {
             let mut failed: Vec<(String, String)> = Vec::new();
             let mut last_error = String::new();
             for chunk in pending.chunks(10) {
-                match delete_batch(&self.shared, chunk).instrument(span.clone()).await {
+                match delete_batch(&self.shared, chunk)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(bad) => {
                         for (i, (code, reason)) in bad {
                             if code == "ReceiptHandleIsInvalid" {
@@ -597,7 +620,8 @@ async fn delete_batch(
         .collect())
 }
 
-/// Sends every non-empty line of `lines` to the queue, 10 per call (the producer behind `weir produce`).
+/// Sends every non-empty line of `lines` to the queue, 10 per call (the producer behind `weir produce`);
+/// lines that are not UTF-8 are skipped with a warning (SQS bodies are text).
 /// FIFO queues get `group_id` as message group and a content digest with the line number as deduplication
 /// id. Returns the number of messages sent.
 pub async fn send_lines(
@@ -611,25 +635,28 @@ pub async fn send_lines(
     let queue = queue_name(queue_url);
     let fifo = queue.ends_with(".fifo");
     let mut sent = 0;
-    let numbered: Vec<(usize, &Vec<u8>)> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
+    let mut numbered: Vec<(usize, &str)> = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => numbered.push((n, text)),
+            Err(_) => tracing::warn!(
+                "line {} is not UTF-8; SQS message bodies are text, so it is skipped",
+                n + 1
+            ),
+        }
+    }
     for chunk in numbered.chunks(10) {
         let mut entries = Vec::new();
-        for (i, (n, line)) in chunk.iter().enumerate() {
-            let body = std::str::from_utf8(line).map_err(|_| {
-                sqs_error(
-                    queue,
-                    format!("line {} is not UTF-8; SQS message bodies are text", n + 1),
-                )
-            })?;
+        for (i, (n, body)) in chunk.iter().enumerate() {
+            let body = *body;
             let mut e = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(body);
             if fifo {
-                let digest = Sha256::digest(line);
+                let digest = Sha256::digest(body.as_bytes());
                 let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
                 e = e
                     .message_group_id(group_id)
@@ -653,4 +680,81 @@ pub async fn send_lines(
         sent += chunk.len();
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::types::MessageAttributeValue;
+
+    fn message() -> aws_sdk_sqs::types::builders::MessageBuilder {
+        Message::builder()
+            .message_id("m-1")
+            .receipt_handle("r-1")
+            .body("{\"a\":1}")
+            .attributes(MessageSystemAttributeName::SentTimestamp, "1795256970123")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "2")
+            .message_attributes(
+                "origin",
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value("web")
+                    .build()
+                    .unwrap(),
+            )
+            .message_attributes(
+                "blob",
+                MessageAttributeValue::builder()
+                    .data_type("Binary")
+                    .binary_value(aws_sdk_sqs::primitives::Blob::new(vec![0xff, 0]))
+                    .build()
+                    .unwrap(),
+            )
+    }
+
+    /// Standard queues: the message id is id and position; attributes and sent time carried over.
+    #[test]
+    fn standard_message_as_record() {
+        let p = to_polled("orders", false, &message().build()).unwrap();
+        assert_eq!(p.record.id, "sqs/orders/m-1");
+        assert_eq!(p.position, "m-1");
+        assert_eq!(p.record.arrived_at_ms, 1_795_256_970_123);
+        assert_eq!(p.record.payload, b"{\"a\":1}");
+        assert_eq!(
+            p.record.attributes,
+            [
+                ("blob".to_string(), "/wA=".to_string()),
+                ("origin".into(), "web".into()),
+                ("sqs:ApproximateReceiveCount".into(), "2".into()),
+                ("sqs:SentTimestamp".into(), "1795256970123".into()),
+            ]
+        );
+    }
+
+    /// FIFO queues: group and deduplication id make the record id, the sequence number the position.
+    #[test]
+    fn fifo_message_as_record() {
+        let m = message()
+            .attributes(MessageSystemAttributeName::MessageGroupId, "g1")
+            .attributes(MessageSystemAttributeName::MessageDeduplicationId, "d-9")
+            .attributes(MessageSystemAttributeName::SequenceNumber, "1800")
+            .build();
+        let p = to_polled("orders.fifo", true, &m).unwrap();
+        assert_eq!(p.record.id, "sqs/orders.fifo/g1/d-9");
+        assert_eq!(p.position, "1800");
+        assert_eq!(p.record.partition_key, "g1");
+        assert!(to_polled("q", false, &Message::builder().body("x").build()).is_none());
+    }
+
+    #[test]
+    fn queue_names() {
+        assert_eq!(
+            queue_name("https://sqs.eu-west-1.amazonaws.com/1/orders"),
+            "orders"
+        );
+        assert_eq!(
+            queue_name("http://127.0.0.1:4566/000000000000/q.fifo/"),
+            "q.fifo"
+        );
+    }
 }
