@@ -6,6 +6,7 @@
 #   database and an MD5-password role per test. Set it yourself to test against another server.
 #   moto server (S3 and the Redshift control plane, AWS wire protocols): WEIR_AWS_ENDPOINT, on 127.0.0.1:4566.
 #   Set it yourself to use another endpoint.
+#   kinesalite (Kinesis with correct shard ends, for resharding): WEIR_KINESIS_ENDPOINT, on 127.0.0.1:4567.
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -64,3 +65,28 @@ if [ -z "$aws_url" ]; then
   fi
 fi
 echo "export WEIR_AWS_ENDPOINT='$aws_url'"
+
+# ---- kinesalite -------------------------------------------------------------------------------------------
+kinesis_url=${WEIR_KINESIS_ENDPOINT:-}
+if [ -z "$kinesis_url" ]; then
+  kinesis_url="http://127.0.0.1:4567"
+  kup() { (exec 3<>/dev/tcp/127.0.0.1/4567) 2>/dev/null; }
+  if ! kup; then
+    dir=${WEIR_KINESALITE_DIR:-/var/tmp/weir-kinesalite}
+    if [ ! -x "$dir/node_modules/.bin/kinesalite" ]; then
+      if ! command -v npm >/dev/null 2>&1; then
+        log "installing Node.js (Debian package)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >&2
+      fi
+      log "installing kinesalite (npm) into $dir"
+      mkdir -p "$dir" && npm install -s --prefix "$dir" kinesalite@3.3.3 >&2
+    fi
+    log "starting kinesalite on 127.0.0.1:4567"
+    nohup "$dir/node_modules/.bin/kinesalite" --port 4567 --createStreamMs 50 --updateStreamMs 50 \
+      --deleteStreamMs 50 --shardLimit 100000 > "${TMPDIR:-/tmp}/weir-kinesalite.log" 2>&1 &
+    for _ in $(seq 1 30); do kup && break; sleep 1; done
+    kup || { log "kinesalite did not start"; exit 1; }
+  fi
+fi
+echo "export WEIR_KINESIS_ENDPOINT='$kinesis_url'"

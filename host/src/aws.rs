@@ -44,6 +44,11 @@ impl AwsConfig {
 }
 
 impl AwsConfig {
+    /// A Kinesis client.
+    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&self.load().await)
+    }
+
     /// An SQS client.
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(&self.load().await)

@@ -101,6 +101,52 @@ pub enum SourceConfig {
         #[serde(default)]
         idle_exit_secs: Option<u64>,
     },
+    /// An Amazon Kinesis data stream: one reader per shard this worker holds the lease of.
+    Kinesis {
+        /// The stream name.
+        stream: String,
+        /// Where a shard without checkpoint starts: `"trim_horizon"` (oldest kept), `"latest"` or
+        /// `"at_timestamp"` (with `initial_timestamp`). Default `"trim_horizon"`.
+        #[serde(default = "default_initial_position")]
+        initial_position: String,
+        /// For `at_timestamp`: an RFC 3339 time, e.g. `2026-11-21T00:00:00Z`.
+        #[serde(default)]
+        initial_timestamp: Option<String>,
+        /// Most records per `GetRecords` call (1–10000). Default 10000.
+        #[serde(default = "default_max_records_per_call")]
+        max_records_per_call: i32,
+        /// Least time between two `GetRecords` calls on one shard, in milliseconds (≥ 200: 5 calls/s). Default 250.
+        #[serde(default = "default_poll_ms")]
+        poll_ms: u64,
+        /// How long a shard lease lasts without renewal, in seconds. Default 30.
+        #[serde(default = "default_lease_secs")]
+        lease_secs: u64,
+        /// How often leases are renewed and rebalanced, in seconds (less than half of `lease_secs`). Default 10.
+        #[serde(default = "default_renew_secs")]
+        renew_secs: u64,
+        /// This worker's name in the lease table. Default `{hostname}-{pid}`.
+        #[serde(default)]
+        worker_id: Option<String>,
+        /// Stop when no shard has delivered a record for this many seconds. Default: never.
+        #[serde(default)]
+        idle_exit_secs: Option<u64>,
+    },
+}
+
+fn default_initial_position() -> String {
+    "trim_horizon".into()
+}
+fn default_max_records_per_call() -> i32 {
+    10_000
+}
+fn default_poll_ms() -> u64 {
+    250
+}
+fn default_lease_secs() -> u64 {
+    30
+}
+fn default_renew_secs() -> u64 {
+    10
 }
 
 fn default_receivers() -> usize {
@@ -678,6 +724,81 @@ fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
                 ));
             }
         }
+        SourceConfig::Kinesis {
+            stream,
+            initial_position,
+            initial_timestamp,
+            max_records_per_call,
+            poll_ms,
+            lease_secs,
+            renew_secs,
+            idle_exit_secs,
+            ..
+        } => {
+            if stream.is_empty() || stream.contains('/') {
+                return Err(ConfigError::field(
+                    "source.stream",
+                    "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
+                ));
+            }
+            match (initial_position.as_str(), initial_timestamp) {
+                ("trim_horizon" | "latest", None) => {}
+                ("at_timestamp", Some(t)) => {
+                    if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                        return Err(ConfigError::field(
+                            "source.initial_timestamp",
+                            format!("`{t}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"),
+                        ));
+                    }
+                }
+                ("at_timestamp", None) => {
+                    return Err(ConfigError::field(
+                        "source.initial_timestamp",
+                        "missing; `initial_position = \"at_timestamp\"` needs it",
+                    ));
+                }
+                ("trim_horizon" | "latest", Some(_)) => {
+                    return Err(ConfigError::field(
+                        "source.initial_timestamp",
+                        "only used with `initial_position = \"at_timestamp\"`; remove it",
+                    ));
+                }
+                (other, _) => {
+                    return Err(ConfigError::field(
+                        "source.initial_position",
+                        format!("`{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""),
+                    ));
+                }
+            }
+            if !(1..=10_000).contains(max_records_per_call) {
+                return Err(ConfigError::field(
+                    "source.max_records_per_call",
+                    format!("{max_records_per_call} is out of range; use 1 to 10000"),
+                ));
+            }
+            if *poll_ms < 200 {
+                return Err(ConfigError::field(
+                    "source.poll_ms",
+                    format!(
+                        "{poll_ms} is below 200; Kinesis allows 5 GetRecords calls per second per shard"
+                    ),
+                ));
+            }
+            if *renew_secs == 0 || renew_secs * 2 >= *lease_secs {
+                return Err(ConfigError::field(
+                    "source.renew_secs",
+                    format!(
+                        "{renew_secs} must be at least 1 and less than half of lease_secs ({lease_secs}), so a lease is renewed twice before it runs out"
+                    ),
+                ));
+            }
+            if *idle_exit_secs == Some(0) {
+                return Err(ConfigError::field(
+                    "source.idle_exit_secs",
+                    "must be at least 1 (seconds); leave it out to run until stopped",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -986,7 +1107,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
                 *path = join(Path::new(path)).to_string_lossy().into_owned();
             }
         }
-        SourceConfig::Sqs { .. } => {}
+        SourceConfig::Sqs { .. } | SourceConfig::Kinesis { .. } => {}
     }
 }
 

@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`aws`]: AWS settings shared by the AWS backends.
 //! - [`config`]: the TOML configuration, `${ENV}` interpolation, checks that name the field.
+//! - [`fleet`]: Kinesis shards shared by workers through leases; resharding order.
 //! - [`metrics`]: what a worker measures about itself (latency histograms).
 //! - [`record`]: records and batches.
 //! - [`source`]: where records come from (`file`: lines of a file or stdin; `sqs`: an SQS queue).
@@ -19,6 +20,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
 pub mod raw;

@@ -64,6 +64,12 @@ enum Command {
         /// Message group of FIFO queues.
         #[arg(long, default_value = "weir")]
         group_id: String,
+        /// Kinesis: the JSON field whose value is the partition key (else the line number).
+        #[arg(long, default_value = "order_id")]
+        key_field: String,
+        /// Kinesis: pack this many lines into one KPL-aggregated record (1: no aggregation).
+        #[arg(long, default_value_t = 1)]
+        aggregate: usize,
     },
     /// Compare the sink's tables with the configuration, and bring them in line.
     Schema {
@@ -161,7 +167,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             config,
             input,
             group_id,
-        } => produce(&config, &input, &group_id).await,
+            key_field,
+            aggregate,
+        } => produce(&config, &input, &group_id, &key_field, aggregate).await,
         Command::Schema { command } => {
             let (config, apply) = match command {
                 SchemaCommand::Plan { config } => (config, false),
@@ -201,14 +209,14 @@ async fn run(path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn produce(path: &Path, input: &str, group_id: &str) -> Result<ExitCode> {
+async fn produce(
+    path: &Path,
+    input: &str,
+    group_id: &str,
+    key_field: &str,
+    aggregate: usize,
+) -> Result<ExitCode> {
     let loaded = config::load(path)?;
-    let config::SourceConfig::Sqs { queue_url, .. } = &loaded.config.source else {
-        anyhow::bail!(
-            "{}: `weir produce` sends to an SQS source; this configuration's [source] is not `kind = \"sqs\"`",
-            path.display()
-        );
-    };
     let bytes = if input == "-" {
         let mut buf = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut buf).await?;
@@ -219,9 +227,29 @@ async fn produce(path: &Path, input: &str, group_id: &str) -> Result<ExitCode> {
             .with_context(|| format!("reading {input}"))?
     };
     let lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
-    let client = loaded.config.aws.sqs().await;
-    let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
-    println!("sent {sent} messages to {queue_url}");
+    match &loaded.config.source {
+        config::SourceConfig::Sqs { queue_url, .. } => {
+            let client = loaded.config.aws.sqs().await;
+            let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
+            println!("sent {sent} messages to {queue_url}");
+        }
+        config::SourceConfig::Kinesis { stream, .. } => {
+            let client = loaded.config.aws.kinesis().await;
+            let sent = weir::source::kinesis::put_lines(
+                &client,
+                stream,
+                &lines,
+                key_field,
+                aggregate.max(1),
+            )
+            .await?;
+            println!("sent {sent} records to stream {stream}");
+        }
+        config::SourceConfig::File { .. } => anyhow::bail!(
+            "{}: `weir produce` sends to an SQS or Kinesis source; this configuration reads a file",
+            path.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,6 +44,15 @@ impl Histogram {
         self.max_us = self.max_us.max(us);
     }
 
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
     /// How many durations were counted.
     pub fn count(&self) -> u64 {
         self.total

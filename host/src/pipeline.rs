@@ -99,6 +99,26 @@ impl Summary {
         }
     }
 
+    /// Adds another run's counts (one worker running several partitions).
+    pub fn merge(&mut self, other: Summary) {
+        self.batches += other.batches;
+        self.records_in += other.records_in;
+        for (k, v) in other.rows {
+            *self.rows.entry(k).or_default() += v;
+        }
+        for (k, v) in other.dropped {
+            *self.dropped.entry(k).or_default() += v;
+        }
+        for (k, v) in other.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+        if self.raw.is_empty() {
+            self.raw = other.raw;
+            self.sink = other.sink;
+        }
+        self.latency.merge(&other.latency);
+    }
+
     /// The summary as text for a terminal.
     pub fn render(&self) -> String {
         let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();

@@ -40,6 +40,9 @@ pub enum WorkerError {
     /// The pipeline stopped.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// A fleet worker stopped.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// Loads the rule of a configuration.
@@ -101,8 +104,21 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
 /// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
 pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
     let sink = connect_sink(loaded).await?;
-    sink.prepare(&loaded.tables, true).await?;
-    Ok(sink)
+    // Workers of a fleet start together: two may create the same table at once, and the loser's CREATE fails
+    // (PostgreSQL reports a duplicate catalog entry). Planning again then finds the table.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.prepare(&loaded.tables, true).await {
+            Ok(_) => return Ok(sink),
+            Err(e @ SinkError::Schema(_)) => return Err(e),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, attempt, "preparing the sink failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
 }
 
 /// Connects to the sink and checks existing tables without creating anything; describes the result.
@@ -181,6 +197,10 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             };
             Ok(Box::new(SqsSource::open(client, options).await?))
         }
+        SourceConfig::Kinesis { stream, .. } => Err(SourceError::Io {
+            source_name: format!("kinesis stream {stream}"),
+            message: "a Kinesis source runs one reader per leased shard (worker::run)".into(),
+        }),
     }
 }
 
@@ -193,6 +213,50 @@ pub async fn run(
     let rule = Arc::new(load_rule(&runtime, loaded)?);
     let sink = open_sink(loaded).await?;
     let raw = open_raw(loaded).await?;
+    if let SourceConfig::Kinesis {
+        stream,
+        initial_position,
+        initial_timestamp,
+        max_records_per_call,
+        poll_ms,
+        lease_secs,
+        renew_secs,
+        worker_id,
+        idle_exit_secs,
+    } = &loaded.config.source
+    {
+        let options = crate::fleet::FleetOptions {
+            stream: stream.clone(),
+            worker_id: worker_id
+                .clone()
+                .unwrap_or_else(crate::fleet::default_worker_id),
+            lease: Duration::from_secs(*lease_secs),
+            renew: Duration::from_secs(*renew_secs),
+            reader: crate::source::kinesis::ShardOptions {
+                stream: stream.clone(),
+                shard: String::new(),
+                initial: crate::fleet::initial_position(
+                    initial_position,
+                    initial_timestamp.as_deref(),
+                ),
+                max_records_per_call: *max_records_per_call,
+                poll: Duration::from_millis(*poll_ms),
+                idle_exit: idle_exit_secs.map(Duration::from_secs),
+            },
+        };
+        let shared = crate::fleet::Shared {
+            raw,
+            rule,
+            sink,
+            tables: Arc::new(loaded.tables.clone()),
+            batch: loaded.config.batch.clone(),
+            retry: loaded.config.retry.clone(),
+            max_rows_per_record: loaded.config.rule.max_rows_per_record,
+            rule_instances: loaded.config.rule.instances,
+        };
+        let client = loaded.config.aws.kinesis().await;
+        return Ok(crate::fleet::run(client, options, shared, shutdown).await?);
+    }
     let pipeline = Pipeline {
         source: open_source(loaded).await?,
         raw,

@@ -244,6 +244,19 @@ pub(crate) fn lineage_ddl(sql_type: impl Fn(ColumnType) -> String) -> Vec<String
         .collect()
 }
 
+/// A lease row of [`Sink::leases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The partition (Kinesis: `{stream}/{shard}`).
+    pub partition: String,
+    /// Its committed checkpoint.
+    pub position: String,
+    /// Who holds the lease (empty: nobody).
+    pub owner: String,
+    /// Whether the lease has run out.
+    pub expired: bool,
+}
+
 /// A sink.
 #[async_trait]
 pub trait Sink: Send + Sync {
@@ -264,6 +277,35 @@ pub trait Sink: Send + Sync {
 
     /// Commits one batch in one transaction.
     async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError>;
+
+    /// The lease rows of a source (Kinesis shards), with whether each lease has expired at `now_us`.
+    async fn leases(&self, source: &str, now_us: i64) -> Result<Vec<Lease>, SinkError>;
+
+    /// Claims or renews the lease of a partition for `owner` until `expires_us`, by compare-and-set: only when
+    /// it is free, expired at `now_us`, already `owner`'s, or held by `steal_from`. Creates the row when
+    /// missing. Returns whether `owner` holds the lease now.
+    async fn claim(
+        &self,
+        source: &str,
+        partition: &str,
+        owner: &str,
+        now_us: i64,
+        expires_us: i64,
+        steal_from: Option<&str>,
+    ) -> Result<bool, SinkError>;
+
+    /// Gives up `owner`'s lease of a partition (nothing happens when someone else holds it).
+    async fn release(&self, source: &str, partition: &str, owner: &str) -> Result<(), SinkError>;
+
+    /// Moves a checkpoint from `expected` to `new` outside a batch (a shard read to its end); returns whether
+    /// it moved.
+    async fn set_checkpoint(
+        &self,
+        source: &str,
+        partition: &str,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, SinkError>;
 
     /// Where data goes, for people.
     fn describe(&self) -> String;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::{
-    Commit, Load, SchemaPlan, Sink, SinkError, dedupe, lineage_ddl, payload_preview, quote,
+    Commit, Lease, Load, SchemaPlan, Sink, SinkError, dedupe, lineage_ddl, payload_preview, quote,
     rows_by_table,
 };
 use crate::rules::validate::RecordOutcome;
@@ -347,6 +347,95 @@ impl Sink for SqliteSink {
     async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError> {
         let span = tracing::debug_span!("sqlite.commit", batch = %load.batch.id, records = load.batch.records.len());
         self.commit_batch(load).instrument(span).await
+    }
+
+    async fn leases(&self, source: &str, now_us: i64) -> Result<Vec<Lease>, SinkError> {
+        let now = format_timestamp_us(now_us);
+        let rows = sqlx::query(
+            r#"SELECT "partition", position, COALESCE(owner, ''),
+                 CASE WHEN lease_expires_at IS NULL OR lease_expires_at < ? THEN 1 ELSE 0 END
+               FROM weir_checkpoints WHERE source = ?"#,
+        )
+        .bind(&now)
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .iter()
+            .map(|r| Lease {
+                partition: r.get(0),
+                position: r.get(1),
+                owner: r.get(2),
+                expired: r.get::<i64, _>(3) == 1,
+            })
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        source: &str,
+        partition: &str,
+        owner: &str,
+        now_us: i64,
+        expires_us: i64,
+        steal_from: Option<&str>,
+    ) -> Result<bool, SinkError> {
+        self.checkpoint(source, partition).await?;
+        let now = format_timestamp_us(now_us);
+        let done = sqlx::query(
+            r#"UPDATE weir_checkpoints SET owner = ?, lease_expires_at = ?, updated_at = ?
+               WHERE source = ? AND "partition" = ? AND (owner IS NULL OR owner = '' OR owner = ? OR owner = ?
+                 OR lease_expires_at IS NULL OR lease_expires_at < ?)"#,
+        )
+        .bind(owner)
+        .bind(format_timestamp_us(expires_us))
+        .bind(&now)
+        .bind(source)
+        .bind(partition)
+        .bind(owner)
+        .bind(steal_from.unwrap_or(owner))
+        .bind(&now)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, source: &str, partition: &str, owner: &str) -> Result<(), SinkError> {
+        sqlx::query(
+            r#"UPDATE weir_checkpoints SET owner = '', lease_expires_at = NULL
+               WHERE source = ? AND "partition" = ? AND owner = ?"#,
+        )
+        .bind(source)
+        .bind(partition)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn set_checkpoint(
+        &self,
+        source: &str,
+        partition: &str,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, SinkError> {
+        let done = sqlx::query(
+            r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
+               WHERE source = ? AND "partition" = ? AND position = ?"#,
+        )
+        .bind(new)
+        .bind(format_timestamp_us(crate::record::wall_clock_us()))
+        .bind(source)
+        .bind(partition)
+        .bind(expected)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
     }
 
     fn describe(&self) -> String {

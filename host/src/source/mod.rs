@@ -4,6 +4,8 @@
 //! are acknowledged through the source's [`Acker`] only after their batch has committed.
 
 pub mod file;
+pub mod kinesis;
+pub mod kpl;
 pub mod sqs;
 
 use async_trait::async_trait;

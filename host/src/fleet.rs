@@ -1,0 +1,428 @@
+//! Kinesis shards shared by a fleet of workers through leases in `weir_checkpoints`.
+//!
+//! Every `renew_secs` the coordinator of a worker:
+//! 1. collects the pipelines that ended: a shard read to its end is checkpointed as `SHARD_END` (by
+//!    compare-and-set from its last committed position), and its lease is released;
+//! 2. lists the shards (paginated) and reads the lease rows;
+//! 3. renews its own leases; a lease it lost stops that shard's pipeline after its in-flight batch (whose
+//!    commit is fenced by the checkpoint compare-and-set if the new owner already moved on);
+//! 4. claims free or expired leases of ready shards up to its fair share, `ceil(ready shards / live workers)`,
+//!    and when it is below its share and nothing is free, takes one lease from the busiest worker above its
+//!    share (one per round, so the fleet rebalances gradually);
+//! 5. starts one pipeline per newly held shard.
+//!
+//! A shard is ready when it has not ended and each of its parents has ended (`SHARD_END`) or is gone from the
+//! stream: children of a split or merge start only after their parents, so per partition key order holds.
+//! On shutdown every pipeline finishes its in-flight batch, then the leases are released for the others.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{BatchConfig, RetryConfig};
+use crate::pipeline::{Pipeline, PipelineError, Summary};
+use crate::raw::RawStore;
+use crate::rules::RulePlugin;
+use crate::schema::TableSpec;
+use crate::sink::{Sink, SinkError};
+use crate::source::SourceError;
+use crate::source::kinesis::{InitialPosition, SHARD_END, ShardOptions, ShardReader};
+
+/// Fleet settings of a Kinesis source.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// The stream.
+    pub stream: String,
+    /// This worker's name in the lease table.
+    pub worker_id: String,
+    /// Lease length.
+    pub lease: Duration,
+    /// Renew / rebalance period.
+    pub renew: Duration,
+    /// Reader settings shared by every shard (its `shard` is filled in per shard).
+    pub reader: ShardOptions,
+}
+
+/// The shared parts of every shard's pipeline.
+pub struct Shared {
+    /// RAW store.
+    pub raw: Arc<dyn RawStore>,
+    /// The rule.
+    pub rule: Arc<RulePlugin>,
+    /// The sink (also the lease table).
+    pub sink: Arc<dyn Sink>,
+    /// Declared tables.
+    pub tables: Arc<Vec<TableSpec>>,
+    /// Batch limits.
+    pub batch: BatchConfig,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Most rows per record.
+    pub max_rows_per_record: usize,
+    /// Rule instances per batch.
+    pub rule_instances: usize,
+}
+
+/// Why a fleet worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Listing shards failed for good.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The lease table failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A shard's pipeline failed (after its retries).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+struct Running {
+    task: JoinHandle<Result<Summary, PipelineError>>,
+    stop: watch::Sender<bool>,
+    ended: Arc<AtomicBool>,
+    /// Stopped because the lease went to another worker (not idle).
+    lost: bool,
+}
+
+/// A shard as listed.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    /// Shard id.
+    pub id: String,
+    /// Parent shard ids (split: one; merge: two).
+    pub parents: Vec<String>,
+}
+
+/// Lists every shard of a stream (following `NextToken`).
+pub async fn list_shards(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Vec<ShardInfo>, SourceError> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let out = req.send().await.map_err(|e| SourceError::Io {
+            source_name: format!("kinesis stream {stream}"),
+            message: format!(
+                "cannot list shards of source.stream = {stream}: {}",
+                crate::aws::sdk_error(&e)
+            ),
+        })?;
+        for s in out.shards() {
+            shards.push(ShardInfo {
+                id: s.shard_id().to_string(),
+                parents: s
+                    .parent_shard_id()
+                    .into_iter()
+                    .chain(s.adjacent_parent_shard_id())
+                    .map(str::to_string)
+                    .collect(),
+            });
+        }
+        token = out.next_token;
+        if token.is_none() {
+            return Ok(shards);
+        }
+    }
+}
+
+/// The shards that may be read now: not ended, and every parent ended or gone from the stream.
+pub fn ready_shards(shards: &[ShardInfo], positions: &HashMap<String, String>) -> Vec<String> {
+    let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+    let ended = |id: &str| positions.get(id).is_some_and(|p| p == SHARD_END);
+    shards
+        .iter()
+        .filter(|s| !ended(&s.id))
+        .filter(|s| {
+            s.parents
+                .iter()
+                .all(|p| !listed.contains(p.as_str()) || ended(p))
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// Runs this worker's share of the stream until shutdown (or, with `idle_exit`, until its shards are idle).
+pub async fn run(
+    client: aws_sdk_kinesis::Client,
+    options: FleetOptions,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Summary, FleetError> {
+    let sink = shared.sink.clone();
+    let me = options.worker_id.clone();
+    let partition_of = |shard: &str| format!("{}/{shard}", options.stream);
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Shards whose pipeline ended idle in this run: not restarted (idle exit).
+    let mut idle: HashSet<String> = HashSet::new();
+    let mut summary = Summary::default();
+    let mut failure: Option<FleetError> = None;
+    let mut tick = tokio::time::interval(options.renew);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(stream = %options.stream, worker = %me, "joining the fleet");
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tick.tick() => {}
+        }
+        // 1. Ended pipelines.
+        let finished: Vec<String> = running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in finished {
+            let r = running.remove(&shard).expect("listed");
+            let partition = partition_of(&shard);
+            match r.task.await {
+                Ok(Ok(s)) => {
+                    summary.merge(s);
+                    if r.ended.load(Ordering::SeqCst) {
+                        let at = sink.checkpoint("kinesis", &partition).await?;
+                        if sink
+                            .set_checkpoint("kinesis", &partition, &at, SHARD_END)
+                            .await?
+                        {
+                            tracing::info!(shard = %partition, "checkpointed SHARD_END; its children may start");
+                        }
+                    } else if !r.lost {
+                        idle.insert(shard.clone());
+                    }
+                }
+                Ok(Err(PipelineError::NotOwner { .. })) => {
+                    tracing::warn!(shard = %partition, "another worker took the shard over");
+                }
+                Ok(Err(e)) => {
+                    failure = Some(e.into());
+                }
+                Err(e) => failure = Some(PipelineError::Stage(e.to_string()).into()),
+            }
+            sink.release("kinesis", &partition, &me).await?;
+        }
+        if failure.is_some() {
+            break;
+        }
+
+        // 2. Shards and leases.
+        let shards = list_shards(&client, &options.stream).await?;
+        let now = crate::record::wall_clock_us();
+        let expires = now + options.lease.as_micros() as i64;
+        let prefix = format!("{}/", options.stream);
+        let leases: HashMap<String, crate::sink::Lease> = sink
+            .leases("kinesis", now)
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                let shard = l.partition.strip_prefix(&prefix)?.to_string();
+                Some((shard, l))
+            })
+            .collect();
+        let positions: HashMap<String, String> = leases
+            .iter()
+            .map(|(s, l)| (s.clone(), l.position.clone()))
+            .collect();
+        let ready = ready_shards(&shards, &positions);
+
+        // 3. Renew what this worker runs; stop what it lost.
+        let held: Vec<String> = running.keys().cloned().collect();
+        for shard in held {
+            if !sink
+                .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
+                .await?
+            {
+                tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
+                if let Some(r) = running.get_mut(&shard) {
+                    let _ = r.stop.send(true);
+                    r.lost = true;
+                }
+            }
+        }
+
+        // 4. Fair share.
+        let mut load: BTreeMap<String, usize> = BTreeMap::new();
+        for l in leases.values() {
+            if !l.owner.is_empty() && !l.expired && l.owner != me {
+                *load.entry(l.owner.clone()).or_default() += 1;
+            }
+        }
+        let live = load.len() + 1;
+        let share = ready.len().div_ceil(live);
+        let mine = running.len();
+        let mut wanted = share.saturating_sub(mine);
+        let mut claimed = Vec::new();
+        for shard in &ready {
+            if wanted == 0 {
+                break;
+            }
+            if running.contains_key(shard) || idle.contains(shard) {
+                continue;
+            }
+            let free = leases
+                .get(shard)
+                .is_none_or(|l| l.owner.is_empty() || l.expired || l.owner == me);
+            if free
+                && sink
+                    .claim("kinesis", &partition_of(shard), &me, now, expires, None)
+                    .await?
+            {
+                claimed.push(shard.clone());
+                wanted -= 1;
+            }
+        }
+        if wanted > 0 {
+            // Take one lease from the busiest worker above its share.
+            if let Some((victim, n)) = load.iter().max_by_key(|(_, n)| **n) {
+                if *n > share {
+                    let theirs = ready.iter().find(|s| {
+                        leases
+                            .get(*s)
+                            .is_some_and(|l| &l.owner == victim && !l.expired)
+                            && !idle.contains(*s)
+                    });
+                    if let Some(shard) = theirs {
+                        if sink
+                            .claim(
+                                "kinesis",
+                                &partition_of(shard),
+                                &me,
+                                now,
+                                expires,
+                                Some(victim),
+                            )
+                            .await?
+                        {
+                            tracing::info!(shard = %shard, from = %victim, "took a lease over to rebalance");
+                            claimed.push(shard.clone());
+                        }
+                    }
+                }
+            }
+        }
+
+        // 5. Start the new shards.
+        for shard in claimed {
+            let mut reader_options = options.reader.clone();
+            reader_options.shard = shard.clone();
+            let reader = ShardReader::new(client.clone(), reader_options);
+            let ended = reader.ended();
+            let (stop, stop_rx) = watch::channel(false);
+            let pipeline = Pipeline {
+                source: Box::new(reader),
+                raw: shared.raw.clone(),
+                rule: shared.rule.clone(),
+                sink: shared.sink.clone(),
+                tables: shared.tables.clone(),
+                batch: shared.batch.clone(),
+                retry: shared.retry.clone(),
+                max_rows_per_record: shared.max_rows_per_record,
+                rule_instances: shared.rule_instances,
+            };
+            tracing::info!(shard = %shard, worker = %me, "reading shard");
+            running.insert(
+                shard,
+                Running {
+                    task: tokio::spawn(pipeline.run(stop_rx)),
+                    stop,
+                    ended,
+                    lost: false,
+                },
+            );
+        }
+
+        // Idle exit: nothing running, and this worker has read every ready shard until it was idle (shards
+        // other workers hold are waited for: they may die, and their records must not wait for a restart).
+        if options.reader.idle_exit.is_some()
+            && running.is_empty()
+            && ready.iter().all(|s| idle.contains(s))
+        {
+            tracing::info!("every shard this worker could read is idle: stopping");
+            break;
+        }
+    }
+
+    // Shutdown: every shard finishes its in-flight batch, then the leases go back to the fleet.
+    for r in running.values() {
+        let _ = r.stop.send(true);
+    }
+    for (shard, r) in running {
+        let partition = partition_of(&shard);
+        match r.task.await {
+            Ok(Ok(s)) => summary.merge(s),
+            Ok(Err(PipelineError::NotOwner { .. })) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e.into())),
+            Err(e) => failure = failure.or(Some(PipelineError::Stage(e.to_string()).into())),
+        }
+        if let Err(e) = sink.release("kinesis", &partition, &me).await {
+            tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// Parses `initial_position` / `initial_timestamp` (checked by the config already).
+pub fn initial_position(position: &str, timestamp: Option<&str>) -> InitialPosition {
+    match (position, timestamp) {
+        ("latest", _) => InitialPosition::Latest,
+        ("at_timestamp", Some(t)) => InitialPosition::AtTimestamp(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| d.timestamp_millis())
+                .unwrap_or(0),
+        ),
+        _ => InitialPosition::TrimHorizon,
+    }
+}
+
+/// `{hostname}-{pid}`: unique per process on a host, readable in the lease table.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
+        ShardInfo {
+            id: id.into(),
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// Children wait for every parent's SHARD_END; parents gone from the stream do not block.
+    #[test]
+    fn children_wait_for_parents() {
+        let shards = [
+            shard("p", &[]),
+            shard("c1", &["p"]),
+            shard("c2", &["p"]),
+            shard("m", &["c1", "c2"]),
+            shard("orphan", &["expired-parent"]),
+        ];
+        let mut pos = HashMap::new();
+        assert_eq!(ready_shards(&shards, &pos), ["p", "orphan"]);
+        pos.insert("p".to_string(), SHARD_END.to_string());
+        assert_eq!(ready_shards(&shards, &pos), ["c1", "c2", "orphan"]);
+        pos.insert("c1".to_string(), SHARD_END.to_string());
+        assert_eq!(ready_shards(&shards, &pos), ["c2", "orphan"]);
+        pos.insert("c2".to_string(), SHARD_END.to_string());
+        assert_eq!(ready_shards(&shards, &pos), ["m", "orphan"]);
+    }
+}

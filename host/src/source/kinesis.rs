@@ -1,0 +1,396 @@
+//! The Amazon Kinesis Data Streams source: one reader per owned shard.
+//!
+//! - The iterator starts from the committed checkpoint (`AFTER_SEQUENCE_NUMBER`, or `AT_SEQUENCE_NUMBER` when
+//!   the checkpoint is inside a KPL aggregate) or, for a shard never read, from `initial_position`.
+//! - `GetRecords` is paced to at most one call per `poll_ms` (≥ 200 ms keeps within the 5 calls/s per shard
+//!   limit), backs off on `ProvisionedThroughputExceeded`, and re-opens an expired iterator from the last
+//!   position handed out.
+//! - KPL-aggregated records are split into their user records ([`super::kpl`]); their position and record id
+//!   carry the sub-sequence number: `kinesis/{stream}/{shard}/{sequence}/{sub}`.
+//! - A closed shard is read to its end; the reader then reports [`ShardReader::ended`], and the worker
+//!   checkpoints the shard as [`SHARD_END`] so its children may start.
+//! - `MillisBehindLatest` is kept per shard ([`ShardReader::lag`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use tokio::time::Instant;
+
+use super::{Acker, CheckpointOnly, Source, SourceError};
+use crate::record::Polled;
+use crate::rules::SourceRecord;
+
+/// The checkpoint of a shard read to its end.
+pub const SHARD_END: &str = "SHARD_END";
+
+/// Where a shard without checkpoint starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitialPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Only records written after the reader starts.
+    Latest,
+    /// Records written at or after this time (ms since the epoch).
+    AtTimestamp(i64),
+}
+
+/// What a shard reader needs.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// The stream name.
+    pub stream: String,
+    /// The shard id.
+    pub shard: String,
+    /// Where to start without checkpoint.
+    pub initial: InitialPosition,
+    /// Most records per `GetRecords` call.
+    pub max_records_per_call: i32,
+    /// Least time between two `GetRecords` calls on this shard.
+    pub poll: Duration,
+    /// End the input after this long without a record (drain-and-exit jobs, tests).
+    pub idle_exit: Option<Duration>,
+}
+
+/// Reads one shard.
+pub struct ShardReader {
+    client: aws_sdk_kinesis::Client,
+    options: ShardOptions,
+    partition: String,
+    iterator: Option<String>,
+    /// The last position handed out, to re-open an expired iterator.
+    last: Option<(String, Option<u64>)>,
+    /// Skip user records of this aggregate up to this sub-sequence number (resuming inside an aggregate).
+    skip_through: Option<(String, u64)>,
+    buffer: VecDeque<Polled>,
+    next_call: Instant,
+    last_record_at: Instant,
+    ended: Arc<AtomicBool>,
+    lag_ms: Arc<AtomicI64>,
+    done: bool,
+    /// The last call found the shard's end while records were still buffered.
+    ended_after_buffer: bool,
+}
+
+fn kinesis_error(partition: &str, message: impl std::fmt::Display) -> SourceError {
+    SourceError::Io {
+        source_name: format!("kinesis {partition}"),
+        message: message.to_string(),
+    }
+}
+
+/// Splits a position `{sequence}` or `{sequence}/{sub}`.
+pub fn parse_position(position: &str) -> (String, Option<u64>) {
+    match position.split_once('/') {
+        Some((seq, sub)) => (seq.to_string(), sub.parse().ok()),
+        None => (position.to_string(), None),
+    }
+}
+
+impl ShardReader {
+    /// A reader of one shard; nothing is called until [`Source::seek`].
+    pub fn new(client: aws_sdk_kinesis::Client, options: ShardOptions) -> Self {
+        ShardReader {
+            client,
+            partition: format!("{}/{}", options.stream, options.shard),
+            options,
+            iterator: None,
+            last: None,
+            skip_through: None,
+            buffer: VecDeque::new(),
+            next_call: Instant::now(),
+            last_record_at: Instant::now(),
+            ended: Arc::new(AtomicBool::new(false)),
+            lag_ms: Arc::new(AtomicI64::new(-1)),
+            done: false,
+            ended_after_buffer: false,
+        }
+    }
+
+    /// Becomes true when the shard is closed and read to its end.
+    pub fn ended(&self) -> Arc<AtomicBool> {
+        self.ended.clone()
+    }
+
+    /// The latest `MillisBehindLatest` (-1 before the first call).
+    pub fn lag(&self) -> Arc<AtomicI64> {
+        self.lag_ms.clone()
+    }
+
+    async fn open_iterator(&mut self) -> Result<(), SourceError> {
+        let mut req = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.options.stream)
+            .shard_id(&self.options.shard);
+        req = match &self.last {
+            Some((seq, None)) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+            Some((seq, Some(_))) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            None => match &self.options.initial {
+                InitialPosition::TrimHorizon => {
+                    req.shard_iterator_type(ShardIteratorType::TrimHorizon)
+                }
+                InitialPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+                InitialPosition::AtTimestamp(ms) => req
+                    .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                    .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
+            },
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| kinesis_error(&self.partition, crate::aws::sdk_error(&e)))?;
+        self.iterator = out.shard_iterator;
+        if self.iterator.is_none() {
+            self.mark_ended();
+        }
+        Ok(())
+    }
+
+    fn mark_ended(&mut self) {
+        self.done = true;
+        self.ended.store(true, Ordering::SeqCst);
+        tracing::info!(shard = %self.partition, "shard closed and read to its end");
+    }
+
+    /// One paced `GetRecords` call into the buffer.
+    async fn fetch(&mut self) -> Result<(), SourceError> {
+        tokio::time::sleep_until(self.next_call).await;
+        self.next_call = Instant::now() + self.options.poll;
+        let Some(iterator) = self.iterator.clone() else {
+            self.open_iterator().await?;
+            return Ok(());
+        };
+        let out = match self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(self.options.max_records_per_call)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                match e.code() {
+                    Some("ExpiredIteratorException") => {
+                        tracing::info!(shard = %self.partition, "iterator expired; re-opening from the last position");
+                        self.iterator = None;
+                        if let Some((seq, Some(sub))) = &self.last {
+                            self.skip_through = Some((seq.clone(), *sub));
+                        }
+                    }
+                    Some("ProvisionedThroughputExceededException" | "LimitExceededException") => {
+                        tracing::warn!(shard = %self.partition, "read throughput exceeded; backing off");
+                        self.next_call = Instant::now() + self.options.poll * 5;
+                    }
+                    _ => {
+                        tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(&e), "GetRecords failed; retrying");
+                        self.next_call = Instant::now() + self.options.poll * 5;
+                    }
+                }
+                return Ok(());
+            }
+        };
+        if let Some(lag) = out.millis_behind_latest {
+            self.lag_ms.store(lag, Ordering::Relaxed);
+        }
+        for r in out.records() {
+            let seq = r.sequence_number();
+            let arrived_at_ms = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok())
+                .unwrap_or(0);
+            let key = r.partition_key().unwrap_or("");
+            for user in super::kpl::deaggregate(key, r.data().as_ref()) {
+                if let (Some((skip_seq, through)), Some(sub)) = (&self.skip_through, user.sub) {
+                    if skip_seq == seq && sub <= *through {
+                        continue;
+                    }
+                }
+                let (id_tail, position) = match user.sub {
+                    Some(sub) => (format!("{seq}/{sub}"), format!("{seq}/{sub}")),
+                    None => (seq.to_string(), seq.to_string()),
+                };
+                let mut attributes = vec![
+                    ("kinesis:SequenceNumber".to_string(), seq.to_string()),
+                    ("kinesis:ShardId".to_string(), self.options.shard.clone()),
+                ];
+                if let Some(sub) = user.sub {
+                    attributes.push(("kinesis:SubSequenceNumber".into(), sub.to_string()));
+                }
+                self.buffer.push_back(Polled {
+                    record: SourceRecord {
+                        id: format!(
+                            "kinesis/{}/{}/{id_tail}",
+                            self.options.stream, self.options.shard
+                        ),
+                        partition_key: user.partition_key,
+                        arrived_at_ms,
+                        attributes,
+                        payload: user.data,
+                    },
+                    position,
+                });
+            }
+        }
+        if !out.records().is_empty() {
+            self.skip_through = None; // the aggregate it protected has been read
+        }
+        match out.next_shard_iterator {
+            Some(next) => self.iterator = Some(next),
+            None => {
+                self.iterator = None;
+                if self.buffer.is_empty() {
+                    self.mark_ended();
+                } else {
+                    // Hand out what is buffered first.
+                    self.ended_after_buffer = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for ShardReader {
+    fn source(&self) -> &str {
+        "kinesis"
+    }
+
+    fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    async fn seek(&mut self, position: &str) -> Result<(), SourceError> {
+        if position == SHARD_END {
+            self.mark_ended();
+            return Ok(());
+        }
+        if !position.is_empty() {
+            let (seq, sub) = parse_position(position);
+            if let Some(sub) = sub {
+                self.skip_through = Some((seq.clone(), sub));
+            }
+            self.last = Some((seq, sub));
+        }
+        self.open_iterator().await
+    }
+
+    async fn next(&mut self) -> Result<Option<Polled>, SourceError> {
+        loop {
+            if let Some(p) = self.buffer.pop_front() {
+                self.last = Some(parse_position(&p.position));
+                self.last_record_at = Instant::now();
+                return Ok(Some(p));
+            }
+            if self.ended_after_buffer {
+                self.ended_after_buffer = false;
+                self.mark_ended();
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(idle) = self.options.idle_exit {
+                if self.last_record_at.elapsed() >= idle {
+                    tracing::info!(shard = %self.partition, "no record for idle_exit_secs: ending input");
+                    return Ok(None);
+                }
+            }
+            self.fetch().await?;
+        }
+    }
+
+    fn acker(&self) -> Box<dyn Acker> {
+        // The durable position is the checkpoint committed with the rows.
+        Box::new(CheckpointOnly)
+    }
+}
+
+/// Puts every non-empty line into the stream (the producer behind `weir produce`), 500 records per
+/// `PutRecords` call, retrying records the stream refused. The partition key is the JSON field `key_field` of
+/// the line when there is one, else the line number. With `aggregate` > 1, lines are packed into
+/// KPL-aggregated records of that many user records. Returns the number of user records sent.
+pub async fn put_lines(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    lines: &[Vec<u8>],
+    key_field: &str,
+    aggregate: usize,
+) -> Result<usize, SourceError> {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let key_of = |n: usize, line: &[u8]| -> String {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| match v.get(key_field)? {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                serde_json::Value::Number(x) => Some(x.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| (n + 1).to_string())
+    };
+    let users: Vec<(String, &[u8])> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(n, l)| (key_of(n, l), l.as_slice()))
+        .collect();
+    let entries: Vec<PutRecordsRequestEntry> = users
+        .chunks(aggregate)
+        .map(|chunk| {
+            let (key, data) = if chunk.len() == 1 && aggregate == 1 {
+                (chunk[0].0.clone(), chunk[0].1.to_vec())
+            } else {
+                let pairs: Vec<(&str, &[u8])> =
+                    chunk.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+                (chunk[0].0.clone(), super::kpl::aggregate(&pairs))
+            };
+            PutRecordsRequestEntry::builder()
+                .partition_key(key)
+                .data(Blob::new(data))
+                .build()
+                .expect("key and data are set")
+        })
+        .collect();
+    let err = |m: String| kinesis_error(stream, m);
+    for chunk in entries.chunks(500) {
+        let mut pending = chunk.to_vec();
+        for attempt in 1..=8 {
+            let out = client
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(pending.clone()))
+                .send()
+                .await
+                .map_err(|e| err(crate::aws::sdk_error(&e)))?;
+            let refused: Vec<PutRecordsRequestEntry> = out
+                .records()
+                .iter()
+                .zip(&pending)
+                .filter(|(r, _)| r.error_code().is_some())
+                .map(|(_, e)| e.clone())
+                .collect();
+            if refused.is_empty() {
+                break;
+            }
+            if attempt == 8 {
+                return Err(err(format!(
+                    "{} records refused after 8 attempts",
+                    refused.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            pending = refused;
+        }
+    }
+    Ok(users.len())
+}

@@ -1,0 +1,377 @@
+//! The Kinesis source against kinesalite (a local server with correct shard ends; `WEIR_KINESIS_ENDPOINT`) and
+//! a real PostgreSQL: a 4-shard stream with KPL-aggregated records, a split in the middle of a run, and two
+//! worker processes sharing a stream through leases (SIGTERM hand-over, kill -9 take-over).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use common::*;
+
+fn endpoint() -> String {
+    std::env::var("WEIR_KINESIS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4567".into())
+}
+
+async fn client() -> aws_sdk_kinesis::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "weir-tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_kinesis::Client::new(&sdk)
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+async fn wait_active(k: &aws_sdk_kinesis::Client, stream: &str) {
+    for _ in 0..100 {
+        let d = k
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        if d.stream_description_summary().unwrap().stream_status() == &StreamStatus::Active {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("stream {stream} did not become active");
+}
+
+async fn stream(k: &aws_sdk_kinesis::Client, shards: i32) -> String {
+    let name = unique("weir-s");
+    k.create_stream()
+        .stream_name(&name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream (is kinesalite running? scripts/services.sh)");
+    wait_active(k, &name).await;
+    name
+}
+
+/// One order per record: `o-{n}` for customer `k{n % 10}` (the partition key).
+fn order(n: usize) -> String {
+    format!(
+        r#"{{"order_id":"o-{n:06}","customer_id":"k{}","placed_at":"2026-11-21T10:00:00Z","currency":"EUR","lines":[{{"sku":"S","qty":1,"unit_price":"{}.00"}}]}}"#,
+        n % 10,
+        n % 100
+    )
+}
+
+async fn put(k: &aws_sdk_kinesis::Client, stream: &str, range: std::ops::Range<usize>) {
+    let entries: Vec<PutRecordsRequestEntry> = range
+        .map(|n| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{}", n % 10))
+                .data(Blob::new(order(n)))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for chunk in entries.chunks(100) {
+        let out = k
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+}
+
+fn write_config(dir: &Path, stream: &str, db_url: &str, worker: &str, extra: &str) -> PathBuf {
+    let quickstart = std::fs::read_to_string(root().join("examples/quickstart/weir.toml")).unwrap();
+    let tables = &quickstart
+        [quickstart.find("[[sink.tables]]").unwrap()..quickstart.find("[batch]").unwrap()];
+    let text = format!(
+        r#"[source]
+kind = "kinesis"
+stream = "{stream}"
+poll_ms = 200
+lease_secs = 6
+renew_secs = 1
+worker_id = "{worker}"
+idle_exit_secs = 5
+{extra}
+
+[raw]
+kind = "local"
+dir = "{raw}"
+
+[rule]
+plugin = "{plugin}"
+
+[sink]
+kind = "postgres"
+url = "{db_url}"
+
+{tables}
+[batch]
+max_records = 50
+max_wait_ms = 300
+
+[aws]
+endpoint_url = "{endpoint}"
+"#,
+        raw = dir.join(format!("raw-{worker}")).display(),
+        plugin = plugin("orders").display(),
+        endpoint = endpoint(),
+    );
+    let path = dir.join(format!("{worker}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `weir run` in the background; killed if the test ends first.
+struct Worker(Option<Child>);
+
+impl Worker {
+    fn start(config: &Path) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "-c", config.to_str().unwrap()])
+            .env("WEIR_LOG", "info")
+            .envs(AWS_TEST_ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir starts");
+        Worker(Some(child))
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.0.as_ref().unwrap().id();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    async fn wait(mut self) -> Output {
+        let child = self.0.take().unwrap();
+        let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+        tokio::time::timeout(Duration::from_secs(120), waiter)
+            .await
+            .expect("weir finishes")
+            .unwrap()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+        }
+    }
+}
+
+/// Every record exactly once: one order row per record, the ledger counts each record once.
+async fn assert_exactly_once(db: &TestDb, n: i64) {
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, n);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT _weir_record_id) FROM orders")
+            .await,
+        n
+    );
+    assert_eq!(
+        db.count("SELECT sum(records_in) FROM weir_batches").await,
+        n
+    );
+    assert_eq!(db.count("SELECT count(*) FROM weir_dead_letters").await, 0);
+}
+
+/// A 4-shard stream end to end, half of it KPL-aggregated by `weir produce --aggregate`: every record loaded
+/// exactly once, aggregated ones with their sub-sequence number in the record id; one checkpoint per shard.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_shards_end_to_end() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &name, &db.url, "w1", "");
+    put(&k, &name, 0..100).await;
+    let input = dir.path().join("more.jsonl");
+    std::fs::write(&input, (100..200).map(order).collect::<Vec<_>>().join("\n")).unwrap();
+    let produced = weir(
+        &[
+            "produce",
+            "-c",
+            config.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "--key-field",
+            "customer_id",
+            "--aggregate",
+            "4",
+        ],
+        &AWS_TEST_ENV,
+    );
+    assert!(produced.status.success(), "{}", show(&produced));
+
+    let out = Worker::start(&config).wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_exactly_once(&db, 200).await;
+    let aggregated = db
+        .count(&format!(
+            "SELECT count(*) FROM orders WHERE _weir_record_id LIKE 'kinesis/{name}/shardId-%/%/%'"
+        ))
+        .await;
+    assert_eq!(aggregated, 100);
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM weir_checkpoints WHERE source = 'kinesis' AND \"partition\" LIKE '{name}/%' AND position <> ''")).await,
+        4
+    );
+    // Leases were released at exit.
+    assert_eq!(
+        db.count("SELECT count(*) FROM weir_checkpoints WHERE owner <> ''")
+            .await,
+        0
+    );
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
+
+/// A shard split while the worker runs: the parent is read to its end and checkpointed SHARD_END before its
+/// children start, so for every partition key all parent records load before any child record; none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn split_keeps_parent_before_children() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &name, &db.url, "w1", "");
+    put(&k, &name, 0..100).await;
+    let worker = Worker::start(&config);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shards = k.list_shards().stream_name(&name).send().await.unwrap();
+    let parent = shards.shards()[0].shard_id().to_string();
+    k.split_shard()
+        .stream_name(&name)
+        .shard_to_split(&parent)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .unwrap();
+    wait_active(&k, &name).await;
+    put(&k, &name, 100..200).await;
+    let out = worker.wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+
+    assert_exactly_once(&db, 200).await;
+    let parent_partition = format!("{name}/{parent}");
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT position FROM weir_checkpoints WHERE \"partition\" = '{parent_partition}'"
+        ))
+        .await,
+        [["SHARD_END"]]
+    );
+    // Per customer (partition key): the last parent batch committed before the first child batch.
+    let rows = db
+        .rows(&format!(
+            "SELECT customer_id, \
+               max(CASE WHEN _weir_record_id LIKE 'kinesis/{parent_partition}/%' THEN b.loaded_at END), \
+               min(CASE WHEN _weir_record_id NOT LIKE 'kinesis/{parent_partition}/%' THEN b.loaded_at END), \
+               sum(CASE WHEN _weir_record_id NOT LIKE 'kinesis/{parent_partition}/%' THEN 1 ELSE 0 END) \
+             FROM orders o JOIN weir_batches b ON b.batch_id = o._weir_batch_id GROUP BY customer_id ORDER BY 1"
+        ))
+        .await;
+    assert_eq!(rows.len(), 10);
+    for r in rows {
+        assert_eq!(r[3], "10", "{r:?}: 10 child records per key");
+        assert!(
+            r[1] <= r[2],
+            "{r:?}: a child record loaded before a parent record"
+        );
+    }
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
+
+/// Two workers share a 4-shard stream while records keep coming. SIGTERM to one: it commits its in-flight
+/// batches and releases its leases, the other takes its shards; then kill -9 of a restarted one: its leases
+/// expire and the survivor takes over. Every record ends up in the final tables exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_share_and_take_over() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_config(dir.path(), &name, &db.url, "a", "");
+    let b = write_config(dir.path(), &name, &db.url, "b", "");
+    let c = write_config(dir.path(), &name, &db.url, "c", "");
+    let producer = {
+        let k = k.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            for round in 0..40 {
+                put(&k, &name, round * 25..(round + 1) * 25).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let wa = Worker::start(&a);
+    let wb = Worker::start(&b);
+    // The second worker takes leases over from the first, one per renewal, until both hold their share.
+    let mut owners = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        owners = db
+            .count("SELECT count(DISTINCT owner) FROM weir_checkpoints WHERE owner <> ''")
+            .await;
+        if owners == 2 {
+            break;
+        }
+    }
+    if owners != 2 {
+        wa.signal("-KILL");
+        wb.signal("-KILL");
+        let (a, b) = (wa.wait().await, wb.wait().await);
+        panic!(
+            "both workers should hold shards, {owners} do\n{}\n{}",
+            show(&a),
+            show(&b)
+        );
+    }
+    wa.signal("-TERM");
+    let out = wa.wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    let wc = Worker::start(&c);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wc.signal("-KILL");
+    let _ = wc.wait().await;
+    producer.await.unwrap();
+    let out = wb.wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reading shard"),
+        "{}",
+        show(&out)
+    );
+    assert_exactly_once(&db, 1000).await;
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
