@@ -7,6 +7,8 @@
 #   moto server (S3 and the Redshift control plane, AWS wire protocols): WEIR_AWS_ENDPOINT, on 127.0.0.1:4566.
 #   Set it yourself to use another endpoint.
 #   kinesalite (Kinesis with correct shard ends, for resharding): WEIR_KINESIS_ENDPOINT, on 127.0.0.1:4567.
+#   mongoeco (a MongoDB wire-protocol server; no real mongod installs here): MONGODB_URI, on 127.0.0.1:27017.
+#   Set MONGODB_URI yourself to test against a real MongoDB.
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -90,3 +92,28 @@ if [ -z "$kinesis_url" ]; then
   fi
 fi
 echo "export WEIR_KINESIS_ENDPOINT='$kinesis_url'"
+
+# ---- MongoDB (mongoeco) -----------------------------------------------------------------------------------
+mongo_uri=${MONGODB_URI:-}
+if [ -z "$mongo_uri" ]; then
+  mongo_uri="mongodb://127.0.0.1:27017/?directConnection=true"
+  mup() { (exec 3<>/dev/tcp/127.0.0.1/27017) 2>/dev/null; }
+  if ! mup; then
+    venv=${WEIR_MONGO_VENV:-/var/tmp/weir-mongo}
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mongoeco' 2>/dev/null; then
+      py=$(command -v python3.13 || true)
+      if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
+        py=$(ls -d "$(pyenv root)"/versions/3.13*/bin/python3 2>/dev/null | tail -1)
+      fi
+      [ -n "$py" ] || { log "mongoeco needs Python 3.13 (pyenv install 3.13), or set MONGODB_URI"; exit 1; }
+      log "installing mongoeco (PyPI) into $venv"
+      "$py" -m venv "$venv" >&2
+      "$venv/bin/pip" install -q 'mongoeco[wire]==4.11.0' >&2
+    fi
+    log "starting mongoeco on 127.0.0.1:27017"
+    nohup "$venv/bin/python" "$(dirname "$0")/mongo-server.py" 27017 > "${TMPDIR:-/tmp}/weir-mongo.log" 2>&1 &
+    for _ in $(seq 1 30); do mup && break; sleep 1; done
+    mup || { log "mongoeco did not start"; exit 1; }
+  fi
+fi
+echo "export MONGODB_URI='$mongo_uri'"

@@ -199,6 +199,25 @@ pub enum RawConfig {
         #[serde(default)]
         endpoint_url: Option<String>,
     },
+    /// A MongoDB collection: one document per record, `_id` = record id.
+    Mongodb {
+        /// The connection string, e.g. `mongodb://user:password@host:27017/?replicaSet=rs0`; keep secrets in
+        /// the environment: `uri = "${WEIR_MONGODB_URI}"`.
+        uri: String,
+        /// The database. Default `weir`.
+        #[serde(default = "default_mongo_database")]
+        database: String,
+        /// The collection. Default `raw`.
+        #[serde(default = "default_mongo_collection")]
+        collection: String,
+    },
+}
+
+fn default_mongo_database() -> String {
+    "weir".into()
+}
+fn default_mongo_collection() -> String {
+    "raw".into()
 }
 
 /// Server-side encryption of RAW objects.
@@ -806,6 +825,33 @@ fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
 fn check_raw(raw: &RawConfig) -> Result<(), ConfigError> {
     match raw {
         RawConfig::Local { .. } => {}
+        RawConfig::Mongodb {
+            uri,
+            database,
+            collection,
+        } => {
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err(ConfigError::field(
+                    "raw.uri",
+                    "must be a MongoDB connection string starting with `mongodb://` or `mongodb+srv://`",
+                ));
+            }
+            if database.is_empty() || database.contains(['/', '.', ' ', '"', '$']) {
+                return Err(ConfigError::field(
+                    "raw.database",
+                    "must be a MongoDB database name (no `/ . \" $` or spaces)",
+                ));
+            }
+            if collection.is_empty()
+                || collection.starts_with("system.")
+                || collection.contains('$')
+            {
+                return Err(ConfigError::field(
+                    "raw.collection",
+                    "must be a collection name (not empty, no `$`, not `system.*`)",
+                ));
+            }
+        }
         RawConfig::S3 {
             bucket,
             sse,
@@ -1099,7 +1145,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     match &mut config.raw {
         RawConfig::Local { dir, .. } => *dir = join(dir),
-        RawConfig::S3 { .. } => {}
+        RawConfig::S3 { .. } | RawConfig::Mongodb { .. } => {}
     }
     match &mut config.source {
         SourceConfig::File { path, .. } => {

@@ -10,7 +10,8 @@
 //! - [`metrics`]: what a worker measures about itself (latency histograms).
 //! - [`record`]: records and batches.
 //! - [`source`]: where records come from (`file`: lines of a file or stdin; `sqs`: an SQS queue).
-//! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory; `s3`).
+//! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory; `s3`;
+//!   `mongo`: a document per record).
 //! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox and the outcome checks.
 //! - [`schema`]: declared tables and column types, the value checks.
 //! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`, `redshift` for

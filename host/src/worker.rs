@@ -169,6 +169,11 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
             store.check().await?;
             Arc::new(store)
         }
+        RawConfig::Mongodb {
+            uri,
+            database,
+            collection,
+        } => Arc::new(crate::raw::mongo::MongoRaw::connect(uri, database, collection).await?),
     })
 }
 

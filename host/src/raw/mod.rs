@@ -11,6 +11,7 @@
 //! lines, one [`RawLine`] per record in batch order; a record's RAW reference is `{key}#{line}` (1-based).
 
 pub mod local;
+pub mod mongo;
 pub mod s3;
 
 use std::io::{Read, Write};
