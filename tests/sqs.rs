@@ -627,3 +627,67 @@ async fn missing_queue_or_bucket_is_named() {
         show(&out)
     );
 }
+
+/// A FIFO queue: successive versions of one order sent in one message group load in order (the final row is
+/// the last version) even with several receivers and small batches; record ids carry the deduplication id.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifo_keeps_group_order() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let queue = aws
+        .sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", unique("weir-q")))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let bucket = aws.bucket().await;
+    let versions: Vec<String> = (1..=20)
+        .map(|v| {
+            format!(
+                r#"{{"order_id":"o-fifo","customer_id":"c","placed_at":"2026-11-21T10:00:00Z","currency":"EUR","lines":[{{"sku":"S","qty":1,"unit_price":"{v}.00"}}]}}"#
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "receivers = 3\nmax_messages = 3",
+            batch: "max_records = 4\nmax_wait_ms = 200",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let input = dir.path().join("versions.jsonl");
+    std::fs::write(&input, versions.join("\n")).unwrap();
+    let produced = weir(
+        &[
+            "produce",
+            "-c",
+            config.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "--group-id",
+            "g1",
+        ],
+        &AWS_TEST_ENV,
+    );
+    assert!(produced.status.success(), "{}", show(&produced));
+    let out = run_weir(&config, &[]).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let queue_name = queue.rsplit('/').next().unwrap();
+    let row = db.rows("SELECT total, _weir_record_id FROM orders").await;
+    assert_eq!(row.len(), 1);
+    assert_eq!(row[0][0], "20.00", "the last version wins");
+    assert!(
+        row[0][1].starts_with(&format!("sqs/{queue_name}/g1/20-")),
+        "{row:?}"
+    );
+    assert_eq!(
+        db.count("SELECT sum(records_in) FROM weir_batches").await,
+        20
+    );
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
