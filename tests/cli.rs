@@ -172,3 +172,38 @@ fn schema_plan_and_apply_sqlite() {
         show(&again)
     );
 }
+
+/// Plugins built with the SDK carry the contract version; a plugin stamped for another version is refused
+/// with a message naming both versions.
+#[test]
+fn contract_version_stamp() {
+    let orders = std::fs::read(plugin("orders")).unwrap();
+    assert_eq!(
+        weir::rules::stamped_contract(&orders).as_deref(),
+        Some(weir::rules::CONTRACT_VERSION)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_in(dir.path());
+    let needle = b"weir-contract0.1.0";
+    let at = orders
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("stamp bytes");
+    let mut future = orders.clone();
+    future[at + needle.len() - 5] = b'9';
+    let wasm = dir.path().join("future.wasm");
+    std::fs::write(&wasm, &future).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        &plugin("orders").display().to_string(),
+        &wasm.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = weir(&["validate", "-c", config.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("contract version 9.1.0") && err.contains("version 0.1.0"),
+        "{err}"
+    );
+}

@@ -113,6 +113,12 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stamp this weir's contract version into a component built without a weir SDK (adds the
+    /// `weir-contract` custom section; a stamped component is left as is).
+    Stamp {
+        /// The plugin (.wasm component), rewritten in place.
+        plugin: PathBuf,
+    },
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -187,6 +193,24 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     json,
                 },
         } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
+        Command::Plugin {
+            command: PluginCommand::Stamp { plugin },
+        } => {
+            let wasm =
+                std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+            if let Some(v) = weir::rules::stamped_contract(&wasm) {
+                println!("{}: already stamped with contract {v}", plugin.display());
+            } else {
+                std::fs::write(&plugin, weir::rules::stamp(&wasm))
+                    .with_context(|| format!("writing {}", plugin.display()))?;
+                println!(
+                    "{}: stamped with contract {}",
+                    plugin.display(),
+                    weir::rules::CONTRACT_VERSION
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

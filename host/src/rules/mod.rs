@@ -35,6 +35,71 @@ use stderr::GuestOutput;
 /// The contract version this host implements.
 pub const CONTRACT: &str = "weir:rules@0.1.0";
 
+/// The contract version of [`CONTRACT`], as plugins stamp it.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// The custom section in which plugins carry the contract version they were built for.
+pub const CONTRACT_SECTION: &str = "weir-contract";
+
+/// The contract version stamped into a component (its `weir-contract` custom section, at the top level or in
+/// any nested core module), if any.
+pub fn stamped_contract(wasm: &[u8]) -> Option<String> {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let Ok(wasmparser::Payload::CustomSection(c)) = payload {
+            if c.name() == CONTRACT_SECTION {
+                return Some(String::from_utf8_lossy(c.data()).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Whether a plugin built for contract `version` runs on this host: same major version, and for 0.x the same
+/// minor version (semver).
+pub fn contract_compatible(version: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> {
+        v.split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    let (ours, theirs) = (parts(CONTRACT_VERSION), parts(version));
+    if theirs.len() != 3 {
+        return false;
+    }
+    if ours[0] == 0 {
+        ours[0] == theirs[0] && ours[1] == theirs[1]
+    } else {
+        ours[0] == theirs[0]
+    }
+}
+
+/// Appends the `weir-contract` custom section with this host's contract version to a component (for
+/// components built by toolchains without a weir SDK stamp). Replaces nothing: a stamped component is returned
+/// unchanged.
+pub fn stamp(wasm: &[u8]) -> Vec<u8> {
+    if stamped_contract(wasm).is_some() {
+        return wasm.to_vec();
+    }
+    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut body = Vec::new();
+    leb(CONTRACT_SECTION.len(), &mut body);
+    body.extend_from_slice(CONTRACT_SECTION.as_bytes());
+    body.extend_from_slice(CONTRACT_VERSION.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
 /// How often the epoch advances; deadlines are rounded up to this.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -136,6 +201,21 @@ impl RuleRuntime {
             path: path.to_path_buf(),
             source,
         })?;
+        match stamped_contract(&wasm) {
+            Some(v) if !contract_compatible(&v) => {
+                return Err(RuleError::Incompatible {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "the plugin was built for contract version {v}, this weir runs version {CONTRACT_VERSION}"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                plugin = %path.display(),
+                "the plugin carries no contract version stamp (`weir plugin stamp` adds one); checking its exports only"
+            ),
+        }
         let digest = hex(&Sha256::digest(&wasm));
         let component = self.compile_cached(path, &wasm, &digest)?;
         let incompatible = |e: wasmtime::Error| RuleError::Incompatible {
@@ -465,5 +545,34 @@ impl RulePlugin {
                 self.bisect(batch_id, right, out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Versions of the same 0.x minor are compatible; other minors and majors are not.
+    #[test]
+    fn contract_versions() {
+        assert!(contract_compatible("0.1.0"));
+        assert!(contract_compatible("0.1.7"));
+        assert!(!contract_compatible("0.2.0"));
+        assert!(!contract_compatible("1.1.0"));
+        assert!(!contract_compatible("x"));
+    }
+
+    /// A stamp appended to an unstamped component is found; stamping twice changes nothing.
+    #[test]
+    fn stamp_round_trip() {
+        // The smallest component: the magic and the component-model version/layer.
+        let empty = b"\0asm\x0d\0\x01\0".to_vec();
+        assert_eq!(stamped_contract(&empty), None);
+        let stamped = stamp(&empty);
+        assert_eq!(
+            stamped_contract(&stamped).as_deref(),
+            Some(CONTRACT_VERSION)
+        );
+        assert_eq!(stamp(&stamped), stamped);
     }
 }

@@ -111,6 +111,18 @@ pub fn count(metric: &str, delta: u64) {
 #[doc(hidden)]
 pub mod __private {
     use super::*;
+
+    /// [`CONTRACT_VERSION`] as bytes, for the `weir-contract` custom section.
+    pub const CONTRACT_BYTES: [u8; CONTRACT_VERSION.len()] = {
+        let b = CONTRACT_VERSION.as_bytes();
+        let mut out = [0u8; CONTRACT_VERSION.len()];
+        let mut i = 0;
+        while i < b.len() {
+            out[i] = b[i];
+            i += 1;
+        }
+        out
+    };
     use std::any::Any;
     use std::cell::RefCell;
 
@@ -144,6 +156,13 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_rule {
     ($rule:ty) => {
+        /// The `weir:rules` contract version, as a custom section the host reads before instantiating.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(link_section = "weir-contract")]
+        #[used]
+        static __WEIR_CONTRACT: [u8; $crate::CONTRACT_VERSION.len()] =
+            $crate::__private::CONTRACT_BYTES;
+
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __WeirRuleExport;
@@ -158,8 +177,8 @@ macro_rules! export_rule {
                 ) -> ::std::vec::Vec<$crate::Outcome> {
                     $crate::__private::process::<$rule>(batch)
                 }
-            }
-    $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
+    }
+            $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
         };
     };
 }
