@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the rule plugins (plugins/) and the test plugins (tests/plugins/) for wasm32-wasip2 and copies the
-# components to plugins/dist/. Adds the wasm32-wasip2 target when it is missing.
+# components to plugins/dist/, and the rules in other languages: Python (componentize-py, pinned, in a venv
+# under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
+# stamped with the contract version (scripts/stamp.py).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
@@ -18,4 +20,22 @@ mkdir -p "$root/plugins/dist"
 for name in orders misbehave; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$name.wasm" "$root/plugins/dist/$name.wasm"
 done
+# Python: componentize-py bundles CPython and the app into a component.
+py_venv=${WEIR_PY_PLUGINS_VENV:-/var/tmp/weir-py-plugins}
+if [ ! -x "$py_venv/bin/componentize-py" ]; then
+  echo "==> installing componentize-py (PyPI) into $py_venv"
+  python3 -m venv "$py_venv"
+  "$py_venv/bin/pip" install -q 'componentize-py==0.25.0'
+fi
+contract=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/wit/rules.wit")
+py_out="$root/plugins/dist/orders-py.wasm"
+py_src=$(cat "$root"/plugins/python/weir_rule/*.py "$root"/plugins/orders-py/*.py "$root/wit/rules.wit" | sha256sum | cut -c1-16)
+if [ ! -f "$py_out" ] || [ "$(cat "$py_out.src" 2>/dev/null)" != "$py_src" ]; then
+  echo "==> building plugins/orders-py (componentize-py)"
+  (cd "$root" && "$py_venv/bin/componentize-py" -d wit -w rule componentize app \
+     -p plugins/python -p plugins/orders-py -o "$py_out" >/dev/null)
+  python3 "$root/scripts/stamp.py" "$contract" "$py_out"
+  echo "$py_src" > "$py_out.src"
+fi
+
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"
