@@ -28,14 +28,20 @@ if [ ! -x "$py_venv/bin/componentize-py" ]; then
   "$py_venv/bin/pip" install -q 'componentize-py==0.25.0'
 fi
 contract=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/wit/rules.wit")
-py_out="$root/plugins/dist/orders-py.wasm"
-py_src=$(cat "$root"/plugins/python/weir_rule/*.py "$root"/plugins/orders-py/*.py "$root/wit/rules.wit" | sha256sum | cut -c1-16)
-if [ ! -f "$py_out" ] || [ "$(cat "$py_out.src" 2>/dev/null)" != "$py_src" ]; then
-  echo "==> building plugins/orders-py (componentize-py)"
-  (cd "$root" && "$py_venv/bin/componentize-py" -d wit -w rule componentize app \
-     -p plugins/python -p plugins/orders-py -o "$py_out" >/dev/null)
-  python3 "$root/scripts/stamp.py" "$contract" "$py_out"
-  echo "$py_src" > "$py_out.src"
-fi
+# A Python component is rebuilt only when its sources or the contract change.
+build_py() { # name source-folder
+  local out="$root/plugins/dist/$1.wasm"
+  local src
+  src=$(cat "$root"/plugins/python/weir_rule/*.py "$root/$2"/*.py "$root/wit/rules.wit" | sha256sum | cut -c1-16)
+  if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
+    echo "==> building $2 (componentize-py)"
+    (cd "$root" && "$py_venv/bin/componentize-py" -d wit -w rule componentize app \
+       -p plugins/python -p "$2" -o "$out" >/dev/null)
+    python3 "$root/scripts/stamp.py" "$contract" "$out"
+    echo "$src" > "$out.src"
+  fi
+}
+build_py orders-py plugins/orders-py
+build_py misbehave-py tests/plugins/misbehave-py
 
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"

@@ -6,7 +6,12 @@ mod common;
 
 use common::*;
 
-fn config(dir: &std::path::Path, max_records: usize) -> std::path::PathBuf {
+fn config(
+    dir: &std::path::Path,
+    plugin_name: &str,
+    memory_mib: u32,
+    max_records: usize,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
 [source]
@@ -17,7 +22,7 @@ kind = "local"
 dir = "raw"
 [rule]
 plugin = "{plugin}"
-memory_limit_mib = 32
+memory_limit_mib = {memory_mib}
 batch_deadline_ms = 300
 [sink]
 kind = "sqlite"
@@ -29,7 +34,7 @@ columns = {{ id = "varchar(64)", n = "integer" }}
 [batch]
 max_records = {max_records}
 "#,
-        plugin = plugin("misbehave").display()
+        plugin = plugin(plugin_name).display()
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, text).unwrap();
@@ -38,13 +43,23 @@ max_records = {max_records}
 
 const INPUT: &str = "ok:1\ntrap\nok:2\nloop\nok:3\nalloc\nok:4\nbadcol\nok:5\nbadtable\nbadtype\nextra\nok:6\ndrop\nok:7\n";
 
-/// Every misbehaviour is isolated to its own record, in one big batch and in small ones.
+/// Every misbehaviour of the Rust plugin is isolated to its own record, in one big batch and in small ones.
 #[tokio::test]
 async fn guilty_records_only() {
+    guilty_records_only_with("misbehave", 32).await;
+}
+
+/// The same with the plugin written in Python (a larger memory cap: the interpreter itself needs ~40 MiB).
+#[tokio::test]
+async fn guilty_records_only_in_python() {
+    guilty_records_only_with("misbehave-py", 128).await;
+}
+
+async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
     for max_records in [100, 3] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("input.txt"), INPUT).unwrap();
-        let cfg = config(dir.path(), max_records);
+        let cfg = config(dir.path(), plugin_name, memory_mib, max_records);
         let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
         assert!(out.status.success(), "{}", show(&out));
         let db = dir.path().join("weir.db");
@@ -57,7 +72,7 @@ async fn guilty_records_only() {
         assert_eq!(
             ids,
             ["1", "2", "3", "4", "5", "6", "7"],
-            "batch size {max_records}"
+            "{plugin_name}, batch size {max_records}"
         );
 
         let dl = query(
