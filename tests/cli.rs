@@ -207,3 +207,94 @@ fn contract_version_stamp() {
         "{err}"
     );
 }
+
+/// `weir plugin new` projects build as generated and pass `weir plugin test`: Rust (cargo, wasm32-wasip2)
+/// and Python (componentize-py from scripts/build-plugins.sh's venv).
+#[test]
+fn plugin_new_builds_and_passes_plugin_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir_bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let venv =
+        std::env::var("WEIR_PY_PLUGINS_VENV").unwrap_or_else(|_| "/var/tmp/weir-py-plugins".into());
+    let path = format!(
+        "{}:{venv}/bin:{}",
+        weir_bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let target =
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/weir-target".into());
+    for (lang, build, wasm) in [
+        ("python", vec!["./build.sh"], "hello-py.wasm".to_string()),
+        (
+            "rust",
+            vec!["cargo", "build", "--release", "--target", "wasm32-wasip2"],
+            format!("{target}/scaffold/wasm32-wasip2/release/hello_rs.wasm"),
+        ),
+    ] {
+        let name = if lang == "python" {
+            "hello-py"
+        } else {
+            "hello-rs"
+        };
+        let made = weir(
+            &[
+                "plugin",
+                "new",
+                name,
+                "--lang",
+                lang,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(made.status.success(), "{}", show(&made));
+        let project = dir.path().join(name);
+        let built = Command::new(build[0])
+            .args(&build[1..])
+            .current_dir(&project)
+            .env("PATH", &path)
+            .env("CARGO_TARGET_DIR", format!("{target}/scaffold"))
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{lang}: {}", show(&built));
+        let wasm = if lang == "python" {
+            project.join(&wasm)
+        } else {
+            wasm.into()
+        };
+        let (input, config) = (project.join("sample.jsonl"), project.join("weir.toml"));
+        let out = weir(
+            &[
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{lang}: {}", show(&out));
+        let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kinds: Vec<&str> = outcomes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["emit", "reject", "reject"], "{lang}");
+        assert_eq!(
+            outcomes[0]["rows"][0]["cells"]["greeting"], "Hello, Ada!",
+            "{lang}"
+        );
+        let stamped = std::fs::read(&wasm).unwrap();
+        assert_eq!(
+            weir::rules::stamped_contract(&stamped).as_deref(),
+            Some(weir::rules::CONTRACT_VERSION),
+            "{lang}"
+        );
+    }
+}

@@ -50,7 +50,11 @@ fn every_language_gives_identical_outcomes() {
     assert_eq!(reference.len(), 43);
     let kinds = |v: &[Value], k: &str| v.iter().filter(|o| o["outcome"] == k).count();
     // The suite covers all three outcomes.
-    assert!(kinds(&reference, "emit") >= 10 && kinds(&reference, "drop") >= 2 && kinds(&reference, "reject") >= 15);
+    assert!(
+        kinds(&reference, "emit") >= 10
+            && kinds(&reference, "drop") >= 2
+            && kinds(&reference, "reject") >= 15
+    );
     for (language, name) in &LANGUAGES[1..] {
         let got = outcomes(name);
         assert_eq!(got.len(), reference.len(), "{language}");

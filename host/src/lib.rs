@@ -13,6 +13,7 @@
 //! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory; `s3`;
 //!   `mongo`: a document per record).
 //! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox and the outcome checks.
+//! - [`scaffold`]: `weir plugin new` project templates.
 //! - [`schema`]: declared tables and column types, the value checks.
 //! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`, `redshift` for
 //!   Redshift and PostgreSQL).
@@ -27,6 +28,7 @@ pub mod pipeline;
 pub mod raw;
 pub mod record;
 pub mod rules;
+pub mod scaffold;
 pub mod schema;
 pub mod sink;
 pub mod source;

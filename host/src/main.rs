@@ -29,6 +29,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum NewLang {
+    Rust,
+    Python,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
     Json,
@@ -113,6 +119,17 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a rule project that builds and passes `weir plugin test` as generated.
+    New {
+        /// The project (and component) name.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: NewLang,
+        /// Where to create the project folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Stamp this weir's contract version into a component built without a weir SDK (adds the
     /// `weir-contract` custom section; a stamped component is left as is).
     Stamp {
@@ -193,6 +210,22 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     json,
                 },
         } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => {
+            let lang = match lang {
+                NewLang::Rust => weir::scaffold::Lang::Rust,
+                NewLang::Python => weir::scaffold::Lang::Python,
+            };
+            let (root, commands) =
+                weir::scaffold::new_project(&dir, &name, lang).map_err(anyhow::Error::msg)?;
+            println!("created {}; build and try it:", root.display());
+            println!("  cd {}", root.display());
+            for c in commands {
+                println!("  {c}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin {
             command: PluginCommand::Stamp { plugin },
         } => {

@@ -122,13 +122,19 @@ class Rule(wit_world.WitWorld):
         """One record (``id``, ``partition_key``, ``arrived_at_ms``, ``attributes``, ``payload`` bytes)."""
         raise NotImplementedError
 
+    # componentize-py makes a new object for every call into the component: what `setup` stores on `self` is
+    # kept here and restored before each batch.
+    _state = {}
+
     def init(self, settings):
         try:
             self.setup(dict(settings))
         except Exception as e:  # the contract's error: stops the worker with this message
             raise wit_world.Err(str(e)) from None
+        Rule._state = dict(self.__dict__)
 
     def process(self, batch):
+        self.__dict__.update(Rule._state)
         out = []
         for record in batch:
             try:

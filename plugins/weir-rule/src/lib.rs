@@ -177,8 +177,8 @@ macro_rules! export_rule {
                 ) -> ::std::vec::Vec<$crate::Outcome> {
                     $crate::__private::process::<$rule>(batch)
                 }
-    }
-            $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
+            }
+    $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
         };
     };
 }

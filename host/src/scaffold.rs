@@ -1,0 +1,234 @@
+//! `weir plugin new`: a rule project that builds and passes `weir plugin test` as generated.
+//!
+//! The project carries its own copy of the contract (`wit/rules.wit`) and of the language's weir helper (the
+//! Rust SDK crate, the Python module), so it builds outside this repository and offline.
+
+use std::path::{Path, PathBuf};
+
+/// The languages `weir plugin new` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// Rust with the `weir-rule` SDK (`cargo build --target wasm32-wasip2`).
+    Rust,
+    /// Python with the `weir_rule` helper (componentize-py).
+    Python,
+}
+
+const WIT: &str = include_str!("../../wit/rules.wit");
+const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
+const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
+const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
+
+const SAMPLE: &str = "{\"name\": \"Ada\"}\n{\"name\": \"\"}\nnot json\n";
+
+fn config(wasm: &str) -> String {
+    format!(
+        r#"# For `weir plugin test {wasm} --input sample.jsonl --config weir.toml`; a real worker adds [source],
+# [raw] and a database [sink].
+[source]
+kind = "file"
+path = "sample.jsonl"
+
+[raw]
+kind = "local"
+dir = "out/raw"
+
+[rule]
+plugin = "{wasm}"
+
+[sink]
+kind = "sqlite"
+path = "out/weir.db"
+
+[[sink.tables]]
+name = "greetings"
+primary_key = ["name"]
+columns = {{ name = "varchar(64)", greeting = "varchar(128)" }}
+"#
+    )
+}
+
+const RUST_RULE: &str = r#"//! A weir rule: each record is a JSON object with a `name`; it becomes one `greetings` row.
+
+use weir_rule::{Outcome, RowBuilder, Rule, Settings, SourceRecord};
+
+struct Greetings {
+    salutation: String,
+}
+
+impl Rule for Greetings {
+    fn init(settings: &Settings) -> Result<Self, String> {
+        Ok(Greetings {
+            salutation: settings.get("salutation").unwrap_or("Hello").to_string(),
+        })
+    }
+
+    fn process(&mut self, record: &SourceRecord) -> Outcome {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&record.payload) else {
+            return Outcome::Reject("payload: not valid JSON".into());
+        };
+        match json.get("name").and_then(|n| n.as_str()) {
+            Some(name) if !name.is_empty() => Outcome::Emit(vec![
+                RowBuilder::new("greetings")
+                    .text("name", name)
+                    .text("greeting", format!("{}, {name}!", self.salutation))
+                    .build(),
+            ]),
+            _ => Outcome::Reject("name: missing or empty".into()),
+        }
+    }
+}
+
+weir_rule::export_rule!(Greetings);
+"#;
+
+const PY_RULE: &str = r#""""A weir rule: each record is a JSON object with a `name`; it becomes one `greetings` row."""
+import json
+
+from weir_rule import Rule, emit, reject, row
+
+
+class WitWorld(Rule):
+    def setup(self, settings):
+        self.salutation = settings.get("salutation", "Hello")
+
+    def process_record(self, record):
+        try:
+            obj = json.loads(record.payload)
+        except ValueError:
+            return reject("payload: not valid JSON")
+        name = obj.get("name") if isinstance(obj, dict) else None
+        if not isinstance(name, str) or not name:
+            return reject("name: missing or empty")
+        return emit(row("greetings", name=name, greeting=f"{self.salutation}, {name}!"))
+"#;
+
+/// Writes a new rule project `name` in `dir/name`; returns the folder and the commands that build and test it.
+pub fn new_project(dir: &Path, name: &str, lang: Lang) -> Result<(PathBuf, Vec<String>), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "`{name}`: use letters, digits, `-` and `_` for a rule name"
+        ));
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(format!(
+            "{} exists already; pick another name or folder",
+            root.display()
+        ));
+    }
+    let crate_name = name.replace('-', "_");
+    let mut files: Vec<(String, String)> = vec![("wit/rules.wit".into(), WIT.into())];
+    let commands = match lang {
+        Lang::Rust => {
+            files.extend([
+                (
+                    "Cargo.toml".into(),
+                    format!(
+                        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+weir-rule = {{ path = "sdk/weir-rule" }}
+serde_json = "1"
+
+[workspace]
+members = [".", "sdk/weir-rule"]
+
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+strip = "debuginfo"
+"#
+                    ),
+                ),
+                (
+                    "sdk/weir-rule/Cargo.toml".into(),
+                    r#"[package]
+name = "weir-rule"
+version = "0.1.0"
+edition = "2024"
+
+[dependencies]
+wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
+serde_json = { version = "1", features = ["preserve_order"] }
+"#
+                    .into(),
+                ),
+                ("sdk/weir-rule/src/lib.rs".into(), SDK_LIB.into()),
+                ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
+                ("src/lib.rs".into(), RUST_RULE.into()),
+            ]);
+            files.push((
+                "weir.toml".into(),
+                config(&format!("target/wasm32-wasip2/release/{crate_name}.wasm")),
+            ));
+            vec![
+                "rustup target add wasm32-wasip2".into(),
+                "cargo build --release --target wasm32-wasip2".into(),
+                format!(
+                    "weir plugin test target/wasm32-wasip2/release/{crate_name}.wasm --input sample.jsonl --config weir.toml"
+                ),
+            ]
+        }
+        Lang::Python => {
+            files.extend([
+                ("app.py".into(), PY_RULE.into()),
+                ("weir_rule/__init__.py".into(), PY_HELPER.into()),
+                (
+                    "build.sh".into(),
+                    format!(
+                        r#"#!/usr/bin/env sh
+# Builds {name}.wasm with componentize-py (pip install componentize-py==0.25.0) and stamps the contract version.
+set -e
+cd "$(dirname "$0")"
+componentize-py -d wit -w rule componentize app -p . -o {name}.wasm
+weir plugin stamp {name}.wasm
+"#
+                    ),
+                ),
+            ]);
+            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+            vec![
+                "pip install componentize-py==0.25.0".into(),
+                "./build.sh".into(),
+                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+            ]
+        }
+    };
+    files.push(("sample.jsonl".into(), SAMPLE.into()));
+    files.push((
+        "README.md".into(),
+        format!(
+            "# {name}\n\nA weir rule. Build and try it:\n\n```sh\n{}\n```\n\n`wit/rules.wit` is the contract \
+             (weir:rules@{}); edit the rule, declare its tables in `weir.toml`.\n",
+            commands.join("\n"),
+            crate::rules::CONTRACT_VERSION
+        ),
+    ));
+    for (path, text) in files {
+        let p = root.join(&path);
+        std::fs::create_dir_all(p.parent().expect("files are in the project"))
+            .and_then(|_| std::fs::write(&p, text))
+            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    #[cfg(unix)]
+    if lang == Lang::Python {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            root.join("build.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        );
+    }
+    Ok((root, commands))
+}
