@@ -119,6 +119,21 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a plugin: records/s and µs/record at batch 1, 100 and 1000, instance memory, first-compile
+    /// and warm-start times.
+    Bench {
+        /// The plugin (.wasm component).
+        plugin: PathBuf,
+        /// Input file, one record per line (cycled as needed).
+        #[arg(long)]
+        input: String,
+        /// A configuration whose rule settings and limits apply.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Seconds per batch size.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
     /// Start a rule project that builds and passes `weir plugin test` as generated.
     New {
         /// The project (and component) name.
@@ -210,6 +225,15 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     json,
                 },
         } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
+        Command::Plugin {
+            command:
+                PluginCommand::Bench {
+                    plugin,
+                    input,
+                    config,
+                    secs,
+                },
+        } => plugin_bench(&plugin, &input, config.as_deref(), secs).await,
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => {
@@ -367,22 +391,14 @@ async fn schema(path: &Path, apply: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn plugin_test(
-    plugin: &Path,
-    input: &str,
-    config_path: Option<&Path>,
-    extra_settings: Vec<(String, String)>,
-    json: bool,
-) -> Result<ExitCode> {
-    let loaded = config_path.map(config::load).transpose()?;
-    let (mut limits, mut settings) = (
-        RuleLimits {
-            memory_bytes: 64 << 20,
-            deadline: Duration::from_secs(2),
-        },
-        Vec::new(),
-    );
-    if let Some(l) = &loaded {
+/// The rule limits and settings of an optional configuration (defaults: 64 MiB, 2 s).
+fn rule_setup(loaded: Option<&config::Loaded>) -> (RuleLimits, Vec<(String, String)>) {
+    let mut limits = RuleLimits {
+        memory_bytes: 64 << 20,
+        deadline: Duration::from_secs(2),
+    };
+    let mut settings = Vec::new();
+    if let Some(l) = loaded {
         limits.memory_bytes = (l.config.rule.memory_limit_mib as usize) << 20;
         limits.deadline = Duration::from_millis(l.config.rule.batch_deadline_ms);
         settings = l
@@ -393,6 +409,84 @@ async fn plugin_test(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
     }
+    (limits, settings)
+}
+
+async fn plugin_bench(
+    plugin: &Path,
+    input: &str,
+    config_path: Option<&Path>,
+    secs: f64,
+) -> Result<ExitCode> {
+    let loaded = config_path.map(config::load).transpose()?;
+    let (limits, settings) = rule_setup(loaded.as_ref());
+    let mut source = FileSource::open(input, None)
+        .await
+        .context("opening the input")?;
+    let mut records: Vec<SourceRecord> = Vec::new();
+    while let Some(p) = source.next().await? {
+        records.push(p.record);
+    }
+    anyhow::ensure!(!records.is_empty(), "{input} has no records");
+    let plugin = plugin.to_path_buf();
+    let report = tokio::task::spawn_blocking(move || -> Result<String> {
+        // First compile: an empty cache. Warm start: the cache filled by it, up to the first outcome.
+        let cache = std::env::temp_dir().join(format!("weir-plugin-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let started = std::time::Instant::now();
+        RuleRuntime::new(Some(cache.clone()))?.load(&plugin, limits.clone(), settings.clone())?;
+        let first_compile = started.elapsed();
+        let started = std::time::Instant::now();
+        let rule = RuleRuntime::new(Some(cache.clone()))?.load(&plugin, limits, settings)?;
+        rule.process("bench/warm", &records[..1]);
+        let warm = started.elapsed();
+        let _ = std::fs::remove_dir_all(&cache);
+        let mut out = format!(
+            "plugin {} (sha256 {}, contract {})
+first compile: {:.2} s; warm start (cached, to the first outcome): {:.0} ms
+
+",
+            plugin.display(),
+            &rule.digest()[..12],
+            weir::rules::CONTRACT_VERSION,
+            first_compile.as_secs_f64(),
+            warm.as_secs_f64() * 1000.0
+        );
+        out.push_str("| batch | records/s | µs/record |\n|------:|----------:|----------:|\n");
+        for batch in [1usize, 100, 1000] {
+            let chunk: Vec<SourceRecord> = records.iter().cycle().take(batch).cloned().collect();
+            let (mut done, started) = (0usize, std::time::Instant::now());
+            while started.elapsed().as_secs_f64() < secs {
+                rule.process("bench", &chunk);
+                done += chunk.len();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            out.push_str(&format!(
+                "| {batch:>5} | {:>9.0} | {:>9.2} |\n",
+                done as f64 / elapsed,
+                elapsed * 1e6 / done as f64
+            ));
+        }
+        out.push_str(&format!(
+            "\ninstance memory: peak {:.1} MiB of linear memory\n",
+            rule.peak_memory_bytes() as f64 / (1 << 20) as f64
+        ));
+        Ok(out)
+    })
+    .await??;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin_test(
+    plugin: &Path,
+    input: &str,
+    config_path: Option<&Path>,
+    extra_settings: Vec<(String, String)>,
+    json: bool,
+) -> Result<ExitCode> {
+    let loaded = config_path.map(config::load).transpose()?;
+    let (limits, mut settings) = rule_setup(loaded.as_ref());
     for (k, v) in extra_settings {
         settings.retain(|(name, _)| *name != k);
         settings.push((k, v));

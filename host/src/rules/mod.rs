@@ -240,6 +240,7 @@ impl RuleRuntime {
             limits,
             settings,
             idle: Mutex::new(Vec::new()),
+            peak_memory: Default::default(),
         };
         let instance = plugin
             .instantiate("init")
@@ -343,6 +344,8 @@ impl bindings::weir::rules::host::Host for HostState {
 /// Caps linear memory; growing past the cap traps with a clear message instead of returning -1 to the guest.
 struct MemoryCap {
     max_bytes: usize,
+    /// Largest linear memory any instance of the plugin reached (bytes), for `weir plugin bench`.
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -352,6 +355,8 @@ impl ResourceLimiter for MemoryCap {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.peak
+            .fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
         if desired > self.max_bytes {
             wasmtime::bail!(
                 "memory limit exceeded: the rule asked for {} MiB, the limit is {} MiB",
@@ -389,12 +394,19 @@ pub struct RulePlugin {
     settings: Vec<(String, String)>,
     /// Healthy instances ready for the next batch.
     idle: Mutex<Vec<Instance>>,
+    /// Largest linear memory an instance reached, bytes.
+    peak_memory: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The result of running one record through the rule, before validation.
 pub type RawOutcome = Result<Outcome, String>;
 
 impl RulePlugin {
+    /// The largest linear memory any instance of this plugin has reached, in bytes.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// SHA-256 of the plugin's wasm bytes: the rule version recorded with every batch and row.
     pub fn digest(&self) -> &str {
         &self.digest
@@ -417,6 +429,7 @@ impl RulePlugin {
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 max_bytes: self.limits.memory_bytes,
+                peak: self.peak_memory.clone(),
             },
             output,
             plugin: self.name.clone(),
