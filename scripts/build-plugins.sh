@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the rule plugins (plugins/) and the test plugins (tests/plugins/) for wasm32-wasip2 and copies the
 # components to plugins/dist/, and the rules in other languages: Python (componentize-py, pinned, in a venv
-# under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
+# under /var/tmp) and JavaScript (componentize-js, pinned, npm under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
 # stamped with the contract version (scripts/stamp.py).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,5 +43,30 @@ build_py() { # name source-folder
 }
 build_py orders-py plugins/orders-py
 build_py misbehave-py tests/plugins/misbehave-py
+
+# JavaScript: componentize-js (StarlingMonkey) through plugins/js/build.mjs.
+js_dir=${WEIR_JS_PLUGINS_DIR:-/var/tmp/weir-js-plugins}
+if [ ! -d "$js_dir/node_modules/@bytecodealliance/componentize-js" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "==> installing Node.js (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+  fi
+  echo "==> installing componentize-js (npm) into $js_dir"
+  mkdir -p "$js_dir" && npm install -s --prefix "$js_dir" @bytecodealliance/componentize-js@0.23.0
+fi
+cp "$root/plugins/js/build.mjs" "$js_dir/build.mjs"   # resolves componentize-js from its own folder
+build_js() { # name app.js
+  local out="$root/plugins/dist/$1.wasm"
+  local src
+  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/wit/rules.wit" | sha256sum | cut -c1-16)
+  if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
+    echo "==> building $2 (componentize-js)"
+    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" wit)
+    python3 "$root/scripts/stamp.py" "$contract" "$out"
+    echo "$src" > "$out.src"
+  fi
+}
+build_js orders-js plugins/orders-js/app.js
 
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"

@@ -8,7 +8,11 @@ use common::*;
 use serde_json::Value;
 
 /// The orders rule in each language, as built by scripts/build-plugins.sh.
-const LANGUAGES: [(&str, &str); 2] = [("Rust", "orders"), ("Python", "orders-py")];
+const LANGUAGES: [(&str, &str); 3] = [
+    ("Rust", "orders"),
+    ("Python", "orders-py"),
+    ("JavaScript", "orders-js"),
+];
 
 /// `weir plugin test --json` of a plugin over the conformance input, checked against the quickstart's tables,
 /// with reasons reduced to their category.
