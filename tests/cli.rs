@@ -209,7 +209,7 @@ fn contract_version_stamp() {
 }
 
 /// `weir plugin new` projects build as generated and pass `weir plugin test`: Rust (cargo, wasm32-wasip2)
-/// and Python (componentize-py from scripts/build-plugins.sh's venv).
+/// Python (componentize-py from scripts/build-plugins.sh's venv) and JavaScript (its componentize-js).
 #[test]
 fn plugin_new_builds_and_passes_plugin_test() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,18 +223,26 @@ fn plugin_new_builds_and_passes_plugin_test() {
     );
     let target =
         std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/weir-target".into());
+    // The JavaScript project uses the componentize-js that scripts/build-plugins.sh installed (no npm install).
+    let js_modules =
+        std::env::var("WEIR_JS_PLUGINS_DIR").unwrap_or_else(|_| "/var/tmp/weir-js-plugins".into());
     for (lang, build, wasm) in [
         ("python", vec!["./build.sh"], "hello-py.wasm".to_string()),
+        (
+            "js",
+            vec!["sh", "-c", "npm run -s build"],
+            "hello-js.wasm".to_string(),
+        ),
         (
             "rust",
             vec!["cargo", "build", "--release", "--target", "wasm32-wasip2"],
             format!("{target}/scaffold/wasm32-wasip2/release/hello_rs.wasm"),
         ),
     ] {
-        let name = if lang == "python" {
-            "hello-py"
-        } else {
-            "hello-rs"
+        let name = match lang {
+            "python" => "hello-py",
+            "js" => "hello-js",
+            _ => "hello-rs",
         };
         let made = weir(
             &[
@@ -250,6 +258,13 @@ fn plugin_new_builds_and_passes_plugin_test() {
         );
         assert!(made.status.success(), "{}", show(&made));
         let project = dir.path().join(name);
+        if lang == "js" {
+            std::os::unix::fs::symlink(
+                format!("{js_modules}/node_modules"),
+                project.join("node_modules"),
+            )
+            .unwrap();
+        }
         let built = Command::new(build[0])
             .args(&build[1..])
             .current_dir(&project)
@@ -258,10 +273,10 @@ fn plugin_new_builds_and_passes_plugin_test() {
             .output()
             .unwrap();
         assert!(built.status.success(), "{lang}: {}", show(&built));
-        let wasm = if lang == "python" {
-            project.join(&wasm)
-        } else {
+        let wasm = if lang == "rust" {
             wasm.into()
+        } else {
+            project.join(&wasm)
         };
         let (input, config) = (project.join("sample.jsonl"), project.join("weir.toml"));
         let out = weir(

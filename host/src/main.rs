@@ -32,6 +32,7 @@ struct Cli {
 enum NewLang {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -240,6 +241,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let lang = match lang {
                 NewLang::Rust => weir::scaffold::Lang::Rust,
                 NewLang::Python => weir::scaffold::Lang::Python,
+                NewLang::Js => weir::scaffold::Lang::Js,
             };
             let (root, commands) =
                 weir::scaffold::new_project(&dir, &name, lang).map_err(anyhow::Error::msg)?;

@@ -12,12 +12,39 @@ pub enum Lang {
     Rust,
     /// Python with the `weir_rule` helper (componentize-py).
     Python,
+    /// JavaScript with the `weir_rule.js` helper (componentize-js).
+    Js,
 }
 
 const WIT: &str = include_str!("../../wit/rules.wit");
 const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
 const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
+const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
+const JS_BUILD: &str = include_str!("../../plugins/js/build.mjs");
+
+const JS_RULE: &str = r#"// A weir rule: each record is a JSON object with a `name`; it becomes one `greetings` row.
+import { rule, emit, reject, row } from './weir_rule.js';
+
+let salutation = 'Hello';
+
+export const { init, process } = rule({
+  setup(settings) {
+    salutation = settings.salutation ?? 'Hello';
+  },
+  record(r) {
+    let obj;
+    try {
+      obj = JSON.parse(r.text());
+    } catch {
+      return reject('payload: not valid JSON');
+    }
+    const name = obj && typeof obj === 'object' ? obj.name : undefined;
+    if (typeof name !== 'string' || name === '') return reject('name: missing or empty');
+    return emit(row('greetings', { name, greeting: `${salutation}, ${name}!` }));
+  },
+});
+"#;
 
 const SAMPLE: &str = "{\"name\": \"Ada\"}\n{\"name\": \"\"}\nnot json\n";
 
@@ -202,6 +229,32 @@ weir plugin stamp {name}.wasm
             vec![
                 "pip install componentize-py==0.25.0".into(),
                 "./build.sh".into(),
+                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+            ]
+        }
+        Lang::Js => {
+            files.extend([
+                ("app.js".into(), JS_RULE.into()),
+                ("weir_rule.js".into(), JS_HELPER.into()),
+                ("build.mjs".into(), JS_BUILD.into()),
+                (
+                    "package.json".into(),
+                    format!(
+                        r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "scripts": {{ "build": "node build.mjs app.js {name}.wasm wit && weir plugin stamp {name}.wasm" }},
+  "devDependencies": {{ "@bytecodealliance/componentize-js": "0.23.0" }}
+}}
+"#
+                    ),
+                ),
+            ]);
+            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+            vec![
+                "npm install".into(),
+                "npm run build".into(),
                 format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
             ]
         }
