@@ -346,6 +346,8 @@ struct MemoryCap {
     max_bytes: usize,
     /// Largest linear memory any instance of the plugin reached (bytes), for `weir plugin bench`.
     peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Linear memory of this instance, bytes.
+    size: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -357,6 +359,7 @@ impl ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         self.peak
             .fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
+        self.size = self.size.max(desired);
         if desired > self.max_bytes {
             wasmtime::bail!(
                 "memory limit exceeded: the rule asked for {} MiB, the limit is {} MiB",
@@ -430,6 +433,7 @@ impl RulePlugin {
             limiter: MemoryCap {
                 max_bytes: self.limits.memory_bytes,
                 peak: self.peak_memory.clone(),
+                size: 0,
             },
             output,
             plugin: self.name.clone(),
@@ -467,6 +471,13 @@ impl RulePlugin {
     }
 
     fn checkin(&self, instance: Instance) {
+        // Garbage-collected guests (JavaScript, Python) grow their heap and may never give it back: an
+        // instance past half its memory cap is replaced by a fresh one (milliseconds from the precompiled
+        // component) rather than left to hit the cap in the middle of a batch.
+        if instance.store.data().limiter.size > self.limits.memory_bytes / 2 {
+            tracing::debug!(plugin = %self.name, "recycling an instance past half its memory cap");
+            return;
+        }
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
