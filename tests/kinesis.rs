@@ -17,32 +17,7 @@ fn endpoint() -> String {
 }
 
 async fn client() -> aws_sdk_kinesis::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "weir-tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_kinesis::Client::new(&sdk)
-}
-
-fn unique(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap()
-            .subsec_nanos()
-    )
+    aws_sdk_kinesis::Client::new(&aws_sdk_at(&endpoint()).await)
 }
 
 async fn wait_active(k: &aws_sdk_kinesis::Client, stream: &str) {

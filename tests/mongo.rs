@@ -19,16 +19,7 @@ fn uri() -> String {
 }
 
 fn database() -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "weir_t_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap()
-            .subsec_nanos()
-    )
+    unique("weir_t").replace('-', "_")
 }
 
 /// A batch of records `first..=last` of partition `p`, with text and binary payloads.

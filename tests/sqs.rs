@@ -34,20 +34,6 @@ async fn aws() -> Aws {
     }
 }
 
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst),
-        std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
 impl Aws {
     async fn queue(&self, visibility_secs: u32) -> String {
         self.sqs

@@ -314,8 +314,13 @@ pub fn aws_endpoint() -> String {
 
 /// SDK settings for the local AWS test server, with its static test credentials.
 pub async fn aws_sdk() -> aws_config::SdkConfig {
+    aws_sdk_at(&aws_endpoint()).await
+}
+
+/// SDK settings for a local AWS-protocol server at `endpoint`, with static test credentials.
+pub async fn aws_sdk_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(aws_endpoint())
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "test",
@@ -334,3 +339,17 @@ pub const AWS_TEST_ENV: [(&str, &str); 3] = [
     ("AWS_SECRET_ACCESS_KEY", "test"),
     ("AWS_REGION", "us-east-1"),
 ];
+
+/// A name no other test (or earlier run) uses: `{prefix}-{pid}-{n}-{nanos}`.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .unwrap()
+            .subsec_nanos()
+    )
+}
