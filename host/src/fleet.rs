@@ -70,12 +70,6 @@ pub struct Shared {
 /// Why a fleet worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// Listing shards failed for good.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// The lease table failed.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
     /// A shard's pipeline failed (after its retries).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -187,12 +181,16 @@ pub async fn run(
                 Ok(Ok(s)) => {
                     summary.merge(s);
                     if r.ended.load(Ordering::SeqCst) {
-                        let at = sink.checkpoint("kinesis", &partition).await?;
-                        if sink
-                            .set_checkpoint("kinesis", &partition, &at, SHARD_END)
-                            .await?
-                        {
-                            tracing::info!(shard = %partition, "checkpointed SHARD_END; its children may start");
+                        // On failure the shard is read again from its checkpoint, finds its end at once and
+                        // comes back here.
+                        match end_shard(sink.as_ref(), &partition).await {
+                            Ok(true) => {
+                                tracing::info!(shard = %partition, "checkpointed SHARD_END; its children may start")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(shard = %partition, error = %e, "could not checkpoint SHARD_END; retrying")
+                            }
                         }
                     } else if !r.lost {
                         idle.insert(shard.clone());
@@ -206,20 +204,35 @@ pub async fn run(
                 }
                 Err(e) => failure = Some(PipelineError::Stage(e.to_string()).into()),
             }
-            sink.release("kinesis", &partition, &me).await?;
+            if let Err(e) = sink.release("kinesis", &partition, &me).await {
+                tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
+            }
         }
         if failure.is_some() {
             break;
         }
 
         // 2. Shards and leases.
-        let shards = list_shards(&client, &options.stream).await?;
+        // A failure of the stream or the lease table skips this round: leases held keep until they expire, and
+        // every commit stays fenced by the checkpoint compare-and-set.
+        let shards = match list_shards(&client, &options.stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing shards failed; retrying at the next renewal");
+                continue;
+            }
+        };
         let now = crate::record::wall_clock_us();
         let expires = now + options.lease.as_micros() as i64;
         let prefix = format!("{}/", options.stream);
-        let leases: HashMap<String, crate::sink::Lease> = sink
-            .leases("kinesis", now)
-            .await?
+        let rows = match sink.leases("kinesis", now).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading leases failed; retrying at the next renewal");
+                continue;
+            }
+        };
+        let leases: HashMap<String, crate::sink::Lease> = rows
             .into_iter()
             .filter_map(|l| {
                 let shard = l.partition.strip_prefix(&prefix)?.to_string();
@@ -235,10 +248,14 @@ pub async fn run(
         // 3. Renew what this worker runs; stop what it lost.
         let held: Vec<String> = running.keys().cloned().collect();
         for shard in held {
-            if !sink
+            let renewed = sink
                 .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
-                .await?
-            {
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
+                    true
+                });
+            if !renewed {
                 tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
                 if let Some(r) = running.get_mut(&shard) {
                     let _ = r.stop.send(true);
@@ -269,11 +286,7 @@ pub async fn run(
             let free = leases
                 .get(shard)
                 .is_none_or(|l| l.owner.is_empty() || l.expired || l.owner == me);
-            if free
-                && sink
-                    .claim("kinesis", &partition_of(shard), &me, now, expires, None)
-                    .await?
-            {
+            if free && claim(sink.as_ref(), &partition_of(shard), &me, now, expires, None).await {
                 claimed.push(shard.clone());
                 wanted -= 1;
             }
@@ -289,16 +302,15 @@ pub async fn run(
                             && !idle.contains(*s)
                     });
                     if let Some(shard) = theirs {
-                        if sink
-                            .claim(
-                                "kinesis",
-                                &partition_of(shard),
-                                &me,
-                                now,
-                                expires,
-                                Some(victim),
-                            )
-                            .await?
+                        if claim(
+                            sink.as_ref(),
+                            &partition_of(shard),
+                            &me,
+                            now,
+                            expires,
+                            Some(victim),
+                        )
+                        .await
                         {
                             tracing::info!(shard = %shard, from = %victim, "took a lease over to rebalance");
                             claimed.push(shard.clone());
@@ -369,6 +381,30 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// Moves a shard's checkpoint from its last committed position to `SHARD_END`.
+async fn end_shard(sink: &dyn Sink, partition: &str) -> Result<bool, SinkError> {
+    let at = sink.checkpoint("kinesis", partition).await?;
+    sink.set_checkpoint("kinesis", partition, &at, SHARD_END)
+        .await
+}
+
+/// Claims a lease; a failure counts as not claimed (the next renewal tries again).
+async fn claim(
+    sink: &dyn Sink,
+    partition: &str,
+    me: &str,
+    now: i64,
+    expires: i64,
+    steal_from: Option<&str>,
+) -> bool {
+    sink.claim("kinesis", partition, me, now, expires, steal_from)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(shard = %partition, error = %e, "claiming the lease failed");
+            false
+        })
 }
 
 /// Parses `initial_position` / `initial_timestamp` (checked by the config already).
