@@ -492,14 +492,24 @@ async fn change_visibility(
         .send()
         .await
         .map_err(|e| crate::aws::sdk_error(&e))?;
-    Ok(out
-        .failed()
+    Ok(failed_entries(out.failed())
+        .into_iter()
+        .map(|(i, (_, text))| (i, text))
+        .collect())
+}
+
+/// The failed entries of a batch call, by index (entry ids are indexes): error code and readable text.
+fn failed_entries(
+    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
+) -> Vec<(usize, (String, String))> {
+    failed
         .iter()
         .filter_map(|f| {
-            let i = f.id().parse().ok()?;
-            Some((i, format!("{}: {}", f.code(), f.message().unwrap_or(""))))
+            let i: usize = f.id().parse().ok()?;
+            let text = format!("{}: {}", f.code(), f.message().unwrap_or(""));
+            Some((i, (f.code().to_string(), text)))
         })
-        .collect())
+        .collect()
 }
 
 /// Deletes the messages of committed batches.
@@ -604,20 +614,7 @@ async fn delete_batch(
         .send()
         .await
         .map_err(|e| crate::aws::sdk_error(&e))?;
-    Ok(out
-        .failed()
-        .iter()
-        .filter_map(|f| {
-            let i: usize = f.id().parse().ok()?;
-            Some((
-                i,
-                (
-                    f.code().to_string(),
-                    format!("{}: {}", f.code(), f.message().unwrap_or("")),
-                ),
-            ))
-        })
-        .collect())
+    Ok(failed_entries(out.failed()))
 }
 
 /// Sends every non-empty line of `lines` to the queue, 10 per call (the producer behind `weir produce`);
