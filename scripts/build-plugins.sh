@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the rule plugins (plugins/) and the test plugins (tests/plugins/) for wasm32-wasip2 and copies the
 # components to plugins/dist/, and the rules in other languages: Python (componentize-py, pinned, in a venv
-# under /var/tmp) and JavaScript (componentize-js, pinned, npm under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
+# under /var/tmp), JavaScript (componentize-js, pinned, npm under /var/tmp) and C (clang + wasi-libc from Debian,
+# wit-bindgen-cli pinned under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
 # stamped with the contract version (scripts/stamp.py).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,5 +69,36 @@ build_js() { # name app.js
   fi
 }
 build_js orders-js plugins/orders-js/app.js
+
+# C: clang + wasi-libc (Debian), bindings from wit-bindgen-cli (crates.io, pinned), linked by rustup's
+# wasm-component-ld, through plugins/c/build.sh.
+c_tools=${WEIR_C_TOOLS:-/var/tmp/weir-c-tools}
+c_missing=0
+command -v clang >/dev/null 2>&1 || c_missing=1
+command -v wasm-ld >/dev/null 2>&1 || command -v wasm-ld-14 >/dev/null 2>&1 || c_missing=1
+[ -d /usr/include/wasm32-wasi ] || c_missing=1
+compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null || c_missing=1
+if [ "$c_missing" = 1 ]; then
+  echo "==> installing clang, lld and wasi-libc (Debian packages)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32
+fi
+if [ ! -x "$c_tools/bin/wit-bindgen" ]; then
+  echo "==> installing wit-bindgen-cli 0.61.1 (crates.io) into $c_tools"
+  cargo install -q --locked wit-bindgen-cli --version 0.61.1 --root "$c_tools"
+fi
+build_c() { # name source.c [CFLAGS]
+  local out="$root/plugins/dist/$1.wasm"
+  local src
+  src=$( (cat "$root"/plugins/c/* "$root/$2" "$root/wit/rules.wit"; echo "${3:-}") | sha256sum | cut -c1-16)
+  if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
+    echo "==> building $2 ${3:+$3 }(clang, wasi-libc)"
+    CFLAGS="${3:-}" WIT_BINDGEN="$c_tools/bin/wit-bindgen" "$root/plugins/c/build.sh" "$out" "$root/$2"
+    echo "$src" > "$out.src"
+  fi
+}
+build_c orders-c plugins/orders-c/orders.c
+# Version 2 of the orders rule, for the shadow-run tests (tests/reconcile.rs).
+build_c orders-c-v2 plugins/orders-c/orders.c -DORDERS_V2
 
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"

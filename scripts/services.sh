@@ -101,10 +101,15 @@ if [ -z "$mongo_uri" ]; then
   if ! mup; then
     venv=${WEIR_MONGO_VENV:-/var/tmp/weir-mongo}
     if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mongoeco' 2>/dev/null; then
-      py=$(command -v python3.13 || true)
-      if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
-        py=$(ls -d "$(pyenv root)"/versions/3.13*/bin/python3 2>/dev/null | tail -1)
-      fi
+      # A Python 3.13 that runs (a pyenv shim exists for every installed version but fails unless selected).
+      py=
+      for cand in "$(command -v python3.13 || true)" \
+                  $( (command -v pyenv >/dev/null 2>&1 && ls -d "$(pyenv root)"/versions/3.13*/bin/python3) 2>/dev/null); do
+        if [ -n "$cand" ] && "$cand" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then
+          py=$cand
+          break
+        fi
+      done
       [ -n "$py" ] || { log "mongoeco needs Python 3.13 (pyenv install 3.13), or set MONGODB_URI"; exit 1; }
       log "installing mongoeco (PyPI) into $venv"
       "$py" -m venv "$venv" >&2

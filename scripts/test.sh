@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a used one:
 #   scripts/test.sh
-# Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL, moto server), builds the plugins once, then runs every test:
+# Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL, moto, kinesalite, mongoeco, the
+# plugin toolchains, Chromium), builds the plugins once, then runs every test:
 # the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
 # Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
 # one machine (and CI's fresh clones) reuse them.
@@ -18,8 +19,15 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 started=$SECONDS
 # Real services the tests talk to (PostgreSQL for Redshift, moto for S3 and the Redshift control plane),
 # installed and started when missing.
-eval "$(scripts/services.sh)"
+services=$(scripts/services.sh)   # fails the run when a service cannot start
+eval "$services"
 scripts/build-plugins.sh
+# Headless Chromium renders the reconcile HTML report in tests/reconcile.rs.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "==> installing chromium (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 
 echo "==> guest SDK and example rules (native unit tests)"
 # (a target dir of its own: the same crates built by two workspaces must not overwrite each other)

@@ -216,8 +216,10 @@ fn plugin_new_builds_and_passes_plugin_test() {
     let weir_bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
     let venv =
         std::env::var("WEIR_PY_PLUGINS_VENV").unwrap_or_else(|_| "/var/tmp/weir-py-plugins".into());
+    // The C project uses the wit-bindgen that scripts/build-plugins.sh installed.
+    let c_tools = std::env::var("WEIR_C_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-c-tools".into());
     let path = format!(
-        "{}:{venv}/bin:{}",
+        "{}:{venv}/bin:{c_tools}/bin:{}",
         weir_bin.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
@@ -228,6 +230,11 @@ fn plugin_new_builds_and_passes_plugin_test() {
         std::env::var("WEIR_JS_PLUGINS_DIR").unwrap_or_else(|_| "/var/tmp/weir-js-plugins".into());
     for (lang, build, wasm) in [
         ("python", vec!["./build.sh"], "hello-py.wasm".to_string()),
+        (
+            "c",
+            vec!["weir/build.sh", "hello-c.wasm", "rule.c"],
+            "hello-c.wasm".to_string(),
+        ),
         (
             "js",
             vec!["sh", "-c", "npm run -s build"],
@@ -242,6 +249,7 @@ fn plugin_new_builds_and_passes_plugin_test() {
         let name = match lang {
             "python" => "hello-py",
             "js" => "hello-js",
+            "c" => "hello-c",
             _ => "hello-rs",
         };
         let made = weir(

@@ -8,10 +8,11 @@ use common::*;
 use serde_json::Value;
 
 /// The orders rule in each language, as built by scripts/build-plugins.sh.
-const LANGUAGES: [(&str, &str); 3] = [
+const LANGUAGES: [(&str, &str); 4] = [
     ("Rust", "orders"),
     ("Python", "orders-py"),
     ("JavaScript", "orders-js"),
+    ("C", "orders-c"),
 ];
 
 /// `weir plugin test --json` of a plugin over the conformance input, checked against the quickstart's tables,
@@ -51,7 +52,7 @@ fn outcomes(plugin_name: &str) -> Vec<Value> {
 #[test]
 fn every_language_gives_identical_outcomes() {
     let reference = outcomes("orders");
-    assert_eq!(reference.len(), 43);
+    assert_eq!(reference.len(), 48);
     let kinds = |v: &[Value], k: &str| v.iter().filter(|o| o["outcome"] == k).count();
     // The suite covers all three outcomes.
     assert!(

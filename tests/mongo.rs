@@ -167,5 +167,19 @@ async fn quickstart_with_mongodb_raw() {
         raw_ref[0][0].starts_with(&format!("{db}.raw/file/orders.jsonl/")),
         "{raw_ref:?}"
     );
+    // Reconcile reads MongoDB RAW batch by batch and accounts for every record.
+    let out = weir(
+        &["reconcile", "-c", config.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &report["partitions"]["file/orders.jsonl"];
+    assert_eq!(
+        (p["raw_records"].as_u64(), p["emitted"].as_u64()),
+        (Some(17), Some(5)),
+        "{report:#}"
+    );
+    assert_eq!(report["objects"], 5);
     let _ = database_handle(&db).await.drop().await;
 }

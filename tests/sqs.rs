@@ -125,7 +125,12 @@ impl Aws {
             .await
             .unwrap();
         let mut out = Vec::new();
-        for o in listed.contents() {
+        // RAW objects only (the bucket also holds the plugin store, `weir-plugins/`).
+        for o in listed
+            .contents()
+            .iter()
+            .filter(|o| o.key().unwrap().ends_with(".jsonl.gz"))
+        {
             let key = o.key().unwrap().to_string();
             let got = self
                 .s3

@@ -261,6 +261,11 @@ pub struct RuleConfig {
     /// Most rows one record may emit; more rejects the record. Default 10000.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: usize,
+    /// Where every rule version that loads data is kept, by digest, for `weir reconcile`: a directory or
+    /// `s3://bucket/prefix`. Default: `{raw.dir}/weir-plugins` for local RAW, `weir-plugins/` in
+    /// the RAW bucket for S3, none for MongoDB RAW.
+    #[serde(default)]
+    pub store: Option<String>,
     /// Rule instances that process one batch in parallel (contiguous slices of it). Default 1.
     #[serde(default = "default_instances")]
     pub instances: usize,

@@ -18,6 +18,8 @@
 //! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`, `redshift` for
 //!   Redshift and PostgreSQL).
 //! - [`pipeline`]: batching, bounded channels, retries, acknowledgements, the run summary.
+//! - [`plugin_store`]: every rule version that loaded data, by digest.
+//! - [`reconcile`]: RAW against final data (`weir reconcile`, `weir replay`, shadow runs).
 //! - [`worker`]: builds a pipeline from a configuration; what `weir run` and `weir validate` use.
 
 pub mod aws;
@@ -25,7 +27,9 @@ pub mod config;
 pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin_store;
 pub mod raw;
+pub mod reconcile;
 pub mod record;
 pub mod rules;
 pub mod scaffold;

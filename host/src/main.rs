@@ -33,6 +33,7 @@ enum NewLang {
     Rust,
     Python,
     Js,
+    C,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,11 +79,85 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         aggregate: usize,
     },
+    /// Compare RAW with the final tables: every RAW record accounted for (emitted, dropped, rejected), no
+    /// orphan rows, no drift from the rule version that loaded each batch. Exits 1 when it finds problems.
+    Reconcile {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(flatten)]
+        window: WindowArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as one self-contained HTML page.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Differences to list (all are counted).
+        #[arg(long, default_value_t = 20)]
+        max_differences: usize,
+    },
+    /// Re-process RAW through the configured rule (or --plugin) into the sink, idempotently, without moving
+    /// checkpoints. With --dry-run, a shadow run: write nothing, show the rows that would be added, changed
+    /// and removed.
+    Replay {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(flatten)]
+        window: WindowArgs,
+        /// A rule to use instead of the configured one (a new version).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Compare only; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON (with --dry-run).
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as one self-contained HTML page (with --dry-run).
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Differences to list (all are counted).
+        #[arg(long, default_value_t = 20)]
+        max_differences: usize,
+    },
     /// Compare the sink's tables with the configuration, and bring them in line.
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+/// Which RAW a reconcile or replay reads (source time; hour granularity).
+#[derive(clap::Args)]
+struct WindowArgs {
+    /// From this source time: RFC 3339, `2026-11-21T10`, `2026-11-21`, or an age such as `6h` or `2d`.
+    #[arg(long)]
+    since: Option<String>,
+    /// Until this source time (exclusive), same forms.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this batch (its id in the ledger).
+    #[arg(long, conflicts_with_all = ["since", "until"])]
+    batch: Option<String>,
+}
+
+impl WindowArgs {
+    fn window(&self) -> Result<weir::reconcile::Window> {
+        let now = (weir::record::wall_clock_us() / 1000) as i64;
+        let t = |v: &Option<String>| -> Result<Option<i64>> {
+            v.as_deref()
+                .map(|s| weir::reconcile::Window::parse_time(s, now))
+                .transpose()
+                .map_err(anyhow::Error::from)
+        };
+        Ok(weir::reconcile::Window {
+            since_ms: t(&self.since)?,
+            until_ms: t(&self.until)?,
+            batch: self.batch.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -209,6 +284,54 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             key_field,
             aggregate,
         } => produce(&config, &input, &group_id, &key_field, aggregate).await,
+        Command::Reconcile {
+            config,
+            window,
+            json,
+            html,
+            max_differences,
+        } => {
+            reconcile(
+                &config,
+                &window.window()?,
+                None,
+                json,
+                html.as_deref(),
+                max_differences,
+            )
+            .await
+        }
+        Command::Replay {
+            config,
+            window,
+            plugin,
+            dry_run: true,
+            json,
+            html,
+            max_differences,
+        } => {
+            let plugin = plugin.unwrap_or_else(|| {
+                config::load(&config)
+                    .map(|l| l.config.rule.plugin)
+                    .unwrap_or_default()
+            });
+            reconcile(
+                &config,
+                &window.window()?,
+                Some(&plugin),
+                json,
+                html.as_deref(),
+                max_differences,
+            )
+            .await
+        }
+        Command::Replay {
+            config,
+            window,
+            plugin,
+            dry_run: false,
+            ..
+        } => replay(&config, &window.window()?, plugin.as_deref()).await,
         Command::Schema { command } => {
             let (config, apply) = match command {
                 SchemaCommand::Plan { config } => (config, false),
@@ -242,6 +365,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 NewLang::Rust => weir::scaffold::Lang::Rust,
                 NewLang::Python => weir::scaffold::Lang::Python,
                 NewLang::Js => weir::scaffold::Lang::Js,
+                NewLang::C => weir::scaffold::Lang::C,
             };
             let (root, commands) =
                 weir::scaffold::new_project(&dir, &name, lang).map_err(anyhow::Error::msg)?;
@@ -363,6 +487,120 @@ async fn validate_config(path: &Path) -> Result<ExitCode> {
     );
     let sink = weir::worker::check_sink(&loaded).await?;
     println!("sink: ok ({})", sink);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir reconcile`, and with `shadow` (a plugin) a shadow run (`weir replay --dry-run`).
+async fn reconcile(
+    path: &Path,
+    window: &weir::reconcile::Window,
+    shadow: Option<&Path>,
+    json: bool,
+    html: Option<&Path>,
+    max_differences: usize,
+) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    let loaded = config::load(path)?;
+    let runtime = weir::worker::runtime(&loaded)?;
+    let limits = weir::worker::rule_limits(&loaded);
+    let settings = weir::worker::rule_settings(&loaded);
+    // The configured rule re-derives its own batches even without a plugin store.
+    let configured = weir::worker::load_rule(&runtime, &loaded)
+        .ok()
+        .map(Arc::new);
+    let shadow = match shadow {
+        Some(p) => Some(Arc::new(
+            runtime
+                .load(p, limits.clone(), settings.clone())
+                .with_context(|| format!("loading {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let store = weir::plugin_store::PluginStore::open(&loaded).await;
+    let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, store, configured)?;
+    let sink = weir::worker::connect_sink(&loaded).await?;
+    let raw = weir::worker::open_raw(&loaded).await?;
+    let run = weir::reconcile::Run {
+        raw: &*raw,
+        sink: &*sink,
+        tables: &loaded.tables,
+        max_rows: loaded.config.rule.max_rows_per_record,
+        rules: &rules,
+        shadow: shadow.clone(),
+        window,
+        max_differences,
+        group_records: 50_000,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let mode = if shadow.is_some() {
+        weir::reconcile::Mode::Shadow
+    } else {
+        weir::reconcile::Mode::Reconcile
+    };
+    let report = weir::reconcile::reconcile(&run, mode).await?;
+    let title = if shadow.is_some() {
+        "weir shadow run"
+    } else {
+        "weir reconcile"
+    };
+    if let Some(file) = html {
+        std::fs::write(file, weir::reconcile::html(&report, title))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if shadow.is_none() && report.problems() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `weir replay`: RAW of a window through the configured rule (or `plugin`) into the sink.
+async fn replay(
+    path: &Path,
+    window: &weir::reconcile::Window,
+    plugin: Option<&Path>,
+) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    let loaded = config::load(path)?;
+    let runtime = weir::worker::runtime(&loaded)?;
+    let limits = weir::worker::rule_limits(&loaded);
+    let settings = weir::worker::rule_settings(&loaded);
+    let rule = Arc::new(match plugin {
+        Some(p) => runtime
+            .load(p, limits.clone(), settings.clone())
+            .with_context(|| format!("loading {}", p.display()))?,
+        None => weir::worker::load_rule(&runtime, &loaded)?,
+    });
+    let sink = weir::worker::open_sink(&loaded).await?;
+    let raw = weir::worker::open_raw(&loaded).await?;
+    weir::worker::store_rule(&loaded, &rule, 5).await?;
+    let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, None, None)?;
+    let run = weir::reconcile::Run {
+        raw: &*raw,
+        sink: &*sink,
+        tables: &loaded.tables,
+        max_rows: loaded.config.rule.max_rows_per_record,
+        rules: &rules,
+        shadow: None,
+        window,
+        max_differences: 0,
+        group_records: 0,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let (objects, records) =
+        weir::reconcile::replay(&run, rule.clone(), &loaded.config.retry).await?;
+    println!(
+        "replayed {records} records from {objects} RAW objects through rule {} into {}",
+        rule.digest(),
+        sink.describe()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,8 @@ pub enum Lang {
     Python,
     /// JavaScript with the `weir_rule.js` helper (componentize-js).
     Js,
+    /// C with the `weir_rule.h` helper (clang + wasi-libc, `wit-bindgen c`, wasm-component-ld).
+    C,
 }
 
 const WIT: &str = include_str!("../../wit/rules.wit");
@@ -22,6 +24,39 @@ const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
 const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
 const JS_BUILD: &str = include_str!("../../plugins/js/build.mjs");
+const C_HEADER: &str = include_str!("../../plugins/c/weir_rule.h");
+const C_HELPER: &str = include_str!("../../plugins/c/weir_rule.c");
+const C_JSON: &str = include_str!("../../plugins/c/weir_json.c");
+const C_BUILD: &str = include_str!("../../plugins/c/build.sh");
+
+const C_RULE: &str = r#"/* A weir rule: each record is a JSON object with a `name`; it becomes one `greetings` row. */
+#include "weir_rule.h"
+
+static const char *salutation = "Hello";
+
+const char *weir_rule_setup(void) {
+    const char *s = weir_setting("salutation");
+    if (s) salutation = s;
+    return NULL;
+}
+
+void weir_rule_record(const weir_record *r, weir_outcome *out) {
+    const char *err;
+    const weir_json *obj = weir_payload_json(r, &err);
+    if (!obj) {
+        weir_reject(out, "payload: not valid JSON");
+        return;
+    }
+    const char *name = weir_json_str(weir_json_get(obj, "name"));
+    if (!name || !*name) {
+        weir_reject(out, "name: missing or empty");
+        return;
+    }
+    weir_row *row = weir_emit(out, "greetings");
+    weir_cell_text(row, "name", name);
+    weir_cell_text(row, "greeting", weir_printf("%s, %s!", salutation, name));
+}
+"#;
 
 const JS_RULE: &str = r#"// A weir rule: each record is a JSON object with a `name`; it becomes one `greetings` row.
 import { rule, emit, reject, row } from './weir_rule.js';
@@ -258,6 +293,23 @@ weir plugin stamp {name}.wasm
                 format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
             ]
         }
+        Lang::C => {
+            files.extend([
+                ("rule.c".into(), C_RULE.into()),
+                ("weir/weir_rule.h".into(), C_HEADER.into()),
+                ("weir/weir_rule.c".into(), C_HELPER.into()),
+                ("weir/weir_json.c".into(), C_JSON.into()),
+                ("weir/build.sh".into(), C_BUILD.into()),
+            ]);
+            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+            vec![
+                "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32  # Debian/Ubuntu"
+                    .into(),
+                "cargo install --locked wit-bindgen-cli --version 0.61.1".into(),
+                format!("weir/build.sh {name}.wasm rule.c"),
+                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+            ]
+        }
     };
     files.push(("sample.jsonl".into(), SAMPLE.into()));
     files.push((
@@ -276,12 +328,12 @@ weir plugin stamp {name}.wasm
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
     #[cfg(unix)]
-    if lang == Lang::Python {
+    for script in ["build.sh", "weir/build.sh"] {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(
-            root.join("build.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        );
+        if root.join(script).exists() {
+            let _ =
+                std::fs::set_permissions(root.join(script), std::fs::Permissions::from_mode(0o755));
+        }
     }
     Ok((root, commands))
 }

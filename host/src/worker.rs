@@ -43,21 +43,56 @@ pub enum WorkerError {
     /// A fleet worker stopped.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    /// The rule could not be kept in the plugin store (`[rule] store`).
+    #[error(
+        "{0}; reconcile needs every rule version that loads data: fix [rule] store or its permissions"
+    )]
+    PluginStore(String),
+}
+
+/// Keeps the configuration's rule in its plugin store, trying `attempts` times.
+pub async fn store_rule(
+    loaded: &Loaded,
+    rule: &RulePlugin,
+    attempts: u32,
+) -> Result<(), WorkerError> {
+    let Some(store) = crate::plugin_store::PluginStore::open(loaded).await else {
+        return Ok(());
+    };
+    let wasm = std::fs::read(rule.path()).map_err(|e| WorkerError::PluginStore(e.to_string()))?;
+    store
+        .put(rule.digest(), &wasm, attempts)
+        .await
+        .map_err(WorkerError::PluginStore)
+}
+
+/// The sandbox limits of a configuration's rule.
+pub fn rule_limits(loaded: &Loaded) -> RuleLimits {
+    let r = &loaded.config.rule;
+    RuleLimits {
+        memory_bytes: (r.memory_limit_mib as usize) << 20,
+        deadline: Duration::from_millis(r.batch_deadline_ms),
+    }
+}
+
+/// The `[rule] settings` of a configuration.
+pub fn rule_settings(loaded: &Loaded) -> Vec<(String, String)> {
+    loaded
+        .config
+        .rule
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Loads the rule of a configuration.
 pub fn load_rule(runtime: &RuleRuntime, loaded: &Loaded) -> Result<RulePlugin, RuleError> {
-    let r = &loaded.config.rule;
-    let limits = RuleLimits {
-        memory_bytes: (r.memory_limit_mib as usize) << 20,
-        deadline: Duration::from_millis(r.batch_deadline_ms),
-    };
-    let settings = r
-        .settings
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    runtime.load(&r.plugin, limits, settings)
+    runtime.load(
+        &loaded.config.rule.plugin,
+        rule_limits(loaded),
+        rule_settings(loaded),
+    )
 }
 
 /// The rule runtime for a configuration (its cache directory).
@@ -218,6 +253,36 @@ pub async fn run(
     let rule = Arc::new(load_rule(&runtime, loaded)?);
     let sink = open_sink(loaded).await?;
     let raw = open_raw(loaded).await?;
+    // The rule goes to the plugin store in the background, so that a store that is unreachable at start (an
+    // S3 outage: RAW in the same bucket cannot be written either, so nothing commits meanwhile) does not stop
+    // the worker; the run waits for it at the end.
+    let stored = {
+        let (loaded, rule) = (loaded.clone(), rule.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store_rule(&loaded, &rule, u32::MAX).await {
+                tracing::error!(error = %e, "the rule is not in the plugin store");
+            }
+        })
+    };
+    let summary = run_pipeline(loaded, rule, sink, raw, shutdown).await;
+    if tokio::time::timeout(Duration::from_secs(10), stored)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the plugin store is still unreachable; this rule version may be missing from it"
+        );
+    }
+    summary
+}
+
+async fn run_pipeline(
+    loaded: &Loaded,
+    rule: Arc<RulePlugin>,
+    sink: Arc<dyn Sink>,
+    raw: Arc<dyn RawStore>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Summary, WorkerError> {
     if let SourceConfig::Kinesis {
         stream,
         initial_position,

@@ -66,6 +66,47 @@ impl RawStore for LocalRaw {
         super::decode(key, &bytes)
     }
 
+    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+        let (dir, prefix, window) = (self.dir.clone(), self.prefix.clone(), window.clone());
+        let walk = move || -> std::io::Result<Vec<String>> {
+            let mut keys = Vec::new();
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                let entries = match std::fs::read_dir(&d) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let path = entry.path();
+                    if entry.file_type()?.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(rel) = path.strip_prefix(&dir) {
+                        let key = rel
+                            .to_string_lossy()
+                            .replace(std::path::MAIN_SEPARATOR, "/");
+                        if super::listed(&key, &prefix, &window) {
+                            keys.push(key);
+                        }
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        };
+        tokio::task::spawn_blocking(walk)
+            .await
+            .map_err(|e| self.io(e))?
+            .map_err(|e| self.io(e))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, RawError> {
+        Ok(tokio::fs::try_exists(self.dir.join(key))
+            .await
+            .unwrap_or(false))
+    }
+
     fn describe(&self) -> String {
         format!("local directory {}", self.dir.join(&self.prefix).display())
     }

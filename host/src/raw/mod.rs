@@ -43,6 +43,12 @@ pub trait RawStore: Send + Sync {
     /// Reads back the records of one object.
     async fn get(&self, key: &str) -> Result<Vec<RawLine>, RawError>;
 
+    /// The keys of the objects in a window (every object when the window is open), sorted.
+    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError>;
+
+    /// Whether an object exists.
+    async fn exists(&self, key: &str) -> Result<bool, RawError>;
+
     /// Where RAW goes, for people.
     fn describe(&self) -> String;
 }
@@ -143,6 +149,14 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| corrupt(format!("line {}: {e}", i + 1))))
         .collect()
+}
+
+/// Whether a listed key is a RAW object of the window: a `.jsonl.gz` object whose hour is inside it.
+pub(crate) fn listed(key: &str, prefix: &str, window: &crate::reconcile::Window) -> bool {
+    key.starts_with(prefix)
+        && key.ends_with(".jsonl.gz")
+        && !key.rsplit('/').next().unwrap_or("").starts_with('.')
+        && window.has_key(key) != Some(false)
 }
 
 /// The RAW references of a batch stored under `key`.

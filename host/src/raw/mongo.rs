@@ -203,6 +203,52 @@ impl RawStore for MongoRaw {
             .collect()
     }
 
+    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+        // An object is a batch: the distinct batch ids of the records in the window.
+        let mut range = Document::new();
+        if let Some(since) = window.since_ms {
+            range.insert("$gte", since.div_euclid(3_600_000) * 3_600_000);
+        }
+        if let Some(until) = window.until_ms {
+            range.insert("$lt", until);
+        }
+        let filter = if range.is_empty() {
+            doc! {}
+        } else {
+            doc! { "arrived_at_ms": range }
+        };
+        let reply = self
+            .db
+            .run_command(
+                doc! { "distinct": self.collection.name(), "key": "batch_id", "query": filter },
+            )
+            .await
+            .map_err(|e| self.io(e))?;
+        let mut keys: Vec<String> = reply
+            .get_array("values")
+            .map_err(|e| self.io(format!("distinct: {e}")))?
+            .iter()
+            .filter_map(|v| v.as_str().map(|b| format!("{}/{b}", self.namespace)))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, RawError> {
+        let batch = key
+            .strip_prefix(&format!("{}/", self.namespace))
+            .unwrap_or(key);
+        let reply = self
+            .db
+            .run_command(doc! { "find": self.collection.name(), "filter": { "batch_id": batch }, "limit": 1 })
+            .await
+            .map_err(|e| self.io(e))?;
+        Ok(reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .is_ok_and(|b| !b.is_empty()))
+    }
+
     fn describe(&self) -> String {
         format!("MongoDB collection {}", self.namespace)
     }

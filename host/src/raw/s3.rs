@@ -254,6 +254,44 @@ impl RawStore for S3Raw {
         super::decode(key, &bytes)
     }
 
+    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.options.bucket)
+            .prefix(&self.options.prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.io(format!("list: {}", crate::aws::sdk_error(&e))))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    if super::listed(key, &self.options.prefix, window) {
+                        keys.push(key.to_string());
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, RawError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.options.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(self.io(format!("head {key}: {}", crate::aws::sdk_error(&e)))),
+        }
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.options.bucket, self.options.prefix)
     }

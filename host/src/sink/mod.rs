@@ -257,6 +257,87 @@ pub struct Lease {
     pub expired: bool,
 }
 
+/// A ledger row, as reconcile and replay read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// The batch id.
+    pub batch_id: String,
+    /// The source.
+    pub source: String,
+    /// The source partition.
+    pub partition: String,
+    /// RAW reference of the batch's first record (`{object}#1`; the object alone for MongoDB RAW).
+    pub raw_ref: String,
+    /// SHA-256 of the rule that loaded the batch.
+    pub rule_digest: String,
+    /// Drop reason → count, as JSON.
+    pub drop_reasons: String,
+}
+
+/// Which final rows or dead letters to read.
+#[derive(Debug, Clone)]
+pub enum RowFilter {
+    /// Rows loaded by these batches.
+    BatchIds(Vec<String>),
+    /// Rows derived from these records.
+    RecordIds(Vec<String>),
+    /// Rows with these primary keys (canonical texts, in primary-key order).
+    Keys(Vec<Vec<String>>),
+}
+
+impl RowFilter {
+    /// The filter in pieces of at most `n` values (one query each).
+    pub fn chunks(&self, n: usize) -> Vec<RowFilter> {
+        match self {
+            RowFilter::BatchIds(v) => v
+                .chunks(n)
+                .map(|c| RowFilter::BatchIds(c.to_vec()))
+                .collect(),
+            RowFilter::RecordIds(v) => v
+                .chunks(n)
+                .map(|c| RowFilter::RecordIds(c.to_vec()))
+                .collect(),
+            RowFilter::Keys(v) => v.chunks(n).map(|c| RowFilter::Keys(c.to_vec())).collect(),
+        }
+    }
+
+    /// The lineage column an id filter reads (`None` for keys).
+    pub fn column(&self) -> Option<&'static str> {
+        match self {
+            RowFilter::BatchIds(_) => Some("_weir_batch_id"),
+            RowFilter::RecordIds(_) => Some("_weir_record_id"),
+            RowFilter::Keys(_) => None,
+        }
+    }
+}
+
+/// Values per read query (binds stay far below any driver's limit).
+pub(crate) const READ_CHUNK: usize = 500;
+
+/// A final row as stored: every declared column as text (`None` for NULL), in declaration order, with lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// The declared columns.
+    pub cells: Vec<Option<String>>,
+    /// `_weir_record_id`.
+    pub record_id: String,
+    /// `_weir_batch_id`.
+    pub batch_id: String,
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    /// The record.
+    pub record_id: String,
+    /// The batch that dead-lettered it.
+    pub batch_id: String,
+    /// `rule`, `sandbox`, `validate` or `sink`.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// A sink.
 #[async_trait]
 pub trait Sink: Send + Sync {
@@ -306,6 +387,22 @@ pub trait Sink: Send + Sync {
         expected: &str,
         new: &str,
     ) -> Result<bool, SinkError>;
+
+    /// Every ledger row, oldest first (reconcile, replay).
+    async fn ledger(&self) -> Result<Vec<LedgerRow>, SinkError>;
+
+    /// The final rows of `spec` that match `filter`, every column read back as text.
+    async fn stored_rows(
+        &self,
+        spec: &TableSpec,
+        filter: &RowFilter,
+    ) -> Result<Vec<StoredRow>, SinkError>;
+
+    /// The dead letters of these batches or records (`RowFilter::Keys` matches nothing).
+    async fn dead_letters(&self, filter: &RowFilter) -> Result<Vec<DeadLetterRow>, SinkError>;
+
+    /// How many rows of `spec` name a batch the ledger does not have.
+    async fn rows_without_batch(&self, spec: &TableSpec) -> Result<usize, SinkError>;
 
     /// Where data goes, for people.
     fn describe(&self) -> String;

@@ -26,8 +26,8 @@ use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
 use super::{
-    Commit, Lease, Load, SchemaPlan, Sink, SinkError, clean_text, dedupe, lineage_ddl,
-    payload_preview, quote, rows_by_table,
+    Commit, DeadLetterRow, Lease, LedgerRow, Load, READ_CHUNK, RowFilter, SchemaPlan, Sink,
+    SinkError, StoredRow, clean_text, dedupe, lineage_ddl, payload_preview, quote, rows_by_table,
 };
 use crate::aws::AwsConfig;
 use crate::config::{IamConfig, MergeMode, StageFillConfig};
@@ -419,7 +419,71 @@ pub fn table_ddl(schema: &str, spec: &TableSpec, redshift: bool) -> String {
     )
 }
 
+/// The `WHERE` condition of a read and its text parameters: an `IN` list of lineage ids, or primary keys
+/// (`(k1 = CAST($1 AS …) AND k2 = …) OR …`).
+fn read_condition(spec: &TableSpec, filter: &RowFilter) -> (String, Vec<(String, Type)>) {
+    match filter {
+        RowFilter::BatchIds(ids) | RowFilter::RecordIds(ids) => {
+            let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            let column = filter.column().expect("an id filter");
+            (
+                format!("{} IN ({})", quote(column), marks.join(", ")),
+                ids.iter().map(|v| (v.clone(), Type::VARCHAR)).collect(),
+            )
+        }
+        RowFilter::Keys(keys) => {
+            let mut params = Vec::new();
+            let mut ors = Vec::new();
+            for key in keys {
+                let mut ands = Vec::new();
+                for (column, value) in spec.primary_key.iter().zip(key) {
+                    let ty = spec
+                        .columns
+                        .iter()
+                        .find(|(c, _)| c == column)
+                        .map(|(_, t)| *t)
+                        .expect("key columns are declared");
+                    params.push((value.clone(), Type::VARCHAR));
+                    ands.push(format!(
+                        "{} = CAST(${} AS {})",
+                        quote(column),
+                        params.len(),
+                        sql_type(ty)
+                    ));
+                }
+                ors.push(format!("({})", ands.join(" AND ")));
+            }
+            if ors.is_empty() {
+                ors.push("1 = 0".into());
+            }
+            (ors.join(" OR "), params)
+        }
+    }
+}
+
 impl RedshiftSink {
+    /// Runs one read query with text parameters on the session.
+    async fn read(
+        &self,
+        sql: String,
+        params: Vec<(String, Type)>,
+    ) -> Result<Vec<tokio_postgres::Row>, SinkError> {
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = async {
+            let refs: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = params
+                .iter()
+                .map(|(v, t)| (v as &(dyn tokio_postgres::types::ToSql + Sync), t.clone()))
+                .collect();
+            conn.client
+                .query_typed(traced(&sql), &refs)
+                .await
+                .map_err(classify)
+        }
+        .await;
+        Self::settle(&mut guard, result)
+    }
+
     /// A sink for `url` (`postgres://user:password@host:port/database[?sslmode=…]`); connects lazily.
     ///
     /// TLS (rustls, certificate and hostname verified against the public web roots plus
@@ -915,6 +979,113 @@ impl Sink for RedshiftSink {
             };
         }
         Self::settle(&mut guard, result)
+    }
+
+    async fn ledger(&self) -> Result<Vec<LedgerRow>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .read(
+                format!(
+                    "SELECT batch_id, source, \"partition\", raw_ref, rule_digest, drop_reasons \
+                     FROM {s}.weir_batches ORDER BY loaded_at, batch_id"
+                ),
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LedgerRow {
+                batch_id: r.get(0),
+                source: r.get(1),
+                partition: r.get(2),
+                raw_ref: r.get(3),
+                rule_digest: r.get(4),
+                drop_reasons: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn stored_rows(
+        &self,
+        spec: &TableSpec,
+        filter: &RowFilter,
+    ) -> Result<Vec<StoredRow>, SinkError> {
+        // Every column read back as text; SUPER through JSON_SERIALIZE.
+        let columns: Vec<String> = spec
+            .columns
+            .iter()
+            .map(|(c, ty)| match ty {
+                ColumnType::Super => format!("JSON_SERIALIZE({})", quote(c)),
+                _ => format!("CAST({} AS VARCHAR(65535))", quote(c)),
+            })
+            .collect();
+        let select = format!(
+            "SELECT {}, \"_weir_record_id\", \"_weir_batch_id\" FROM {}.{}",
+            columns.join(", "),
+            quote(&self.schema),
+            quote(&spec.name)
+        );
+        let n = spec.columns.len();
+        let mut out = Vec::new();
+        for chunk in filter.chunks(READ_CHUNK) {
+            let (condition, params) = read_condition(spec, &chunk);
+            for r in self
+                .read(format!("{select} WHERE {condition}"), params)
+                .await?
+            {
+                out.push(StoredRow {
+                    cells: (0..n).map(|i| r.get::<_, Option<String>>(i)).collect(),
+                    record_id: r.get(n),
+                    batch_id: r.get(n + 1),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, filter: &RowFilter) -> Result<Vec<DeadLetterRow>, SinkError> {
+        let column = match filter {
+            RowFilter::BatchIds(_) => "batch_id",
+            RowFilter::RecordIds(_) => "record_id",
+            RowFilter::Keys(_) => return Ok(Vec::new()),
+        };
+        let s = quote(&self.schema);
+        let mut out = Vec::new();
+        for chunk in filter.chunks(READ_CHUNK) {
+            let ids = match &chunk {
+                RowFilter::BatchIds(v) | RowFilter::RecordIds(v) => v.clone(),
+                RowFilter::Keys(_) => Vec::new(),
+            };
+            let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            let params = ids.into_iter().map(|v| (v, Type::VARCHAR)).collect();
+            let sql = format!(
+                "SELECT record_id, batch_id, stage, reason FROM {s}.weir_dead_letters WHERE {column} IN ({})",
+                marks.join(", ")
+            );
+            for r in self.read(sql, params).await? {
+                out.push(DeadLetterRow {
+                    record_id: r.get(0),
+                    batch_id: r.get(1),
+                    stage: r.get(2),
+                    reason: r.get(3),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn rows_without_batch(&self, spec: &TableSpec) -> Result<usize, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .read(
+                format!(
+                    "SELECT COUNT(*) FROM {s}.{} WHERE \"_weir_batch_id\" NOT IN (SELECT batch_id FROM {s}.weir_batches)",
+                    quote(&spec.name)
+                ),
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize)
     }
 
     async fn leases(&self, source: &str, now_us: i64) -> Result<Vec<Lease>, SinkError> {
