@@ -165,6 +165,21 @@ pub struct MissingRaw {
     pub orphan_rows: usize,
 }
 
+impl Difference {
+    /// A whole-row difference (`missing`, `orphan`, `unexpected`, `added`, `removed`).
+    fn row(record_id: &str, spec: &TableSpec, key: &[String], kind: &str) -> Difference {
+        Difference {
+            record_id: record_id.to_string(),
+            table: spec.name.clone(),
+            key: key_text(spec, key),
+            kind: kind.to_string(),
+            column: None,
+            expected: None,
+            actual: None,
+        }
+    }
+}
+
 /// Emitted, dropped and rejected records of one hour (source time), for the chart.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HourCounts {
@@ -555,15 +570,7 @@ pub async fn reconcile(run: &Run<'_>, mode: Mode) -> Result<Report, ReconcileErr
                     &mut report.differences,
                     &mut report.difference_counts,
                     run.max_differences,
-                    Difference {
-                        record_id: row.record_id.clone(),
-                        table: spec.name.clone(),
-                        key: key_text(spec, &key_of(spec, &cells)),
-                        kind: "orphan".into(),
-                        column: None,
-                        expected: None,
-                        actual: None,
-                    },
+                    Difference::row(&row.record_id, spec, &key_of(spec, &cells), "orphan"),
                 );
             }
         }
@@ -872,15 +879,8 @@ async fn compare_group(
                         p.orphan_rows += 1;
                         let spec = &run.tables[t];
                         let cells = stored_canonical(spec, row);
-                        let d = Difference {
-                            record_id: row.record_id.clone(),
-                            table: spec.name.clone(),
-                            key: key_text(spec, &key_of(spec, &cells)),
-                            kind: "orphan".into(),
-                            column: None,
-                            expected: None,
-                            actual: None,
-                        };
+                        let d =
+                            Difference::row(&row.record_id, spec, &key_of(spec, &cells), "orphan");
                         note(
                             &mut report.differences,
                             &mut report.difference_counts,
@@ -939,15 +939,12 @@ async fn compare_group(
                             Some(_) => {} // a later record with the same key replaced it
                             None => {
                                 all_there = false;
-                                diffs.push(Difference {
-                                    record_id: line.id.clone(),
-                                    table: spec.name.clone(),
-                                    key: key_text(spec, &key),
-                                    kind: if shadow { "added" } else { "missing" }.into(),
-                                    column: None,
-                                    expected: None,
-                                    actual: None,
-                                });
+                                diffs.push(Difference::row(
+                                    &line.id,
+                                    spec,
+                                    &key,
+                                    if shadow { "added" } else { "missing" },
+                                ));
                             }
                         }
                     }
@@ -971,15 +968,12 @@ async fn compare_group(
                     for (t, key) in held {
                         if !expected_keys.contains(&(*t, key.clone())) {
                             let spec = &run.tables[*t];
-                            diffs.push(Difference {
-                                record_id: line.id.clone(),
-                                table: spec.name.clone(),
-                                key: key_text(spec, key),
-                                kind: if shadow { "removed" } else { "unexpected" }.into(),
-                                column: None,
-                                expected: None,
-                                actual: None,
-                            });
+                            diffs.push(Difference::row(
+                                &line.id,
+                                spec,
+                                key,
+                                if shadow { "removed" } else { "unexpected" },
+                            ));
                         }
                     }
                 }
