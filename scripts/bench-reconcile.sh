@@ -12,7 +12,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 n=${1:-1000000}
 work=$(mktemp -d)
 db="weir_bench_reconcile_$$"
-trap 'rm -rf "$work"; psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+# WEIR_BENCH_KEEP=1 keeps the loaded database and RAW (printed at the end) for more runs of reconcile.
+if [ -z "${WEIR_BENCH_KEEP:-}" ]; then
+  trap 'rm -rf "$work"; psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+fi
 
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh >/dev/null
@@ -55,3 +58,4 @@ printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
 awk -v n="$n" -v r="$rows" -v s="$load_secs" 'BEGIN { printf "| load (weir run) | %d | %d | | %.1f | %.0f | | |\n", n, r, s, n / s }'
 awk -v n="$raw" -v r="$rows" -v o="$objects" -v s="$secs" -v m="$rss" -v p="$found" \
   'BEGIN { printf "| weir reconcile | %d | %d | %d | %.1f | %.0f | %s | %d |\n", n, r, o, s, n / s, m, p }'
+[ -z "${WEIR_BENCH_KEEP:-}" ] || echo "kept: config $cfg (database $db)" >&2

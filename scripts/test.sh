@@ -22,6 +22,12 @@ started=$SECONDS
 services=$(scripts/services.sh)   # fails the run when a service cannot start
 eval "$services"
 scripts/build-plugins.sh
+# cfn-lint (PyPI, pinned) checks the CloudFormation template of the deployment kit.
+export WEIR_CFN_VENV=${WEIR_CFN_VENV:-/var/tmp/weir-cfn}
+if [ ! -x "$WEIR_CFN_VENV/bin/cfn-lint" ]; then
+  echo "==> installing cfn-lint (PyPI) into $WEIR_CFN_VENV"
+  python3 -m venv "$WEIR_CFN_VENV" && "$WEIR_CFN_VENV/bin/pip" install -q 'cfn-lint==1.58.0'
+fi
 # Headless Chromium renders the reconcile HTML report in tests/reconcile.rs.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   echo "==> installing chromium (Debian package)"

@@ -350,3 +350,156 @@ async fn two_workers_share_and_take_over() {
     assert_exactly_once(&db, 1000).await;
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// A free local port for an admin endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on a worker's admin endpoint: (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The sum of a metric's samples whose labels contain `filter` (all samples with an empty filter).
+fn metric(body: &str, name: &str, filter: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(filter))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Three workers share a 6-shard stream, each with its admin endpoint. While records keep coming, SIGTERM to
+/// one: it exits 0 well within `shutdown_grace_secs`, the other two take its shards. Every record lands exactly
+/// once, and the counts on `/metrics` (with the stopped worker's own summary) equal the final tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_metrics_and_graceful_sigterm() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let configs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .zip(ports)
+        .map(|(w, port)| {
+            let path = write_config(dir.path(), &name, &db.url, w, "");
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("idle_exit_secs = 5", "idle_exit_secs = 20");
+            let text = format!(
+                "{text}\n[worker]\nadmin_bind = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 30\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let producer = {
+        let (k, name) = (k.clone(), name.clone());
+        tokio::spawn(async move {
+            for round in 0..30 {
+                put(&k, &name, round * 40..(round + 1) * 40).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        })
+    };
+    let workers: Vec<Worker> = configs.iter().map(|c| Worker::start(c)).collect();
+    // Every worker serves its admin endpoint, is ready, and holds shards.
+    let mut owners = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        owners = db
+            .count("SELECT count(DISTINCT owner) FROM weir_checkpoints WHERE owner <> ''")
+            .await;
+        if owners == 3 {
+            break;
+        }
+    }
+    assert_eq!(owners, 3, "all three workers hold shards");
+    for port in ports {
+        assert_eq!(get(port, "/healthz"), (200, "ok\n".to_string()));
+        assert_eq!(get(port, "/readyz").0, 200);
+        let (status, body) = get(port, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("# TYPE weir_stage_seconds histogram"),
+            "{body}"
+        );
+        assert!(metric(&body, "weir_leases_held", "") >= 1.0, "{body}");
+    }
+    // SIGTERM to the first worker while records keep coming.
+    let mut workers = workers.into_iter();
+    let first = workers.next().unwrap();
+    let stopped_at = std::time::Instant::now();
+    first.signal("-TERM");
+    let out = first.wait().await;
+    let took = stopped_at.elapsed();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(took < Duration::from_secs(30), "exited after {took:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let first_records: i64 = stdout
+        .split("records in: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a run summary: {stdout}"));
+    producer.await.unwrap();
+    // Wait until everything is loaded, then read the survivors' metrics before they go idle.
+    for _ in 0..120 {
+        if db
+            .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await
+            >= 1200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut scraped_records = 0.0;
+    let mut scraped_orders = 0.0;
+    for port in &ports[1..] {
+        let (_, body) = get(*port, "/metrics");
+        scraped_records += metric(&body, "weir_records_total", "");
+        scraped_orders += metric(&body, "weir_rows_total", "table=\"orders\"");
+        assert!(
+            metric(&body, "weir_stage_seconds_count", "stage=\"load\"") >= 1.0,
+            "{body}"
+        );
+        assert!(
+            body.contains("weir_kinesis_millis_behind_latest{shard="),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        scraped_records as i64 + first_records,
+        1200,
+        "metrics count every record once"
+    );
+    let first_orders = first_records; // every generated record emits one order row
+    assert_eq!(
+        scraped_orders as i64 + first_orders,
+        db.count("SELECT count(*) FROM orders").await
+    );
+    for w in workers {
+        let out = w.wait().await;
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    assert_exactly_once(&db, 1200).await;
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}

@@ -64,6 +64,36 @@ pub struct Config {
     /// AWS region and endpoint override, for every AWS backend.
     #[serde(default)]
     pub aws: crate::aws::AwsConfig,
+    /// The worker process: admin endpoint and shutdown.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/metrics`), e.g. `0.0.0.0:9898`. Default: off.
+    #[serde(default)]
+    pub admin_bind: Option<String>,
+    /// After SIGTERM/SIGINT, how long the worker may take to commit its in-flight batches and release its
+    /// leases before it exits anyway (safe: nothing is acknowledged before its commit). Default 110: inside
+    /// the two-minute EC2 spot interruption notice.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    110
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            admin_bind: None,
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
 }
 
 /// `[source]`.
@@ -84,7 +114,7 @@ pub enum SourceConfig {
     Sqs {
         /// The queue URL, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`.
         queue_url: String,
-        /// Concurrent long-polling receivers. Default 4.
+        /// Concurrent long-polling receivers. Default: twice the cores, at least 4.
         #[serde(default = "default_receivers")]
         receivers: usize,
         /// Long-poll wait per receive call, in seconds (0–20). Default 20.
@@ -149,8 +179,13 @@ fn default_renew_secs() -> u64 {
     10
 }
 
+/// The machine's cores (the defaults of the concurrency settings follow it).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn default_receivers() -> usize {
-    4
+    (2 * cores()).max(4)
 }
 fn default_wait_secs() -> i32 {
     20
@@ -266,7 +301,7 @@ pub struct RuleConfig {
     /// the RAW bucket for S3, none for MongoDB RAW.
     #[serde(default)]
     pub store: Option<String>,
-    /// Rule instances that process one batch in parallel (contiguous slices of it). Default 1.
+    /// Rule instances that process one batch in parallel (contiguous slices of it). Default: the cores.
     #[serde(default = "default_instances")]
     pub instances: usize,
     /// Where compiled plugins are cached. Default: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
@@ -282,7 +317,7 @@ fn default_batch_deadline_ms() -> u64 {
     2000
 }
 fn default_instances() -> usize {
-    1
+    cores()
 }
 fn default_max_rows_per_record() -> usize {
     10_000
@@ -305,7 +340,7 @@ pub struct SinkConfig {
     /// file). Default: the public web roots only, which Redshift's certificates chain to.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
-    /// postgres / redshift: most database sessions this worker opens. Default 2.
+    /// postgres / redshift: most database sessions this worker opens. Default: the cores, at least 2.
     #[serde(default = "default_connections")]
     pub connections: usize,
     /// postgres / redshift: the schema of the final and weir tables. Default `public`.
@@ -389,7 +424,7 @@ fn default_stage_prefix() -> String {
 }
 
 fn default_connections() -> usize {
-    2
+    cores().max(2)
 }
 
 fn default_schema() -> String {

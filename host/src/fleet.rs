@@ -168,6 +168,7 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
+        crate::metrics::global().set("weir_leases_held", &[], running.len() as f64);
         // 1. Ended pipelines.
         let finished: Vec<String> = running
             .iter()
@@ -349,6 +350,7 @@ pub async fn run(
                 },
             );
         }
+        crate::metrics::global().set("weir_leases_held", &[], running.len() as f64);
 
         // Idle exit: nothing running, and this worker has read every ready shard until it was idle (shards
         // other workers hold are waited for: they may die, and their records must not wait for a restart).

@@ -4,6 +4,7 @@
 //! after the RAW copy and the final rows have committed.
 //!
 //! Layout:
+//! - [`admin`]: the admin endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus).
 //! - [`aws`]: AWS settings shared by the AWS backends.
 //! - [`config`]: the TOML configuration, `${ENV}` interpolation, checks that name the field.
 //! - [`fleet`]: Kinesis shards shared by workers through leases; resharding order.
@@ -22,6 +23,7 @@
 //! - [`reconcile`]: RAW against final data (`weir reconcile`, `weir replay`, shadow runs).
 //! - [`worker`]: builds a pipeline from a configuration; what `weir run` and `weir validate` use.
 
+pub mod admin;
 pub mod aws;
 pub mod config;
 pub mod fleet;

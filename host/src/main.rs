@@ -141,6 +141,9 @@ struct WindowArgs {
     /// Only this batch (its id in the ledger).
     #[arg(long, conflicts_with_all = ["since", "until"])]
     batch: Option<String>,
+    /// RAW records read and compared together: more is faster (fewer table scans), less uses less memory.
+    #[arg(long, default_value_t = 100_000)]
+    group_records: usize,
 }
 
 impl WindowArgs {
@@ -293,7 +296,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         } => {
             reconcile(
                 &config,
-                &window.window()?,
+                &window,
                 None,
                 json,
                 html.as_deref(),
@@ -317,7 +320,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             });
             reconcile(
                 &config,
-                &window.window()?,
+                &window,
                 Some(&plugin),
                 json,
                 html.as_deref(),
@@ -399,16 +402,31 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 
 async fn run(path: &Path) -> Result<ExitCode> {
     let loaded = config::load(path)?;
+    if let Some(bind) = &loaded.config.worker.admin_bind {
+        let addr = weir::admin::serve(bind).await.with_context(|| {
+            format!("worker.admin_bind: cannot listen on {bind}; pick a free address or remove it")
+        })?;
+        tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
+    }
+    let grace = Duration::from_secs(loaded.config.worker.shutdown_grace_secs);
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(
-            "signal received: finishing the in-flight batch (signal again to exit at once)"
+            grace_secs = grace.as_secs(),
+            "signal received: finishing the in-flight batches and releasing leases (signal again to exit at once)"
         );
+        weir::admin::set_ready(false);
         let _ = stop.send(true);
-        wait_for_signal().await;
-        // Safe: nothing is acknowledged before its commit, so the next start resumes from the checkpoint.
-        eprintln!("second signal: exiting now");
+        // Safe either way: nothing is acknowledged before its commit, so the next start resumes from the
+        // checkpoint.
+        tokio::select! {
+            _ = wait_for_signal() => eprintln!("second signal: exiting now"),
+            _ = tokio::time::sleep(grace) => eprintln!(
+                "shutdown_grace_secs ({}) passed before the in-flight batches committed: exiting now",
+                grace.as_secs()
+            ),
+        }
         std::process::exit(130);
     });
     let summary = weir::worker::run(&loaded, shutdown).await?;
@@ -493,7 +511,7 @@ async fn validate_config(path: &Path) -> Result<ExitCode> {
 /// `weir reconcile`, and with `shadow` (a plugin) a shadow run (`weir replay --dry-run`).
 async fn reconcile(
     path: &Path,
-    window: &weir::reconcile::Window,
+    args: &WindowArgs,
     shadow: Option<&Path>,
     json: bool,
     html: Option<&Path>,
@@ -501,6 +519,7 @@ async fn reconcile(
 ) -> Result<ExitCode> {
     use std::io::IsTerminal;
     use std::sync::Arc;
+    let window = &args.window()?;
     let loaded = config::load(path)?;
     let runtime = weir::worker::runtime(&loaded)?;
     let limits = weir::worker::rule_limits(&loaded);
@@ -530,7 +549,7 @@ async fn reconcile(
         shadow: shadow.clone(),
         window,
         max_differences,
-        group_records: 50_000,
+        group_records: args.group_records,
         progress: std::io::stderr().is_terminal(),
     };
     let mode = if shadow.is_some() {

@@ -81,6 +81,224 @@ impl Histogram {
     }
 }
 
+/// Upper bounds (seconds) of the Prometheus histogram buckets of stage durations.
+const STAGE_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// What each metric means, and its Prometheus type: the `/metrics` catalogue.
+const CATALOGUE: [(&str, &str, &str); 11] = [
+    ("weir_batches_total", "counter", "Batches committed."),
+    (
+        "weir_records_total",
+        "counter",
+        "Records committed, by outcome (emitted, dropped, rejected).",
+    ),
+    (
+        "weir_rows_total",
+        "counter",
+        "Final rows upserted, by table.",
+    ),
+    (
+        "weir_dead_letters_total",
+        "counter",
+        "Records dead-lettered, by stage (rule, sandbox, validate, sink).",
+    ),
+    (
+        "weir_rule_traps_total",
+        "counter",
+        "Rule calls that trapped, timed out or ran out of memory.",
+    ),
+    (
+        "weir_stage_seconds",
+        "histogram",
+        "Duration per batch of each stage: fetch (first record to batch), raw, rule, load, end_to_end (first record received to commit).",
+    ),
+    (
+        "weir_kinesis_millis_behind_latest",
+        "gauge",
+        "Kinesis: how far each shard reader is behind the tip of its shard.",
+    ),
+    (
+        "weir_sqs_messages_in_flight",
+        "gauge",
+        "SQS: received messages not yet deleted.",
+    ),
+    (
+        "weir_leases_held",
+        "gauge",
+        "Kinesis shard leases this worker holds.",
+    ),
+    (
+        "weir_ready",
+        "gauge",
+        "1 while the worker is ready (rule loaded, sink prepared, source open), 0 while starting or stopping.",
+    ),
+    ("weir_up", "gauge", "Always 1: the worker is running."),
+];
+
+type Labels = Vec<(String, String)>;
+
+/// A Prometheus histogram of seconds.
+#[derive(Debug, Clone, Default)]
+struct SecondsHistogram {
+    buckets: [u64; STAGE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The worker's metrics for `/metrics`: counters, gauges and histograms keyed by name and labels. One per
+/// process ([`global`]); every stage and backend records into it.
+#[derive(Debug, Default)]
+pub struct Registry {
+    counters: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), u64>>,
+    gauges: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), f64>>,
+    histograms: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), SecondsHistogram>>,
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> (String, Labels) {
+    (
+        name.to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+impl Registry {
+    /// Adds `by` to a counter.
+    pub fn inc(&self, name: &str, labels: &[(&str, &str)], by: u64) {
+        *self
+            .counters
+            .lock()
+            .expect("not poisoned")
+            .entry(key(name, labels))
+            .or_default() += by;
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.gauges
+            .lock()
+            .expect("not poisoned")
+            .insert(key(name, labels), value);
+    }
+
+    /// Adds `by` (may be negative) to a gauge.
+    pub fn add(&self, name: &str, labels: &[(&str, &str)], by: f64) {
+        *self
+            .gauges
+            .lock()
+            .expect("not poisoned")
+            .entry(key(name, labels))
+            .or_default() += by;
+    }
+
+    /// Counts one duration of a stage (`weir_stage_seconds{stage=…}`).
+    pub fn observe_stage(&self, stage: &str, d: Duration) {
+        let secs = d.as_secs_f64();
+        let mut h = self.histograms.lock().expect("not poisoned");
+        let h = h
+            .entry(key("weir_stage_seconds", &[("stage", stage)]))
+            .or_default();
+        for (i, le) in STAGE_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// A counter's value (0 when never counted).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters
+            .lock()
+            .expect("not poisoned")
+            .get(&key(name, labels))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        fn labels(l: &Labels, extra: Option<(&str, String)>) -> String {
+            let mut parts: Vec<String> = l
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    format!("{k}=\"{v}\"")
+                })
+                .collect();
+            if let Some((k, v)) = extra {
+                parts.push(format!("{k}=\"{v}\""));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
+        }
+        let counters = self.counters.lock().expect("not poisoned").clone();
+        let gauges = self.gauges.lock().expect("not poisoned").clone();
+        let histograms = self.histograms.lock().expect("not poisoned").clone();
+        let mut out = String::new();
+        for (name, kind, help) in CATALOGUE {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            match kind {
+                "counter" => {
+                    for ((n, l), v) in counters.iter().filter(|((n, _), _)| n == name) {
+                        let _ = writeln!(out, "{n}{} {v}", labels(l, None));
+                    }
+                }
+                "gauge" => {
+                    for ((n, l), v) in gauges.iter().filter(|((n, _), _)| n == name) {
+                        let _ = writeln!(out, "{n}{} {v}", labels(l, None));
+                    }
+                }
+                _ => {
+                    for ((n, l), h) in histograms.iter().filter(|((n, _), _)| n == name) {
+                        for (i, le) in STAGE_BUCKETS.iter().enumerate() {
+                            let _ = writeln!(
+                                out,
+                                "{n}_bucket{} {}",
+                                labels(l, Some(("le", le.to_string()))),
+                                h.buckets[i]
+                            );
+                        }
+                        let _ = writeln!(
+                            out,
+                            "{n}_bucket{} {}",
+                            labels(l, Some(("le", "+Inf".into()))),
+                            h.count
+                        );
+                        let _ = writeln!(out, "{n}_sum{} {}", labels(l, None), h.sum);
+                        let _ = writeln!(out, "{n}_count{} {}", labels(l, None), h.count);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let r = Registry::default();
+        r.set("weir_up", &[], 1.0);
+        r.set("weir_ready", &[], 0.0);
+        r
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +317,46 @@ mod tests {
         assert!((990.0..=1000.0).contains(&p99), "{p99}");
         assert_eq!(h.max(), Duration::from_millis(1000));
         assert_eq!(h.count(), 1000);
+    }
+
+    /// The exposition has HELP/TYPE lines, labelled samples and cumulative histogram buckets.
+    #[test]
+    fn prometheus_text() {
+        let r = Registry::default();
+        r.inc("weir_records_total", &[("outcome", "emitted")], 5);
+        r.inc("weir_records_total", &[("outcome", "emitted")], 2);
+        r.set(
+            "weir_kinesis_millis_behind_latest",
+            &[("shard", "s\"1")],
+            250.0,
+        );
+        r.observe_stage("load", Duration::from_millis(30));
+        r.observe_stage("load", Duration::from_secs(2));
+        let text = r.render();
+        assert!(text.contains("# TYPE weir_records_total counter"));
+        assert!(
+            text.contains("weir_records_total{outcome=\"emitted\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_kinesis_millis_behind_latest{shard=\"s\\\"1\"} 250\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_stage_seconds_bucket{stage=\"load\",le=\"0.05\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_stage_seconds_bucket{stage=\"load\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_stage_seconds_count{stage=\"load\"} 2\n"),
+            "{text}"
+        );
+        assert_eq!(
+            r.counter("weir_records_total", &[("outcome", "emitted")]),
+            7
+        );
     }
 }

@@ -325,6 +325,7 @@ async fn batcher(
         };
         if flush && let Some(mut b) = pending.take() {
             b.assign_id();
+            crate::metrics::global().observe_stage("fetch", b.started.elapsed());
             prev_position = b.last_position().to_string();
             if out.send(b).await.is_err() {
                 return Ok(()); // a later stage stopped; it reports why
@@ -358,6 +359,7 @@ async fn raw_stage(
     let mut done = 0;
     while let Some(batch) = input.recv().await {
         let span = tracing::info_span!("raw", batch = %batch.id, partition = %batch.partition);
+        let began = Instant::now();
         let raw_refs = retrying(&retry, "RAW write", || raw.put(&batch))
             .instrument(span)
             .await
@@ -366,6 +368,7 @@ async fn raw_stage(
                 attempts,
                 message: e.to_string(),
             })?;
+        crate::metrics::global().observe_stage("raw", began.elapsed());
         done += 1;
         CrashPoint::check(crash, done);
         if out.send(Archived { batch, raw_refs }).await.is_err() {
@@ -386,6 +389,7 @@ async fn rules_stage(
     while let Some(Archived { batch, raw_refs }) = input.recv().await {
         let rule = rule.clone();
         let tables = tables.clone();
+        let began = Instant::now();
         let (batch, outcomes) = tokio::task::spawn_blocking(move || {
             let run = |records: &[crate::rules::SourceRecord]| -> Vec<RecordOutcome> {
                 rule.process(&batch.id, records)
@@ -414,6 +418,7 @@ async fn rules_stage(
         })
         .await
         .map_err(|e| PipelineError::Stage(format!("rule stage: {e}")))?;
+        crate::metrics::global().observe_stage("rule", began.elapsed());
         if out
             .send(Processed {
                 batch,
@@ -442,6 +447,7 @@ async fn sink_stage(
     while let Some(mut p) = input.recv().await {
         let span = tracing::info_span!("load", batch = %p.batch.id, partition = %p.batch.partition);
         let loaded_at_us = crate::record::wall_clock_us();
+        let began = Instant::now();
         let commit = loop {
             let load = Load {
                 batch: &p.batch,
@@ -487,6 +493,12 @@ async fn sink_stage(
         CrashPoint::check(crash, summary.batches + 1);
         acker.ack(&p.batch).instrument(span.clone()).await?;
         summary.add(&tables, &p.outcomes);
+        record_metrics(
+            &tables,
+            &p.outcomes,
+            began.elapsed(),
+            p.batch.started.elapsed(),
+        );
         let c = crate::sink::Counts::of(&p.outcomes);
         span.in_scope(|| {
             tracing::info!(
@@ -528,6 +540,50 @@ impl CrashPoint {
             eprintln!("WEIR_CRASH_AFTER: aborting after {} {}", p.stage, done);
             std::process::abort();
         }
+    }
+}
+
+/// Counts a committed batch in the process's metrics.
+fn record_metrics(
+    tables: &[TableSpec],
+    outcomes: &[RecordOutcome],
+    load: Duration,
+    end_to_end: Duration,
+) {
+    let m = crate::metrics::global();
+    m.observe_stage("load", load);
+    m.observe_stage("end_to_end", end_to_end);
+    m.inc("weir_batches_total", &[], 1);
+    let (mut emitted, mut dropped, mut rejected) = (0, 0, 0);
+    let mut rows: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for o in outcomes {
+        match o {
+            RecordOutcome::Emit(r) => {
+                emitted += 1;
+                for row in r {
+                    *rows.entry(&tables[row.table].name).or_default() += 1;
+                }
+            }
+            RecordOutcome::Drop(_) => dropped += 1,
+            RecordOutcome::Reject(stage, _) => {
+                rejected += 1;
+                *dead.entry(stage.as_str()).or_default() += 1;
+            }
+        }
+    }
+    for (outcome, n) in [
+        ("emitted", emitted),
+        ("dropped", dropped),
+        ("rejected", rejected),
+    ] {
+        m.inc("weir_records_total", &[("outcome", outcome)], n);
+    }
+    for (table, n) in rows {
+        m.inc("weir_rows_total", &[("table", table)], n);
+    }
+    for (stage, n) in dead {
+        m.inc("weir_dead_letters_total", &[("stage", stage)], n);
     }
 }
 

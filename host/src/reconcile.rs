@@ -727,7 +727,8 @@ async fn compare_group(
     let tables = run.tables.to_vec();
     let max_rows = run.max_rows;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let results = tokio::task::spawn_blocking(move || {
+    // The rules run while the sink is read.
+    let rule_runs = tokio::task::spawn_blocking(move || {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let done = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
@@ -749,12 +750,7 @@ async fn compare_group(
             }
         });
         done.into_inner().expect("not poisoned")
-    })
-    .await
-    .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))?;
-    for (i, outcomes) in results {
-        group[i].outcomes = Some(outcomes);
-    }
+    });
 
     // What the sink holds for these batches, and for records of objects no ledger batch covers.
     let batch_ids: Vec<String> = group
@@ -787,22 +783,25 @@ async fn compare_group(
         }
         stored.push(rows);
     }
+    // Each stored row canonicalized once: its key, and its rows by record and by batch.
+    let mut by_batch: HashMap<&str, Vec<(usize, &str, Vec<String>)>> = HashMap::new();
     for (t, spec) in run.tables.iter().enumerate() {
-        let mut map = HashMap::new();
+        let mut map = HashMap::with_capacity(stored[t].len());
         for row in &stored[t] {
             let cells = stored_canonical(spec, row);
-            map.insert(key_of(spec, &cells), (row.record_id.clone(), cells));
-        }
-        by_key.push(map);
-    }
-    for (t, rows) in stored.iter().enumerate() {
-        for row in rows {
-            let cells = stored_canonical(&run.tables[t], row);
+            let key = key_of(spec, &cells);
             by_record
                 .entry(row.record_id.as_str())
                 .or_default()
-                .push((t, key_of(&run.tables[t], &cells)));
+                .push((t, key.clone()));
+            by_batch.entry(row.batch_id.as_str()).or_default().push((
+                t,
+                row.record_id.as_str(),
+                key.clone(),
+            ));
+            map.insert(key, (row.record_id.clone(), cells));
         }
+        by_key.push(map);
     }
     let mut dead: HashMap<String, (String, String)> = HashMap::new();
     if !batch_ids.is_empty() {
@@ -822,6 +821,13 @@ async fn compare_group(
         {
             dead.insert(d.record_id, (d.stage, d.reason));
         }
+    }
+
+    let results = rule_runs
+        .await
+        .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))?;
+    for (i, outcomes) in results {
+        group[i].outcomes = Some(outcomes);
     }
 
     // Rows expected but not found under their batch: replaced by another record's row with the same key?
@@ -870,17 +876,12 @@ async fn compare_group(
                     }
                 }
             }
-            // Rows of this batch whose record is not in its RAW object.
-            for (t, rows) in stored.iter().enumerate() {
-                for row in rows {
-                    if batches.contains(row.batch_id.as_str())
-                        && !record_ids.contains(row.record_id.as_str())
-                    {
+            // Rows of this object's batches whose record is not in the object.
+            for batch in &batches {
+                for (t, record_id, key) in by_batch.get(batch).into_iter().flatten() {
+                    if !record_ids.contains(record_id) {
                         p.orphan_rows += 1;
-                        let spec = &run.tables[t];
-                        let cells = stored_canonical(spec, row);
-                        let d =
-                            Difference::row(&row.record_id, spec, &key_of(spec, &cells), "orphan");
+                        let d = Difference::row(record_id, &run.tables[*t], key, "orphan");
                         note(
                             &mut report.differences,
                             &mut report.difference_counts,

@@ -264,7 +264,9 @@ pub async fn run(
             }
         })
     };
+    crate::admin::set_ready(true);
     let summary = run_pipeline(loaded, rule, sink, raw, shutdown).await;
+    crate::admin::set_ready(false);
     if tokio::time::timeout(Duration::from_secs(10), stored)
         .await
         .is_err()

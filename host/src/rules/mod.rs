@@ -487,6 +487,7 @@ impl RulePlugin {
     /// A readable reason for a failed call, with what the guest printed (a Rust panic message, say).
     fn describe(&self, store: &mut Store<HostState>, error: wasmtime::Error) -> String {
         let printed = store.data().output.take();
+        crate::metrics::global().inc("weir_rule_traps_total", &[], 1);
         let reason = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => format!(
                 "rule deadline of {} ms exceeded",

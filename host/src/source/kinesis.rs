@@ -201,6 +201,11 @@ impl ShardReader {
         };
         if let Some(lag) = out.millis_behind_latest {
             self.lag_ms.store(lag, Ordering::Relaxed);
+            crate::metrics::global().set(
+                "weir_kinesis_millis_behind_latest",
+                &[("shard", &self.partition)],
+                lag as f64,
+            );
         }
         for r in out.records() {
             let seq = r.sequence_number();

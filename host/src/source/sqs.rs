@@ -434,14 +434,19 @@ async fn heartbeat(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(tick).await;
         let now = Instant::now();
-        let due: Vec<(String, String)> = shared
-            .inflight
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|(_, m)| m.visible_at <= now + shared.visibility / 2)
-            .map(|(k, m)| (k.clone(), m.receipt.clone()))
-            .collect();
+        let due: Vec<(String, String)> = {
+            let inflight = shared.inflight.lock().expect("not poisoned");
+            crate::metrics::global().set(
+                "weir_sqs_messages_in_flight",
+                &[("queue", &shared.queue)],
+                inflight.len() as f64,
+            );
+            inflight
+                .iter()
+                .filter(|(_, m)| m.visible_at <= now + shared.visibility / 2)
+                .map(|(k, m)| (k.clone(), m.receipt.clone()))
+                .collect()
+        };
         for chunk in due.chunks(10) {
             let receipts: Vec<String> = chunk.iter().map(|(_, r)| r.clone()).collect();
             match change_visibility(&shared, &receipts, shared.visibility.as_secs() as i32).await {
