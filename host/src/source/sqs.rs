@@ -335,14 +335,25 @@ async fn receive_loop(
                 continue;
             };
             let receipt = m.receipt_handle.unwrap_or_default();
-            shared.inflight.lock().expect("not poisoned").insert(
-                polled.position.clone(),
-                InFlight {
-                    receipt,
-                    visible_at: at + shared.visibility,
-                    handed: false,
-                },
-            );
+            {
+                let mut inflight = shared.inflight.lock().expect("not poisoned");
+                // SQS delivers at least once: a message received again while its first copy is still in
+                // flight keeps one copy, with the newest receipt handle (the one that deletes it).
+                if let Some(m) = inflight.get_mut(&polled.position) {
+                    tracing::debug!(position = %polled.position, "message received again while in flight; one copy kept");
+                    m.receipt = receipt;
+                    m.visible_at = at + shared.visibility;
+                    continue;
+                }
+                inflight.insert(
+                    polled.position.clone(),
+                    InFlight {
+                        receipt,
+                        visible_at: at + shared.visibility,
+                        handed: false,
+                    },
+                );
+            }
             if tx.send(Ok(polled)).await.is_err() {
                 return;
             }
