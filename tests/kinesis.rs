@@ -503,3 +503,47 @@ async fn three_workers_metrics_and_graceful_sigterm() {
     assert_exactly_once(&db, 1200).await;
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// kill -9 at random moments of a Kinesis worker, ten times, restarting it each time under the same worker id
+/// (it takes its own leases back at once), then a run to the end: every record exactly once, each batch in the
+/// ledger once (the checkpoint compare-and-set in the load transaction never lets a batch commit twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kill_9_loses_and_doubles_nothing() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 2).await;
+    put(&k, &name, 0..2000).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 20 records per GetRecords call and shard: a whole run takes several seconds.
+    let config = write_config(dir.path(), &name, &db.url, "a", "max_records_per_call = 20");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_records = 50", "max_records = 10");
+    std::fs::write(&config, text).unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash seed {seed}");
+    let mut killed = 0;
+    for _ in 0..10 {
+        let w = Worker::start(&config);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(400 + seed % 800)).await;
+        let running = db
+            .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await
+            < 2000;
+        w.signal("-KILL");
+        let _ = w.wait().await;
+        killed += running as usize;
+    }
+    assert!(killed >= 5, "only {killed} of 10 kills came before the end");
+    let out = Worker::start(&config).wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_exactly_once(&db, 2000).await;
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
