@@ -353,3 +353,52 @@ pub fn unique(prefix: &str) -> String {
             .subsec_nanos()
     )
 }
+
+/// A TCP front for a test server: forwards connections while up; while down it refuses new connections and
+/// cuts the open ones, as a stopped server would.
+pub struct TcpFront {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// `127.0.0.1:{port}` of the front.
+    pub addr: String,
+}
+
+impl TcpFront {
+    /// A front for `target` (`host:port`), up.
+    pub async fn start(target: &str) -> TcpFront {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, tasks, target) = (up.clone(), live.clone(), target.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        TcpFront { up, live, addr }
+    }
+
+    /// Brings the front up or down (down cuts every open connection).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for task in self.live.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
