@@ -520,19 +520,11 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         .unwrap()
         .replace("max_records = 50", "max_records = 10");
     std::fs::write(&config, text).unwrap();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash seed {seed}");
+    let mut rng = CrashRng::new();
     let mut killed = 0;
     for _ in 0..10 {
         let w = Worker::start(&config);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(400 + seed % 800)).await;
+        tokio::time::sleep(Duration::from_millis(400 + rng.below(800))).await;
         let running = db
             .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await

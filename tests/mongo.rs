@@ -231,18 +231,7 @@ async fn mongodb_outage_mid_run_recovers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let client = pg.client().await;
-    for _ in 0..500 {
-        if let Ok(row) = client
-            .query_one("SELECT count(*) FROM weir_batches", &[])
-            .await
-        {
-            if row.get::<_, i64>(0) >= 5 {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    pg.wait_for_batches(5).await;
     front.set_up(false);
     let during = pg.count("SELECT sum(records_in) FROM weir_batches").await;
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;

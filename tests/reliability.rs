@@ -139,34 +139,6 @@ async fn hostile_records_are_dead_lettered_or_stored_verbatim() {
     assert!(out.status.success(), "{}", show(&out));
 }
 
-/// A small pseudo-random generator (xorshift), seeded from the clock; the seed is printed so a failure can be
-/// replayed with `WEIR_CRASH_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("WEIR_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("crash seed {seed} (WEIR_CRASH_SEED={seed} replays it)");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// kill -9 at random moments (`WEIR_CRASH_ITERATIONS`, default 10) of a file → local RAW → PostgreSQL run,
 /// restarting each time, then once to the end: the final tables hold every input order exactly once, with the
 /// values computed independently from the input; RAW holds every record; every ledger batch balances.
@@ -188,7 +160,7 @@ async fn file_source_survives_random_kill_9() {
     let (input, expected_total) = orders_input(n);
     std::fs::write(dir.path().join("orders.jsonl"), input).unwrap();
 
-    let mut rng = Rng::new();
+    let mut rng = CrashRng::new();
     let mut killed = 0;
     for _ in 0..iterations {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -334,20 +306,7 @@ async fn postgres_restart_mid_run_recovers() {
         .spawn()
         .unwrap();
     // Restart once some batches have committed.
-    let client = db.client().await;
-    for _ in 0..500 {
-        // (the worker creates the table first)
-        if let Ok(row) = client
-            .query_one("SELECT count(*) FROM weir_batches", &[])
-            .await
-        {
-            if row.get::<_, i64>(0) >= 3 {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    drop(client);
+    db.wait_for_batches(3).await;
     let restart = std::process::Command::new("pg_ctlcluster")
         .args([
             "--skip-systemctl-redirect",

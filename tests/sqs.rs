@@ -8,8 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
@@ -513,39 +511,15 @@ async fn crash_between_commit_and_delete_replays_idempotently() {
     assert_eq!(aws.depth(&queue).await, (0, 0));
 }
 
-/// Forwards TCP connections to the AWS test server while `up`; refuses them (closes at once) while down.
-struct Outage {
-    up: Arc<AtomicBool>,
-    url: String,
-}
-
-async fn s3_front() -> Outage {
+/// A front for the AWS test server, down until the test brings it up.
+async fn s3_front() -> TcpFront {
     let target = aws_endpoint()
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if !flag.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
-            });
-        }
-    });
-    Outage { up, url }
+    let front = TcpFront::start(&target).await;
+    front.set_up(false);
+    front
 }
 
 /// S3 unreachable: the worker keeps retrying the RAW write, deletes nothing and loads nothing; once S3 is
@@ -558,7 +532,7 @@ async fn s3_outage_deletes_nothing_and_recovers() {
     aws.send(&queue, &quickstart_lines()).await;
     let front = s3_front().await;
     let dir = tempfile::tempdir().unwrap();
-    let raw = format!("endpoint_url = \"{}\"", front.url);
+    let raw = format!("endpoint_url = \"http://{}\"", front.addr);
     let config = write_config(
         dir.path(),
         &Setup {
@@ -576,7 +550,7 @@ async fn s3_outage_deletes_nothing_and_recovers() {
         "all in flight, none deleted"
     );
     assert_eq!(db.count("SELECT count(*) FROM weir_batches").await, 0);
-    front.up.store(true, Ordering::SeqCst);
+    front.set_up(true);
     let out = running.wait(Duration::from_secs(60)).await;
     assert!(out.status.success(), "{}", show(&out));
     assert!(
@@ -713,12 +687,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
             ..setup(&queue, &bucket, &db.url)
         },
     );
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash seed {seed}");
+    let mut rng = CrashRng::new();
     let mut killed = 0;
     for _ in 0..10 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -729,10 +698,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(300 + seed % 700)).await;
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             killed += 1;

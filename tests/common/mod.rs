@@ -402,3 +402,51 @@ impl TcpFront {
         }
     }
 }
+
+/// Pseudo-random delays for crash tests (xorshift), seeded from the clock or `WEIR_CRASH_SEED`; the seed is
+/// printed so a failure can be replayed.
+pub struct CrashRng(u64);
+
+impl CrashRng {
+    /// A generator; prints its seed.
+    pub fn new() -> CrashRng {
+        let seed = std::env::var("WEIR_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("crash seed {seed} (WEIR_CRASH_SEED={seed} replays it)");
+        CrashRng(seed)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+impl TestDb {
+    /// Waits (up to 10 s) until a worker has committed `n` batches (the ledger may not exist yet).
+    pub async fn wait_for_batches(&self, n: i64) {
+        let client = self.client().await;
+        for _ in 0..500 {
+            if let Ok(row) = client
+                .query_one("SELECT count(*) FROM weir_batches", &[])
+                .await
+            {
+                if row.get::<_, i64>(0) >= n {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
