@@ -213,9 +213,31 @@ pub async fn run(
             break;
         }
 
-        // 2. Shards and leases.
-        // A failure of the stream or the lease table skips this round: leases held keep until they expire, and
-        // every commit stays fenced by the checkpoint compare-and-set.
+        // 2. Renew what this worker runs (before anything that needs the stream: a Kinesis outage must not
+        //    let the leases of running shards expire); stop what it lost.
+        let now = crate::record::wall_clock_us();
+        let expires = now + options.lease.as_micros() as i64;
+        let held: Vec<String> = running.keys().cloned().collect();
+        for shard in held {
+            let renewed = sink
+                .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
+                    true
+                });
+            if !renewed {
+                tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
+                if let Some(r) = running.get_mut(&shard) {
+                    let _ = r.stop.send(true);
+                    r.lost = true;
+                }
+            }
+        }
+
+        // 3. Shards and leases.
+        // A failure of the stream or the lease table skips the rest of this round (no new shards): the leases
+        // held were renewed above, and every commit stays fenced by the checkpoint compare-and-set.
         let shards = match list_shards(&client, &options.stream).await {
             Ok(s) => s,
             Err(e) => {
@@ -223,8 +245,6 @@ pub async fn run(
                 continue;
             }
         };
-        let now = crate::record::wall_clock_us();
-        let expires = now + options.lease.as_micros() as i64;
         let prefix = format!("{}/", options.stream);
         let rows = match sink.leases("kinesis", now).await {
             Ok(rows) => rows,
@@ -245,25 +265,6 @@ pub async fn run(
             .map(|(s, l)| (s.clone(), l.position.clone()))
             .collect();
         let ready = ready_shards(&shards, &positions);
-
-        // 3. Renew what this worker runs; stop what it lost.
-        let held: Vec<String> = running.keys().cloned().collect();
-        for shard in held {
-            let renewed = sink
-                .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
-                    true
-                });
-            if !renewed {
-                tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
-                if let Some(r) = running.get_mut(&shard) {
-                    let _ = r.stop.send(true);
-                    r.lost = true;
-                }
-            }
-        }
 
         // 4. Fair share.
         let mut load: BTreeMap<String, usize> = BTreeMap::new();

@@ -5,6 +5,9 @@
 //! - `GetRecords` is paced to at most one call per `poll_ms` (≥ 200 ms keeps within the 5 calls/s per shard
 //!   limit), backs off on `ProvisionedThroughputExceeded`, and re-opens an expired iterator from the last
 //!   position handed out.
+//! - An unreachable endpoint or a server error is retried with exponential backoff (from `poll_ms` up to
+//!   [`MAX_RETRY_DELAY`]), opening the iterator included; only errors retrying cannot fix (a missing stream, a
+//!   refused permission) stop the shard. Time spent failing does not count as idle time for `idle_exit_secs`.
 //! - KPL-aggregated records are split into their user records ([`super::kpl`]); their position and record id
 //!   carry the sub-sequence number: `kinesis/{stream}/{shard}/{sequence}/{sub}`.
 //! - A closed shard is read to its end; the reader then reports [`ShardReader::ended`], and the worker
@@ -24,6 +27,27 @@ use tokio::time::Instant;
 use super::{Acker, CheckpointOnly, Source, SourceError};
 use crate::record::Polled;
 use crate::rules::SourceRecord;
+
+/// Longest wait between two attempts after consecutive failures.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Error codes after which calling again cannot succeed; anything else (the endpoint unreachable, throttling,
+/// a server error) is retried.
+fn is_fatal(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ResourceNotFoundException"
+                | "InvalidArgumentException"
+                | "AccessDeniedException"
+                | "KMSAccessDeniedException"
+                | "KMSNotFoundException"
+                | "KMSDisabledException"
+                | "KMSInvalidStateException"
+                | "KMSOptInRequired"
+        )
+    )
+}
 
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
@@ -74,6 +98,8 @@ pub struct ShardReader {
     done: bool,
     /// The last call found the shard's end while records were still buffered.
     ended_after_buffer: bool,
+    /// Consecutive failed calls (sets the backoff; 0 after a success).
+    failures: u32,
 }
 
 fn kinesis_error(partition: &str, message: impl std::fmt::Display) -> SourceError {
@@ -108,6 +134,7 @@ impl ShardReader {
             lag_ms: Arc::new(AtomicI64::new(-1)),
             done: false,
             ended_after_buffer: false,
+            failures: 0,
         }
     }
 
@@ -144,15 +171,47 @@ impl ShardReader {
                     .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
             },
         };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| kinesis_error(&self.partition, crate::aws::sdk_error(&e)))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if is_fatal(e.code()) => {
+                return Err(kinesis_error(&self.partition, crate::aws::sdk_error(&e)));
+            }
+            Err(e) => {
+                let wait = self.failed();
+                tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(&e), retry_ms = wait.as_millis() as u64, "GetShardIterator failed; retrying");
+                return Ok(());
+            }
+        };
+        self.recovered();
         self.iterator = out.shard_iterator;
         if self.iterator.is_none() {
             self.mark_ended();
         }
         Ok(())
+    }
+
+    /// Records a failed call: the next one waits `poll_ms` doubled per consecutive failure, at most
+    /// [`MAX_RETRY_DELAY`]. Returns the wait.
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let wait = self
+            .options
+            .poll
+            .max(Duration::from_millis(100))
+            .saturating_mul(1 << self.failures.min(16))
+            .min(MAX_RETRY_DELAY);
+        self.next_call = Instant::now() + wait;
+        // Not knowing whether records wait is not being idle.
+        self.last_record_at = Instant::now();
+        wait
+    }
+
+    /// Records a successful call: after failures, idle time starts again now.
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            self.failures = 0;
+            self.last_record_at = Instant::now();
+        }
     }
 
     fn mark_ended(&mut self) {
@@ -166,8 +225,7 @@ impl ShardReader {
         tokio::time::sleep_until(self.next_call).await;
         self.next_call = Instant::now() + self.options.poll;
         let Some(iterator) = self.iterator.clone() else {
-            self.open_iterator().await?;
-            return Ok(());
+            return self.open_iterator().await;
         };
         let out = match self
             .client
@@ -177,7 +235,10 @@ impl ShardReader {
             .send()
             .await
         {
-            Ok(out) => out,
+            Ok(out) => {
+                self.recovered();
+                out
+            }
             Err(e) => {
                 match e.code() {
                     Some("ExpiredIteratorException") => {
@@ -188,12 +249,18 @@ impl ShardReader {
                         }
                     }
                     Some("ProvisionedThroughputExceededException" | "LimitExceededException") => {
-                        tracing::warn!(shard = %self.partition, "read throughput exceeded; backing off");
-                        self.next_call = Instant::now() + self.options.poll * 5;
+                        let wait = self.failed();
+                        tracing::warn!(shard = %self.partition, retry_ms = wait.as_millis() as u64, "read throughput exceeded; backing off");
+                    }
+                    code if is_fatal(code) => {
+                        return Err(kinesis_error(
+                            &self.partition,
+                            format!("GetRecords failed: {}", crate::aws::sdk_error(&e)),
+                        ));
                     }
                     _ => {
-                        tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(&e), "GetRecords failed; retrying");
-                        self.next_call = Instant::now() + self.options.poll * 5;
+                        let wait = self.failed();
+                        tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(&e), retry_ms = wait.as_millis() as u64, "GetRecords failed; retrying");
                     }
                 }
                 return Ok(());
