@@ -5,8 +5,9 @@
 //! - Every received message is *in flight* until its batch commits: a heartbeat extends its visibility
 //!   (`ChangeMessageVisibilityBatch`) before it runs out, so a slow sink never causes a redelivery.
 //! - After the commit, the [`SqsAcker`] deletes the batch's messages (`DeleteMessageBatch`), retrying entries
-//!   that failed. A message whose deletion fails for good comes back later; its replay leaves the same final
-//!   state (rows are upserted by key) and shows in the ledger as a new batch.
+//!   that failed with backoff for at least a minute (an endpoint outage) with the newest receipt handle. A
+//!   message whose deletion fails for good comes back later; its replay leaves the same final state (rows
+//!   are upserted by key) and shows in the ledger as a new batch. A refused permission stops the worker.
 //! - Messages received but never batched (shutdown) are made visible again at once.
 //!
 //! Record ids are `sqs/{queue}/{message-id}`, or `sqs/{queue}/{group}/{deduplication-id}` on FIFO queues
@@ -70,6 +71,17 @@ struct Shared {
     visibility: Duration,
     /// In-flight messages by position.
     inflight: Mutex<HashMap<String, InFlight>>,
+    /// Receivers whose last call failed, and when the last of them recovered: an outage is not idleness, so
+    /// `idle_exit_secs` counts only from the moment every receiver got through again.
+    failing: Mutex<(usize, Instant)>,
+}
+
+impl Shared {
+    /// Whether a receiver is failing, or the last one recovered less than `window` ago.
+    fn unreachable_within(&self, window: Duration) -> bool {
+        let (failing, recovered_at) = *self.failing.lock().expect("not poisoned");
+        failing > 0 || recovered_at.elapsed() < window
+    }
 }
 
 /// Aborts its tasks when dropped.
@@ -165,6 +177,7 @@ impl SqsSource {
             queue: queue.clone(),
             visibility: Duration::from_secs(options.visibility_timeout_secs as u64),
             inflight: Mutex::new(HashMap::new()),
+            failing: Mutex::new((0, Instant::now())),
         });
         let (tx, rx) = mpsc::channel(options.receivers * options.max_messages as usize);
         let receivers = (0..options.receivers)
@@ -249,11 +262,16 @@ impl Source for SqsSource {
     async fn next(&mut self) -> Result<Option<Polled>, SourceError> {
         let item = match self.idle_exit {
             None => self.rx.recv().await,
-            Some(idle) => match tokio::time::timeout(idle, self.rx.recv()).await {
-                Ok(item) => item,
-                Err(_) => {
-                    tracing::info!(queue = %self.shared.queue, idle_secs = idle.as_secs(), "no message for idle_exit_secs: ending input");
-                    return Ok(None);
+            Some(idle) => loop {
+                match tokio::time::timeout(idle, self.rx.recv()).await {
+                    Ok(item) => break item,
+                    Err(_) if self.shared.unreachable_within(idle) => {
+                        tracing::debug!(queue = %self.shared.queue, "no message, but the queue was unreachable: not idle");
+                    }
+                    Err(_) => {
+                        tracing::info!(queue = %self.shared.queue, idle_secs = idle.as_secs(), "no message for idle_exit_secs: ending input");
+                        return Ok(None);
+                    }
                 }
             },
         };
@@ -294,6 +312,7 @@ async fn receive_loop(
     tx: mpsc::Sender<Result<Polled, SourceError>>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut failing = false;
     loop {
         let received = shared
             .client
@@ -310,9 +329,18 @@ async fn receive_loop(
         let messages = match received {
             Ok(out) => {
                 backoff = Duration::from_millis(200);
+                if failing {
+                    failing = false;
+                    let mut f = shared.failing.lock().expect("not poisoned");
+                    *f = (f.0 - 1, Instant::now());
+                }
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
+                if !failing {
+                    failing = true;
+                    shared.failing.lock().expect("not poisoned").0 += 1;
+                }
                 let text = crate::aws::sdk_error(&e);
                 if is_fatal(e.code()) {
                     let _ = tx
@@ -325,7 +353,7 @@ async fn receive_loop(
                 }
                 tracing::warn!(error = %text, retry_ms = backoff.as_millis() as u64, "receive failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(20));
+                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
@@ -534,25 +562,34 @@ pub struct SqsAcker {
     _heartbeat: Arc<Heartbeat>,
 }
 
-/// Attempts per message deletion before giving up on it (it then comes back and is replayed idempotently).
-const DELETE_ATTEMPTS: u32 = 6;
+/// How long deletions are retried: at least a minute, and at least one visibility timeout. Meanwhile the
+/// message stays in flight here, so a redelivered copy is not processed again, only its receipt handle is
+/// taken; after that the message comes back and is replayed idempotently.
+fn delete_deadline(visibility: Duration) -> Duration {
+    visibility.max(Duration::from_secs(60))
+}
+
+/// Longest wait between two deletion attempts.
+const DELETE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl Acker for SqsAcker {
     async fn ack(&mut self, batch: &Batch) -> Result<(), SourceError> {
         let span =
             tracing::debug_span!("sqs.delete", queue = %self.shared.queue, batch = %batch.id);
-        let mut pending: Vec<(String, String)> = {
-            let inflight = self.shared.inflight.lock().expect("not poisoned");
-            batch
-                .positions
-                .iter()
-                .filter_map(|p| inflight.get(p).map(|m| (p.clone(), m.receipt.clone())))
-                .collect()
-        };
+        let deadline = Instant::now() + delete_deadline(self.shared.visibility);
+        let mut positions: Vec<String> = batch.positions.clone();
         let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=DELETE_ATTEMPTS {
-            let mut failed: Vec<(String, String)> = Vec::new();
+        loop {
+            // The newest receipt handle of each message (a copy received again replaces it).
+            let pending: Vec<(String, String)> = {
+                let inflight = self.shared.inflight.lock().expect("not poisoned");
+                positions
+                    .iter()
+                    .filter_map(|p| inflight.get(p).map(|m| (p.clone(), m.receipt.clone())))
+                    .collect()
+            };
+            let mut failed: Vec<String> = Vec::new();
             let mut last_error = String::new();
             for chunk in pending.chunks(10) {
                 match delete_batch(&self.shared, chunk)
@@ -567,20 +604,28 @@ impl Acker for SqsAcker {
                                 tracing::warn!(parent: &span, position = %chunk[i].0, %reason, "receipt handle no longer valid");
                             } else {
                                 last_error = reason;
-                                failed.push(chunk[i].clone());
+                                failed.push(chunk[i].0.clone());
                             }
                         }
                     }
-                    Err(e) => {
-                        last_error = e;
-                        failed.extend(chunk.iter().cloned());
+                    Err((code, text)) if is_fatal(code.as_deref()) => {
+                        return Err(sqs_error(
+                            &self.shared.queue,
+                            format!(
+                                "deleting committed messages failed: {text} (check that the queue exists and the worker may sqs:DeleteMessage on it; the committed messages come back and are replayed idempotently)"
+                            ),
+                        ));
+                    }
+                    Err((_, text)) => {
+                        last_error = text;
+                        failed.extend(chunk.iter().map(|(p, _)| p.clone()));
                     }
                 }
             }
             {
                 let mut inflight = self.shared.inflight.lock().expect("not poisoned");
-                for p in &batch.positions {
-                    if !failed.iter().any(|(f, _)| f == p) {
+                for p in &positions {
+                    if !failed.contains(p) {
                         inflight.remove(p);
                     }
                 }
@@ -588,29 +633,29 @@ impl Acker for SqsAcker {
             if failed.is_empty() {
                 return Ok(());
             }
-            if attempt == DELETE_ATTEMPTS {
+            if Instant::now() + backoff > deadline {
                 let mut inflight = self.shared.inflight.lock().expect("not poisoned");
-                for (p, _) in &failed {
+                for p in &failed {
                     inflight.remove(p);
                 }
                 tracing::warn!(parent: &span, messages = failed.len(), error = %last_error,
-                    "could not delete messages after {DELETE_ATTEMPTS} attempts; they will be redelivered and replayed (same final state)");
+                    "could not delete messages in time; they will be redelivered and replayed (same final state)");
                 return Ok(());
             }
             tracing::warn!(parent: &span, messages = failed.len(), error = %last_error, retry_ms = backoff.as_millis() as u64, "delete failed; retrying");
             tokio::time::sleep(backoff).await;
-            backoff *= 2;
-            pending = failed;
+            backoff = (backoff * 2).min(DELETE_MAX_BACKOFF);
+            positions = failed;
         }
-        Ok(())
     }
 }
 
-/// Deletes up to 10 messages; returns failed entries by index with their error code and text.
+/// Deletes up to 10 messages; returns failed entries by index with their error code and text, or the error
+/// code and text of the whole call.
 async fn delete_batch(
     shared: &Shared,
     chunk: &[(String, String)],
-) -> Result<Vec<(usize, (String, String))>, String> {
+) -> Result<Vec<(usize, (String, String))>, (Option<String>, String)> {
     let entries = chunk
         .iter()
         .enumerate()
@@ -629,7 +674,7 @@ async fn delete_batch(
         .set_entries(Some(entries))
         .send()
         .await
-        .map_err(|e| crate::aws::sdk_error(&e))?;
+        .map_err(|e| (e.code().map(str::to_string), crate::aws::sdk_error(&e)))?;
     Ok(failed_entries(out.failed()))
 }
 
