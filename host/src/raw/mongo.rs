@@ -264,7 +264,9 @@ pub async fn find_all(
     sort: Document,
 ) -> Result<Vec<Document>, String> {
     const BATCH: i32 = 1000;
-    let cursor_of = |reply: &Document, first: bool| -> Result<(Vec<Document>, i64), String> {
+    // The cursor id goes back to `getMore` in the BSON type the server gave it: MongoDB's ids are 64-bit
+    // (and `getMore` requires a long); some wire-compatible servers hand out 32-bit ids and expect those.
+    let cursor_of = |reply: &Document, first: bool| -> Result<(Vec<Document>, Bson), String> {
         let cursor = reply.get_document("cursor").map_err(|e| e.to_string())?;
         let batch = cursor
             .get_array(if first { "firstBatch" } else { "nextBatch" })
@@ -273,9 +275,8 @@ pub async fn find_all(
             .filter_map(|d| d.as_document().cloned())
             .collect();
         let id = match cursor.get("id") {
-            Some(Bson::Int64(i)) => *i,
-            Some(Bson::Int32(i)) => *i as i64,
-            _ => 0,
+            Some(id @ (Bson::Int64(_) | Bson::Int32(_))) => id.clone(),
+            _ => Bson::Int64(0),
         };
         Ok((batch, id))
     };
@@ -286,7 +287,7 @@ pub async fn find_all(
         .await
         .map_err(|e| e.to_string())?;
     let (mut docs, mut id) = cursor_of(&reply, true)?;
-    while id != 0 {
+    while !matches!(id, Bson::Int64(0) | Bson::Int32(0)) {
         let reply = db
             .run_command(doc! { "getMore": id, "collection": collection, "batchSize": BATCH })
             .await
