@@ -4,9 +4,17 @@
 # Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL, moto, kinesalite, mongoeco, the
 # plugin toolchains, Chromium), builds the plugins once, then runs every test:
 # the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
+#   scripts/test.sh --long   the same with the long reliability variants: 100 random kills per source kind
+#                            (WEIR_CRASH_ITERATIONS) and 20,000 cases per property test (PROPTEST_CASES)
 # Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
 # one machine (and CI's fresh clones) reuse them.
 set -euo pipefail
+case "${1:-}" in
+  --long)
+    export WEIR_CRASH_ITERATIONS=${WEIR_CRASH_ITERATIONS:-100} PROPTEST_CASES=${PROPTEST_CASES:-20000} ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}

@@ -167,7 +167,8 @@ impl Drop for Worker {
     }
 }
 
-/// Every record exactly once: one order row per record, the ledger counts each record once.
+/// Every record exactly once: one order row per record, the ledger counts each record once, every batch
+/// balances.
 async fn assert_exactly_once(db: &TestDb, n: i64) {
     assert_eq!(db.count("SELECT count(*) FROM orders").await, n);
     assert_eq!(
@@ -180,6 +181,13 @@ async fn assert_exactly_once(db: &TestDb, n: i64) {
         n
     );
     assert_eq!(db.count("SELECT count(*) FROM weir_dead_letters").await, 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM weir_batches WHERE records_in <> emitted + dropped + rejected"
+        )
+        .await,
+        0
+    );
 }
 
 /// A 4-shard stream end to end, half of it KPL-aggregated by `weir produce --aggregate`: every record loaded
@@ -504,7 +512,8 @@ async fn three_workers_metrics_and_graceful_sigterm() {
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
 
-/// kill -9 at random moments of a Kinesis worker, ten times, restarting it each time under the same worker id
+/// kill -9 at random moments of a Kinesis worker (`WEIR_CRASH_ITERATIONS`, default 10; 200 records per kill),
+/// restarting it each time under the same worker id
 /// (it takes its own leases back at once), then a run to the end: every record exactly once, each batch in the
 /// ledger once (the checkpoint compare-and-set in the load transaction never lets a batch commit twice).
 #[tokio::test(flavor = "multi_thread")]
@@ -512,7 +521,9 @@ async fn random_kill_9_loses_and_doubles_nothing() {
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 2).await;
-    put(&k, &name, 0..2000).await;
+    let iterations = crash_iterations();
+    let n = 200 * iterations;
+    put(&k, &name, 0..n).await;
     let dir = tempfile::tempdir().unwrap();
     // 20 records per GetRecords call and shard: a whole run takes several seconds.
     let config = write_config(dir.path(), &name, &db.url, "a", "max_records_per_call = 20");
@@ -522,20 +533,92 @@ async fn random_kill_9_loses_and_doubles_nothing() {
     std::fs::write(&config, text).unwrap();
     let mut rng = CrashRng::new();
     let mut killed = 0;
-    for _ in 0..10 {
+    for _ in 0..iterations {
         let w = Worker::start(&config);
         tokio::time::sleep(Duration::from_millis(400 + rng.below(800))).await;
         let running = db
             .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await
-            < 2000;
+            < n as i64;
         w.signal("-KILL");
         let _ = w.wait().await;
         killed += running as usize;
     }
-    assert!(killed >= 5, "only {killed} of 10 kills came before the end");
+    assert!(
+        killed >= iterations / 2,
+        "only {killed} of {iterations} kills came before the end"
+    );
     let out = Worker::start(&config).wait().await;
     assert!(out.status.success(), "{}", show(&out));
+    assert_exactly_once(&db, n as i64).await;
+    // RAW is complete: every record's exact payload is archived.
+    let archived: std::collections::BTreeSet<Vec<u8>> = raw_lines(&dir.path().join("raw-a"))
+        .values()
+        .map(|l| l.payload_bytes().unwrap())
+        .collect();
+    let input: std::collections::BTreeSet<Vec<u8>> =
+        (0..n).map(|i| order(i).into_bytes()).collect();
+    assert_eq!(archived, input, "RAW holds every record");
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
+
+/// The Kinesis endpoint gone for 30 s in the middle of a run (a front that refuses new connections and cuts
+/// open ones): `GetRecords` and `ListShards` fail and retry with backoff, the leases of the running shards are
+/// still renewed (no take-over is possible), `idle_exit_secs` does not end the run during the outage, and the
+/// worker finishes by itself once the endpoint is back: every record exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn kinesis_outage_mid_run_recovers() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 2).await;
+    put(&k, &name, 0..2000).await;
+    let front = TcpFront::start(
+        endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/'),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // 20 records per GetRecords call and shard: a whole run takes several seconds.
+    let config = write_config(dir.path(), &name, &db.url, "a", "max_records_per_call = 20");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("endpoint_url = \"{}\"", endpoint()),
+        &format!("endpoint_url = \"http://{}\"", front.addr),
+    );
+    std::fs::write(&config, text).unwrap();
+    let worker = Worker::start(&config);
+    db.wait_for_batches(1).await;
+    front.set_up(false);
+    let loaded = "SELECT coalesce(sum(records_in), 0) FROM weir_batches";
+    // Records already read may still commit; then nothing can.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let settled = db.count(loaded).await;
+    assert!(
+        settled < 2000,
+        "work was left for after the outage ({settled} of 2000 loaded)"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(db.count(loaded).await, settled, "nothing new was read");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM weir_checkpoints WHERE \"partition\" LIKE '{name}/%' \
+             AND owner = 'a' AND lease_expires_at > '{}'::timestamptz",
+            chrono::Utc::now().to_rfc3339()
+        ))
+        .await,
+        2,
+        "both leases renewed through the outage"
+    );
+    front.set_up(true);
+    let out = worker.wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("GetRecords failed; retrying"),
+        "{}",
+        show(&out)
+    );
+    assert!(log.contains("listing shards failed"), "{}", show(&out));
     assert_exactly_once(&db, 2000).await;
     let _ = k.delete_stream().stream_name(&name).send().await;
 }

@@ -267,5 +267,12 @@ async fn mongodb_outage_mid_run_recovers() {
         other => panic!("count: {other:?}"),
     };
     assert_eq!(archived, n as i64, "every record archived once");
+    // Read back through find + getMore (3 batches of at most 1,000): every record, each once.
+    let ids: std::collections::BTreeSet<String> = docs(&db, doc! {})
+        .await
+        .iter()
+        .map(|d| d.get_str("_id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), n, "every document read back once");
     let _ = database_handle(&db).await.drop().await;
 }

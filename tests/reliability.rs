@@ -1,6 +1,6 @@
-//! Reliability: hostile records through the real `weir` binary into real PostgreSQL. Each one is either
-//! dead-lettered with a reason or stored verbatim as data; the RAW copy keeps every byte; nothing reaches SQL
-//! but bind parameters and declared identifiers.
+//! Reliability: hostile records and a plugin emitting SQL-looking names through the real `weir` binary into
+//! real PostgreSQL. Each one is either dead-lettered with a reason or stored verbatim as data; the RAW copy
+//! keeps every byte; nothing reaches SQL but bind parameters and declared identifiers.
 
 mod common;
 
@@ -44,6 +44,124 @@ fn hostile_lines() -> Vec<Vec<u8>> {
         // 10: a value longer than its column (varchar(36)): refused with the column named
         order(&"o".repeat(37), ""),
     ]
+}
+
+/// A plugin that emits SQL-looking table and column names and SQL-looking values, into PostgreSQL with every
+/// statement traced (`weir::sql=trace`): the rows with undeclared names are dead-lettered with the name quoted
+/// (escaped) in the reason, the SQL-looking ids are stored verbatim, and no statement sent to the database holds anything
+/// but declared identifiers (the hostile strings never appear in SQL text, only as bind parameters).
+#[tokio::test]
+async fn plugin_emitted_sql_names_never_reach_sql() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = [
+        "x'); DROP TABLE t; --",
+        "\"; DELETE FROM weir_batches; --",
+        "$1 OR 1=1",
+    ];
+    let mut input = String::from("badtable\nbadcolsql\nbadcol\n");
+    for id in ids {
+        input.push_str(&format!("sqlid:{id}\n"));
+    }
+    std::fs::write(dir.path().join("input.txt"), &input).unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[source]
+kind = "file"
+path = "input.txt"
+[raw]
+kind = "local"
+dir = "raw"
+[rule]
+plugin = "{plugin}"
+[sink]
+kind = "postgres"
+url = "{url}"
+[[sink.tables]]
+name = "t"
+primary_key = ["id"]
+columns = {{ id = "varchar(64)", n = "integer" }}
+"#,
+            plugin = plugin("misbehave").display(),
+            url = db.url
+        ),
+    )
+    .unwrap();
+    let out = weir(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+        &[("WEIR_LOG", "warn,weir::sql=trace")],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+
+    let mut stored: Vec<String> = db
+        .rows("SELECT id FROM t WHERE n = 2")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    stored.sort();
+    let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(stored, expected, "SQL-looking ids stored verbatim");
+    let dead = db
+        .rows("SELECT record_id, stage, reason FROM weir_dead_letters ORDER BY record_id")
+        .await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for (line, name) in [
+        (1, "t\"; DROP TABLE t; --"),
+        (2, "n\" = 0; DROP TABLE t; --"),
+        (3, "evil"),
+    ] {
+        let d = dead
+            .iter()
+            .find(|r| r[0] == format!("file/input.txt/{line}"))
+            .unwrap_or_else(|| panic!("line {line} not dead-lettered: {dead:?}"));
+        assert_eq!(d[1], "validate", "{d:?}");
+        // Names are quoted with their escapes (at most 64 characters), so the reason stays one readable line.
+        let quoted = format!("`{}`", name.escape_debug());
+        assert!(
+            d[2].contains(&quoted),
+            "line {line}: the reason names {quoted}: {d:?}"
+        );
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 't'")
+            .await,
+        1,
+        "the table is intact"
+    );
+
+    let statements: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "weir::sql")
+        .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        statements.iter().any(|s| s.contains("INSERT INTO")),
+        "statements were traced: {}",
+        statements.len()
+    );
+    for s in &statements {
+        for hostile in [
+            "DROP TABLE t;",
+            "DELETE FROM weir_batches",
+            "evil",
+            "1=1",
+            "; --",
+        ] {
+            assert!(!s.contains(hostile), "{hostile:?} reached SQL: {s}");
+        }
+    }
 }
 
 /// Every hostile record is dead-lettered with a reason naming what is wrong, or stored verbatim; RAW holds
@@ -139,17 +257,15 @@ async fn hostile_records_are_dead_lettered_or_stored_verbatim() {
     assert!(out.status.success(), "{}", show(&out));
 }
 
-/// kill -9 at random moments (`WEIR_CRASH_ITERATIONS`, default 10) of a file → local RAW → PostgreSQL run,
+/// kill -9 at random moments (`WEIR_CRASH_ITERATIONS`, default 10; 300 orders per kill) of a file → local RAW →
+/// PostgreSQL run,
 /// restarting each time, then once to the end: the final tables hold every input order exactly once, with the
 /// values computed independently from the input; RAW holds every record; every ledger batch balances.
 #[tokio::test(flavor = "multi_thread")]
 async fn file_source_survives_random_kill_9() {
     let _serial = SERIAL.lock().await;
-    let iterations: usize = std::env::var("WEIR_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let n = 3000usize;
+    let iterations = crash_iterations();
+    let n = 300 * iterations;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);

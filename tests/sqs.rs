@@ -180,6 +180,8 @@ struct Setup<'a> {
     raw: &'a str,
     batch: &'a str,
     retry: &'a str,
+    /// `[aws] endpoint_url`; empty: the AWS test server.
+    endpoint: &'a str,
 }
 
 fn write_config(dir: &Path, s: &Setup) -> PathBuf {
@@ -226,7 +228,11 @@ endpoint_url = "{endpoint}"
         db = s.db_url,
         batch = s.batch,
         retry = s.retry,
-        endpoint = aws_endpoint(),
+        endpoint = if s.endpoint.is_empty() {
+            aws_endpoint()
+        } else {
+            s.endpoint.to_string()
+        },
     );
     let path = dir.join("weir.toml");
     std::fs::write(&path, text).unwrap();
@@ -242,6 +248,7 @@ fn setup<'a>(queue_url: &'a str, bucket: &'a str, db_url: &'a str) -> Setup<'a> 
         raw: "",
         batch: "max_records = 100\nmax_wait_ms = 1000",
         retry: "",
+        endpoint: "",
     }
 }
 
@@ -260,6 +267,11 @@ impl Running {
             cmd.env(k, v);
         }
         Running(Some(cmd.spawn().expect("weir starts")))
+    }
+
+    /// Whether the process is still running.
+    fn is_running(&mut self) -> bool {
+        self.0.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     /// Waits for the exit (at most `limit`) without blocking the async runtime.
@@ -511,13 +523,18 @@ async fn crash_between_commit_and_delete_replays_idempotently() {
     assert_eq!(aws.depth(&queue).await, (0, 0));
 }
 
-/// A front for the AWS test server, down until the test brings it up.
-async fn s3_front() -> TcpFront {
+/// A front for the AWS test server (up).
+async fn aws_front() -> TcpFront {
     let target = aws_endpoint()
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let front = TcpFront::start(&target).await;
+    TcpFront::start(&target).await
+}
+
+/// A front for the AWS test server, down until the test brings it up.
+async fn s3_front() -> TcpFront {
+    let front = aws_front().await;
     front.set_up(false);
     front
 }
@@ -657,7 +674,8 @@ async fn fifo_keeps_group_order() {
     assert_eq!(aws.depth(&queue).await, (0, 0));
 }
 
-/// kill -9 at random moments of an SQS → S3 RAW → PostgreSQL worker, ten times, restarting each time, then a
+/// kill -9 at random moments of an SQS → S3 RAW → PostgreSQL worker (`WEIR_CRASH_ITERATIONS`, default 10; 30
+/// messages per kill), restarting each time, then a
 /// run until the queue is drained: every order exactly once in the final tables (a batch committed but not yet
 /// deleted before a kill is delivered and committed again: the ledger shows the replay, the rows do not
 /// change), RAW holds every message, the queue is empty, every ledger batch balances.
@@ -666,7 +684,8 @@ async fn random_kill_9_loses_and_doubles_nothing() {
     let aws = aws().await;
     let db = TestDb::new().await;
     let (queue, bucket) = (aws.queue(4).await, aws.bucket().await);
-    let n = 300usize;
+    let iterations = crash_iterations();
+    let n = 30 * iterations;
     let lines: Vec<String> = (0..n)
         .map(|i| {
             format!(
@@ -689,7 +708,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
     );
     let mut rng = CrashRng::new();
     let mut killed = 0;
-    for _ in 0..10 {
+    for _ in 0..iterations {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "-c", config.to_str().unwrap()])
             .env("WEIR_LOG", "warn")
@@ -705,7 +724,10 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         }
         let _ = child.wait();
     }
-    assert!(killed >= 5, "only {killed} of 10 runs were killed mid-way");
+    assert!(
+        killed >= iterations / 2,
+        "only {killed} of {iterations} runs were killed mid-way"
+    );
     let out = run_weir(&config, &[]).await;
     assert!(out.status.success(), "{}", show(&out));
 
@@ -737,5 +759,141 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         .map(|(_, l)| l.id)
         .collect();
     assert_eq!(raw.len(), n, "RAW holds every message");
+    assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
+}
+
+/// The whole AWS endpoint (SQS and S3) gone for 30 s in the middle of a run with the default retry settings
+/// (a front that refuses new connections and cuts open ones): receives, visibility extensions, RAW writes and
+/// deletes fail and retry with backoff, nothing commits without its RAW copy, `idle_exit_secs` does not end the
+/// run during the outage, and the worker finishes by itself once the endpoint is back: every order exactly
+/// once with its quantities from the input, RAW holds every message, every batch balances, the queue is drained.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_endpoint_outage_mid_run_recovers() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(20).await, aws.bucket().await);
+    let n = 300usize;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "A", "qty": {}, "unit_price": "1.00"}}]}}"#,
+                i % 5 + 1
+            )
+        })
+        .collect();
+    assert_eq!(aws.send(&queue, &lines).await.len(), n);
+    let front = aws_front().await;
+    let endpoint = format!("http://{}", front.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 20",
+            batch: "max_records = 5\nmax_wait_ms = 200",
+            endpoint: &endpoint,
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    db.wait_for_batches(1).await;
+    front.set_up(false);
+    let at_cut = db.count("SELECT count(*) FROM weir_batches").await;
+    assert!(
+        at_cut > 0,
+        "the run had started before the outage (increase the wait if this fails)"
+    );
+    // Batches already past their RAW write may still commit; then nothing can.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let settled = db
+        .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+        .await;
+    assert!(
+        settled < n as i64,
+        "work was left for after the outage ({settled} of {n} loaded)"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        settled,
+        "nothing commits without its RAW copy"
+    );
+    front.set_up(true);
+    let out = running.wait(Duration::from_secs(180)).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("receive failed; retrying"), "{}", show(&out));
+    assert!(log.contains("RAW write failed; retrying"), "{}", show(&out));
+
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, n as i64);
+    let qty: i64 = (0..n).map(|i| (i % 5 + 1) as i64).sum();
+    assert_eq!(db.count("SELECT sum(qty) FROM order_lines").await, qty);
+    assert_eq!(db.count("SELECT count(*) FROM weir_dead_letters").await, 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM weir_batches WHERE records_in <> emitted + dropped + rejected"
+        )
+        .await,
+        0
+    );
+    let raw: std::collections::BTreeSet<String> = aws
+        .raw(&bucket)
+        .await
+        .into_iter()
+        .map(|(_, l)| l.id)
+        .collect();
+    assert_eq!(raw.len(), n, "RAW holds every message");
+    assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
+}
+
+/// An outage is not idleness: a worker with `idle_exit_secs = 3` that has drained its queue keeps running
+/// through a 10 s outage of the endpoint (receives fail and retry), then loads the messages sent meanwhile
+/// and only then exits idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn outage_is_not_idleness() {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(20).await, aws.bucket().await);
+    let order = |i: usize| {
+        format!(
+            r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "A", "qty": 1, "unit_price": "1.00"}}]}}"#
+        )
+    };
+    aws.send(&queue, &(0..5).map(order).collect::<Vec<_>>())
+        .await;
+    let front = aws_front().await;
+    let endpoint = format!("http://{}", front.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            endpoint: &endpoint,
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let mut running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    db.wait_for_batches(1).await;
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 5);
+    front.set_up(false);
+    // Sent straight to the server while the worker cannot reach it, once the long polls cut by the outage
+    // (`wait_secs = 1`) have ended on the server: a message taken by a poll whose answer is lost stays
+    // invisible for its visibility timeout (20 s), as on SQS.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    aws.send(&queue, &(5..10).map(order).collect::<Vec<_>>())
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        running.is_running(),
+        "the worker ended its input during the outage"
+    );
+    front.set_up(true);
+    let out = running.wait(Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("receive failed; retrying"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 10);
     assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
 }

@@ -127,7 +127,8 @@ pub enum SourceConfig {
         /// batch is in flight, so a slow sink never causes a redelivery. Default 60.
         #[serde(default = "default_visibility_timeout_secs")]
         visibility_timeout_secs: i32,
-        /// Stop when no message has arrived for this many seconds (drain-and-exit jobs). Default: never.
+        /// Stop when no message has arrived for this many seconds (drain-and-exit jobs); time the queue
+        /// cannot be reached does not count. Default: never.
         #[serde(default)]
         idle_exit_secs: Option<u64>,
     },
@@ -157,7 +158,8 @@ pub enum SourceConfig {
         /// This worker's name in the lease table. Default `{hostname}-{pid}`.
         #[serde(default)]
         worker_id: Option<String>,
-        /// Stop when no shard has delivered a record for this many seconds. Default: never.
+        /// Stop when no shard has delivered a record for this many seconds; time the stream cannot be
+        /// reached does not count. Default: never.
         #[serde(default)]
         idle_exit_secs: Option<u64>,
     },

@@ -403,6 +403,15 @@ impl TcpFront {
     }
 }
 
+/// Kills per crash loop: `WEIR_CRASH_ITERATIONS` (the long variants), default 10.
+pub fn crash_iterations() -> usize {
+    std::env::var("WEIR_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(10)
+}
+
 /// Pseudo-random delays for crash tests (xorshift), seeded from the clock or `WEIR_CRASH_SEED`; the seed is
 /// printed so a failure can be replayed.
 pub struct CrashRng(u64);
@@ -434,10 +443,10 @@ impl CrashRng {
 }
 
 impl TestDb {
-    /// Waits (up to 10 s) until a worker has committed `n` batches (the ledger may not exist yet).
+    /// Waits (up to 60 s) until a worker has committed `n` batches (the ledger may not exist yet).
     pub async fn wait_for_batches(&self, n: i64) {
         let client = self.client().await;
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if let Ok(row) = client
                 .query_one("SELECT count(*) FROM weir_batches", &[])
                 .await

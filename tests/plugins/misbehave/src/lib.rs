@@ -8,6 +8,8 @@
 //! | `alloc`   | allocate 512 MiB (the memory cap must stop it)                         |
 //! | `badcol`  | emit a row with an undeclared column                                   |
 //! | `badtable`| emit a row for an undeclared, SQL-looking table name                   |
+//! | `badcolsql` | emit a row with an undeclared, SQL-looking column name               |
+//! | `sqlid:ID`| emit `t(id = ID, n = 2)` (SQL-looking ids are data like any other)     |
 //! | `badtype` | emit text into the integer column `n`                                  |
 //! | `extra`   | return two outcomes for this one record (a miscount)                   |
 //! | `drop`    | drop with reason `asked to drop`                                       |
@@ -25,6 +27,11 @@ impl Rule for Misbehave {
     fn process(&mut self, record: &SourceRecord) -> Outcome {
         let payload = String::from_utf8_lossy(&record.payload);
         let payload = payload.trim();
+        if let Some(id) = payload.strip_prefix("sqlid:") {
+            return Outcome::Emit(vec![
+                RowBuilder::new("t").text("id", id).integer("n", 2).build(),
+            ]);
+        }
         if let Some(id) = payload.strip_prefix("ok:") {
             return Outcome::Emit(vec![
                 RowBuilder::new("t").text("id", id).integer("n", 1).build(),
@@ -47,6 +54,12 @@ impl Rule for Misbehave {
                 RowBuilder::new("t")
                     .text("id", "x")
                     .text("evil", "1")
+                    .build(),
+            ]),
+            "badcolsql" => Outcome::Emit(vec![
+                RowBuilder::new("t")
+                    .text("id", "x")
+                    .text("n\" = 0; DROP TABLE t; --", "1")
                     .build(),
             ]),
             "badtable" => Outcome::Emit(vec![
