@@ -544,6 +544,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         let _ = w.wait().await;
         killed += running as usize;
     }
+    eprintln!("{killed} of {iterations} kills came before the end ({n} records)");
     assert!(
         killed >= iterations / 2,
         "only {killed} of {iterations} kills came before the end"
@@ -609,6 +610,7 @@ async fn kinesis_outage_mid_run_recovers() {
         2,
         "both leases renewed through the outage"
     );
+    eprintln!("Kinesis endpoint down 30 s after {settled} of 2000 records were loaded");
     front.set_up(true);
     let out = worker.wait().await;
     assert!(out.status.success(), "{}", show(&out));

@@ -367,23 +367,8 @@ async fn every_statement_is_redshift_safe() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);
-    let out = weir(
-        &[
-            "--log-format",
-            "json",
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-        ],
-        &[("WEIR_LOG", "warn,weir::sql=trace")],
-    );
+    let (out, statements) = run_traced(&config);
     assert!(out.status.success(), "{}", show(&out));
-    let statements: Vec<String> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "weir::sql")
-        .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
-        .collect();
     for expected in [
         "CREATE TEMP TABLE",
         "DELETE FROM \"public\".\"orders\" USING",

@@ -90,16 +90,7 @@ columns = {{ id = "varchar(64)", n = "integer" }}
         ),
     )
     .unwrap();
-    let out = weir(
-        &[
-            "--log-format",
-            "json",
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-        ],
-        &[("WEIR_LOG", "warn,weir::sql=trace")],
-    );
+    let (out, statements) = run_traced(&config);
     assert!(out.status.success(), "{}", show(&out));
 
     let mut stored: Vec<String> = db
@@ -140,12 +131,6 @@ columns = {{ id = "varchar(64)", n = "integer" }}
         "the table is intact"
     );
 
-    let statements: Vec<String> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "weir::sql")
-        .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
-        .collect();
     assert!(
         statements.iter().any(|s| s.contains("INSERT INTO")),
         "statements were traced: {}",

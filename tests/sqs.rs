@@ -674,70 +674,35 @@ async fn fifo_keeps_group_order() {
     assert_eq!(aws.depth(&queue).await, (0, 0));
 }
 
-/// kill -9 at random moments of an SQS → S3 RAW → PostgreSQL worker (`WEIR_CRASH_ITERATIONS`, default 10; 30
-/// messages per kill), restarting each time, then a
-/// run until the queue is drained: every order exactly once in the final tables (a batch committed but not yet
-/// deleted before a kill is delivered and committed again: the ledger shows the replay, the rows do not
-/// change), RAW holds every message, the queue is empty, every ledger batch balances.
-#[tokio::test(flavor = "multi_thread")]
-async fn random_kill_9_loses_and_doubles_nothing() {
-    let aws = aws().await;
-    let db = TestDb::new().await;
-    let (queue, bucket) = (aws.queue(4).await, aws.bucket().await);
-    let iterations = crash_iterations();
-    let n = 30 * iterations;
-    let lines: Vec<String> = (0..n)
+/// `n` orders `o-00000`, `o-00001`, …, order `i` with one line of quantity `i % q + 1`.
+fn orders(n: usize, q: usize) -> Vec<String> {
+    (0..n)
         .map(|i| {
             format!(
                 r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "A", "qty": {}, "unit_price": "1.00"}}]}}"#,
-                i % 7 + 1
+                i % q + 1
             )
         })
-        .collect();
-    let sent = aws.send(&queue, &lines).await;
-    assert_eq!(sent.len(), n);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            source: "visibility_timeout_secs = 4\nreceivers = 2",
-            batch: "max_records = 10\nmax_wait_ms = 200",
-            retry: "max_attempts = 100\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000",
-            ..setup(&queue, &bucket, &db.url)
-        },
-    );
-    let mut rng = CrashRng::new();
-    let mut killed = 0;
-    for _ in 0..iterations {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", "-c", config.to_str().unwrap()])
-            .env("WEIR_LOG", "warn")
-            .envs(AWS_TEST_ENV)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed += 1;
-        }
-        let _ = child.wait();
-    }
-    assert!(
-        killed >= iterations / 2,
-        "only {killed} of {iterations} runs were killed mid-way"
-    );
-    let out = run_weir(&config, &[]).await;
-    assert!(out.status.success(), "{}", show(&out));
+        .collect()
+}
 
+/// After a run of [`orders`]`(n, q)`: every order exactly once with its quantities from the input (replayed
+/// deliveries show in the ledger, not in the rows), no dead letter, every batch balanced, RAW holds every
+/// message, the queue is drained.
+async fn assert_every_order_once(
+    aws: &Aws,
+    db: &TestDb,
+    (queue, bucket): (&str, &str),
+    n: usize,
+    q: usize,
+) {
     assert_eq!(db.count("SELECT count(*) FROM orders").await, n as i64);
     assert_eq!(
         db.count("SELECT count(DISTINCT _weir_record_id) FROM orders")
             .await,
         n as i64
     );
-    let qty: i64 = (0..n).map(|i| (i % 7 + 1) as i64).sum();
+    let qty: i64 = (0..n).map(|i| (i % q + 1) as i64).sum();
     assert_eq!(
         db.count("SELECT sum(qty) FROM order_lines").await,
         qty,
@@ -753,13 +718,79 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         0
     );
     let raw: std::collections::BTreeSet<String> = aws
-        .raw(&bucket)
+        .raw(bucket)
         .await
         .into_iter()
         .map(|(_, l)| l.id)
         .collect();
     assert_eq!(raw.len(), n, "RAW holds every message");
-    assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
+    assert_eq!(aws.depth(queue).await, (0, 0), "the queue is drained");
+}
+
+/// kill -9 at random moments of an SQS → S3 RAW → PostgreSQL worker (`WEIR_CRASH_ITERATIONS`, default 10),
+/// restarting each time, in rounds of 10 kills over a fresh queue of 300 messages (moto's receive slows down
+/// with the queue's size: 4.5 s a call at 3,000 messages), each round ending with a run until its queue is
+/// drained: every order exactly once in the final tables (a batch committed but not yet deleted before a kill
+/// is delivered and committed again: the ledger shows the replay, the rows do not change), RAW holds every
+/// message, every queue is empty, every ledger batch balances.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kill_9_loses_and_doubles_nothing() {
+    const ROUND: usize = 10;
+    const PER_ROUND: usize = 300;
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let bucket = aws.bucket().await;
+    let iterations = crash_iterations();
+    let rounds = iterations.div_ceil(ROUND);
+    let n = PER_ROUND * rounds;
+    let lines = orders(n, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = CrashRng::new();
+    let (mut kills, mut killed) = (0, 0);
+    let mut queue = String::new();
+    for (round, batch) in lines.chunks(PER_ROUND).enumerate() {
+        queue = aws.queue(4).await;
+        assert_eq!(aws.send(&queue, batch).await.len(), batch.len());
+        let config = write_config(
+            dir.path(),
+            &Setup {
+                source: "visibility_timeout_secs = 4\nreceivers = 2",
+                batch: "max_records = 10\nmax_wait_ms = 200",
+                retry: "max_attempts = 100\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000",
+                ..setup(&queue, &bucket, &db.url)
+            },
+        );
+        for _ in 0..ROUND.min(iterations - round * ROUND) {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["run", "-c", config.to_str().unwrap()])
+                .env("WEIR_LOG", "warn")
+                .envs(AWS_TEST_ENV)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+            kills += 1;
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                killed += 1;
+            }
+            let _ = child.wait();
+        }
+        let out = run_weir(&config, &[]).await;
+        assert!(out.status.success(), "{}", show(&out));
+        assert_eq!(
+            aws.depth(&queue).await,
+            (0, 0),
+            "round {round}: queue drained"
+        );
+    }
+    eprintln!("{killed} of {kills} runs killed mid-way ({n} messages in {rounds} queues)");
+    assert!(
+        killed >= kills / 2,
+        "only {killed} of {kills} runs were killed mid-way"
+    );
+    assert_every_order_once(&aws, &db, (&queue, &bucket), n, 7).await;
 }
 
 /// The whole AWS endpoint (SQS and S3) gone for 30 s in the middle of a run with the default retry settings
@@ -773,14 +804,7 @@ async fn aws_endpoint_outage_mid_run_recovers() {
     let db = TestDb::new().await;
     let (queue, bucket) = (aws.queue(20).await, aws.bucket().await);
     let n = 300usize;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "A", "qty": {}, "unit_price": "1.00"}}]}}"#,
-                i % 5 + 1
-            )
-        })
-        .collect();
+    let lines = orders(n, 5);
     assert_eq!(aws.send(&queue, &lines).await.len(), n);
     let front = aws_front().await;
     let endpoint = format!("http://{}", front.addr);
@@ -818,6 +842,7 @@ async fn aws_endpoint_outage_mid_run_recovers() {
         settled,
         "nothing commits without its RAW copy"
     );
+    eprintln!("AWS endpoint down 30 s after {settled} of {n} messages were loaded");
     front.set_up(true);
     let out = running.wait(Duration::from_secs(180)).await;
     assert!(out.status.success(), "{}", show(&out));
@@ -825,25 +850,7 @@ async fn aws_endpoint_outage_mid_run_recovers() {
     assert!(log.contains("receive failed; retrying"), "{}", show(&out));
     assert!(log.contains("RAW write failed; retrying"), "{}", show(&out));
 
-    assert_eq!(db.count("SELECT count(*) FROM orders").await, n as i64);
-    let qty: i64 = (0..n).map(|i| (i % 5 + 1) as i64).sum();
-    assert_eq!(db.count("SELECT sum(qty) FROM order_lines").await, qty);
-    assert_eq!(db.count("SELECT count(*) FROM weir_dead_letters").await, 0);
-    assert_eq!(
-        db.count(
-            "SELECT count(*) FROM weir_batches WHERE records_in <> emitted + dropped + rejected"
-        )
-        .await,
-        0
-    );
-    let raw: std::collections::BTreeSet<String> = aws
-        .raw(&bucket)
-        .await
-        .into_iter()
-        .map(|(_, l)| l.id)
-        .collect();
-    assert_eq!(raw.len(), n, "RAW holds every message");
-    assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
+    assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
 }
 
 /// An outage is not idleness: a worker with `idle_exit_secs = 3` that has drained its queue keeps running
@@ -854,13 +861,8 @@ async fn outage_is_not_idleness() {
     let aws = aws().await;
     let db = TestDb::new().await;
     let (queue, bucket) = (aws.queue(20).await, aws.bucket().await);
-    let order = |i: usize| {
-        format!(
-            r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "A", "qty": 1, "unit_price": "1.00"}}]}}"#
-        )
-    };
-    aws.send(&queue, &(0..5).map(order).collect::<Vec<_>>())
-        .await;
+    let lines = orders(10, 1);
+    aws.send(&queue, &lines[..5]).await;
     let front = aws_front().await;
     let endpoint = format!("http://{}", front.addr);
     let dir = tempfile::tempdir().unwrap();
@@ -879,8 +881,7 @@ async fn outage_is_not_idleness() {
     // (`wait_secs = 1`) have ended on the server: a message taken by a poll whose answer is lost stays
     // invisible for its visibility timeout (20 s), as on SQS.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    aws.send(&queue, &(5..10).map(order).collect::<Vec<_>>())
-        .await;
+    aws.send(&queue, &lines[5..]).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
         running.is_running(),
@@ -894,6 +895,5 @@ async fn outage_is_not_idleness() {
         "{}",
         show(&out)
     );
-    assert_eq!(db.count("SELECT count(*) FROM orders").await, 10);
-    assert_eq!(aws.depth(&queue).await, (0, 0), "the queue is drained");
+    assert_every_order_once(&aws, &db, (&queue, &bucket), 10, 1).await;
 }

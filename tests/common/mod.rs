@@ -403,6 +403,28 @@ impl TcpFront {
     }
 }
 
+/// `weir run -c config` with every SQL statement it sends traced (`weir::sql=trace`, JSON logs): the run's
+/// output and the statements in order.
+pub fn run_traced(config: &Path) -> (Output, Vec<String>) {
+    let out = weir(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+        &[("WEIR_LOG", "warn,weir::sql=trace")],
+    );
+    let statements = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "weir::sql")
+        .filter_map(|v| v["fields"]["sql"].as_str().map(str::to_string))
+        .collect();
+    (out, statements)
+}
+
 /// Kills per crash loop: `WEIR_CRASH_ITERATIONS` (the long variants), default 10.
 pub fn crash_iterations() -> usize {
     std::env::var("WEIR_CRASH_ITERATIONS")
