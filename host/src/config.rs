@@ -127,8 +127,8 @@ pub enum SourceConfig {
         /// batch is in flight, so a slow sink never causes a redelivery. Default 60.
         #[serde(default = "default_visibility_timeout_secs")]
         visibility_timeout_secs: i32,
-        /// Stop when no message has arrived for this many seconds (drain-and-exit jobs); time the queue
-        /// cannot be reached does not count. Default: never.
+        /// Stop when no message has arrived for this many seconds and a receive call has found the queue
+        /// empty (drain-and-exit jobs); time the queue cannot be reached does not count. Default: never.
         #[serde(default)]
         idle_exit_secs: Option<u64>,
     },

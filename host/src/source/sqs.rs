@@ -74,6 +74,9 @@ struct Shared {
     /// Receivers whose last call failed, and when the last of them recovered: an outage is not idleness, so
     /// `idle_exit_secs` counts only from the moment every receiver got through again.
     failing: Mutex<(usize, Instant)>,
+    /// When the latest receive call that found the queue empty was sent: the input is idle only once a call
+    /// sent after the last message came back empty (a slow server is not an empty queue).
+    polled_empty: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -81,6 +84,14 @@ impl Shared {
     fn unreachable_within(&self, window: Duration) -> bool {
         let (failing, recovered_at) = *self.failing.lock().expect("not poisoned");
         failing > 0 || recovered_at.elapsed() < window
+    }
+
+    /// Whether a receive call sent at or after `since` found the queue empty.
+    fn polled_empty_since(&self, since: Instant) -> bool {
+        self.polled_empty
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|at| at >= since)
     }
 }
 
@@ -108,6 +119,8 @@ pub struct SqsSource {
     receivers: Tasks,
     heartbeat: Arc<Heartbeat>,
     idle_exit: Option<Duration>,
+    /// When the last message was handed out (or the source opened).
+    last_message_at: Instant,
     fifo: bool,
 }
 
@@ -178,6 +191,7 @@ impl SqsSource {
             visibility: Duration::from_secs(options.visibility_timeout_secs as u64),
             inflight: Mutex::new(HashMap::new()),
             failing: Mutex::new((0, Instant::now())),
+            polled_empty: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(options.receivers * options.max_messages as usize);
         let receivers = (0..options.receivers)
@@ -202,6 +216,7 @@ impl SqsSource {
             receivers: Tasks(receivers),
             heartbeat,
             idle_exit: options.idle_exit,
+            last_message_at: Instant::now(),
             fifo,
         })
     }
@@ -268,6 +283,9 @@ impl Source for SqsSource {
                     Err(_) if self.shared.unreachable_within(idle) => {
                         tracing::debug!(queue = %self.shared.queue, "no message, but the queue was unreachable: not idle");
                     }
+                    Err(_) if !self.shared.polled_empty_since(self.last_message_at) => {
+                        tracing::debug!(queue = %self.shared.queue, "no message, but no receive has found the queue empty yet: not idle");
+                    }
                     Err(_) => {
                         tracing::info!(queue = %self.shared.queue, idle_secs = idle.as_secs(), "no message for idle_exit_secs: ending input");
                         return Ok(None);
@@ -288,6 +306,7 @@ impl Source for SqsSource {
                 {
                     m.handed = true;
                 }
+                self.last_message_at = Instant::now();
                 Ok(Some(polled))
             }
         }
@@ -314,6 +333,7 @@ async fn receive_loop(
     let mut backoff = Duration::from_millis(200);
     let mut failing = false;
     loop {
+        let sent = Instant::now();
         let received = shared
             .client
             .receive_message()
@@ -334,7 +354,12 @@ async fn receive_loop(
                     let mut f = shared.failing.lock().expect("not poisoned");
                     *f = (f.0 - 1, Instant::now());
                 }
-                out.messages.unwrap_or_default()
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    let mut empty = shared.polled_empty.lock().expect("not poisoned");
+                    *empty = Some(empty.map_or(sent, |e| e.max(sent)));
+                }
+                messages
             }
             Err(e) => {
                 if !failing {
