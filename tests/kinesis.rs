@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -123,23 +123,19 @@ endpoint_url = "{endpoint}"
 }
 
 /// A `weir run` in the background; killed if the test ends first.
-struct Worker(Option<Child>);
+struct Worker(Background);
 
 impl Worker {
     fn start(config: &Path) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", "-c", config.to_str().unwrap()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "-c", config.to_str().unwrap()])
             .env("WEIR_LOG", "info")
-            .envs(AWS_TEST_ENV)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weir starts");
-        Worker(Some(child))
+            .envs(AWS_TEST_ENV);
+        Worker(Background::spawn(cmd))
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.0.as_ref().unwrap().id();
+        let pid = self.0.id();
         assert!(
             Command::new("kill")
                 .args([signal, &pid.to_string()])
@@ -149,21 +145,8 @@ impl Worker {
         );
     }
 
-    async fn wait(mut self) -> Output {
-        let child = self.0.take().unwrap();
-        let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-        tokio::time::timeout(Duration::from_secs(120), waiter)
-            .await
-            .expect("weir finishes")
-            .unwrap()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-        }
+    async fn wait(self) -> Output {
+        self.0.wait(Duration::from_secs(120)).await
     }
 }
 

@@ -224,13 +224,10 @@ async fn mongodb_outage_mid_run_recovers() {
         format!("{text}\n[retry]\nmax_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\n"),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("WEIR_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "-c", config.to_str().unwrap()])
+        .env("WEIR_LOG", "warn");
+    let child = Background::spawn(cmd);
     pg.wait_for_batches(5).await;
     front.set_up(false);
     let during = pg.count("SELECT sum(records_in) FROM weir_batches").await;
@@ -242,9 +239,7 @@ async fn mongodb_outage_mid_run_recovers() {
         "{during} → {after} while MongoDB was down"
     );
     front.set_up(true);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = child.wait(std::time::Duration::from_secs(300)).await;
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("retrying"),

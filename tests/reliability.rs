@@ -399,13 +399,10 @@ async fn postgres_restart_mid_run_recovers() {
     .unwrap();
     let (input, expected_total) = orders_input(n);
     std::fs::write(dir.path().join("orders.jsonl"), input).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("WEIR_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "-c", config.to_str().unwrap()])
+        .env("WEIR_LOG", "warn");
+    let child = Background::spawn(cmd);
     // Restart once some batches have committed.
     db.wait_for_batches(3).await;
     let restart = std::process::Command::new("pg_ctlcluster")
@@ -420,9 +417,7 @@ async fn postgres_restart_mid_run_recovers() {
         .output()
         .unwrap();
     assert!(restart.status.success(), "{}", show(&restart));
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = child.wait(std::time::Duration::from_secs(300)).await;
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("retrying"),

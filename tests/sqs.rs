@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
@@ -256,53 +256,18 @@ fn setup<'a>(queue_url: &'a str, bucket: &'a str, db_url: &'a str) -> Setup<'a> 
     }
 }
 
-/// A `weir` process running in the background; killed if the test ends first.
-struct Running(Option<Child>);
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.args(args)
-            .env("WEIR_LOG", "info")
-            .envs(AWS_TEST_ENV)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Running(Some(cmd.spawn().expect("weir starts")))
+/// `weir` with `args` running in the background (output read as it runs); killed if the test ends first.
+fn start_weir(args: &[&str], env: &[(&str, &str)]) -> Background {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args).env("WEIR_LOG", "info").envs(AWS_TEST_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// Whether the process is still running.
-    fn is_running(&mut self) -> bool {
-        self.0.as_mut().unwrap().try_wait().unwrap().is_none()
-    }
-
-    /// Waits for the exit (at most `limit`) without blocking the async runtime.
-    async fn wait(mut self, limit: Duration) -> Output {
-        let child = self.0.take().unwrap();
-        let pid = child.id();
-        let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-        match tokio::time::timeout(limit, waiter).await {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                panic!("weir did not finish within {limit:?}");
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-        }
-    }
+    Background::spawn(cmd)
 }
 
 async fn run_weir(config: &Path, env: &[(&str, &str)]) -> Output {
-    Running::start(&["run", "-c", config.to_str().unwrap()], env)
+    start_weir(&["run", "-c", config.to_str().unwrap()], env)
         .wait(Duration::from_secs(120))
         .await
 }
@@ -430,7 +395,7 @@ async fn stalled_sink_causes_no_redelivery() {
         .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let running = Running::start(
+    let running = start_weir(
         &["run", "-c", config.to_str().unwrap()],
         &[("WEIR_LOG", "info,weir::source::sqs=debug")],
     );
@@ -573,7 +538,7 @@ async fn s3_outage_deletes_nothing_and_recovers() {
             ..setup(&queue, &bucket, &db.url)
         },
     );
-    let running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    let running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         aws.depth(&queue).await,
@@ -836,7 +801,7 @@ async fn aws_endpoint_outage_mid_run_recovers() {
             ..setup(&queue, &bucket, &db.url)
         },
     );
-    let running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    let running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
     db.wait_for_batches(1).await;
     front.set_up(false);
     let at_cut = db.count("SELECT count(*) FROM weir_batches").await;
@@ -892,7 +857,7 @@ async fn outage_is_not_idleness() {
             ..setup(&queue, &bucket, &db.url)
         },
     );
-    let mut running = Running::start(&["run", "-c", config.to_str().unwrap()], &[]);
+    let mut running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
     db.wait_for_batches(1).await;
     assert_eq!(db.count("SELECT count(*) FROM orders").await, 5);
     front.set_up(false);

@@ -425,6 +425,81 @@ pub fn run_traced(config: &Path) -> (Output, Vec<String>) {
     (out, statements)
 }
 
+/// A process running in the background whose stdout and stderr are read while it runs (a process blocked on
+/// a full pipe would stop in the middle of a test); killed if the test ends first.
+pub struct Background {
+    child: Option<std::process::Child>,
+    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    /// Starts `cmd` with its output piped and read.
+    pub fn spawn(mut cmd: Command) -> Background {
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the process starts");
+        fn read(mut from: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = from.read_to_end(&mut bytes);
+                bytes
+            })
+        }
+        let readers = vec![
+            read(child.stdout.take().unwrap()),
+            read(child.stderr.take().unwrap()),
+        ];
+        Background {
+            child: Some(child),
+            readers,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the exit (at most `limit`, else kills it and fails) without blocking the async runtime.
+    pub async fn wait(mut self, limit: std::time::Duration) -> Output {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id();
+        let readers = std::mem::take(&mut self.readers);
+        let waiter = tokio::task::spawn_blocking(move || {
+            let status = child.wait().unwrap();
+            let mut read = readers.into_iter().map(|r| r.join().unwrap());
+            Output {
+                status,
+                stdout: read.next().unwrap(),
+                stderr: read.next().unwrap(),
+            }
+        });
+        match tokio::time::timeout(limit, waiter).await {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                panic!("process {pid} did not finish within {limit:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Kills per crash loop: `WEIR_CRASH_ITERATIONS` (the long variants), default 10.
 pub fn crash_iterations() -> usize {
     std::env::var("WEIR_CRASH_ITERATIONS")
