@@ -43,11 +43,18 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   apt-get update -qq && apt-get install -y -qq chromium
 fi
 
+# Every test binary runs even when an earlier one fails (--no-fail-fast); the run fails at the end if any did.
+failed=()
 echo "==> guest SDK and example rules (native unit tests)"
 # (a target dir of its own: the same crates built by two workspaces must not overwrite each other)
-(cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked)
+(cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked --no-fail-fast) \
+  || failed+=("guest SDK and example rules")
 
 echo "==> host: unit tests, black-box tests, benchmark smoke run"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast || failed+=("host")
 
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "==> FAILED: ${failed[*]} (after $((SECONDS - started)) s; the failing tests are listed above)" >&2
+  exit 1
+fi
 echo "==> all tests passed in $((SECONDS - started)) s"

@@ -129,3 +129,77 @@ async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
         );
     }
 }
+
+/// A rule that sleeps (a blocking WASI call: `std::thread::sleep` of 10 minutes) cannot hold a host thread:
+/// sleeps are virtual, they move the rule's clock and return at once, so the run ends long before the sleep
+/// would have, and the record loads. (It used to block for the whole sleep, past `batch_deadline_ms`, and
+/// again for every half of the bisection.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_rule_cannot_escape_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input: Vec<String> = (0..15).map(|i| format!("ok:{i}")).collect();
+    input.insert(7, "sleep:600000:slept".into());
+    std::fs::write(dir.path().join("input.txt"), input.join("\n")).unwrap();
+    let cfg = config(dir.path(), "misbehave", 32, 100);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "-c", cfg.to_str().unwrap()]);
+    // Far less than the 600 s the rule sleeps: the run cannot have waited for it.
+    let out = Background::spawn(cmd)
+        .wait(std::time::Duration::from_secs(120))
+        .await;
+    assert!(out.status.success(), "{}", show(&out));
+    let db = dir.path().join("weir.db");
+    assert_eq!(count(&db, "SELECT count(*) FROM t").await, 16);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM t WHERE id = 'slept'").await,
+        1
+    );
+}
+
+/// Rules see a deterministic world: the wall clock is the record's arrival time, the monotonic clock starts
+/// at zero, random is seeded from the records' ids. A rule keying rows on the clocks and on random therefore
+/// writes the same keys on a re-run of the same input (a redelivery) and on `weir replay`: no new rows. (With
+/// the host's clock and secure random, every delivery added rows.)
+#[tokio::test(flavor = "multi_thread")]
+async fn clocks_and_random_are_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("input.txt"),
+        "clock:a\nrandom:b\nclock:c\nrandom:d\n",
+    )
+    .unwrap();
+    let cfg = config(dir.path(), "misbehave", 32, 2);
+    let db = dir.path().join("weir.db");
+    let keys = || async {
+        query(&db, "SELECT id FROM t ORDER BY id")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<String>>()
+    };
+    let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let first = keys().await;
+    assert_eq!(first.len(), 4, "{first:?}");
+    // The wall clock is the file's modification time (the records' arrival), not the time of the run.
+    let mtime_ms = std::fs::metadata(dir.path().join("input.txt"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(first[0].starts_with(&format!("a@{mtime_ms}@")), "{first:?}");
+    // A redelivery: the same input again from the start, into the same tables.
+    execute(
+        &db,
+        "DELETE FROM weir_checkpoints; DELETE FROM weir_batches",
+    )
+    .await;
+    let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(keys().await, first, "a redelivery writes the same keys");
+    let out = weir(&["replay", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(keys().await, first, "a replay writes the same keys");
+}

@@ -59,6 +59,20 @@ impl Aws {
     }
 
     /// (visible, in flight) messages of a queue.
+    /// Waits (at most 120 s) until the queue's depth is `want` (visible, in flight).
+    async fn wait_for_depth(&self, url: &str, want: (i64, i64)) {
+        for _ in 0..1200 {
+            if self.depth(url).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the queue never reached depth {want:?}: {:?}",
+            self.depth(url).await
+        );
+    }
+
     async fn depth(&self, url: &str) -> (i64, i64) {
         let out = self
             .sqs
@@ -395,6 +409,9 @@ async fn stalled_sink_causes_no_redelivery() {
         .await
         .unwrap();
     let running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
+    // By construction: every message is in flight with this worker first, then the stall outlasts three
+    // visibility timeouts (2 s each).
+    aws.wait_for_depth(&queue, (0, MESSAGES)).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(db.count("SELECT count(*) FROM weir_batches").await, 0);
     // Everything is in flight with this worker; nothing came back to the queue.
@@ -531,6 +548,8 @@ async fn s3_outage_deletes_nothing_and_recovers() {
         },
     );
     let running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
+    // Every message in flight first, then an outage of two visibility timeouts (4 s each).
+    aws.wait_for_depth(&queue, (0, MESSAGES)).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         aws.depth(&queue).await,
@@ -583,7 +602,8 @@ async fn missing_queue_or_bucket_is_named() {
 }
 
 /// A FIFO queue: successive versions of one order sent in one message group load in order (the final row is
-/// the last version) even with several receivers and small batches; record ids carry the deduplication id.
+/// the last version) even with several receivers and small batches; record ids are message ids, the
+/// deduplication id an attribute.
 #[tokio::test(flavor = "multi_thread")]
 async fn fifo_keeps_group_order() {
     let _light = HEAVY.read().await;
@@ -636,9 +656,22 @@ async fn fifo_keeps_group_order() {
     let row = db.rows("SELECT total, _weir_record_id FROM orders").await;
     assert_eq!(row.len(), 1);
     assert_eq!(row[0][0], "20.00", "the last version wins");
+    // The record id is the message id (unique); the deduplication id travels as an attribute.
+    let message_id = row[0][1]
+        .strip_prefix(&format!("sqs/{queue_name}/"))
+        .unwrap_or_else(|| panic!("{row:?}"));
+    assert!(!message_id.contains('/'), "{row:?}");
+    let raw = aws.raw(&bucket).await;
+    let (_, line) = raw
+        .iter()
+        .find(|(_, l)| l.id == row[0][1])
+        .unwrap_or_else(|| panic!("RAW holds {}", row[0][1]));
     assert!(
-        row[0][1].starts_with(&format!("sqs/{queue_name}/g1/20-")),
-        "{row:?}"
+        line.attributes
+            .iter()
+            .any(|(k, v)| k == "sqs:MessageDeduplicationId" && v.starts_with("20-")),
+        "{:?}",
+        line.attributes
     );
     assert_eq!(
         db.count("SELECT sum(records_in) FROM weir_batches").await,
@@ -735,6 +768,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
             },
         );
         for _ in 0..ROUND.min(iterations - round * ROUND) {
+            let before = db.batches_so_far().await;
             let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
                 .args(["run", "-c", config.to_str().unwrap()])
                 .env("WEIR_LOG", "warn")
@@ -743,13 +777,18 @@ async fn random_kill_9_loses_and_doubles_nothing() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+            // The kill lands inside the run by construction: after 1–2 more committed batches (of the 30
+            // a round's queue holds for its 10 kills) and a random 0–20 ms.
+            let step = 1 + rng.below(2) as i64;
+            let mid_run = db
+                .wait_for_progress(before, step, 20, &mut rng, || {
+                    child.try_wait().unwrap().is_none()
+                })
+                .await;
             kills += 1;
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                killed += 1;
-            }
+            let _ = child.kill();
             let _ = child.wait();
+            killed += mid_run as usize;
         }
         let out = run_weir(&config, &[]).await;
         assert!(out.status.success(), "{}", show(&out));
@@ -760,8 +799,8 @@ async fn random_kill_9_loses_and_doubles_nothing() {
         );
     }
     eprintln!("{killed} of {kills} runs killed mid-way ({n} messages in {rounds} queues)");
-    assert!(
-        killed >= kills / 2,
+    assert_eq!(
+        killed, kills,
         "only {killed} of {kills} runs were killed mid-way"
     );
     assert_every_order_once(&aws, &db, (&queue, &bucket), n, 7).await;

@@ -11,30 +11,71 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 static READY: AtomicBool = AtomicBool::new(false);
+static SINK_REACHABLE: AtomicBool = AtomicBool::new(true);
 
 /// Marks the worker ready (or not) for `/readyz` and the `weir_ready` gauge.
 pub fn set_ready(ready: bool) {
     READY.store(ready, Ordering::SeqCst);
+    publish();
+}
+
+/// Records whether the last database call reached the sink: `/readyz` answers 503 while it does not.
+pub fn set_sink_reachable(reachable: bool) {
+    if SINK_REACHABLE.swap(reachable, Ordering::SeqCst) != reachable {
+        publish();
+    }
+}
+
+fn publish() {
+    let ready = is_ready();
     crate::metrics::global().set("weir_ready", &[], if ready { 1.0 } else { 0.0 });
 }
 
-/// Whether the worker is ready.
+/// Whether the worker is ready: started, not stopping, and its sink reachable.
 pub fn is_ready() -> bool {
-    READY.load(Ordering::SeqCst)
+    READY.load(Ordering::SeqCst) && SINK_REACHABLE.load(Ordering::SeqCst)
 }
 
-/// Binds `addr` (`0.0.0.0:9898`) and serves the admin routes until the process ends; returns the bound
-/// address (port 0 picks a free port).
-pub async fn serve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+/// Most admin connections served at once; more are closed at once (a scraper storm must not cost the worker
+/// its memory or file descriptors).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Binds `addr` (`0.0.0.0:9898`) and serves the admin routes until `shutdown` becomes true; returns the bound
+/// address (port 0 picks a free port). A failing `accept` (out of file descriptors, say) backs off from 10 ms
+/// to 1 s instead of spinning.
+pub async fn serve(
+    addr: &str,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "admin endpoint: accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(stream); // at the cap: closed unanswered
                 continue;
             };
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream)).await;
+                drop(permit);
             });
         }
     });
@@ -99,6 +140,57 @@ async fn answer(mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At most `MAX_CONNECTIONS` are served at once (the next is closed unanswered, later ones are served
+    /// again once slots free up), and the endpoint stops listening on shutdown.
+    #[tokio::test]
+    async fn connections_are_capped_and_shutdown_stops_the_listener() {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let addr = serve("127.0.0.1:0", shutdown).await.unwrap();
+        let get = || async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert!(get().await.starts_with("HTTP/1.1 200"));
+        // Idle connections take every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Each accepted idle connection holds its slot: the next request is closed unanswered.
+        let mut refused = false;
+        for _ in 0..50 {
+            if get().await.is_empty() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "a request past the cap was answered");
+        drop(idle);
+        let mut answered = false;
+        for _ in 0..100 {
+            if get().await.starts_with("HTTP/1.1 200") {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answered, "slots freed by closed connections are used again");
+        stop.send(true).unwrap();
+        let mut closed = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(closed, "the listener is closed after shutdown");
+    }
 
     /// Routes answer with the documented status codes.
     #[test]

@@ -26,7 +26,11 @@ impl AwsConfig {
         if let Some(url) = &self.endpoint_url {
             loader = loader.endpoint_url(url.clone());
         }
-        loader.load().await
+        loader
+            .timeout_config(timeouts())
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+            .load()
+            .await
     }
 
     /// An S3 client; path-style addressing when an endpoint override is set (local servers need it).
@@ -62,6 +66,17 @@ impl AwsConfig {
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }
+}
+
+/// Timeouts of every AWS call: a black-holed endpoint fails the call (and weir's own retries take over)
+/// instead of hanging it. The read timeout is above SQS's longest long poll (20 s).
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    use std::time::Duration;
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(40))
+        .operation_attempt_timeout(Duration::from_secs(120))
+        .build()
 }
 
 /// An SDK error as text: the service's error code and message when there are some, else the cause chain.

@@ -359,8 +359,23 @@ pub struct SinkConfig {
     /// redshift: how the stage is filled: `insert` (default; works everywhere) or `copy` from S3.
     #[serde(default)]
     pub stage_fill: StageFillConfig,
+    /// postgres / redshift: longest wait for a new database connection, in seconds. Default 10.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// postgres / redshift: longest one database call may take — a whole batch's commit transaction, a
+    /// checkpoint or lease update — in seconds, before its session is dropped and the call retried (a
+    /// black-holed connection cannot hang the worker). Default 300.
+    #[serde(default = "default_call_timeout_secs")]
+    pub call_timeout_secs: u64,
     /// The declared tables. Rules may only emit rows for these tables and columns.
     pub tables: Vec<TableConfig>,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_call_timeout_secs() -> u64 {
+    300
 }
 
 /// How a stage is merged into its target table.
@@ -456,6 +471,13 @@ pub struct TableConfig {
     /// Column name → type (`smallint`, `integer`, `bigint`, `decimal(p,s)`, `real`, `double precision`,
     /// `boolean`, `varchar(n)`, `timestamp`, `timestamptz`, `super`), in declaration order.
     pub columns: toml::Table,
+    /// A column that orders versions of a row (`updated_at`, a sequence number: any orderable type but
+    /// `super` and `boolean`). When set, an upsert keeps, per key, the row with the highest version, against
+    /// the stored row too (ties: the later one loaded), so a redelivered or replayed older record never
+    /// overwrites a newer one. A row whose version is NULL loses to any row with a version. Default: none (the
+    /// last row loaded wins).
+    #[serde(default)]
+    pub version_column: Option<String>,
     /// Redshift only: the distribution key column. Default: none (Redshift's AUTO).
     #[serde(default)]
     pub distkey: Option<String>,
@@ -1126,8 +1148,39 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
                 ));
             }
         }
+        if let Some(v) = &t.version_column {
+            let field = format!("{at}.version_column");
+            match columns.iter().find(|(c, _)| c == v) {
+                None => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!(
+                            "`{v}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                            t.name
+                        ),
+                    ));
+                }
+                Some((_, ColumnType::Super | ColumnType::Boolean)) => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!(
+                            "`{v}` cannot order versions (super and boolean columns do not); use a timestamp, \
+                             integer, decimal or varchar column"
+                        ),
+                    ));
+                }
+                Some(_) if t.primary_key.contains(v) => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!("`{v}` is part of the primary key; a version column must not be"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
             .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
+        spec.version_column = t.version_column.clone();
         const ENCODINGS: [&str; 13] = [
             "raw",
             "az64",

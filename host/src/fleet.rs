@@ -90,6 +90,8 @@ pub struct ShardInfo {
     pub id: String,
     /// Parent shard ids (split: one; merge: two).
     pub parents: Vec<String>,
+    /// Closed (split or merged away): it has an ending sequence number and gets no new records.
+    pub closed: bool,
 }
 
 /// Lists every shard of a stream (following `NextToken`).
@@ -120,6 +122,9 @@ pub async fn list_shards(
                     .chain(s.adjacent_parent_shard_id())
                     .map(str::to_string)
                     .collect(),
+                closed: s
+                    .sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_some()),
             });
         }
         token = out.next_token;
@@ -326,6 +331,33 @@ pub async fn run(
         for shard in claimed {
             let mut reader_options = options.reader.clone();
             reader_options.shard = shard.clone();
+            let info = shards.iter().find(|s| s.id == shard);
+            let has_parent = info.is_some_and(|s| !s.parents.is_empty());
+            let closed = info.is_some_and(|s| s.closed);
+            let committed = positions.get(&shard).is_some_and(|p| !p.is_empty());
+            match start_of(
+                &reader_options.initial,
+                has_parent,
+                closed,
+                committed,
+                now / 1000,
+            ) {
+                Start::Checkpoint => {}
+                Start::TrimHorizon => reader_options.initial = InitialPosition::TrimHorizon,
+                Start::Pin(ms) => {
+                    reader_options.fresh_pin = true;
+                    // Pinned before reading, so a restart or a lease move resumes from here, not LATEST.
+                    let pinned = crate::source::kinesis::pinned_position(ms);
+                    if let Err(e) = sink
+                        .set_checkpoint("kinesis", &partition_of(&shard), "", &pinned)
+                        .await
+                    {
+                        tracing::warn!(shard = %shard, error = %e, "could not pin the start position; retrying at the next renewal");
+                        let _ = sink.release("kinesis", &partition_of(&shard), &me).await;
+                        continue;
+                    }
+                }
+            }
             let reader = ShardReader::new(client.clone(), reader_options);
             let ended = reader.ended();
             let (stop, stop_rx) = watch::channel(false);
@@ -386,6 +418,41 @@ pub async fn run(
     }
 }
 
+/// Where a newly claimed shard starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From its committed checkpoint (or its pinned start).
+    Checkpoint,
+    /// From the oldest record: a child of a split or merge, whatever `initial_position` says (as the KCL
+    /// does: records written to it between the reshard and the claim must not be skipped).
+    TrimHorizon,
+    /// At `LATEST` now, with that moment (ms) written as its checkpoint first, so that later opens read from
+    /// `AT_TIMESTAMP` ms instead of a later LATEST.
+    Pin(i64),
+}
+
+/// Decides where a newly claimed shard starts (pure; `now_ms` for `latest`). Only `latest` on an open shard
+/// moves with time and needs pinning: `at_timestamp` is the same instant on every start, and the end of a
+/// closed shard does not move.
+pub fn start_of(
+    initial: &InitialPosition,
+    has_parent: bool,
+    closed: bool,
+    committed: bool,
+    now_ms: i64,
+) -> Start {
+    if committed {
+        return Start::Checkpoint;
+    }
+    if has_parent {
+        return Start::TrimHorizon;
+    }
+    match initial {
+        InitialPosition::Latest if !closed => Start::Pin(now_ms),
+        _ => Start::Checkpoint,
+    }
+}
+
 /// Moves a shard's checkpoint from its last committed position to `SHARD_END`.
 async fn end_shard(sink: &dyn Sink, partition: &str) -> Result<bool, SinkError> {
     let at = sink.checkpoint("kinesis", partition).await?;
@@ -442,6 +509,7 @@ mod tests {
         ShardInfo {
             id: id.into(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
+            closed: false,
         }
     }
 
@@ -463,5 +531,42 @@ mod tests {
         assert_eq!(ready_shards(&shards, &pos), ["c2", "orphan"]);
         pos.insert("c2".to_string(), SHARD_END.to_string());
         assert_eq!(ready_shards(&shards, &pos), ["m", "orphan"]);
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+
+    /// Children start at TRIM_HORIZON whatever `initial_position`; `latest` is pinned to the claim's moment;
+    /// a committed shard resumes.
+    #[test]
+    fn where_shards_start() {
+        let latest = InitialPosition::Latest;
+        let at = InitialPosition::AtTimestamp(3);
+        // (initial, has parent, closed, committed, now)
+        assert_eq!(start_of(&latest, true, false, false, 7), Start::TrimHorizon);
+        assert_eq!(start_of(&at, true, false, false, 7), Start::TrimHorizon);
+        assert_eq!(start_of(&latest, false, false, false, 7), Start::Pin(7));
+        assert_eq!(
+            start_of(&latest, false, true, false, 7),
+            Start::Checkpoint,
+            "a closed shard's end stays"
+        );
+        assert_eq!(
+            start_of(&at, false, false, false, 7),
+            Start::Checkpoint,
+            "a fixed instant"
+        );
+        assert_eq!(
+            start_of(&InitialPosition::TrimHorizon, false, false, false, 7),
+            Start::Checkpoint
+        );
+        assert_eq!(start_of(&latest, true, false, true, 7), Start::Checkpoint);
+        assert_eq!(
+            crate::source::kinesis::pinned_start(&crate::source::kinesis::pinned_position(42)),
+            Some(42)
+        );
+        assert_eq!(crate::source::kinesis::pinned_start("4950123"), None);
     }
 }

@@ -402,10 +402,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 
 async fn run(path: &Path) -> Result<ExitCode> {
     let loaded = config::load(path)?;
+    // The admin endpoint answers (503 on /readyz) through the drain and stops once the worker has.
+    let (admin_stop, admin_shutdown) = watch::channel(false);
     if let Some(bind) = &loaded.config.worker.admin_bind {
-        let addr = weir::admin::serve(bind).await.with_context(|| {
-            format!("worker.admin_bind: cannot listen on {bind}; pick a free address or remove it")
-        })?;
+        let addr = weir::admin::serve(bind, admin_shutdown)
+            .await
+            .with_context(|| {
+                format!(
+                    "worker.admin_bind: cannot listen on {bind}; pick a free address or remove it"
+                )
+            })?;
         tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
     }
     let grace = Duration::from_secs(loaded.config.worker.shutdown_grace_secs);
@@ -429,7 +435,9 @@ async fn run(path: &Path) -> Result<ExitCode> {
         }
         std::process::exit(130);
     });
-    let summary = weir::worker::run(&loaded, shutdown).await?;
+    let summary = weir::worker::run(&loaded, shutdown).await;
+    let _ = admin_stop.send(true);
+    let summary = summary?;
     print!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
 }
@@ -550,6 +558,7 @@ async fn reconcile(
         window,
         max_differences,
         group_records: args.group_records,
+        rule_instances: loaded.config.rule.instances,
         progress: std::io::stderr().is_terminal(),
     };
     let mode = if shadow.is_some() {
@@ -611,15 +620,29 @@ async fn replay(
         window,
         max_differences: 0,
         group_records: 0,
+        rule_instances: loaded.config.rule.instances,
         progress: std::io::stderr().is_terminal(),
     };
-    let (objects, records) =
-        weir::reconcile::replay(&run, rule.clone(), &loaded.config.retry).await?;
+    let done = weir::reconcile::replay(&run, rule.clone(), &loaded.config.retry).await?;
     println!(
-        "replayed {records} records from {objects} RAW objects through rule {} into {}",
+        "replayed {} records from {} RAW objects, in the order they first committed, through rule {} into {}",
+        done.records,
+        done.objects,
         rule.digest(),
         sink.describe()
     );
+    if !done.uncommitted.is_empty() {
+        println!(
+            "skipped {} RAW objects that no ledger row committed (archived, never loaded):",
+            done.uncommitted.len()
+        );
+        for key in done.uncommitted.iter().take(20) {
+            println!("  {key}");
+        }
+        if done.uncommitted.len() > 20 {
+            println!("  … and {} more", done.uncommitted.len() - 20);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

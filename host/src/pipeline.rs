@@ -59,6 +59,19 @@ pub enum PipelineError {
     /// A stage task failed.
     #[error("pipeline stage failed: {0}")]
     Stage(String),
+    /// The input behind a checkpoint changed (a file rewritten in place).
+    #[error(
+        "{source_name} {partition}: the input changed since its checkpoint (position {position}): its first \
+         bytes differ from those loaded before, so resuming would skip or mix up records. To load it as new \
+         input, give it another `source.name`; to start this partition over, delete its checkpoint rows \
+         (`DELETE FROM weir_checkpoints WHERE source = '{source_name}' AND \"partition\" IN ('{partition}', \
+         '{partition}#fingerprint')`)"
+    )]
+    InputChanged {
+        source_name: String,
+        partition: String,
+        position: String,
+    },
 }
 
 /// What a run did, for the end-of-run summary.
@@ -70,10 +83,10 @@ pub struct Summary {
     pub records_in: usize,
     /// Rows upserted per table.
     pub rows: BTreeMap<String, usize>,
-    /// Records dropped, by reason.
-    pub dropped: BTreeMap<String, usize>,
-    /// Records rejected (dead-lettered), by reason.
-    pub rejected: BTreeMap<String, usize>,
+    /// Records dropped, by reason (the most frequent reasons; bounded).
+    pub dropped: Tally,
+    /// Records rejected (dead-lettered), by reason (the most frequent reasons; bounded).
+    pub rejected: Tally,
     /// Where RAW went.
     pub raw: String,
     /// Where rows and dead letters went.
@@ -93,8 +106,8 @@ impl Summary {
                         *self.rows.entry(tables[row.table].name.clone()).or_default() += 1;
                     }
                 }
-                RecordOutcome::Drop(r) => *self.dropped.entry(r.clone()).or_default() += 1,
-                RecordOutcome::Reject(_, r) => *self.rejected.entry(r.clone()).or_default() += 1,
+                RecordOutcome::Drop(r) => self.dropped.add(r, 1),
+                RecordOutcome::Reject(_, r) => self.rejected.add(r, 1),
             }
         }
     }
@@ -106,12 +119,8 @@ impl Summary {
         for (k, v) in other.rows {
             *self.rows.entry(k).or_default() += v;
         }
-        for (k, v) in other.dropped {
-            *self.dropped.entry(k).or_default() += v;
-        }
-        for (k, v) in other.rejected {
-            *self.rejected.entry(k).or_default() += v;
-        }
+        self.dropped.merge(other.dropped);
+        self.rejected.merge(other.rejected);
         if self.raw.is_empty() {
             self.raw = other.raw;
             self.sink = other.sink;
@@ -121,7 +130,6 @@ impl Summary {
 
     /// The summary as text for a terminal.
     pub fn render(&self) -> String {
-        let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
         let mut s = format!(
             "records in: {} in {} batches\n",
             self.records_in, self.batches
@@ -133,13 +141,14 @@ impl Summary {
         for (t, n) in &self.rows {
             s.push_str(&format!("  {t}: {n}\n"));
         }
-        s.push_str(&format!("dropped: {}\n", total(&self.dropped)));
-        for (r, n) in &self.dropped {
-            s.push_str(&format!("  {n} × {r}\n"));
-        }
-        s.push_str(&format!("rejected: {}\n", total(&self.rejected)));
-        for (r, n) in &self.rejected {
-            s.push_str(&format!("  {n} × {r}\n"));
+        for (what, tally) in [("dropped", &self.dropped), ("rejected", &self.rejected)] {
+            s.push_str(&format!("{what}: {}\n", tally.total()));
+            for (r, n) in tally.top() {
+                s.push_str(&format!("  {n} × {r}\n"));
+            }
+            if tally.other() > 0 {
+                s.push_str(&format!("  {} × (other reasons)\n", tally.other()));
+            }
         }
         if let (Some(p50), Some(p99)) = (self.latency.quantile(0.5), self.latency.quantile(0.99)) {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -156,6 +165,76 @@ impl Summary {
             self.sink
         ));
         s
+    }
+}
+
+/// Counts by reason with bounded memory, for a summary that lives as long as the worker: reasons are cut to
+/// [`Tally::REASON_BYTES`]; past [`Tally::KEEP_MAX`] distinct reasons, all but the [`Tally::TOP`] most
+/// frequent are folded into one "other" count. Totals stay exact.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    counts: std::collections::HashMap<String, usize>,
+    other: usize,
+}
+
+impl Tally {
+    /// Reasons shown.
+    pub const TOP: usize = 20;
+    /// Distinct reasons kept before folding.
+    pub const KEEP_MAX: usize = 1_000;
+    /// Longest reason kept, UTF-8 bytes.
+    pub const REASON_BYTES: usize = 512;
+
+    /// Counts `n` more of `reason`.
+    pub fn add(&mut self, reason: &str, n: usize) {
+        let reason = crate::sink::clean_text(reason, Self::REASON_BYTES);
+        *self.counts.entry(reason).or_default() += n;
+        if self.counts.len() > Self::KEEP_MAX {
+            let ranked = self.ranked();
+            self.other += ranked[Self::TOP..].iter().map(|(_, n)| n).sum::<usize>();
+            self.counts = ranked.into_iter().take(Self::TOP).collect();
+        }
+    }
+
+    /// Adds another tally.
+    pub fn merge(&mut self, other: Tally) {
+        for (r, n) in other.counts {
+            self.add(&r, n);
+        }
+        self.other += other.other;
+    }
+
+    /// Every counted record.
+    pub fn total(&self) -> usize {
+        self.counts.values().sum::<usize>() + self.other
+    }
+
+    /// Records whose reason is not among the kept ones.
+    pub fn other(&self) -> usize {
+        self.other
+            + self
+                .ranked()
+                .iter()
+                .skip(Self::TOP)
+                .map(|(_, n)| n)
+                .sum::<usize>()
+    }
+
+    /// The most frequent reasons with their counts, most frequent first.
+    pub fn top(&self) -> Vec<(String, usize)> {
+        self.ranked().into_iter().take(Self::TOP).collect()
+    }
+
+    /// Distinct reasons held (bounded by [`Tally::KEEP_MAX`]).
+    pub fn distinct(&self) -> usize {
+        self.counts.len()
+    }
+
+    fn ranked(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> =
+            self.counts.iter().map(|(r, n)| (r.clone(), *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
     }
 }
 
@@ -223,6 +302,23 @@ impl Pipeline {
         } else {
             String::new()
         };
+        if let Some(fingerprint) = source.fingerprint() {
+            let row = crate::source::fingerprint_partition(&partition);
+            let stored = fingerprint_io(&retry, || sink.checkpoint(&source_name, &row)).await?;
+            if !position.is_empty() && !stored.is_empty() && !source.same_input(&stored) {
+                return Err(PipelineError::InputChanged {
+                    source_name,
+                    partition,
+                    position,
+                });
+            }
+            if stored != fingerprint {
+                fingerprint_io(&retry, || {
+                    sink.set_checkpoint(&source_name, &row, &stored, &fingerprint)
+                })
+                .await?;
+            }
+        }
         source.seek(&position).await?;
         tracing::info!(source = %source_name, partition = %partition, checkpoint = %position, "starting");
 
@@ -237,9 +333,12 @@ impl Pipeline {
         };
         let acker = source.acker();
 
-        let batcher = tokio::spawn(batcher(source, position, batch, to_raw, shutdown));
-        let raw_stage = tokio::spawn(raw_stage(raw, retry.clone(), from_batcher, to_rules));
-        let rules_stage = tokio::spawn(rules_stage(
+        // Every stage task is aborted when the run ends, however it ends (an early error return drops the
+        // guard): a stopped pipeline leaves no reader polling its source.
+        let mut stages = StageTasks::default();
+        let batcher = stages.spawn(batcher(source, position, batch, to_raw, shutdown));
+        let raw_stage = stages.spawn(raw_stage(raw, retry.clone(), from_batcher, to_rules));
+        let rules_stage = stages.spawn(rules_stage(
             rule.clone(),
             tables.clone(),
             max_rows_per_record,
@@ -257,17 +356,76 @@ impl Pipeline {
             &mut summary,
         )
         .await;
-        // When the sink stage stops early, the channels close and the other stages end on their own.
-        let joined = |r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r {
-            Ok(inner) => inner,
-            Err(e) => Err(PipelineError::Stage(e.to_string())),
-        };
-        sink_result?;
-        joined(batcher.await)?;
-        joined(raw_stage.await)?;
-        joined(rules_stage.await)?;
+        if let Err(e) = sink_result {
+            stages.abort_all().await;
+            return Err(e);
+        }
+        for stage in [batcher, raw_stage, rules_stage] {
+            if let Err(e) = stages.join(stage).await {
+                stages.abort_all().await;
+                return Err(e);
+            }
+        }
         Ok(summary)
     }
+}
+
+/// The stage tasks of one run; aborted when dropped.
+#[derive(Default)]
+struct StageTasks {
+    tasks: Vec<Option<tokio::task::JoinHandle<Result<(), PipelineError>>>>,
+}
+
+impl StageTasks {
+    fn spawn(
+        &mut self,
+        f: impl Future<Output = Result<(), PipelineError>> + Send + 'static,
+    ) -> usize {
+        self.tasks.push(Some(tokio::spawn(f)));
+        self.tasks.len() - 1
+    }
+
+    async fn join(&mut self, i: usize) -> Result<(), PipelineError> {
+        match self.tasks[i].take() {
+            Some(task) => match task.await {
+                Ok(inner) => inner,
+                Err(e) => Err(PipelineError::Stage(e.to_string())),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts every stage still running and waits until each has stopped.
+    async fn abort_all(&mut self) {
+        for task in self.tasks.iter_mut().filter_map(Option::take) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StageTasks {
+    fn drop(&mut self) {
+        for task in self.tasks.iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// Reads or writes the input fingerprint kept beside a checkpoint (refusing to resume a checkpoint on other
+/// input than the one it was taken of, a file rewritten in place), with the retry policy.
+async fn fingerprint_io<T, F, Fut>(retry: &RetryConfig, op: F) -> Result<T, PipelineError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SinkError>>,
+{
+    retrying(retry, "input fingerprint", op)
+        .await
+        .map_err(|(attempts, e)| PipelineError::Sink {
+            batch: "(input fingerprint)".into(),
+            attempts,
+            message: e.to_string(),
+        })
 }
 
 /// Groups records into batches by count, bytes and wait time.
@@ -290,6 +448,8 @@ async fn batcher(
             .map(|b| tokio::time::Instant::from_std(b.started + max_wait));
         let flush = tokio::select! {
             biased;
+            // The next stage is gone (the pipeline stopped): stop reading at once.
+            _ = out.closed() => return Ok(()),
             _ = stopped(&mut shutdown) => {
                 tracing::info!(source = %source_name, partition = %partition, "shutdown: finishing the in-flight batch");
                 ended = true;
@@ -391,29 +551,14 @@ async fn rules_stage(
         let tables = tables.clone();
         let began = Instant::now();
         let (batch, outcomes) = tokio::task::spawn_blocking(move || {
-            let run = |records: &[crate::rules::SourceRecord]| -> Vec<RecordOutcome> {
-                rule.process(&batch.id, records)
-                    .into_iter()
-                    .map(|raw| validate::check(raw, &tables, max_rows))
-                    .collect()
-            };
-            // Contiguous slices on parallel instances; outcomes stay in record order.
-            let slice = batch.records.len().div_ceil(instances.max(1)).max(1);
-            let outcomes: Vec<RecordOutcome> = if instances <= 1 || batch.records.len() <= slice {
-                run(&batch.records)
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = batch
-                        .records
-                        .chunks(slice)
-                        .map(|chunk| scope.spawn(move || run(chunk)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .flat_map(|h| h.join().expect("rule slices do not panic"))
-                        .collect()
-                })
-            };
+            let outcomes = run_rule(
+                &rule,
+                &batch.id,
+                &batch.records,
+                &tables,
+                max_rows,
+                instances,
+            );
             (batch, outcomes)
         })
         .await
@@ -432,6 +577,40 @@ async fn rules_stage(
         }
     }
     Ok(())
+}
+
+/// Runs a batch's records through the rule and checks the outcomes: contiguous slices on `instances`
+/// parallel instances, outcomes in record order. Blocking. Replay and reconcile call it with the same
+/// `instances` as the worker, so every rule call sees the same records — and the same deterministic world
+/// (`rules::world`) — as when the batch was loaded.
+pub fn run_rule(
+    rule: &RulePlugin,
+    batch_id: &str,
+    records: &[crate::rules::SourceRecord],
+    tables: &[TableSpec],
+    max_rows: usize,
+    instances: usize,
+) -> Vec<RecordOutcome> {
+    let run = |records: &[crate::rules::SourceRecord]| -> Vec<RecordOutcome> {
+        rule.process(batch_id, records)
+            .into_iter()
+            .map(|raw| validate::check(raw, tables, max_rows))
+            .collect()
+    };
+    let slice = records.len().div_ceil(instances.max(1)).max(1);
+    if instances <= 1 || records.len() <= slice {
+        return run(records);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks(slice)
+            .map(|chunk| scope.spawn(move || run(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("rule slices do not panic"))
+            .collect()
+    })
 }
 
 async fn sink_stage(
@@ -622,14 +801,41 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && attempt < policy.max_attempts => {
-                tracing::warn!(attempt, backoff_ms = backoff.as_millis() as u64, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(backoff).await;
+                // Jittered ("equal jitter": half fixed, half random) so that workers that failed together, on
+                // a conflict or an outage, do not retry in lockstep.
+                let wait = jittered(backoff);
+                tracing::warn!(attempt, backoff_ms = wait.as_millis() as u64, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_millis(policy.max_backoff_ms));
                 attempt += 1;
             }
             Err(e) => return Err((attempt, e)),
         }
     }
+}
+
+/// `backoff / 2` plus a random part of up to `backoff / 2`.
+pub fn jittered(backoff: Duration) -> Duration {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
+            h.finish() | 1
+        });
+    }
+    let r = STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    let half = backoff / 2;
+    let spread = half.as_micros().max(1) as u64;
+    half + Duration::from_micros(r % spread)
 }
 
 #[cfg(test)]
@@ -734,5 +940,146 @@ mod tests {
         // A silent source: the partial batch goes out after max_wait_ms.
         let got = batches(vec![10, 10, 10, 10], true, limits).await;
         assert_eq!(got[1], ("mem/p/4-4".to_string(), "3".to_string(), 1));
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    /// A long-running worker's summary keeps at most `KEEP_MAX` reasons; totals stay exact.
+    #[test]
+    fn tally_is_bounded() {
+        let mut t = Tally::default();
+        for i in 0..50_000 {
+            t.add(&format!("reason {i}"), 1);
+            t.add("frequent", 1);
+        }
+        assert!(t.distinct() <= Tally::KEEP_MAX);
+        assert_eq!(t.total(), 100_000);
+        assert_eq!(t.top()[0], ("frequent".to_string(), 50_000));
+        assert_eq!(t.top().len(), Tally::TOP);
+        assert_eq!(
+            t.other() + t.top().iter().map(|(_, n)| n).sum::<usize>(),
+            100_000
+        );
+    }
+
+    /// Jitter stays within half and all of the backoff.
+    #[test]
+    fn jitter_range() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+    use crate::record::Polled;
+    use crate::rules::SourceRecord;
+    use crate::source::{Acker, CheckpointOnly, SourceError};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Two records, then polls for ever (as a Kinesis reader on an idle shard does), counting its polls.
+    struct Polling {
+        handed: usize,
+        polls: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Source for Polling {
+        fn source(&self) -> &str {
+            "mem"
+        }
+        fn partition(&self) -> &str {
+            "p"
+        }
+        async fn seek(&mut self, _position: &str) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn next(&mut self) -> Result<Option<Polled>, SourceError> {
+            if self.handed < 2 {
+                self.handed += 1;
+                return Ok(Some(Polled {
+                    record: SourceRecord {
+                        id: format!("mem/p/{}", self.handed),
+                        partition_key: "p".into(),
+                        arrived_at_ms: 0,
+                        attributes: vec![],
+                        payload: b"x".to_vec(),
+                    },
+                    position: self.handed.to_string(),
+                }));
+            }
+            loop {
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        fn acker(&self) -> Box<dyn Acker> {
+            Box::new(CheckpointOnly)
+        }
+    }
+
+    /// When the next stage is gone (the pipeline stopped early, say on NotOwner) the batcher stops polling its
+    /// source at once, even with nothing to send and a shutdown channel that never fires.
+    #[tokio::test]
+    async fn an_orphaned_reader_stops_polling() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let source = Box::new(Polling {
+            handed: 0,
+            polls: polls.clone(),
+        });
+        let (tx, mut rx) = mpsc::channel(1);
+        let (stop, shutdown) = watch::channel(false);
+        let limits = BatchConfig {
+            max_records: 1,
+            max_bytes: 1 << 20,
+            max_wait_ms: 10,
+            queue_depth: 1,
+        };
+        let task = tokio::spawn(batcher(source, String::new(), limits, tx, shutdown));
+        assert!(rx.recv().await.is_some());
+        drop(rx);
+        drop(stop); // the sender of the stop channel is gone too
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the batcher stops once the next stage is gone")
+            .unwrap()
+            .unwrap();
+        let after = polls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            after,
+            "no polling after the stop"
+        );
+    }
+
+    /// Dropping the stage tasks (an early return) aborts every task still running.
+    #[tokio::test]
+    async fn stage_tasks_abort_on_drop() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = polls.clone();
+        let mut stages = StageTasks::default();
+        stages.spawn(async move {
+            loop {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(stages);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let after = polls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(polls.load(Ordering::SeqCst), after);
     }
 }

@@ -376,6 +376,9 @@ pub struct Run<'a> {
     pub max_differences: usize,
     /// Records per group read and compared together (memory bound).
     pub group_records: usize,
+    /// Rule instances per batch, as the worker runs them (`rule.instances`): each rule call then sees the
+    /// same records as when the batch was loaded.
+    pub rule_instances: usize,
     /// Progress on stderr.
     pub progress: bool,
 }
@@ -727,6 +730,7 @@ async fn compare_group(
     let tables = run.tables.to_vec();
     let max_rows = run.max_rows;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let instances = run.rule_instances;
     // The rules run while the sink is read.
     let rule_runs = tokio::task::spawn_blocking(move || {
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -739,11 +743,9 @@ async fn compare_group(
                         let Some((i, rule, batch_id, records)) = jobs.get(j) else {
                             break;
                         };
-                        let outcomes: Vec<RecordOutcome> = rule
-                            .process(batch_id, records)
-                            .into_iter()
-                            .map(|raw| validate::check(raw, &tables, max_rows))
-                            .collect();
+                        let outcomes = crate::pipeline::run_rule(
+                            rule, batch_id, records, &tables, max_rows, instances,
+                        );
                         done.lock().expect("not poisoned").push((*i, outcomes));
                     }
                 });
@@ -1222,12 +1224,33 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-varia
 /// Replays RAW into the sink through `rule`: every RAW object of the window becomes a new unordered batch
 /// (`replay-{run}/{original batch}`), committed like any batch — upserts by key, dead letters, a ledger row —
 /// without moving a checkpoint. Returns (objects, records) replayed.
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct Replayed {
+    /// RAW objects replayed.
+    pub objects: usize,
+    /// Records replayed.
+    pub records: usize,
+    /// RAW objects of the window that no ledger row committed (archived before a crash, say), not replayed.
+    pub uncommitted: Vec<String>,
+}
+
+/// Replays RAW objects of the window in the order their batches first committed (the ledger's order), so
+/// that where two objects hold versions of one key, the later one still wins; objects no ledger row committed
+/// are skipped and listed.
 pub async fn replay(
     run: &Run<'_>,
     rule: Arc<RulePlugin>,
     retry: &crate::config::RetryConfig,
-) -> Result<(usize, usize), ReconcileError> {
-    let ledger = ledger_by_object(run.sink).await?;
+) -> Result<Replayed, ReconcileError> {
+    let ledger_rows = run.sink.ledger().await?;
+    let mut committed_at: HashMap<String, usize> = HashMap::new();
+    let mut ledger: HashMap<String, Vec<LedgerRow>> = HashMap::new();
+    for (i, row) in ledger_rows.into_iter().enumerate() {
+        let object = object_of(&row.raw_ref).to_string();
+        committed_at.entry(object.clone()).or_insert(i);
+        ledger.entry(object).or_default().push(row);
+    }
     let mut keys = run.raw.list(run.window).await?;
     if let Some(batch) = &run.window.batch {
         keys.retain(|k| {
@@ -1236,7 +1259,11 @@ pub async fn replay(
                 .is_some_and(|l| l.iter().any(|l| &l.batch_id == batch))
         });
     }
+    let (mut keys, uncommitted): (Vec<String>, Vec<String>) =
+        keys.into_iter().partition(|k| committed_at.contains_key(k));
+    keys.sort_by_key(|k| committed_at[k]);
     let run_id = crate::record::wall_clock_us() / 1000;
+    let instances = run.rule_instances;
     let bar = progress_bar(run.progress, keys.len() as u64);
     let (mut objects, mut records) = (0, 0);
     for key in keys {
@@ -1267,11 +1294,14 @@ pub async fn replay(
         let max_rows = run.max_rows;
         let r = rule.clone();
         let (batch, mut outcomes) = tokio::task::spawn_blocking(move || {
-            let o: Vec<RecordOutcome> = r
-                .process(&batch.id, &batch.records)
-                .into_iter()
-                .map(|raw| validate::check(raw, &tables, max_rows))
-                .collect();
+            let o = crate::pipeline::run_rule(
+                &r,
+                &batch.id,
+                &batch.records,
+                &tables,
+                max_rows,
+                instances,
+            );
             (batch, o)
         })
         .await
@@ -1301,7 +1331,11 @@ pub async fn replay(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((objects, records))
+    Ok(Replayed {
+        objects,
+        records,
+        uncommitted,
+    })
 }
 
 #[cfg(test)]

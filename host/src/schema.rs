@@ -180,6 +180,8 @@ pub struct TableSpec {
     pub sortkey: Vec<String>,
     /// Redshift column compression encodings (`ENCODE …`), by column.
     pub encode: Vec<(String, String)>,
+    /// The column that orders versions of a row, if any (see `version_column` in the config).
+    pub version_column: Option<String>,
 }
 
 impl TableSpec {
@@ -192,6 +194,7 @@ impl TableSpec {
             distkey: None,
             sortkey: Vec::new(),
             encode: Vec::new(),
+            version_column: None,
         }
     }
 

@@ -130,6 +130,8 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
                 stage_fill: sink.stage_fill.clone(),
                 aws: loaded.config.aws.clone(),
                 merge: sink.merge,
+                connect_timeout: std::time::Duration::from_secs(sink.connect_timeout_secs.max(1)),
+                call_timeout: std::time::Duration::from_secs(sink.call_timeout_secs.max(1)),
             };
             Arc::new(RedshiftSink::new(url, options)?)
         }
@@ -160,7 +162,7 @@ pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
 pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
     let sink = connect_sink(loaded).await?;
     let missing = sink.prepare(&loaded.tables, false).await?;
-    Ok(if missing.is_empty() {
+    let mut text = if missing.is_empty() {
         format!("{}; tables match", sink.describe())
     } else {
         format!(
@@ -168,7 +170,11 @@ pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
             sink.describe(),
             missing.join(", ")
         )
-    })
+    };
+    for warning in sink.warnings() {
+        text.push_str(&format!("\n  warning: {warning}"));
+    }
+    Ok(text)
 }
 
 /// Opens the RAW store (checking that an S3 bucket is reachable).
@@ -314,6 +320,7 @@ async fn run_pipeline(
                 max_records_per_call: *max_records_per_call,
                 poll: Duration::from_millis(*poll_ms),
                 idle_exit: idle_exit_secs.map(Duration::from_secs),
+                fresh_pin: false,
             },
         };
         let shared = crate::fleet::Shared {

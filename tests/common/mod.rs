@@ -361,6 +361,8 @@ pub struct TcpFront {
     live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// `127.0.0.1:{port}` of the front.
     pub addr: String,
+    /// Set for fronts that can black-hole their traffic.
+    black_hole: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl TcpFront {
@@ -389,7 +391,12 @@ impl TcpFront {
                 tasks.lock().unwrap().push(task);
             }
         });
-        TcpFront { up, live, addr }
+        TcpFront {
+            up,
+            live,
+            addr,
+            black_hole: None,
+        }
     }
 
     /// Brings the front up or down (down cuts every open connection).
@@ -481,11 +488,24 @@ impl Background {
                 stderr: read.next().unwrap(),
             }
         });
-        match tokio::time::timeout(limit, waiter).await {
+        let mut waiter = waiter;
+        match tokio::time::timeout(limit, &mut waiter).await {
             Ok(out) => out.unwrap(),
             Err(_) => {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("process {pid} did not finish within {limit:?}");
+                let out = waiter.await.unwrap();
+                let text = String::from_utf8_lossy(&out.stderr);
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(6000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "process {pid} did not finish within {limit:?}; the end of its stderr:\n{tail}"
+                );
             }
         }
     }
@@ -555,4 +575,326 @@ impl TestDb {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+}
+
+impl TestDb {
+    /// Batches in the ledger so far (0 before the ledger exists).
+    pub async fn batches_so_far(&self) -> i64 {
+        let client = self.client().await;
+        client
+            .query_one("SELECT count(*) FROM weir_batches", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    }
+
+    /// For kill loops: waits until a running worker has committed `step` batches more than `before`, then a
+    /// random 0–`jitter_ms` more, so the kill lands inside a run by construction rather than by a guessed
+    /// delay. Returns false when `running` says the worker ended first (or after 120 s without progress).
+    pub async fn wait_for_progress(
+        &self,
+        before: i64,
+        step: i64,
+        jitter_ms: u64,
+        rng: &mut CrashRng,
+        mut running: impl FnMut() -> bool,
+    ) -> bool {
+        let client = self.client().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if !running() {
+                return false;
+            }
+            if let Ok(row) = client
+                .query_one("SELECT count(*) FROM weir_batches", &[])
+                .await
+                && row.get::<_, i64>(0) >= before + step
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(rng.below(jitter_ms + 1)))
+                    .await;
+                return running();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        false
+    }
+}
+
+/// A config for the misbehave test rule reading `input.txt` in `dir` (local RAW in `raw/`), with `sink` as the
+/// `[sink]` body (kind, url or path), table `t(id varchar(64) key, n integer)` plus `table_extra` lines, and
+/// `extra` appended (more sections).
+pub fn misbehave_config(dir: &Path, sink: &str, table_extra: &str, extra: &str) -> PathBuf {
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[source]
+kind = "file"
+path = "input.txt"
+[raw]
+kind = "local"
+dir = "raw"
+[rule]
+plugin = "{plugin}"
+batch_deadline_ms = 500
+[sink]
+{sink}
+[[sink.tables]]
+name = "t"
+primary_key = ["id"]
+columns = {{ id = "varchar(64)", n = "integer" }}
+{table_extra}
+{extra}
+"#,
+            plugin = plugin("misbehave").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// What a [`TcpFront`] does to its traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontMode {
+    /// Forwards both ways.
+    Forward,
+    /// Keeps every connection open and accepts new ones, but forwards nothing either way: a black hole, as a
+    /// dead network path looks to a client.
+    BlackHole,
+}
+
+impl TcpFront {
+    /// A front for `target` that forwards, except that the first `cuts` times a client sends a packet
+    /// containing `needle`, the server's answer to it is swallowed and both sides are cut: the server did the
+    /// work (a COMMIT), the client never hears of it.
+    pub async fn cutting_answer_to(target: &str, needle: &'static [u8], cuts: usize) -> TcpFront {
+        Self::start_with(target, Some((needle, cuts)), FrontMode::Forward).await
+    }
+
+    /// A front for `target` in `mode`; [`TcpFront::set_mode`] changes it.
+    pub async fn with_mode(target: &str, mode: FrontMode) -> TcpFront {
+        Self::start_with(target, None, mode).await
+    }
+
+    async fn start_with(
+        target: &str,
+        cut: Option<(&'static [u8], usize)>,
+        mode: FrontMode,
+    ) -> TcpFront {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let black_hole = Arc::new(AtomicBool::new(mode == FrontMode::BlackHole));
+        let live = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let budget = Arc::new(AtomicUsize::new(cut.map_or(0, |c| c.1)));
+        let needle = cut.map(|c| c.0);
+        let (flag, tasks, target, hole) = (
+            up.clone(),
+            live.clone(),
+            target.to_string(),
+            black_hole.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let (target, budget, hole) = (target.clone(), budget.clone(), hole.clone());
+                let task = tokio::spawn(async move {
+                    let Ok(out) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = inbound.into_split();
+                    let (mut sr, mut sw) = out.into_split();
+                    let armed = Arc::new(AtomicBool::new(false));
+                    let (armed_up, hole_up) = (armed.clone(), hole.clone());
+                    let up_task = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            while hole_up.load(Ordering::SeqCst) {
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            }
+                            if let Some(needle) = needle
+                                && buf[..n].windows(needle.len()).any(|w| w == needle)
+                                && budget
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                                        b.checked_sub(1)
+                                    })
+                                    .is_ok()
+                            {
+                                armed_up.store(true, Ordering::SeqCst);
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down_task = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if armed.load(Ordering::SeqCst) {
+                                return; // the answer is swallowed; both sides are cut
+                            }
+                            while hole.load(Ordering::SeqCst) {
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up_task => {}
+                        _ = down_task => {}
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        TcpFront {
+            up,
+            live,
+            addr,
+            black_hole: Some(black_hole),
+        }
+    }
+
+    /// Changes a front made by [`TcpFront::with_mode`].
+    pub fn set_mode(&self, mode: FrontMode) {
+        self.black_hole
+            .as_ref()
+            .expect("a front made with a mode")
+            .store(
+                mode == FrontMode::BlackHole,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+    }
+}
+
+impl TestDb {
+    /// This database's URL with its host and port replaced by `addr` (a [`TcpFront`]).
+    pub fn url_via(&self, addr: &str) -> String {
+        let (scheme_user, rest) = self.url.split_once('@').expect("user@host in the URL");
+        let (_, path) = rest.split_once('/').expect("a database in the URL");
+        format!("{scheme_user}@{addr}/{path}")
+    }
+}
+
+/// The generated orders of the crash tests: (input, order id → expected total).
+pub fn orders_input(n: usize) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut input = String::new();
+    let mut expected_total = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let lines = i % 5 + 1;
+        let cents = (i % 100) as u64 + 100;
+        let items: Vec<String> = (0..lines)
+            .map(|l| {
+                format!(
+                    r#"{{"sku": "S{l}", "qty": 2, "unit_price": "{}.{:02}"}}"#,
+                    cents / 100,
+                    cents % 100
+                )
+            })
+            .collect();
+        input.push_str(&format!(
+            r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{}]}}"#,
+            items.join(", ")
+        ));
+        input.push('\n');
+        let total = cents * 2 * lines as u64;
+        expected_total.insert(
+            format!("o-{i:05}"),
+            format!("{}.{:02}", total / 100, total % 100),
+        );
+    }
+    (input, expected_total)
+}
+
+impl TestDb {
+    /// A superuser URL for this test database.
+    pub fn admin_url(&self) -> String {
+        with_db(&self.admin, None, &self.name)
+    }
+
+    /// Makes this database behave like Redshift for concurrent writers (`../shared/redshift-sim/`):
+    /// serializable isolation, table-level write locks, `commit_ms` per write transaction. Run after the
+    /// tables exist; sessions opened before keep their old isolation level.
+    pub fn install_redshift_sim(&self, commit_ms: u32) {
+        let sql = root().join("../shared/redshift-sim/install.sql");
+        assert!(
+            sql.exists(),
+            "{} is needed (the shared/ folder beside the checkout)",
+            sql.display()
+        );
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                &format!("commit_ms={commit_ms}"),
+                "-f",
+                sql.to_str().unwrap(),
+                &self.admin_url(),
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "redshift-sim install: {}", show(&out));
+        // The test role writes the commit counter through the triggers.
+        let grant = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!(
+                    "GRANT USAGE ON SCHEMA redshift_sim TO {r}; GRANT SELECT, INSERT ON redshift_sim.commits TO {r}",
+                    r = self.role
+                ),
+                &self.admin_url(),
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            grant.status.success(),
+            "redshift-sim grant: {}",
+            show(&grant)
+        );
+    }
+
+    /// Write transactions counted by redshift-sim.
+    pub async fn sim_commits(&self) -> i64 {
+        self.count("SELECT count(*) FROM redshift_sim.commits")
+            .await
+    }
+}
+
+/// Runs statements on a SQLite database (read-write).
+pub async fn execute(db: &Path, sql: &str) {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

@@ -2,7 +2,7 @@
 //!
 //! - One [`RuleRuntime`] per process holds the wasmtime `Engine` (epoch interruption on, a ticker thread
 //!   advancing the epoch) and the `Linker` with the host imports and a locked-down WASI (no filesystem,
-//!   environment, network or clock beyond what WASI requires).
+//!   environment or network) whose clocks and random are deterministic per call (see [`world`]).
 //! - [`RuleRuntime::load`] compiles a plugin once — or loads it from the on-disk cache of precompiled
 //!   components, keyed by the wasm digest and the engine's settings — into a [`RulePlugin`] holding an
 //!   `InstancePre`.
@@ -16,6 +16,7 @@
 mod bindings;
 mod stderr;
 pub mod validate;
+pub mod world;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -169,6 +170,15 @@ impl RuleRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        // Rules live in a deterministic world (`world`): the monotonic clock is replaced by one whose sleeps
+        // are virtual, so no guest call can block a host thread.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<
+            HostState,
+            VirtualClocks,
+        >(&mut linker, |s| world::VirtualClock(s))
+        .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        linker.allow_shadowing(false);
         Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
         Ok(RuleRuntime {
@@ -302,8 +312,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The virtual monotonic clock's view of the store data.
+struct VirtualClocks;
+
+impl wasmtime::component::HasData for VirtualClocks {
+    type Data<'a> = world::VirtualClock<'a, HostState>;
+}
+
+impl world::HasWorld for HostState {
+    fn world(&self) -> &world::World {
+        &self.world
+    }
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 /// Store data of one instance.
 struct HostState {
+    /// Clocks and random of the current call.
+    world: world::World,
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryCap,
@@ -422,12 +450,20 @@ impl RulePlugin {
 
     fn instantiate(&self, batch_id: &str) -> Result<Instance, String> {
         let output = GuestOutput::default();
+        let world = world::World::default();
+        world.begin(&[]);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(output.clone())
             .stdout(output.clone())
             .allow_tcp(false)
-            .allow_udp(false);
+            .allow_udp(false)
+            .wall_clock(world.wall_clock())
+            .monotonic_clock(world.monotonic_clock())
+            .secure_random(world.random())
+            .insecure_random(world.random())
+            .insecure_random_seed(world::INSECURE_SEED);
         let state = HostState {
+            world,
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryCap {
@@ -516,6 +552,7 @@ impl RulePlugin {
     fn call(&self, batch_id: &str, records: &[SourceRecord]) -> Result<Vec<Outcome>, String> {
         let mut instance = self.checkout(batch_id)?;
         instance.store.set_epoch_deadline(self.deadline_ticks());
+        instance.store.data().world.begin(records);
         let result = instance.rule.call_process(&mut instance.store, records);
         let printed = instance.store.data().output.take();
         match result {

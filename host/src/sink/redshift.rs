@@ -26,8 +26,9 @@ use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
 use super::{
-    Commit, DeadLetterRow, Lease, LedgerRow, Load, READ_CHUNK, RowFilter, SchemaPlan, Sink,
-    SinkError, StoredRow, clean_text, dedupe, lineage_ddl, payload_preview, quote, rows_by_table,
+    Commit, DeadLetterRow, KeyEquality, Lease, LedgerRow, Load, READ_CHUNK, RowFilter, SchemaPlan,
+    Sink, SinkError, StoredRow, clean_text, dedupe, lineage_ddl, payload_preview, quote,
+    rows_by_table,
 };
 use crate::aws::AwsConfig;
 use crate::config::{IamConfig, MergeMode, StageFillConfig};
@@ -60,6 +61,8 @@ pub struct RedshiftSink {
     merge: MergeMode,
     /// The AWS SDK configuration, loaded on first use (IAM credentials, COPY stage files).
     sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    connect_timeout: std::time::Duration,
+    call_timeout: std::time::Duration,
     tables: std::sync::OnceLock<Vec<TableSpec>>,
 }
 
@@ -87,31 +90,106 @@ fn classify(e: tokio_postgres::Error) -> SinkError {
             text
         }
     };
-    if message.contains("invalid peer certificate") {
-        return SinkError::Permanent(format!(
+    match class_of(&e) {
+        ErrorClass::Transient => SinkError::Transient(message),
+        ErrorClass::Data => SinkError::Data(message),
+        ErrorClass::Tls => SinkError::Permanent(format!(
             "{message} (check the host name in sink.url and sink.tls_ca_file)"
-        ));
+        )),
+        ErrorClass::Permanent => SinkError::Permanent(message),
     }
-    let serialization = e.code()
-        == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
-        || message.contains("1023")
-        || message
-            .to_ascii_lowercase()
-            .contains("serializable isolation violation");
-    let connection = e.is_closed()
-        || e.as_db_error().is_none()
-        || matches!(e.code().map(|c| c.code()), Some(c) if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03");
-    // Class 22 (data exception) and 23 (integrity): a value the database refuses. Never retried as is: the
-    // offending records are isolated and dead-lettered.
-    let data =
-        matches!(e.code().map(|c| c.code()), Some(c) if c.starts_with("22") || c.starts_with("23"));
-    if serialization || connection {
-        SinkError::Transient(message)
-    } else if data {
-        SinkError::Data(message)
-    } else {
-        SinkError::Permanent(message)
+}
+
+/// What an error from the database or the client means for a retry, decided by SQLSTATE and error kind only
+/// (never by words in a message a user's value could contain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    /// Connection loss, a server going away, a serialization failure or deadlock: retry.
+    Transient,
+    /// Class 22 (data exception) or 23 (integrity): a value the database refuses; isolated and dead-lettered.
+    Data,
+    /// The server's certificate was refused: fix the configuration.
+    Tls,
+    /// Anything else.
+    Permanent,
+}
+
+fn class_of(e: &tokio_postgres::Error) -> ErrorClass {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // Redshift reports a serializable isolation violation as XX000 with its own error number first.
+        let redshift_1023 = code == "XX000" && db.message().trim_start().starts_with("1023");
+        return match code {
+            "40001" | "40P01" => ErrorClass::Transient,
+            c if c.starts_with("08") => ErrorClass::Transient,
+            "57P01" | "57P02" | "57P03" | "53300" => ErrorClass::Transient,
+            _ if redshift_1023 => ErrorClass::Transient,
+            c if c.starts_with("22") || c.starts_with("23") => ErrorClass::Data,
+            _ => ErrorClass::Permanent,
+        };
     }
+    if e.is_closed() {
+        return ErrorClass::Transient;
+    }
+    // The error's causes, by type: I/O (a reset, refused or timed-out connection) is worth retrying; a TLS
+    // certificate error is not.
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let tls = io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+            return if tls {
+                ErrorClass::Tls
+            } else {
+                ErrorClass::Transient
+            };
+        }
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return ErrorClass::Tls;
+        }
+        source = cause.source();
+    }
+    ErrorClass::Permanent
+}
+
+/// Like [`classify`], for statements whose integrity errors can only come from another worker writing the
+/// same rows at the same moment (the merge of a deduplicated stage, weir's own ledger and dead letters): a
+/// unique violation there is a conflict to retry, never a value to dead-letter.
+fn classify_conflict(e: tokio_postgres::Error) -> SinkError {
+    match classify(e) {
+        SinkError::Data(m) if m.starts_with("23505") => SinkError::Transient(format!(
+            "{m} (a concurrent writer of the same keys; retrying)"
+        )),
+        other => other,
+    }
+}
+
+/// `Some(warning)` when a connection without TLS goes to a host other than loopback or a Unix socket (with
+/// `sslmode=prefer`, the default, or `disable`): the password and every row would cross the network in clear.
+fn plaintext_warning(config: &tokio_postgres::Config) -> Option<String> {
+    use tokio_postgres::config::Host;
+    let remote: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            Host::Tcp(name) => {
+                let loopback = name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                (!loopback).then(|| name.clone())
+            }
+            Host::Unix(_) => None,
+        })
+        .collect();
+    (!remote.is_empty()).then(|| {
+        format!(
+            "sink.url: connections to {} run WITHOUT TLS (sslmode is not `require`): add `?sslmode=require` to \
+             the URL (and sink.tls_ca_file for a private CA)",
+            remote.join(", ")
+        )
+    })
 }
 
 /// The SQL type of a declared column.
@@ -204,6 +282,10 @@ struct TableSql {
     columns: Vec<String>,
     types: Vec<ColumnType>,
     key: Vec<usize>,
+    /// The version column, if the table has one.
+    version: Option<usize>,
+    /// How the database compares key values.
+    equality: KeyEquality,
 }
 
 impl TableSql {
@@ -222,7 +304,18 @@ impl TableSql {
                 .iter()
                 .map(|k| spec.column_index(k).expect("declared"))
                 .collect(),
+            version: spec
+                .version_column
+                .as_deref()
+                .and_then(|v| spec.column_index(v)),
+            equality: KeyEquality::Standard,
         }
+    }
+
+    /// The same for a sink whose key equality is `equality`.
+    fn comparing(mut self, equality: KeyEquality) -> Self {
+        self.equality = equality;
+        self
     }
 
     fn create_stage(&self) -> String {
@@ -295,14 +388,27 @@ impl TableSql {
     fn merge(&self) -> [String; 2] {
         let on = self.key_match();
         let cols = self.columns.join(", ");
+        let Some(v) = self.version else {
+            return [
+                format!(
+                    "DELETE FROM {} USING {} WHERE {on}",
+                    self.target, self.stage
+                ),
+                format!(
+                    "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
+                    self.target, self.stage
+                ),
+            ];
+        };
+        // Version-guarded: a stored row goes only for a version at least as high (a NULL stored version always
+        // goes, a NULL staged one never replaces a value); staged rows are inserted only where no row remains.
+        let (t, s, c) = (&self.target, &self.stage, &self.columns[v]);
         [
             format!(
-                "DELETE FROM {} USING {} WHERE {on}",
-                self.target, self.stage
+                "DELETE FROM {t} USING {s} WHERE {on} AND ({s}.{c} >= {t}.{c} OR {t}.{c} IS NULL)"
             ),
             format!(
-                "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
-                self.target, self.stage
+                "INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {on})"
             ),
         ]
     }
@@ -329,35 +435,62 @@ pub fn copy_stage_sql(
 }
 
 /// One stage row as a JSON object for `COPY … FORMAT AS JSON 'auto'`: keys are the column names, `SUPER`
-/// values nested JSON, decimals and timestamps strings Redshift parses.
+/// values nested JSON — the validated JSON text itself, byte for byte, as the INSERT path binds it (parsing
+/// and printing it again would turn big integers into floats and lone surrogates into NULL) — decimals and
+/// timestamps strings Redshift parses.
 pub fn stage_json_line(
     spec: &TableSpec,
     cells: &[Cell],
     lineage: [&str; 3],
     loaded_at: &str,
 ) -> String {
-    let mut object = serde_json::Map::new();
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    let mut fields: Vec<String> = Vec::with_capacity(cells.len() + LINEAGE_COLUMNS.len());
     for ((name, _), cell) in spec.columns.iter().zip(cells) {
         let value = match cell {
-            Cell::Null => serde_json::Value::Null,
-            Cell::Bool(b) => (*b).into(),
-            Cell::Int(i) => (*i).into(),
-            Cell::Float(x) => {
-                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
-            }
-            Cell::Json(j) => serde_json::from_str(j).unwrap_or(serde_json::Value::Null),
-            Cell::TimestampUs(us) => sql_timestamp(*us).into(),
-            Cell::Decimal(t) | Cell::Text(t) => t.clone().into(),
+            Cell::Null => "null".to_string(),
+            Cell::Bool(b) => b.to_string(),
+            Cell::Int(i) => i.to_string(),
+            Cell::Float(x) => serde_json::Number::from_f64(*x)
+                .map_or_else(|| "null".to_string(), |n| n.to_string()),
+            Cell::Json(j) => minify_json(j),
+            Cell::TimestampUs(us) => text(&sql_timestamp(*us)),
+            Cell::Decimal(t) | Cell::Text(t) => text(t),
         };
-        object.insert(name.clone(), value);
+        fields.push(format!("{}:{value}", text(name)));
     }
     for (name, value) in LINEAGE_COLUMNS
         .iter()
         .zip([lineage[0], lineage[1], lineage[2], loaded_at])
     {
-        object.insert(name.to_string(), value.into());
+        fields.push(format!("{}:{}", text(name), text(value)));
     }
-    serde_json::Value::Object(object).to_string()
+    format!("{{{}}}", fields.join(","))
+}
+
+/// Valid JSON text without the whitespace between its tokens (one line of a JSON-lines file), every token
+/// as it was: numbers, escapes and strings are not re-encoded.
+pub fn minify_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// DDL of weir's own tables.
@@ -470,17 +603,18 @@ impl RedshiftSink {
     ) -> Result<Vec<tokio_postgres::Row>, SinkError> {
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = async {
-            let refs: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = params
-                .iter()
-                .map(|(v, t)| (v as &(dyn tokio_postgres::types::ToSql + Sync), t.clone()))
-                .collect();
-            conn.client
-                .query_typed(traced(&sql), &refs)
-                .await
-                .map_err(classify)
-        }
-        .await;
+        let result = self
+            .bounded("database call", async {
+                let refs: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = params
+                    .iter()
+                    .map(|(v, t)| (v as &(dyn tokio_postgres::types::ToSql + Sync), t.clone()))
+                    .collect();
+                conn.client
+                    .query_typed(traced(&sql), &refs)
+                    .await
+                    .map_err(classify)
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
@@ -499,12 +633,29 @@ impl RedshiftSink {
             SslMode::Require => true,
             _ => options.redshift,
         };
+        // A dead peer is noticed by TCP itself too, not only by the call timeouts.
+        config
+            .connect_timeout(options.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3)
+            .tcp_user_timeout(
+                options
+                    .call_timeout
+                    .min(std::time::Duration::from_secs(120)),
+            );
         let tls = if tls {
             config.ssl_mode(SslMode::Require);
             Some(tls_connector(options.tls_ca_file.as_deref())?)
         } else {
             None
         };
+        if tls.is_none()
+            && let Some(warning) = plaintext_warning(&config)
+        {
+            tracing::warn!("{warning}");
+        }
         Ok(RedshiftSink {
             config,
             tls,
@@ -519,7 +670,26 @@ impl RedshiftSink {
             aws: options.aws,
             merge: options.merge,
             sdk: tokio::sync::OnceCell::new(),
+            connect_timeout: options.connect_timeout,
+            call_timeout: options.call_timeout,
         })
+    }
+
+    /// How this sink's database compares key values.
+    fn key_equality(&self) -> KeyEquality {
+        if self.redshift {
+            KeyEquality::Redshift
+        } else {
+            KeyEquality::Standard
+        }
+    }
+
+    /// A warning when the sink's sessions run without TLS to a host that is not this machine.
+    pub fn plaintext_warning(&self) -> Option<String> {
+        if self.tls.is_some() {
+            return None;
+        }
+        plaintext_warning(&self.config)
     }
 
     async fn sdk(&self) -> &aws_config::SdkConfig {
@@ -613,9 +783,41 @@ impl RedshiftSink {
             None => self.pool[0].lock().await,
         };
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = Some(self.connect().await?);
+            let connected = tokio::time::timeout(self.connect_timeout, self.connect())
+                .await
+                .map_err(|_| {
+                    SinkError::Transient(format!(
+                        "no database connection within {} s (sink.connect_timeout_secs)",
+                        self.connect_timeout.as_secs()
+                    ))
+                })??;
+            *guard = Some(connected);
         }
         Ok(guard)
+    }
+
+    /// Runs one call on a session under `call_timeout`: past it, the session is dropped (whatever state
+    /// it was in) and the call fails as transient, so a black-holed connection is retried on a new one.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, SinkError>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => {
+                crate::admin::set_sink_reachable(
+                    !result.as_ref().is_err_and(SinkError::is_transient),
+                );
+                result
+            }
+            Err(_) => {
+                crate::admin::set_sink_reachable(false);
+                Err(SinkError::Transient(format!(
+                    "{what}: no answer from the database within {} s (sink.call_timeout_secs); reconnecting",
+                    self.call_timeout.as_secs()
+                )))
+            }
+        }
     }
 
     /// After a transient error the session is dropped, so the next attempt reconnects.
@@ -717,6 +919,10 @@ pub struct RedshiftOptions {
     pub aws: AwsConfig,
     /// How the stage is merged into the target.
     pub merge: MergeMode,
+    /// Longest wait for a new connection.
+    pub connect_timeout: std::time::Duration,
+    /// Longest one call (a commit transaction, a lease update) may take.
+    pub call_timeout: std::time::Duration,
 }
 
 impl Default for RedshiftOptions {
@@ -730,6 +936,8 @@ impl Default for RedshiftOptions {
             stage_fill: StageFillConfig::Insert,
             aws: AwsConfig::default(),
             merge: MergeMode::DeleteInsert,
+            connect_timeout: std::time::Duration::from_secs(10),
+            call_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -782,9 +990,9 @@ pub async fn write_copy_stage(
             manifests.push(None);
             continue;
         }
-        let key = TableSql::new("s", &specs[t]).key;
+        let sql = TableSql::new("s", &specs[t]);
         let mut text = String::new();
-        for (row, record_id) in dedupe(rows, &key) {
+        for (row, record_id) in dedupe(rows, &sql.key, sql.version, KeyEquality::Redshift) {
             let line = stage_json_line(
                 &specs[t],
                 &row.cells,
@@ -851,7 +1059,8 @@ impl Sink for RedshiftSink {
     async fn plan(&self, tables: &[TableSpec]) -> Result<SchemaPlan, SinkError> {
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = async {
+        let result = self
+            .bounded("database call", async {
             let mut plan = SchemaPlan::default();
             let have_weir = conn
                 .client
@@ -889,33 +1098,34 @@ impl Sink for RedshiftSink {
                 }
             }
             Ok(plan)
-        }
-        .await;
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
     async fn apply(&self, plan: &SchemaPlan) -> Result<(), SinkError> {
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = async {
-            // One statement at a time, outside any transaction block (Redshift runs some DDL only there).
-            for statement in &plan.statements {
-                conn.client
-                    .batch_execute(traced(statement))
-                    .await
-                    .map_err(classify)?;
-            }
-            // Temp stages copy the target's columns: recreate them after the targets change.
-            conn.prepared.clear();
-            for stage in conn.staged.drain() {
-                conn.client
-                    .batch_execute(traced(&format!("DROP TABLE IF EXISTS {stage}")))
-                    .await
-                    .map_err(classify)?;
-            }
-            Ok(())
-        }
-        .await;
+        let result = self
+            .bounded("database call", async {
+                // One statement at a time, outside any transaction block (Redshift runs some DDL only there).
+                for statement in &plan.statements {
+                    conn.client
+                        .batch_execute(traced(statement))
+                        .await
+                        .map_err(classify)?;
+                }
+                // Temp stages copy the target's columns: recreate them after the targets change.
+                conn.prepared.clear();
+                for stage in conn.staged.drain() {
+                    conn.client
+                        .batch_execute(traced(&format!("DROP TABLE IF EXISTS {stage}")))
+                        .await
+                        .map_err(classify)?;
+                }
+                Ok(())
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
@@ -935,7 +1145,8 @@ impl Sink for RedshiftSink {
         let table = format!("{}.weir_checkpoints", quote(&self.schema));
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = async {
+        let result = self
+            .bounded("database call", async {
             let params: [(&(dyn ToSql + Sync), Type); 3] =
                 [(&source, Type::VARCHAR), (&partition, Type::VARCHAR), (&now, Type::VARCHAR)];
             conn.client
@@ -958,8 +1169,8 @@ impl Sink for RedshiftSink {
                 .await
                 .map_err(classify)?;
             Ok(rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())
-        }
-        .await;
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
@@ -967,17 +1178,22 @@ impl Sink for RedshiftSink {
         let span = tracing::debug_span!("redshift.commit", batch = %load.batch.id, records = load.batch.records.len());
         let mut guard = self.session().instrument(span.clone()).await?;
         let conn = guard.as_mut().expect("connected");
-        let mut result = self.commit_batch(conn, load).instrument(span.clone()).await;
-        if let Err(SinkError::Data(message)) = &result {
-            tracing::warn!(parent: &span, error = %message, "the database refused a value; isolating the records");
-            result = match self.isolate(conn, load).instrument(span).await {
-                Ok(guilty) if !guilty.is_empty() => Err(SinkError::Rejected(guilty)),
-                Ok(_) => Err(SinkError::Permanent(format!(
-                    "{message} (not reproducible record by record)"
-                ))),
-                Err(e) => Err(e),
-            };
-        }
+        let result = self
+            .bounded("commit", async {
+                let mut result = self.commit_batch(conn, load).instrument(span.clone()).await;
+                if let Err(SinkError::Data(message)) = &result {
+                    tracing::warn!(parent: &span, error = %message, "the database refused a value; isolating the records");
+                    result = match self.isolate(conn, load).instrument(span.clone()).await {
+                        Ok(guilty) if !guilty.is_empty() => Err(SinkError::Rejected(guilty)),
+                        Ok(_) => Err(SinkError::Permanent(format!(
+                            "{message} (not reproducible record by record)"
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                }
+                result
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
@@ -1093,7 +1309,8 @@ impl Sink for RedshiftSink {
         let s = quote(&self.schema);
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = async {
+        let result = self
+            .bounded("database call", async {
             let rows = conn
                 .client
                 .query_typed(
@@ -1115,8 +1332,8 @@ impl Sink for RedshiftSink {
                     expired: r.get::<_, i32>(3) == 1,
                 })
                 .collect())
-        }
-        .await;
+            })
+            .await;
         Self::settle(&mut guard, result)
     }
 
@@ -1135,9 +1352,10 @@ impl Sink for RedshiftSink {
         let s = quote(&self.schema);
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = conn
-            .client
-            .execute_typed(
+        let result = self
+            .bounded("lease update", async {
+                conn.client
+                    .execute_typed(
                 traced(&format!(
                     "UPDATE {s}.weir_checkpoints SET owner = $1, lease_expires_at = CAST($2 AS TIMESTAMPTZ), \
                      updated_at = CAST($3 AS TIMESTAMPTZ) WHERE source = $4 AND \"partition\" = $5 AND \
@@ -1153,8 +1371,10 @@ impl Sink for RedshiftSink {
                     (&victim, Type::VARCHAR),
                 ],
             )
-            .await
-            .map_err(classify);
+                    .await
+                    .map_err(classify)
+            })
+            .await;
         match Self::settle(&mut guard, result) {
             Ok(n) => Ok(n == 1),
             // Two workers claiming at once on Redshift: one is refused (serializable); it is not the owner.
@@ -1167,21 +1387,24 @@ impl Sink for RedshiftSink {
         let s = quote(&self.schema);
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = conn
-            .client
-            .execute_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET owner = '', lease_expires_at = NULL \
+        let result = self
+            .bounded("lease update", async {
+                conn.client
+                    .execute_typed(
+                        traced(&format!(
+                            "UPDATE {s}.weir_checkpoints SET owner = '', lease_expires_at = NULL \
                      WHERE source = $1 AND \"partition\" = $2 AND owner = $3"
-                )),
-                &[
-                    (&source, Type::VARCHAR),
-                    (&partition, Type::VARCHAR),
-                    (&owner, Type::VARCHAR),
-                ],
-            )
-            .await
-            .map_err(classify);
+                        )),
+                        &[
+                            (&source, Type::VARCHAR),
+                            (&partition, Type::VARCHAR),
+                            (&owner, Type::VARCHAR),
+                        ],
+                    )
+                    .await
+                    .map_err(classify)
+            })
+            .await;
         Self::settle(&mut guard, result).map(|_| ())
     }
 
@@ -1196,9 +1419,10 @@ impl Sink for RedshiftSink {
         let s = quote(&self.schema);
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
-        let result = conn
-            .client
-            .execute_typed(
+        let result = self
+            .bounded("lease update", async {
+                conn.client
+                    .execute_typed(
                 traced(&format!(
                     "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
                      WHERE source = $3 AND \"partition\" = $4 AND position = $5"
@@ -1211,9 +1435,15 @@ impl Sink for RedshiftSink {
                     (&expected, Type::VARCHAR),
                 ],
             )
-            .await
-            .map_err(classify);
+                    .await
+                    .map_err(classify)
+            })
+            .await;
         Self::settle(&mut guard, result).map(|n| n == 1)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.plaintext_warning().into_iter().collect()
     }
 
     fn describe(&self) -> String {
@@ -1242,7 +1472,7 @@ impl RedshiftSink {
             .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
         let sqls: Vec<TableSql> = specs
             .iter()
-            .map(|s| TableSql::new(&self.schema, s))
+            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
         for sql in &sqls {
             if !conn.staged.contains(&sql.stage) {
@@ -1274,6 +1504,15 @@ impl RedshiftSink {
             }
         };
         let tx = conn.client.transaction().await.map_err(classify)?;
+        if self.redshift {
+            // Every commit writes the ledger, so Redshift's table-level write locks already make commits take
+            // turns there. Taking that lock first, before anything is read, means the transaction's
+            // serializable snapshot starts after the previous commit: concurrent workers wait instead of
+            // failing with 1023. Only readers of weir's own ledger wait; the final tables are not locked.
+            tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
+                .await
+                .map_err(classify)?;
+        }
 
         if !batch.ordered {
             // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
@@ -1316,15 +1555,53 @@ impl RedshiftSink {
                 .await
                 .map_err(classify)?;
             if moved != 1 {
+                // Either another worker moved the checkpoint, or this very batch committed and the reply to
+                // its COMMIT was lost: its own ledger row tells them apart.
+                let ours = tx
+                    .query_typed(
+                        traced(&format!(
+                            "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
+                        )),
+                        &[(&batch.id, Type::VARCHAR)],
+                    )
+                    .await
+                    .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
+                if !ours.is_empty() {
+                    tracing::warn!(batch = %batch.id, "the batch had already committed (its COMMIT reply was lost); not loading it again");
+                    return Ok(Commit::Committed);
+                }
                 return Ok(Commit::NotOwner);
             }
         }
 
-        for (t, rows) in rows_by_table(load, specs.len(), None)
-            .into_iter()
-            .enumerate()
-        {
+        // PostgreSQL: concurrent workers writing the same tables take turns per table, in name order, before
+        // merging; readers are not blocked (SHARE ROW EXCLUSIVE conflicts only with writers). Without it a
+        // second writer's `DELETE … USING` cannot see the first's uncommitted rows and its INSERT fails on
+        // the key. Redshift already takes table-level write locks; its serialization failures are retried.
+        let per_table = rows_by_table(load, specs.len(), None);
+        if !self.redshift {
+            let mut targets: Vec<&str> = per_table
+                .iter()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(t, _)| sqls[t].target.as_str())
+                .collect();
+            targets.sort_unstable();
+            if !targets.is_empty() {
+                tx.batch_execute(traced(&format!(
+                    "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                    targets.join(", ")
+                )))
+                .await
+                .map_err(classify)?;
+            }
+        }
+
+        for (t, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue; // nothing to merge: the table is not written, so not locked
+            }
             let sql = &sqls[t];
             match &copy {
                 None => fill_stage(&tx, &mut conn.prepared, sql, rows, load, &loaded_at).await?,
@@ -1348,14 +1625,15 @@ impl RedshiftSink {
                     .await
                     .map_err(classify)?;
             }
+            // Redshift's MERGE takes no extra conditions: a versioned table always merges by delete + insert.
             let statements = match self.merge {
-                MergeMode::DeleteInsert => sql.merge().to_vec(),
-                MergeMode::Merge => vec![sql.merge_statement()],
+                MergeMode::Merge if sql.version.is_none() => vec![sql.merge_statement()],
+                _ => sql.merge().to_vec(),
             };
             for statement in statements {
                 tx.batch_execute(traced(&statement))
                     .await
-                    .map_err(classify)?;
+                    .map_err(classify_conflict)?;
             }
         }
 
@@ -1372,7 +1650,7 @@ impl RedshiftSink {
                     &[(&record.id, Type::VARCHAR)],
                 )
                 .await
-                .map_err(classify)?;
+                .map_err(classify_conflict)?;
                 tx.query_typed(
                     traced(&format!(
                         "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
@@ -1389,13 +1667,12 @@ impl RedshiftSink {
                     ],
                 )
                 .await
-                .map_err(classify)?;
+                .map_err(classify_conflict)?;
             }
         }
 
         let c = load.counts();
-        let drop_reasons =
-            serde_json::to_string(&c.drop_reasons).expect("a map of strings serializes");
+        let drop_reasons = c.drop_reasons_json();
         let n = |v: usize| v as i64;
         tx.query_typed(
             traced(&format!(
@@ -1421,7 +1698,7 @@ impl RedshiftSink {
             ],
         )
         .await
-        .map_err(classify)?;
+        .map_err(classify_conflict)?;
 
         tx.commit().await.map_err(classify)?;
         Ok(Commit::Committed)
@@ -1443,7 +1720,7 @@ async fn fill_stage(
     if rows.is_empty() {
         return Ok(());
     }
-    let rows = dedupe(rows, &sql.key);
+    let rows = dedupe(rows, &sql.key, sql.version, sql.equality);
     let width = sql.columns.len();
     let mut pending: Vec<Bind> = Vec::new();
     let mut pending_rows = 0;
@@ -1488,7 +1765,7 @@ impl RedshiftSink {
         let specs = self.tables.get().expect("prepared");
         let sqls: Vec<TableSql> = specs
             .iter()
-            .map(|s| TableSql::new(&self.schema, s))
+            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
         let loaded_at = sql_timestamp(load.loaded_at_us);
         let emitting: Vec<usize> = (0..load.outcomes.len())
@@ -1508,9 +1785,30 @@ impl RedshiftSink {
                 .into_iter()
                 .enumerate()
             {
-                if let Err(e) =
-                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await
-                {
+                if rows.is_empty() {
+                    continue;
+                }
+                // The stage and the merge too: a constraint of the target table (CHECK, a unique index
+                // beside the key) refuses a row only when it is merged.
+                let filled =
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await;
+                let merged = match filled {
+                    Ok(()) => {
+                        let mut merged = Ok(());
+                        for statement in sqls[t].merge() {
+                            merged = tx
+                                .batch_execute(traced(&statement))
+                                .await
+                                .map_err(classify_conflict);
+                            if merged.is_err() {
+                                break;
+                            }
+                        }
+                        merged
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = merged {
                     failure = Some((specs[t].name.clone(), e));
                     break;
                 }
@@ -1681,6 +1979,84 @@ mod tests {
             line,
             r#"{"order_id":"o-1","total":"44.90","shipping":{"a":[1]},"n":null,"_weir_record_id":"file/x/1","_weir_batch_id":"b","_weir_rule_digest":"d","_weir_loaded_at":"2026-11-21 10:00:00.000000+00"}"#
         );
+        // SUPER values pass through as validated: a big integer stays an integer, a lone surrogate escape
+        // stays as written, an escaped quote and a string's own spaces and newline escapes stay; only the
+        // whitespace between tokens goes (one line per row).
+        let json = "{ \"big\": 123456789012345678901234567890,\n \"s\": \"\\ud800 a\\\" b\\n\",\t\"f\": 1.10e400 }";
+        let cells = [
+            Cell::Text("o-2".into()),
+            Cell::Null,
+            Cell::Json(json.into()),
+            Cell::Int(3),
+        ];
+        let line = stage_json_line(&spec(), &cells, ["r", "b", "d"], "t");
+        assert!(
+            line.contains(
+                r#""shipping":{"big":123456789012345678901234567890,"s":"\ud800 a\" b\n","f":1.10e400}"#
+            ),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    /// A version column keeps the highest version per key (ties: the latest); NULL loses; decimals compare
+    /// as numbers.
+    #[test]
+    fn dedupe_by_version() {
+        let row = |id: &str, v: Cell| CheckedRow {
+            table: 0,
+            cells: vec![Cell::Text(id.into()), Cell::Null, Cell::Null, v],
+        };
+        let (a5, a3, a5b, b_null, b1) = (
+            row("a", Cell::Int(5)),
+            row("a", Cell::Int(3)),
+            row("a", Cell::Int(5)),
+            row("b", Cell::Null),
+            row("b", Cell::Int(1)),
+        );
+        let rows = vec![
+            (&a5, "r1"),
+            (&b1, "r2"),
+            (&a3, "r3"),
+            (&a5b, "r4"),
+            (&b_null, "r5"),
+        ];
+        let kept: Vec<&str> = dedupe(rows, &[0], Some(3), KeyEquality::Standard)
+            .iter()
+            .map(|(_, r)| *r)
+            .collect();
+        assert_eq!(kept, ["r2", "r4"]);
+        use crate::sink::version_cmp;
+        use std::cmp::Ordering::*;
+        let d = |s: &str| Cell::Decimal(s.into());
+        assert_eq!(version_cmp(&d("10.00"), &d("9.00")), Greater);
+        assert_eq!(version_cmp(&d("-10.00"), &d("-9.00")), Less);
+        assert_eq!(version_cmp(&d("-0.00"), &d("0.00")), Equal);
+        assert_eq!(version_cmp(&d("-0.50"), &d("0.10")), Less);
+        assert_eq!(version_cmp(&Cell::Null, &d("-1.00")), Less);
+        assert_eq!(
+            version_cmp(
+                &Cell::Text("2026-01-02".into()),
+                &Cell::Text("2026-01-10".into())
+            ),
+            Less
+        );
+    }
+
+    /// The versioned merge keeps a stored row whose version is higher.
+    #[test]
+    fn versioned_merge_statements() {
+        let mut spec = spec();
+        spec.version_column = Some("n".into());
+        let t = TableSql::new("public", &spec);
+        let [delete, insert] = t.merge();
+        assert!(delete.ends_with(
+            r#"AND ("weir_stage_orders"."n" >= "public"."orders"."n" OR "public"."orders"."n" IS NULL)"#
+        ), "{delete}");
+        assert!(
+            insert.contains("WHERE NOT EXISTS (SELECT 1 FROM \"public\".\"orders\" WHERE"),
+            "{insert}"
+        );
     }
 
     /// Duplicate keys in one batch keep the latest row only.
@@ -1691,7 +2067,12 @@ mod tests {
             cells: vec![Cell::Text(id.into()), Cell::Null, Cell::Null, Cell::Int(n)],
         };
         let (a1, b, a2) = (row("a", 1), row("b", 2), row("a", 3));
-        let kept = dedupe(vec![(&a1, "r1"), (&b, "r2"), (&a2, "r3")], &[0]);
+        let kept = dedupe(
+            vec![(&a1, "r1"), (&b, "r2"), (&a2, "r3")],
+            &[0],
+            None,
+            KeyEquality::Standard,
+        );
         let ids: Vec<&str> = kept.iter().map(|(_, r)| *r).collect();
         assert_eq!(ids, ["r2", "r3"]);
     }

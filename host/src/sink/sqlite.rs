@@ -229,8 +229,29 @@ impl SqliteSink {
             .chain(LINEAGE_COLUMNS.iter().map(|c| c.to_string()))
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
+        // With a version column, a stored row is replaced only by a version at least as high (NULL loses).
+        let guard = match spec
+            .version_column
+            .as_deref()
+            .and_then(|v| spec.column_index(v).map(|i| (quote(v), spec.columns[i].1)))
+        {
+            None => String::new(),
+            Some((v, ty)) => {
+                let t = quote(&spec.name);
+                // Decimals are stored as text: compare them as numbers.
+                let (new, old) = if matches!(ty, crate::schema::ColumnType::Decimal { .. }) {
+                    (
+                        format!("CAST(excluded.{v} AS REAL)"),
+                        format!("CAST({t}.{v} AS REAL)"),
+                    )
+                } else {
+                    (format!("excluded.{v}"), format!("{t}.{v}"))
+                };
+                format!(" WHERE {new} >= {old} OR {t}.{v} IS NULL")
+            }
+        };
         format!(
-            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO UPDATE SET {}",
+            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO UPDATE SET {}{guard}",
             quote(&spec.name),
             names.join(", "),
             key.join(", "),
@@ -618,7 +639,16 @@ impl SqliteSink {
             .await
             .map_err(classify)?;
             if moved.rows_affected() != 1 {
+                // Another worker moved the checkpoint, or this batch committed and its reply was lost.
+                let ours = sqlx::query("SELECT 1 FROM weir_batches WHERE batch_id = ?")
+                    .bind(&batch.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
+                if ours.is_some() {
+                    return Ok(Commit::Committed);
+                }
                 return Ok(Commit::NotOwner);
             }
         }
@@ -634,7 +664,11 @@ impl SqliteSink {
                 .iter()
                 .filter_map(|k| spec.column_index(k))
                 .collect();
-            let rows = dedupe(rows, &key);
+            let version = spec
+                .version_column
+                .as_deref()
+                .and_then(|v| spec.column_index(v));
+            let rows = dedupe(rows, &key, version, crate::sink::KeyEquality::Standard);
             for chunk in rows.chunks(ROWS_PER_UPSERT) {
                 let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT {
                     upserts[t].clone()
@@ -684,8 +718,7 @@ impl SqliteSink {
         }
 
         let c = load.counts();
-        let drop_reasons =
-            serde_json::to_string(&c.drop_reasons).expect("a map of strings serializes");
+        let drop_reasons = c.drop_reasons_json();
         sqlx::query(
             r#"INSERT INTO weir_batches (batch_id, source, "partition", first_position, last_position, raw_ref,
                  rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at)

@@ -4,6 +4,11 @@
 //! are skipped (they keep their number). The payload is the line's bytes without the `\n`, untouched. The
 //! record's arrival time is the file's modification time (a source time, so a re-run archives RAW under the
 //! same keys); standard input uses the time the worker started reading.
+//!
+//! A file's checkpoint is resumed only on the same file: its fingerprint (the SHA-256 of its first
+//! [`FINGERPRINT_BYTES`] bytes, at most, and how many were hashed) is kept beside the checkpoint, and a
+//! file whose first bytes changed is refused (appending to a file keeps them). Standard input has no identity
+//! across runs, so each run without a `source.name` reads its own partition, `stdin-{start ms}-{pid}`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,25 +26,68 @@ pub struct FileSource {
     line: u64,
     skip_through: u64,
     arrived_at_ms: i64,
+    /// The file's first bytes (none for stdin).
+    prefix: Option<Vec<u8>>,
+}
+
+/// Longest partition name, bytes (weir's partition column holds 256, its fingerprint row a little more).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Bytes of a file's beginning that identify it.
+pub const FINGERPRINT_BYTES: usize = 4096;
+
+/// `{n}:{hex SHA-256 of the first n bytes}` of `prefix`, n at most [`FINGERPRINT_BYTES`].
+pub fn fingerprint_of(prefix: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let n = prefix.len().min(FINGERPRINT_BYTES);
+    format!("{n}:{}", crate::rules::hex(&Sha256::digest(&prefix[..n])))
+}
+
+/// Whether a file whose first bytes are `prefix` is the one `stored` was taken of (possibly appended to).
+pub fn same_file(stored: &str, prefix: &[u8]) -> bool {
+    let Some((n, _)) = stored.split_once(':') else {
+        return false;
+    };
+    match n.parse::<usize>() {
+        Ok(n) if n <= prefix.len() => fingerprint_of(&prefix[..n]) == stored,
+        _ => false,
+    }
 }
 
 impl FileSource {
     /// Opens `path` (`-` for standard input). `name` defaults to the file name.
     pub async fn open(path: &str, name: Option<String>) -> Result<Self, SourceError> {
+        let mut fingerprint = None;
         let (reader, default_name, mtime): (Box<dyn AsyncRead + Send + Unpin>, String, SystemTime) =
             if path == "-" {
+                let now = UNIX_EPOCH.elapsed().unwrap_or_default();
                 (
                     Box::new(tokio::io::stdin()),
-                    "stdin".into(),
+                    // Its own partition per run: a checkpoint of another stream must never be resumed.
+                    format!("stdin-{}-{}", now.as_millis(), std::process::id()),
                     // stdin has no source time of its own: the time reading started stands in for it.
-                    UNIX_EPOCH + UNIX_EPOCH.elapsed().unwrap_or_default(),
+                    UNIX_EPOCH + now,
                 )
             } else {
                 let err = |e: std::io::Error| SourceError::Io {
                     source_name: format!("file {path}"),
                     message: e.to_string(),
                 };
-                let file = tokio::fs::File::open(path).await.map_err(err)?;
+                let mut file = tokio::fs::File::open(path).await.map_err(err)?;
+                let mut prefix = vec![0; FINGERPRINT_BYTES];
+                let mut got = 0;
+                loop {
+                    use tokio::io::AsyncReadExt;
+                    let n = file.read(&mut prefix[got..]).await.map_err(err)?;
+                    got += n;
+                    if n == 0 || got == prefix.len() {
+                        break;
+                    }
+                }
+                prefix.truncate(got);
+                fingerprint = Some(prefix);
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(err)?;
                 let mtime = file
                     .metadata()
                     .await
@@ -55,12 +103,24 @@ impl FileSource {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        let name = name.unwrap_or(default_name);
+        if name.len() > MAX_NAME_BYTES {
+            // weir's own columns (partition, record and batch ids) are bounded: refuse at start, not at commit.
+            return Err(SourceError::Io {
+                source_name: format!("file {path}"),
+                message: format!(
+                    "the partition name is {} bytes, more than {MAX_NAME_BYTES}; set a shorter `source.name`",
+                    name.len()
+                ),
+            });
+        }
         Ok(FileSource {
-            name: name.unwrap_or(default_name),
+            name,
             lines: BufReader::with_capacity(256 * 1024, reader).split(b'\n'),
             line: 0,
             skip_through: 0,
             arrived_at_ms,
+            prefix: fingerprint,
         })
     }
 }
@@ -118,5 +178,13 @@ impl Source for FileSource {
 
     fn acker(&self) -> Box<dyn Acker> {
         Box::new(CheckpointOnly)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        self.prefix.as_deref().map(fingerprint_of)
+    }
+
+    fn same_input(&self, stored: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| same_file(stored, p))
     }
 }

@@ -52,6 +52,17 @@ fn is_fatal(code: Option<&str>) -> bool {
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
 
+/// The checkpoint of a shard that committed nothing yet but must not start at `LATEST` again: `@{ms}`, read
+/// from `AT_TIMESTAMP` ms (the fleet writes it when it first claims a shard with `latest` or `at_timestamp`).
+pub fn pinned_position(ms: i64) -> String {
+    format!("@{ms}")
+}
+
+/// The start time of a [`pinned_position`].
+pub fn pinned_start(position: &str) -> Option<i64> {
+    position.strip_prefix('@')?.parse().ok()
+}
+
 /// Where a shard without checkpoint starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InitialPosition {
@@ -78,6 +89,9 @@ pub struct ShardOptions {
     pub poll: Duration,
     /// End the input after this long without a record (drain-and-exit jobs, tests).
     pub idle_exit: Option<Duration>,
+    /// The fleet pinned this shard's start (`@{ms}`) as it claimed it: open it at `LATEST` now, and at
+    /// `AT_TIMESTAMP` ms after that. Without it, a pinned start is read from `AT_TIMESTAMP` ms.
+    pub fresh_pin: bool,
 }
 
 /// Reads one shard.
@@ -146,6 +160,14 @@ impl ShardReader {
     /// The latest `MillisBehindLatest` (-1 before the first call).
     pub fn lag(&self) -> Arc<AtomicI64> {
         self.lag_ms.clone()
+    }
+
+    /// The first open of a shard at `LATEST` (later opens use the moment it was opened).
+    async fn open_latest(&mut self) -> Result<(), SourceError> {
+        let at = std::mem::replace(&mut self.options.initial, InitialPosition::Latest);
+        let result = self.open_iterator().await;
+        self.options.initial = at;
+        result
     }
 
     async fn open_iterator(&mut self) -> Result<(), SourceError> {
@@ -347,12 +369,24 @@ impl Source for ShardReader {
             self.mark_ended();
             return Ok(());
         }
-        if !position.is_empty() {
+        if let Some(ms) = pinned_start(position) {
+            // A shard that has committed nothing yet, pinned to the moment it was first claimed.
+            self.options.initial = InitialPosition::AtTimestamp(ms);
+            if self.options.fresh_pin {
+                return self.open_latest().await;
+            }
+        } else if !position.is_empty() {
             let (seq, sub) = parse_position(position);
             if let Some(sub) = sub {
                 self.skip_through = Some((seq.clone(), sub));
             }
             self.last = Some((seq, sub));
+        }
+        if self.options.initial == InitialPosition::Latest {
+            // Never LATEST twice: an iterator that expires before the first record re-opens at this moment.
+            self.options.initial =
+                InitialPosition::AtTimestamp(crate::record::wall_clock_us() / 1000);
+            return self.open_latest().await;
         }
         self.open_iterator().await
     }

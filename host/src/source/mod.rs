@@ -47,6 +47,22 @@ pub trait Source: Send {
     fn ordered(&self) -> bool {
         true
     }
+
+    /// What identifies the input behind the partition's checkpoint (a file's first bytes), when the
+    /// partition name alone does not: a checkpoint is only resumed on input with the same fingerprint.
+    fn fingerprint(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the input is the one a stored fingerprint was taken of (an appended file still is).
+    fn same_input(&self, _stored: &str) -> bool {
+        true
+    }
+}
+
+/// The checkpoint row that keeps a partition's input fingerprint ([`Source::fingerprint`]).
+pub fn fingerprint_partition(partition: &str) -> String {
+    format!("{partition}#fingerprint")
 }
 
 /// Acknowledges committed batches to the source (SQS delete, in-memory Kinesis position).

@@ -10,8 +10,10 @@
 //!   are upserted by key) and shows in the ledger as a new batch. A refused permission stops the worker.
 //! - Messages received but never batched (shutdown) are made visible again at once.
 //!
-//! Record ids are `sqs/{queue}/{message-id}`, or `sqs/{queue}/{group}/{deduplication-id}` on FIFO queues
-//! (stable across redeliveries and producer retries). Positions are message ids (FIFO: sequence numbers).
+//! Record ids are `sqs/{queue}/{message-id}` on every queue: stable across redeliveries, and unique (a FIFO
+//! deduplication id is not: content-based ids repeat once the 5-minute deduplication window has passed, and
+//! SQS itself already keeps a producer's retry within the window as one message). Positions are message ids
+//! (FIFO: sequence numbers).
 //! Attributes passed to the rule: every message attribute under its own name (binary values in base64), and
 //! the system attributes as `sqs:MessageGroupId`, `sqs:MessageDeduplicationId`, `sqs:SequenceNumber`,
 //! `sqs:ApproximateReceiveCount`, `sqs:SentTimestamp` (`:` cannot occur in message attribute names).
@@ -424,14 +426,11 @@ fn to_polled(queue: &str, fifo: bool, m: &Message) -> Option<Polled> {
             .map(String::as_str)
     };
     let group = system(MessageSystemAttributeName::MessageGroupId);
-    let dedup = system(MessageSystemAttributeName::MessageDeduplicationId);
     let sequence = system(MessageSystemAttributeName::SequenceNumber);
-    let (id, position) = match (fifo, group, dedup) {
-        (true, Some(g), Some(d)) => (
-            format!("sqs/{queue}/{g}/{d}"),
-            sequence.unwrap_or(message_id).to_string(),
-        ),
-        _ => (format!("sqs/{queue}/{message_id}"), message_id.to_string()),
+    let id = format!("sqs/{queue}/{message_id}");
+    let position = match (fifo, sequence) {
+        (true, Some(seq)) => seq.to_string(),
+        _ => message_id.to_string(),
     };
     let mut attributes: Vec<(String, String)> = m
         .message_attributes()
@@ -814,7 +813,8 @@ mod tests {
         );
     }
 
-    /// FIFO queues: group and deduplication id make the record id, the sequence number the position.
+    /// FIFO queues: the message id makes the record id (deduplication ids repeat after their window), the
+    /// sequence number the position; group and deduplication id are attributes.
     #[test]
     fn fifo_message_as_record() {
         let m = message()
@@ -823,7 +823,15 @@ mod tests {
             .attributes(MessageSystemAttributeName::SequenceNumber, "1800")
             .build();
         let p = to_polled("orders.fifo", true, &m).unwrap();
-        assert_eq!(p.record.id, "sqs/orders.fifo/g1/d-9");
+        assert_eq!(
+            p.record.id,
+            format!("sqs/orders.fifo/{}", m.message_id().unwrap())
+        );
+        assert!(
+            p.record
+                .attributes
+                .contains(&("sqs:MessageDeduplicationId".into(), "d-9".into()))
+        );
         assert_eq!(p.position, "1800");
         assert_eq!(p.record.partition_key, "g1");
         assert!(to_polled("q", false, &Message::builder().body("x").build()).is_none());

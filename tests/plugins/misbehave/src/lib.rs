@@ -13,11 +13,21 @@
 //! | `badtype` | emit text into the integer column `n`                                  |
 //! | `extra`   | return two outcomes for this one record (a miscount)                   |
 //! | `drop`    | drop with reason `asked to drop`                                       |
+//! | `dropas:R`| drop with reason `R`                                                   |
+//! | `ver:ID:V`| emit `t(id = ID, n = V)`                                               |
+//! | `sleep:MS:ID` | sleep MS milliseconds (a blocking WASI call), then emit `t(id = ID, n = 1)` |
+//! | `clock:ID`| emit `t(id = ID@<wall clock ms>@<monotonic ns>, n = 1)`: keyed on the clocks |
+//! | `random:ID` | emit `t(id = ID#<wasi:random number>, n = 1)`: keyed on random       |
 //! | anything else | reject with reason `unknown command`                               |
 
 use weir_rule::{Outcome, RowBuilder, Rule, Settings, SourceRecord, Value};
 
 struct Misbehave;
+
+thread_local! {
+    /// The monotonic clock when the instance first read it.
+    static START: std::time::Instant = std::time::Instant::now();
+}
 
 impl Rule for Misbehave {
     fn init(_settings: &Settings) -> Result<Self, String> {
@@ -30,6 +40,44 @@ impl Rule for Misbehave {
         if let Some(id) = payload.strip_prefix("sqlid:") {
             return Outcome::Emit(vec![
                 RowBuilder::new("t").text("id", id).integer("n", 2).build(),
+            ]);
+        }
+        if let Some(rest) = payload.strip_prefix("ver:") {
+            let (id, v) = rest.rsplit_once(':').unwrap_or((rest, "0"));
+            return Outcome::Emit(vec![
+                RowBuilder::new("t")
+                    .text("id", id)
+                    .integer("n", v.parse().unwrap_or(0))
+                    .build(),
+            ]);
+        }
+        if let Some(reason) = payload.strip_prefix("dropas:") {
+            return Outcome::Drop(reason.to_string());
+        }
+        if let Some(rest) = payload.strip_prefix("sleep:") {
+            let (ms, id) = rest.split_once(':').unwrap_or((rest, "slept"));
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+            return Outcome::Emit(vec![
+                RowBuilder::new("t").text("id", id).integer("n", 1).build(),
+            ]);
+        }
+        if let Some(id) = payload.strip_prefix("clock:") {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let mono = START.with(|s| s.elapsed().as_nanos());
+            let id = format!("{id}@{wall}@{mono}");
+            return Outcome::Emit(vec![
+                RowBuilder::new("t").text("id", &id).integer("n", 1).build(),
+            ]);
+        }
+        if let Some(id) = payload.strip_prefix("random:") {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).expect("random bytes");
+            let id = format!("{id}#{}", u64::from_le_bytes(bytes));
+            return Outcome::Emit(vec![
+                RowBuilder::new("t").text("id", &id).integer("n", 1).build(),
             ]);
         }
         if let Some(id) = payload.strip_prefix("ok:") {
