@@ -186,6 +186,34 @@ impl Load<'_> {
     }
 }
 
+/// Batches whose COMMIT was sent without an answer (an error or a timeout while committing): only for these
+/// may a zero-row checkpoint compare-and-set mean "this very batch committed, its reply was lost". Another
+/// worker that committed a batch with the same id (a zombie's in-flight batch after a lease move) still
+/// fences this one. Holds in-flight batches only.
+#[derive(Debug, Default)]
+pub(crate) struct InDoubt(std::sync::Mutex<HashSet<String>>);
+
+impl InDoubt {
+    fn with<T>(&self, f: impl FnOnce(&mut HashSet<String>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The COMMIT of `batch` is about to be sent.
+    pub(crate) fn sending(&self, batch: &str) {
+        self.with(|s| s.insert(batch.to_string()));
+    }
+
+    /// The COMMIT of `batch` was answered (or the batch is settled otherwise).
+    pub(crate) fn settled(&self, batch: &str) {
+        self.with(|s| s.remove(batch));
+    }
+
+    /// Whether the COMMIT of `batch` went unanswered.
+    pub(crate) fn contains(&self, batch: &str) -> bool {
+        self.with(|s| s.contains(batch))
+    }
+}
+
 /// The DDL that brings a database in line with the declared tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchemaPlan {

@@ -64,6 +64,8 @@ pub struct RedshiftSink {
     connect_timeout: std::time::Duration,
     call_timeout: std::time::Duration,
     tables: std::sync::OnceLock<Vec<TableSpec>>,
+    /// Batches whose COMMIT went unanswered.
+    in_doubt: super::InDoubt,
 }
 
 struct Conn {
@@ -672,6 +674,7 @@ impl RedshiftSink {
             sdk: tokio::sync::OnceCell::new(),
             connect_timeout: options.connect_timeout,
             call_timeout: options.call_timeout,
+            in_doubt: super::InDoubt::default(),
         })
     }
 
@@ -1556,7 +1559,9 @@ impl RedshiftSink {
                 .map_err(classify)?;
             if moved != 1 {
                 // Either another worker moved the checkpoint, or this very batch committed and the reply to
-                // its COMMIT was lost: its own ledger row tells them apart.
+                // its COMMIT was lost: a COMMIT this sink sent without an answer, and the batch's own ledger
+                // row, tell them apart.
+                let in_doubt = self.in_doubt.contains(&batch.id);
                 let ours = tx
                     .query_typed(
                         traced(&format!(
@@ -1567,7 +1572,8 @@ impl RedshiftSink {
                     .await
                     .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
-                if !ours.is_empty() {
+                self.in_doubt.settled(&batch.id);
+                if in_doubt && !ours.is_empty() {
                     tracing::warn!(batch = %batch.id, "the batch had already committed (its COMMIT reply was lost); not loading it again");
                     return Ok(Commit::Committed);
                 }
@@ -1700,7 +1706,10 @@ impl RedshiftSink {
         .await
         .map_err(classify_conflict)?;
 
+        // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
+        self.in_doubt.sending(&batch.id);
         tx.commit().await.map_err(classify)?;
+        self.in_doubt.settled(&batch.id);
         Ok(Commit::Committed)
     }
 }

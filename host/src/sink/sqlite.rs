@@ -32,6 +32,7 @@ pub struct SqliteSink {
     path: PathBuf,
     /// Upsert statement per declared table, built once by `prepare`.
     upserts: std::sync::OnceLock<Vec<Arc<str>>>,
+    in_doubt: super::InDoubt,
 }
 
 fn classify(e: sqlx::Error) -> SinkError {
@@ -135,6 +136,7 @@ impl SqliteSink {
             pool,
             path: path.to_path_buf(),
             upserts: std::sync::OnceLock::new(),
+            in_doubt: super::InDoubt::default(),
         })
     }
 
@@ -640,13 +642,15 @@ impl SqliteSink {
             .map_err(classify)?;
             if moved.rows_affected() != 1 {
                 // Another worker moved the checkpoint, or this batch committed and its reply was lost.
+                let in_doubt = self.in_doubt.contains(&batch.id);
                 let ours = sqlx::query("SELECT 1 FROM weir_batches WHERE batch_id = ?")
                     .bind(&batch.id)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(classify)?;
                 tx.rollback().await.map_err(classify)?;
-                if ours.is_some() {
+                self.in_doubt.settled(&batch.id);
+                if in_doubt && ours.is_some() {
                     return Ok(Commit::Committed);
                 }
                 return Ok(Commit::NotOwner);
@@ -742,7 +746,9 @@ impl SqliteSink {
         .await
         .map_err(classify)?;
 
+        self.in_doubt.sending(&batch.id);
         tx.commit().await.map_err(classify)?;
+        self.in_doubt.settled(&batch.id);
         Ok(Commit::Committed)
     }
 }
