@@ -342,30 +342,6 @@ async fn two_workers_share_and_take_over() {
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
 
-/// A free local port for an admin endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on a worker's admin endpoint: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The sum of a metric's samples whose labels contain `filter` (all samples with an empty filter).
 fn metric(body: &str, name: &str, filter: &str) -> f64 {
     body.lines()
@@ -424,9 +400,9 @@ async fn three_workers_metrics_and_graceful_sigterm() {
     }
     assert_eq!(owners, 3, "all three workers hold shards");
     for port in ports {
-        assert_eq!(get(port, "/healthz"), (200, "ok\n".to_string()));
-        assert_eq!(get(port, "/readyz").0, 200);
-        let (status, body) = get(port, "/metrics");
+        assert_eq!(admin_get(port, "/healthz"), (200, "ok\n".to_string()));
+        assert_eq!(admin_get(port, "/readyz").0, 200);
+        let (status, body) = admin_get(port, "/metrics");
         assert_eq!(status, 200);
         assert!(
             body.contains("# TYPE weir_stage_seconds histogram"),
@@ -465,7 +441,7 @@ async fn three_workers_metrics_and_graceful_sigterm() {
     let mut scraped_records = 0.0;
     let mut scraped_orders = 0.0;
     for port in &ports[1..] {
-        let (_, body) = get(*port, "/metrics");
+        let (_, body) = admin_get(*port, "/metrics");
         scraped_records += metric(&body, "weir_records_total", "");
         scraped_orders += metric(&body, "weir_rows_total", "table=\"orders\"");
         assert!(

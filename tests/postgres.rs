@@ -867,12 +867,7 @@ async fn same_keys_from_concurrent_workers(
             show(&out)
         );
     }
-    let rows: std::collections::BTreeMap<String, String> = db
-        .rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
-        .await
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let rows = db.order_totals().await;
     assert_eq!(
         rows, expected_total,
         "{workers} workers ({kind}): every order once"

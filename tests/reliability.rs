@@ -297,12 +297,7 @@ async fn file_source_survives_random_kill_9() {
         "only {killed} of {iterations} runs were killed mid-way"
     );
 
-    let rows: std::collections::BTreeMap<String, String> = db
-        .rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
-        .await
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let rows = db.order_totals().await;
     assert_eq!(
         rows, expected_total,
         "every order exactly once, with its total"
@@ -403,12 +398,7 @@ async fn postgres_restart_mid_run_recovers() {
         "the run should have seen the restart: {}",
         show(&out)
     );
-    let rows: std::collections::BTreeMap<String, String> = db
-        .rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
-        .await
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let rows = db.order_totals().await;
     assert_eq!(rows, expected_total);
     assert_eq!(
         db.count("SELECT sum(records_in) FROM weir_batches").await,
@@ -472,15 +462,7 @@ async fn distinct_drop_reasons_never_wedge_the_ledger() {
 async fn lost_commit_reply_is_not_a_lost_lease() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
-    let target = db
-        .url
-        .split_once('@')
-        .unwrap()
-        .1
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let target = db.host_port();
     let front = TcpFront::cutting_answer_to(&target, b"COMMIT", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url_via(&front.addr));
@@ -500,12 +482,7 @@ async fn lost_commit_reply_is_not_a_lost_lease() {
         "the lost replies were seen: {}",
         show(&out)
     );
-    let rows: std::collections::BTreeMap<String, String> = db
-        .rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
-        .await
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let rows = db.order_totals().await;
     assert_eq!(rows, expected_total);
     assert_eq!(
         db.count("SELECT sum(records_in) FROM weir_batches").await,
@@ -523,21 +500,14 @@ async fn lost_commit_reply_is_not_a_lost_lease() {
 async fn black_holed_database_times_out_and_recovers() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
-    let target = db
-        .url
-        .split_once('@')
-        .unwrap()
-        .1
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let target = db.host_port();
     let front = TcpFront::with_mode(&target, FrontMode::Forward).await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url_via(&front.addr));
     let n = 2000;
     let (input, expected_total) = orders_input(n);
     std::fs::write(dir.path().join("orders.jsonl"), input).unwrap();
+    let port = free_port();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("max_records = 4", "max_records = 10")
@@ -549,7 +519,8 @@ async fn black_holed_database_times_out_and_recovers() {
     std::fs::write(
         &config,
         format!(
-            "{text}\n[retry]\nmax_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 500\n"
+            "{text}\n[retry]\nmax_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 500\n\
+             [worker]\nadmin_bind = \"127.0.0.1:{port}\"\n"
         ),
     )
     .unwrap();
@@ -566,6 +537,11 @@ async fn black_holed_database_times_out_and_recovers() {
         db.batches_so_far().await <= at_cut + 1,
         "nothing commits through a black hole"
     );
+    assert_eq!(
+        admin_get(port, "/readyz").0,
+        503,
+        "not ready while the database does not answer"
+    );
     front.set_mode(FrontMode::Forward);
     let out = child.wait(std::time::Duration::from_secs(300)).await;
     assert!(out.status.success(), "{}", show(&out));
@@ -575,12 +551,7 @@ async fn black_holed_database_times_out_and_recovers() {
         "the calls timed out: {}",
         show(&out)
     );
-    let rows: std::collections::BTreeMap<String, String> = db
-        .rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
-        .await
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone()))
-        .collect();
+    let rows = db.order_totals().await;
     assert_eq!(rows, expected_total);
 }
 

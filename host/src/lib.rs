@@ -13,7 +13,8 @@
 //! - [`source`]: where records come from (`file`: lines of a file or stdin; `sqs`: an SQS queue).
 //! - [`raw`]: the RAW copy of every record (`local`: the S3 key layout in a directory; `s3`;
 //!   `mongo`: a document per record).
-//! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox and the outcome checks.
+//! - [`rules`]: the WebAssembly rule runtime (wasmtime), the sandbox, its deterministic world (`rules::world`:
+//!   virtual clocks, seeded random) and the outcome checks.
 //! - [`scaffold`]: `weir plugin new` project templates.
 //! - [`schema`]: declared tables and column types, the value checks.
 //! - [`sink`]: final rows, ledger, dead letters and checkpoints in one transaction (`sqlite`, `redshift` for

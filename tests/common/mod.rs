@@ -787,6 +787,12 @@ impl TcpFront {
 }
 
 impl TestDb {
+    /// `host:port` of this database's server (the target of a [`TcpFront`]).
+    pub fn host_port(&self) -> String {
+        let (_, rest) = self.url.split_once('@').expect("user@host in the URL");
+        rest.split('/').next().expect("host:port").to_string()
+    }
+
     /// This database's URL with its host and port replaced by `addr` (a [`TcpFront`]).
     pub fn url_via(&self, addr: &str) -> String {
         let (scheme_user, rest) = self.url.split_once('@').expect("user@host in the URL");
@@ -897,4 +903,39 @@ pub async fn execute(db: &Path, sql: &str) {
         .execute(&mut conn)
         .await
         .unwrap();
+}
+
+impl TestDb {
+    /// `orders`: order id → total as text (the check of the generated-orders tests, [`orders_input`]).
+    pub async fn order_totals(&self) -> BTreeMap<String, String> {
+        self.rows("SELECT order_id, CAST(total AS VARCHAR) FROM orders")
+            .await
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect()
+    }
+}
+
+/// A free local port for an admin endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on a worker's admin endpoint: (status code, body).
+pub fn admin_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -2008,6 +2008,23 @@ mod tests {
         assert!(!line.contains('\n'));
     }
 
+    /// Plaintext sessions to another host are warned about; to this machine or with TLS they are not.
+    #[test]
+    fn plaintext_to_a_remote_host_is_warned() {
+        let warn = |url: &str| {
+            let s = RedshiftSink::new(url, RedshiftOptions::default()).unwrap();
+            s.plaintext_warning()
+        };
+        assert!(
+            warn("postgres://u:p@db.example.com:5432/d")
+                .is_some_and(|w| w.contains("db.example.com"))
+        );
+        assert!(warn("postgres://u:p@db.example.com:5432/d?sslmode=prefer").is_some());
+        assert!(warn("postgres://u:p@127.0.0.1:5432/d").is_none());
+        assert!(warn("postgres://u:p@localhost:5432/d").is_none());
+        assert!(warn("postgres://u:p@db.example.com:5432/d?sslmode=require").is_none());
+    }
+
     /// A version column keeps the highest version per key (ties: the latest); NULL loses; decimals compare
     /// as numbers.
     #[test]
