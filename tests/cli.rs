@@ -321,3 +321,100 @@ fn plugin_new_builds_and_passes_plugin_test() {
         );
     }
 }
+
+/// The admin endpoint of a running worker serves at most 64 connections at once: with 64 idle connections
+/// open, the next request is closed unanswered (the worker keeps running); once they close, requests are
+/// answered again. Then `weir validate` names a plaintext connection to a non-loopback database host.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoint_caps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
+    let port = free_port();
+    let config = dir.path().join("admin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[worker]\nadmin_bind = \"127.0.0.1:{port}\"\n",
+            good.replace("path = \"orders.jsonl\"", "path = \"-\"\nname = \"live\"")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    // A raw request: the whole answer, empty when the connection was closed unanswered.
+    let raw = || {
+        use std::io::Read;
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return None;
+        };
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        Some(text)
+    };
+    let started = Instant::now();
+    while raw().is_none_or(|t| !t.starts_with("HTTP/1.1 200")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the admin endpoint never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let refused = (0..100).any(|_| {
+        let closed = raw().is_some_and(|t| t.is_empty());
+        if !closed {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        closed
+    });
+    assert!(refused, "a request past 64 open connections was answered");
+    drop(idle);
+    let answered = (0..100).any(|_| {
+        let ok = raw().is_some_and(|t| t.starts_with("HTTP/1.1 200"));
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    });
+    assert!(answered, "freed connections are served again");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker kept running"
+    );
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+
+    // A plaintext connection to a host that is not a loopback address is named by `weir validate` (and logged
+    // at start). `0.0.0.0` is not a loopback address by name, yet Linux delivers it on this machine (to port 1,
+    // refused at once): no packet leaves the machine.
+    let remote = dir.path().join("remote.toml");
+    std::fs::write(
+        &remote,
+        good.replace(
+            "kind = \"sqlite\"\npath = \"${WEIR_QUICKSTART_DB:-out/weir.db}\"",
+            "kind = \"postgres\"\nurl = \"postgres://u:p@0.0.0.0:1/d\"\nconnect_timeout_secs = 1",
+        ),
+    )
+    .unwrap();
+    let out = weir(
+        &["validate", "-c", remote.to_str().unwrap()],
+        &[("WEIR_LOG", "warn")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WITHOUT TLS") && err.contains("0.0.0.0"),
+        "{}",
+        show(&out)
+    );
+}
