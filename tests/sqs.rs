@@ -912,3 +912,72 @@ async fn outage_is_not_idleness() {
     );
     assert_every_order_once(&aws, &db, (&queue, &bucket), 10, 1).await;
 }
+
+/// The whole AWS endpoint black-holed in the middle of a run (a front that keeps connections open and
+/// forwards nothing, as a dead network path looks; new connections are accepted and hang too): every AWS call
+/// times out (`[aws] read_timeout_secs = 3`, `connect_timeout_secs`), fails and is retried with backoff
+/// instead of hanging; nothing commits without its RAW copy; once the path is back the worker finishes by
+/// itself: every order exactly once, RAW complete, queue drained.
+#[tokio::test(flavor = "multi_thread")]
+async fn black_holed_aws_endpoint_times_out_and_recovers() {
+    let _heavy = HEAVY.write().await;
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(20).await, aws.bucket().await);
+    let n = 100usize;
+    let lines = orders(n, 5);
+    assert_eq!(aws.send(&queue, &lines).await.len(), n);
+    let target = aws_endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let front = TcpFront::with_mode(&target, FrontMode::Forward).await;
+    let endpoint = format!("http://{}", front.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 5\nreceivers = 2",
+            batch: "max_records = 5\nmax_wait_ms = 200",
+            retry: "max_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000",
+            endpoint: &endpoint,
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    // Receives whose answers the hole swallowed leave their messages in flight on the server until their
+    // visibility timeout (5 s): idle_exit_secs must outlast it, or the run would end before they return.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "[aws]\n",
+            "[aws]\nread_timeout_secs = 3\nconnect_timeout_secs = 2\nattempt_timeout_secs = 10\n",
+        )
+        .replace("idle_exit_secs = 3", "idle_exit_secs = 15");
+    assert!(text.contains("read_timeout_secs = 3"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let running = start_weir(&["run", "-c", config.to_str().unwrap()], &[]);
+    db.wait_for_batches(1).await;
+    front.set_mode(FrontMode::BlackHole);
+    // Calls in flight at the cut may still finish within their timeouts; then nothing can commit.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let settled = db
+        .count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        settled,
+        "nothing commits through a black hole"
+    );
+    front.set_mode(FrontMode::Forward);
+    let out = running.wait(Duration::from_secs(240)).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("retrying"),
+        "the calls failed and were retried: {}",
+        show(&out)
+    );
+    assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
+}

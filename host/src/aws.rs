@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 /// `[aws]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     /// Region. Default: the standard chain (`AWS_REGION`, profile, instance metadata).
@@ -14,6 +14,39 @@ pub struct AwsConfig {
     /// Endpoint for every AWS service, e.g. `http://127.0.0.1:4566` for a local test server. Default: AWS.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// Longest wait for a connection to an AWS endpoint, in seconds. Default 5.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Longest wait for the first byte of an answer, in seconds; more than an SQS long poll
+    /// (`source.wait_secs`). Default 40.
+    #[serde(default = "default_read_timeout_secs")]
+    pub read_timeout_secs: u64,
+    /// Longest one attempt of an AWS call may take, in seconds (an upload of a large RAW part included).
+    /// Default 120.
+    #[serde(default = "default_attempt_timeout_secs")]
+    pub attempt_timeout_secs: u64,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    5
+}
+fn default_read_timeout_secs() -> u64 {
+    40
+}
+fn default_attempt_timeout_secs() -> u64 {
+    120
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: None,
+            endpoint_url: None,
+            connect_timeout_secs: default_connect_timeout_secs(),
+            read_timeout_secs: default_read_timeout_secs(),
+            attempt_timeout_secs: default_attempt_timeout_secs(),
+        }
+    }
 }
 
 impl AwsConfig {
@@ -27,7 +60,7 @@ impl AwsConfig {
             loader = loader.endpoint_url(url.clone());
         }
         loader
-            .timeout_config(timeouts())
+            .timeout_config(self.timeouts())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
             .load()
             .await
@@ -68,15 +101,17 @@ impl AwsConfig {
     }
 }
 
-/// Timeouts of every AWS call: a black-holed endpoint fails the call (and weir's own retries take over)
-/// instead of hanging it. The read timeout is above SQS's longest long poll (20 s).
-pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
-    use std::time::Duration;
-    aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .read_timeout(Duration::from_secs(40))
-        .operation_attempt_timeout(Duration::from_secs(120))
-        .build()
+impl AwsConfig {
+    /// Timeouts of every AWS call: a black-holed endpoint fails the call (and weir's own retries take over)
+    /// instead of hanging it.
+    pub fn timeouts(&self) -> aws_config::timeout::TimeoutConfig {
+        use std::time::Duration;
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(self.connect_timeout_secs.max(1)))
+            .read_timeout(Duration::from_secs(self.read_timeout_secs.max(1)))
+            .operation_attempt_timeout(Duration::from_secs(self.attempt_timeout_secs.max(1)))
+            .build()
+    }
 }
 
 /// An SDK error as text: the service's error code and message when there are some, else the cause chain.

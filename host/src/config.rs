@@ -730,7 +730,7 @@ fn interpolate(
 }
 
 /// Checks what serde cannot, and parses the declared tables.
-fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
+fn check_source(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), ConfigError> {
     match source {
         SourceConfig::File { path, name } => {
             if path.is_empty() {
@@ -782,6 +782,16 @@ fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
                 return Err(ConfigError::field(
                     "source.wait_secs",
                     format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
+                ));
+            }
+            if aws.read_timeout_secs <= *wait_secs as u64 {
+                return Err(ConfigError::field(
+                    "aws.read_timeout_secs",
+                    format!(
+                        "{} s is not longer than source.wait_secs ({wait_secs} s): every long poll would time \
+                         out; make it longer than the wait",
+                        aws.read_timeout_secs
+                    ),
                 ));
             }
             if !(1..=10).contains(max_messages) {
@@ -1086,7 +1096,7 @@ fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     if config.sink.connections == 0 {
         return Err(ConfigError::field("sink.connections", "must be at least 1"));
     }
-    check_source(&config.source)?;
+    check_source(&config.source, &config.aws)?;
     check_raw(&config.raw)?;
     if config.sink.tables.is_empty() {
         return Err(ConfigError::field(
