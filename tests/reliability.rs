@@ -65,31 +65,8 @@ async fn plugin_emitted_sql_names_never_reach_sql() {
         input.push_str(&format!("sqlid:{id}\n"));
     }
     std::fs::write(dir.path().join("input.txt"), &input).unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[source]
-kind = "file"
-path = "input.txt"
-[raw]
-kind = "local"
-dir = "raw"
-[rule]
-plugin = "{plugin}"
-[sink]
-kind = "postgres"
-url = "{url}"
-[[sink.tables]]
-name = "t"
-primary_key = ["id"]
-columns = {{ id = "varchar(64)", n = "integer" }}
-"#,
-            plugin = plugin("misbehave").display(),
-            url = db.url
-        ),
-    )
-    .unwrap();
+    let sink = format!("kind = \"postgres\"\nurl = \"{}\"", db.url);
+    let config = misbehave_config(dir.path(), &sink, "", "");
     let (out, statements) = run_traced(&config);
     assert!(out.status.success(), "{}", show(&out));
 

@@ -636,7 +636,6 @@ kind = "local"
 dir = "raw"
 [rule]
 plugin = "{plugin}"
-batch_deadline_ms = 500
 [sink]
 {sink}
 [[sink.tables]]
