@@ -50,8 +50,19 @@ echo "==> guest SDK and example rules (native unit tests)"
 (cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked --no-fail-fast) \
   || failed+=("guest SDK and example rules")
 
+echo "==> format (cargo fmt --check)"
+cargo fmt --all --check || failed+=("cargo fmt --check (run cargo fmt --all)")
+
 echo "==> host: unit tests, black-box tests, benchmark smoke run"
 cargo test --workspace --locked --no-fail-fast || failed+=("host")
+
+echo "==> lints (cargo clippy --all-targets -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings || failed+=("clippy")
+
+echo "==> minimal build: file → local RAW → SQLite (--no-default-features), compiled and lint-clean"
+# Checked, not linked, so it reuses the lint pass's dependencies and never replaces the full binary the
+# tests run; `cargo build --release --no-default-features` builds it for real (README, "Cargo features").
+cargo clippy -p weir --no-default-features --lib --bins --locked -- -D warnings || failed+=("minimal build")
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "==> FAILED: ${failed[*]} (after $((SECONDS - started)) s; the failing tests are listed above)" >&2

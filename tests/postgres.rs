@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use common::*;
 use weir::config::RetryConfig;
-use weir::pipeline::retrying;
 use weir::record::Batch;
+use weir::retry::retrying;
 use weir::rules::SourceRecord;
 use weir::rules::validate::{CheckedRow, RecordOutcome, RejectStage};
 use weir::schema::{Cell, ColumnType, TableSpec};
 use weir::sink::redshift::{RedshiftOptions, RedshiftSink};
-use weir::sink::{Commit, Load, Sink};
+use weir::sink::{Commit, Coordinator, Load, Sink};
 
 /// Every table's rows, sorted, without wall-clock columns; `SUPER` read through `JSON_SERIALIZE`.
 async fn pg_snapshot(db: &TestDb) -> Vec<Vec<Vec<String>>> {
@@ -346,6 +346,7 @@ async fn terminated_backend_is_retried() {
         max_attempts: 5,
         initial_backoff_ms: 10,
         max_backoff_ms: 100,
+        ..RetryConfig::default()
     };
     let l2 = load(&two, &tables);
     let committed = retrying(&policy, "commit", || s.commit(&l2))

@@ -51,7 +51,8 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -59,13 +60,13 @@ pub async fn serve(
             };
             let stream = match accepted {
                 Ok((stream, _)) => {
-                    backoff = Duration::from_millis(10);
+                    backoff.reset();
                     stream
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "admin endpoint: accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let wait = backoff.next_delay().unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "admin endpoint: accept failed");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };

@@ -49,10 +49,22 @@ impl Default for AwsConfig {
     }
 }
 
+/// The HTTPS client of every AWS call: hyper on rustls with ring, the crypto stack the PostgreSQL and MongoDB
+/// clients use too (the SDK's default client would bring a second one, aws-lc).
+#[cfg(feature = "aws")]
+pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+#[cfg(feature = "aws")]
 impl AwsConfig {
     /// The SDK configuration.
     pub async fn load(&self) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client());
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -67,11 +79,13 @@ impl AwsConfig {
     }
 
     /// An S3 client; path-style addressing when an endpoint override is set (local servers need it).
+    #[cfg(feature = "s3")]
     pub async fn s3(&self) -> aws_sdk_s3::Client {
         self.s3_from(&self.load().await)
     }
 
     /// An S3 client from an already loaded SDK configuration.
+    #[cfg(feature = "s3")]
     pub fn s3_from(&self, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(self.endpoint_url.is_some())
@@ -80,18 +94,22 @@ impl AwsConfig {
     }
 }
 
+#[cfg(feature = "aws")]
 impl AwsConfig {
     /// A Kinesis client.
+    #[cfg(feature = "kinesis")]
     pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
         aws_sdk_kinesis::Client::new(&self.load().await)
     }
 
     /// An SQS client.
+    #[cfg(feature = "sqs")]
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(&self.load().await)
     }
 
     /// An S3 client with its own endpoint override (path-style addressing, as local servers need).
+    #[cfg(feature = "s3")]
     pub fn s3_at(&self, sdk: &aws_config::SdkConfig, endpoint_url: &str) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::config::Builder::from(sdk)
             .endpoint_url(endpoint_url)
@@ -101,6 +119,7 @@ impl AwsConfig {
     }
 }
 
+#[cfg(feature = "aws")]
 impl AwsConfig {
     /// Timeouts of every AWS call: a black-holed endpoint fails the call (and weir's own retries take over)
     /// instead of hanging it.
@@ -115,12 +134,13 @@ impl AwsConfig {
 }
 
 /// An SDK error as text: the service's error code and message when there are some, else the cause chain.
-pub fn sdk_error<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+#[cfg(feature = "aws")]
+pub fn sdk_error<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
 where
-    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
 {
-    use aws_sdk_s3::error::ProvideErrorMetadata;
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_string(),

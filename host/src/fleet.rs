@@ -28,7 +28,7 @@ use crate::pipeline::{Pipeline, PipelineError, Summary};
 use crate::raw::RawStore;
 use crate::rules::RulePlugin;
 use crate::schema::TableSpec;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Coordinator, Sink, SinkError};
 use crate::source::SourceError;
 use crate::source::kinesis::{InitialPosition, SHARD_END, ShardOptions, ShardReader};
 
@@ -53,8 +53,10 @@ pub struct Shared {
     pub raw: Arc<dyn RawStore>,
     /// The rule.
     pub rule: Arc<RulePlugin>,
-    /// The sink (also the lease table).
+    /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// Leases and checkpoints.
+    pub coordinator: Arc<dyn Coordinator>,
     /// Declared tables.
     pub tables: Arc<Vec<TableSpec>>,
     /// Batch limits.
@@ -150,6 +152,73 @@ pub fn ready_shards(shards: &[ShardInfo], positions: &HashMap<String, String>) -
         .collect()
 }
 
+/// One round's lease decisions, from the lease rows alone (no I/O).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Round {
+    /// This worker's fair share: `ceil(ready shards / live workers)`.
+    pub share: usize,
+    /// How many more shards it should claim.
+    pub wanted: usize,
+    /// Ready shards free to claim (no owner, expired, or already this worker's), in order; claim until
+    /// `wanted` succeed.
+    pub free: Vec<String>,
+    /// `(shard, owner)`: one lease to take from the busiest worker above its share, when claiming the free
+    /// ones leaves this worker short.
+    pub steal: Option<(String, String)>,
+}
+
+/// Plans a round: live workers are the owners of unexpired leases plus this one; a worker below its share
+/// claims free ready shards (not the ones it runs or read until idle), and may take one lease from the
+/// busiest worker above its share, so the fleet rebalances one lease per round.
+pub fn plan_round<R>(
+    me: &str,
+    ready: &[String],
+    leases: &HashMap<String, crate::sink::Lease>,
+    running: &BTreeMap<String, R>,
+    idle: &HashSet<String>,
+) -> Round {
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in leases.values() {
+        if !l.owner.is_empty() && !l.expired && l.owner != me {
+            *load.entry(l.owner.as_str()).or_default() += 1;
+        }
+    }
+    let live = load.len() + 1;
+    let share = ready.len().div_ceil(live);
+    let wanted = share.saturating_sub(running.len());
+    let free = ready
+        .iter()
+        .filter(|s| !running.contains_key(*s) && !idle.contains(*s))
+        .filter(|s| {
+            leases
+                .get(*s)
+                .is_none_or(|l| l.owner.is_empty() || l.expired || l.owner == me)
+        })
+        .cloned()
+        .collect();
+    let steal = load
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .filter(|(_, n)| **n > share)
+        .and_then(|(victim, _)| {
+            ready
+                .iter()
+                .find(|s| {
+                    leases
+                        .get(*s)
+                        .is_some_and(|l| l.owner == *victim && !l.expired)
+                        && !idle.contains(*s)
+                })
+                .map(|s| (s.clone(), victim.to_string()))
+        });
+    Round {
+        share,
+        wanted,
+        free,
+        steal,
+    }
+}
+
 /// Runs this worker's share of the stream until shutdown (or, with `idle_exit`, until its shards are idle).
 pub async fn run(
     client: aws_sdk_kinesis::Client,
@@ -157,7 +226,7 @@ pub async fn run(
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Summary, FleetError> {
-    let sink = shared.sink.clone();
+    let coordinator = shared.coordinator.clone();
     let me = options.worker_id.clone();
     let partition_of = |shard: &str| format!("{}/{shard}", options.stream);
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
@@ -189,7 +258,7 @@ pub async fn run(
                     if r.ended.load(Ordering::SeqCst) {
                         // On failure the shard is read again from its checkpoint, finds its end at once and
                         // comes back here.
-                        match end_shard(sink.as_ref(), &partition).await {
+                        match end_shard(coordinator.as_ref(), &partition).await {
                             Ok(true) => {
                                 tracing::info!(shard = %partition, "checkpointed SHARD_END; its children may start")
                             }
@@ -210,7 +279,7 @@ pub async fn run(
                 }
                 Err(e) => failure = Some(PipelineError::Stage(e.to_string()).into()),
             }
-            if let Err(e) = sink.release("kinesis", &partition, &me).await {
+            if let Err(e) = coordinator.release("kinesis", &partition, &me).await {
                 tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
             }
         }
@@ -224,7 +293,7 @@ pub async fn run(
         let expires = now + options.lease.as_micros() as i64;
         let held: Vec<String> = running.keys().cloned().collect();
         for shard in held {
-            let renewed = sink
+            let renewed = coordinator
                 .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
                 .await
                 .unwrap_or_else(|e| {
@@ -251,7 +320,7 @@ pub async fn run(
             }
         };
         let prefix = format!("{}/", options.stream);
-        let rows = match sink.leases("kinesis", now).await {
+        let rows = match coordinator.leases("kinesis", now).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading leases failed; retrying at the next renewal");
@@ -272,59 +341,41 @@ pub async fn run(
         let ready = ready_shards(&shards, &positions);
 
         // 4. Fair share.
-        let mut load: BTreeMap<String, usize> = BTreeMap::new();
-        for l in leases.values() {
-            if !l.owner.is_empty() && !l.expired && l.owner != me {
-                *load.entry(l.owner.clone()).or_default() += 1;
-            }
-        }
-        let live = load.len() + 1;
-        let share = ready.len().div_ceil(live);
-        let mine = running.len();
-        let mut wanted = share.saturating_sub(mine);
+        let round = plan_round(&me, &ready, &leases, &running, &idle);
+        let mut wanted = round.wanted;
         let mut claimed = Vec::new();
-        for shard in &ready {
+        for shard in &round.free {
             if wanted == 0 {
                 break;
             }
-            if running.contains_key(shard) || idle.contains(shard) {
-                continue;
-            }
-            let free = leases
-                .get(shard)
-                .is_none_or(|l| l.owner.is_empty() || l.expired || l.owner == me);
-            if free && claim(sink.as_ref(), &partition_of(shard), &me, now, expires, None).await {
+            if claim(
+                coordinator.as_ref(),
+                &partition_of(shard),
+                &me,
+                now,
+                expires,
+                None,
+            )
+            .await
+            {
                 claimed.push(shard.clone());
                 wanted -= 1;
             }
         }
-        if wanted > 0 {
-            // Take one lease from the busiest worker above its share.
-            if let Some((victim, n)) = load.iter().max_by_key(|(_, n)| **n) {
-                if *n > share {
-                    let theirs = ready.iter().find(|s| {
-                        leases
-                            .get(*s)
-                            .is_some_and(|l| &l.owner == victim && !l.expired)
-                            && !idle.contains(*s)
-                    });
-                    if let Some(shard) = theirs {
-                        if claim(
-                            sink.as_ref(),
-                            &partition_of(shard),
-                            &me,
-                            now,
-                            expires,
-                            Some(victim),
-                        )
-                        .await
-                        {
-                            tracing::info!(shard = %shard, from = %victim, "took a lease over to rebalance");
-                            claimed.push(shard.clone());
-                        }
-                    }
-                }
-            }
+        if wanted > 0
+            && let Some((shard, victim)) = &round.steal
+            && claim(
+                coordinator.as_ref(),
+                &partition_of(shard),
+                &me,
+                now,
+                expires,
+                Some(victim),
+            )
+            .await
+        {
+            tracing::info!(shard = %shard, from = %victim, "took a lease over to rebalance");
+            claimed.push(shard.clone());
         }
 
         // 5. Start the new shards.
@@ -348,12 +399,14 @@ pub async fn run(
                     reader_options.fresh_pin = true;
                     // Pinned before reading, so a restart or a lease move resumes from here, not LATEST.
                     let pinned = crate::source::kinesis::pinned_position(ms);
-                    if let Err(e) = sink
+                    if let Err(e) = coordinator
                         .set_checkpoint("kinesis", &partition_of(&shard), "", &pinned)
                         .await
                     {
                         tracing::warn!(shard = %shard, error = %e, "could not pin the start position; retrying at the next renewal");
-                        let _ = sink.release("kinesis", &partition_of(&shard), &me).await;
+                        let _ = coordinator
+                            .release("kinesis", &partition_of(&shard), &me)
+                            .await;
                         continue;
                     }
                 }
@@ -366,6 +419,7 @@ pub async fn run(
                 raw: shared.raw.clone(),
                 rule: shared.rule.clone(),
                 sink: shared.sink.clone(),
+                coordinator: shared.coordinator.clone(),
                 tables: shared.tables.clone(),
                 batch: shared.batch.clone(),
                 retry: shared.retry.clone(),
@@ -408,7 +462,7 @@ pub async fn run(
             Ok(Err(e)) => failure = failure.or(Some(e.into())),
             Err(e) => failure = failure.or(Some(PipelineError::Stage(e.to_string()).into())),
         }
-        if let Err(e) = sink.release("kinesis", &partition, &me).await {
+        if let Err(e) = coordinator.release("kinesis", &partition, &me).await {
             tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
         }
     }
@@ -454,22 +508,24 @@ pub fn start_of(
 }
 
 /// Moves a shard's checkpoint from its last committed position to `SHARD_END`.
-async fn end_shard(sink: &dyn Sink, partition: &str) -> Result<bool, SinkError> {
-    let at = sink.checkpoint("kinesis", partition).await?;
-    sink.set_checkpoint("kinesis", partition, &at, SHARD_END)
+async fn end_shard(coordinator: &dyn Coordinator, partition: &str) -> Result<bool, SinkError> {
+    let at = coordinator.checkpoint("kinesis", partition).await?;
+    coordinator
+        .set_checkpoint("kinesis", partition, &at, SHARD_END)
         .await
 }
 
 /// Claims a lease; a failure counts as not claimed (the next renewal tries again).
 async fn claim(
-    sink: &dyn Sink,
+    coordinator: &dyn Coordinator,
     partition: &str,
     me: &str,
     now: i64,
     expires: i64,
     steal_from: Option<&str>,
 ) -> bool {
-    sink.claim("kinesis", partition, me, now, expires, steal_from)
+    coordinator
+        .claim("kinesis", partition, me, now, expires, steal_from)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!(shard = %partition, error = %e, "claiming the lease failed");
@@ -531,6 +587,55 @@ mod tests {
         assert_eq!(ready_shards(&shards, &pos), ["c2", "orphan"]);
         pos.insert("c2".to_string(), SHARD_END.to_string());
         assert_eq!(ready_shards(&shards, &pos), ["m", "orphan"]);
+    }
+
+    fn lease(shard: &str, owner: &str, expired: bool) -> (String, crate::sink::Lease) {
+        (
+            shard.to_string(),
+            crate::sink::Lease {
+                partition: format!("s/{shard}"),
+                position: String::new(),
+                owner: owner.into(),
+                expired,
+            },
+        )
+    }
+
+    /// A round claims up to the fair share among free shards, skips what it runs or read until idle, and
+    /// takes one lease from the busiest worker only when that worker is above the share.
+    #[test]
+    fn rounds_share_fairly() {
+        let ready: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let none: BTreeMap<String, ()> = BTreeMap::new();
+        let no_idle = HashSet::new();
+        // Alone with nothing leased: every shard, no steal.
+        let round = plan_round("me", &ready, &HashMap::new(), &none, &no_idle);
+        assert_eq!(
+            (round.share, round.wanted, round.free.len(), round.steal),
+            (4, 4, 4, None)
+        );
+        // Another worker holds all four: share 2, nothing free, steal one of its leases.
+        let theirs: HashMap<_, _> = ready.iter().map(|s| lease(s, "w2", false)).collect();
+        let round = plan_round("me", &ready, &theirs, &none, &no_idle);
+        assert_eq!((round.share, round.wanted), (2, 2));
+        assert!(round.free.is_empty());
+        assert_eq!(round.steal, Some(("a".to_string(), "w2".to_string())));
+        // Expired leases are free, and their owners are not live.
+        let expired: HashMap<_, _> = ready.iter().map(|s| lease(s, "w2", true)).collect();
+        let round = plan_round("me", &ready, &expired, &none, &no_idle);
+        assert_eq!((round.share, round.free.len(), round.steal), (4, 4, None));
+        // Balanced (two each): nothing to take; the shards this worker runs are not claimed again.
+        let mut balanced: HashMap<_, _> =
+            ["a", "b"].iter().map(|s| lease(s, "w2", false)).collect();
+        balanced.extend(["c", "d"].iter().map(|s| lease(s, "me", false)));
+        let running: BTreeMap<String, ()> = [("c".to_string(), ()), ("d".to_string(), ())].into();
+        let round = plan_round("me", &ready, &balanced, &running, &no_idle);
+        assert_eq!((round.share, round.wanted, round.steal), (2, 0, None));
+        assert!(round.free.is_empty());
+        // A shard read until idle is not claimed again.
+        let idle: HashSet<String> = ["a".to_string()].into();
+        let round = plan_round("me", &ready, &HashMap::new(), &none, &idle);
+        assert_eq!(round.free, ["b", "c", "d"]);
     }
 }
 

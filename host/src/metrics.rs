@@ -87,7 +87,7 @@ const STAGE_BUCKETS: [f64; 14] = [
 ];
 
 /// What each metric means, and its Prometheus type: the `/metrics` catalogue.
-const CATALOGUE: [(&str, &str, &str); 11] = [
+const CATALOGUE: [(&str, &str, &str); 12] = [
     ("weir_batches_total", "counter", "Batches committed."),
     (
         "weir_records_total",
@@ -135,7 +135,17 @@ const CATALOGUE: [(&str, &str, &str); 11] = [
         "1 while the worker is ready (rule loaded, sink prepared, source open), 0 while starting or stopping.",
     ),
     ("weir_up", "gauge", "Always 1: the worker is running."),
+    (
+        "weir_rule_counter_total",
+        "counter",
+        "What rules counted with the host's `count` call, by metric name (the first 100 names; later ones as `(other)`).",
+    ),
 ];
+
+/// Distinct `metric` names a rule may create in `weir_rule_counter_total`; later names are counted as `(other)`.
+pub const MAX_RULE_METRICS: usize = 100;
+/// Longest rule metric name kept, in bytes (cut on a UTF-8 boundary).
+pub const MAX_RULE_METRIC_BYTES: usize = 64;
 
 type Labels = Vec<(String, String)>;
 
@@ -175,6 +185,31 @@ impl Registry {
             .expect("not poisoned")
             .entry(key(name, labels))
             .or_default() += by;
+    }
+
+    /// Adds a rule's `count(metric, delta)` call to `weir_rule_counter_total`: a rule is user code, so the
+    /// number and length of its names are bounded and a hostile rule cannot grow the registry.
+    pub fn rule_count(&self, metric: &str, delta: u64) {
+        let mut end = metric.len().min(MAX_RULE_METRIC_BYTES);
+        while !metric.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = &metric[..end];
+        let mut counters = self.counters.lock().expect("not poisoned");
+        let known = counters.contains_key(&key("weir_rule_counter_total", &[("metric", name)]));
+        let names = counters
+            .keys()
+            .filter(|(n, _)| n == "weir_rule_counter_total")
+            .count();
+        let label = if known || names < MAX_RULE_METRICS {
+            name
+        } else {
+            "(other)"
+        };
+        let v = counters
+            .entry(key("weir_rule_counter_total", &[("metric", label)]))
+            .or_default();
+        *v = v.saturating_add(delta);
     }
 
     /// Sets a gauge.
@@ -320,6 +355,27 @@ mod tests {
     }
 
     /// The exposition has HELP/TYPE lines, labelled samples and cumulative histogram buckets.
+    /// A rule's counter names are bounded in number and length.
+    #[test]
+    fn rule_counters_bounded() {
+        let r = Registry::default();
+        for i in 0..MAX_RULE_METRICS + 50 {
+            r.rule_count(&format!("m{i}"), 2);
+        }
+        r.rule_count("m0", 1);
+        r.rule_count(&"é".repeat(100), 1);
+        assert_eq!(r.counter("weir_rule_counter_total", &[("metric", "m0")]), 3);
+        assert_eq!(
+            r.counter("weir_rule_counter_total", &[("metric", "(other)")]),
+            101
+        );
+        let text = r.render();
+        assert_eq!(
+            text.matches("weir_rule_counter_total{").count(),
+            MAX_RULE_METRICS + 1
+        );
+    }
+
     #[test]
     fn prometheus_text() {
         let r = Registry::default();

@@ -15,7 +15,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{Loaded, RawConfig};
-use crate::reconcile::{ReconcileError, RuleSource};
 use crate::rules::{RuleLimits, RulePlugin, RuleRuntime};
 
 /// Where rule versions are kept.
@@ -23,6 +22,7 @@ pub enum PluginStore {
     /// A directory: `{dir}/{digest}.wasm`.
     Dir(PathBuf),
     /// An S3 prefix: `s3://{bucket}/{prefix}{digest}.wasm`.
+    #[cfg(feature = "s3")]
     S3 {
         /// The client.
         client: aws_sdk_s3::Client,
@@ -36,6 +36,13 @@ pub enum PluginStore {
 impl PluginStore {
     /// The store of a configuration (`None`: MongoDB RAW and no `[rule] store`).
     pub async fn open(loaded: &Loaded) -> Option<PluginStore> {
+        #[cfg(not(feature = "s3"))]
+        let s3 = |_bucket: String, _prefix: String| async move {
+            let store: PluginStore =
+                unreachable!("config::load refuses S3 stores in a build without the `s3` feature");
+            store
+        };
+        #[cfg(feature = "s3")]
         let s3 = |bucket: String, prefix: String| async move {
             let aws = &loaded.config.aws;
             let sdk = aws.load().await;
@@ -79,6 +86,7 @@ impl PluginStore {
     pub fn describe(&self) -> String {
         match self {
             PluginStore::Dir(d) => d.display().to_string(),
+            #[cfg(feature = "s3")]
             PluginStore::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
         }
     }
@@ -86,20 +94,20 @@ impl PluginStore {
     /// Keeps `wasm` under its digest unless it is there already; `attempts` tries with backoff (capped at
     /// one minute between tries).
     pub async fn put(&self, digest: &str, wasm: &[u8], attempts: u32) -> Result<(), String> {
-        let mut last = String::new();
-        let mut backoff = Duration::from_millis(200);
-        for attempt in 0..attempts.max(1) {
-            if attempt > 0 {
-                tracing::warn!(store = %self.describe(), error = %last, "plugin store unreachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-            match self.try_put(digest, wasm).await {
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(60))
+                .with_attempts(attempts);
+        loop {
+            let last = match self.try_put(digest, wasm).await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
+                Err(e) => e,
+            };
+            let Some(wait) = backoff.next_delay() else {
+                return Err(format!("plugin store {}: {last}", self.describe()));
+            };
+            tracing::warn!(store = %self.describe(), error = %last, retry_ms = wait.as_millis() as u64, "plugin store unreachable; retrying");
+            tokio::time::sleep(wait).await;
         }
-        Err(format!("plugin store {}: {last}", self.describe()))
     }
 
     async fn try_put(&self, digest: &str, wasm: &[u8]) -> Result<(), String> {
@@ -120,6 +128,7 @@ impl PluginStore {
                     .await
                     .map_err(|e| e.to_string())
             }
+            #[cfg(feature = "s3")]
             PluginStore::S3 {
                 client,
                 bucket,
@@ -159,6 +168,7 @@ impl PluginStore {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            #[cfg(feature = "s3")]
             PluginStore::S3 {
                 client,
                 bucket,
@@ -206,7 +216,7 @@ impl StoredRules {
         settings: Vec<(String, String)>,
         store: Option<PluginStore>,
         configured: Option<Arc<RulePlugin>>,
-    ) -> Result<Self, ReconcileError> {
+    ) -> Result<Self, RuleLoadError> {
         Ok(StoredRules {
             runtime,
             limits,
@@ -219,9 +229,21 @@ impl StoredRules {
     }
 }
 
+/// A recorded rule version that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuleLoadError(pub String);
+
+/// Rule versions by digest, loaded on demand from the plugin store (or the configured plugin).
+#[async_trait]
+pub trait RuleSource: Send + Sync {
+    /// The rule with this digest, `None` when no store has it.
+    async fn rule(&self, digest: &str) -> Result<Option<Arc<RulePlugin>>, RuleLoadError>;
+}
+
 #[async_trait]
 impl RuleSource for StoredRules {
-    async fn rule(&self, digest: &str) -> Result<Option<Arc<RulePlugin>>, ReconcileError> {
+    async fn rule(&self, digest: &str) -> Result<Option<Arc<RulePlugin>>, RuleLoadError> {
         if let Some(c) = self.configured.as_ref().filter(|c| c.digest() == digest) {
             return Ok(Some(c.clone()));
         }
@@ -229,7 +251,7 @@ impl RuleSource for StoredRules {
             return Ok(r.clone());
         }
         let wasm = match &self.store {
-            Some(store) => store.get(digest).await.map_err(ReconcileError::Rule)?,
+            Some(store) => store.get(digest).await.map_err(RuleLoadError)?,
             None => None,
         };
         let rule = match wasm {
@@ -237,11 +259,11 @@ impl RuleSource for StoredRules {
                 let path = self.scratch.join(format!("{digest}.wasm"));
                 std::fs::create_dir_all(&self.scratch)
                     .and_then(|_| std::fs::write(&path, &bytes))
-                    .map_err(|e| ReconcileError::Rule(e.to_string()))?;
+                    .map_err(|e| RuleLoadError(e.to_string()))?;
                 let plugin = self
                     .runtime
                     .load(&path, self.limits.clone(), self.settings.clone())
-                    .map_err(|e| ReconcileError::Rule(format!("rule {digest}: {e}")))?;
+                    .map_err(|e| RuleLoadError(format!("rule {digest}: {e}")))?;
                 Some(Arc::new(plugin))
             }
             None => None,

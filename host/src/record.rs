@@ -2,7 +2,7 @@
 
 use std::time::{Instant, UNIX_EPOCH};
 
-use crate::rules::SourceRecord;
+use crate::contract::SourceRecord;
 
 /// A record fresh from a source, with its source position.
 #[derive(Debug, Clone)]

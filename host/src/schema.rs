@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::rules::Value;
+use crate::contract::Value;
 
 /// A declared column type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

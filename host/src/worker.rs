@@ -5,22 +5,10 @@ use std::time::Duration;
 
 use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
 use crate::pipeline::{Pipeline, PipelineError, Summary};
-use crate::raw::{
-    RawError, RawStore,
-    local::LocalRaw,
-    s3::{S3Options, S3Raw},
-};
+use crate::raw::{RawError, RawStore, local::LocalRaw};
 use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
-use crate::sink::{
-    Sink, SinkError,
-    redshift::{RedshiftOptions, RedshiftSink},
-    sqlite::SqliteSink,
-};
-use crate::source::{
-    Source, SourceError,
-    file::FileSource,
-    sqs::{SqsOptions, SqsSource},
-};
+use crate::sink::{SinkError, Warehouse, sqlite::SqliteSink};
+use crate::source::{Source, SourceError, file::FileSource};
 
 /// A failure to start or run a worker.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +29,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     /// A fleet worker stopped.
+    #[cfg(feature = "kinesis")]
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
     /// The rule could not be kept in the plugin store (`[rule] store`).
@@ -107,13 +96,23 @@ pub fn runtime(loaded: &Loaded) -> Result<RuleRuntime, RuleError> {
 }
 
 /// Connects to the sink without touching its tables.
-pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkError> {
     Ok(match loaded.config.sink.kind {
         SinkKind::Sqlite => {
             let path = loaded.config.sink.path.as_ref().expect("checked by config");
             Arc::new(SqliteSink::open(path).await?)
         }
+        #[cfg(not(feature = "postgres"))]
         SinkKind::Postgres | SinkKind::Redshift => {
+            return Err(SinkError::Permanent(crate::config::not_compiled(
+                "sink.kind",
+                "postgres/redshift",
+                "postgres",
+            )));
+        }
+        #[cfg(feature = "postgres")]
+        SinkKind::Postgres | SinkKind::Redshift => {
+            use crate::sink::redshift::{RedshiftOptions, RedshiftSink};
             let url = loaded
                 .config
                 .sink
@@ -139,20 +138,23 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
 }
 
 /// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
-pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkError> {
     let sink = connect_sink(loaded).await?;
     // Workers of a fleet start together: two may create the same table at once, and the loser's CREATE fails
     // (PostgreSQL reports a duplicate catalog entry). Planning again then finds the table.
-    let mut attempt = 0;
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(2))
+            .with_attempts(5);
     loop {
-        attempt += 1;
         match sink.prepare(&loaded.tables, true).await {
             Ok(_) => return Ok(sink),
             Err(e @ SinkError::Schema(_)) => return Err(e),
-            Err(e) if attempt >= 5 => return Err(e),
             Err(e) => {
-                tracing::info!(error = %e, attempt, "preparing the sink failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                let Some(wait) = backoff.next_delay() else {
+                    return Err(e);
+                };
+                tracing::info!(error = %e, attempt = backoff.failures(), "preparing the sink failed; retrying");
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -181,6 +183,14 @@ pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
 pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
     Ok(match &loaded.config.raw {
         RawConfig::Local { dir, prefix } => Arc::new(LocalRaw::new(dir.clone(), prefix.clone())),
+        #[cfg(not(feature = "s3"))]
+        RawConfig::S3 { .. } => {
+            return Err(RawError::Io {
+                store: "s3".into(),
+                message: crate::config::not_compiled("raw.kind", "s3", "s3"),
+            });
+        }
+        #[cfg(feature = "s3")]
         RawConfig::S3 {
             bucket,
             prefix,
@@ -196,6 +206,7 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
                 Some(url) => aws.s3_at(&sdk, url),
                 None => aws.s3_from(&sdk),
             };
+            use crate::raw::s3::{S3Options, S3Raw};
             let store = S3Raw::new(
                 client,
                 S3Options {
@@ -210,6 +221,14 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
             store.check().await?;
             Arc::new(store)
         }
+        #[cfg(not(feature = "mongodb"))]
+        RawConfig::Mongodb { .. } => {
+            return Err(RawError::Io {
+                store: "mongodb".into(),
+                message: crate::config::not_compiled("raw.kind", "mongodb", "mongodb"),
+            });
+        }
+        #[cfg(feature = "mongodb")]
         RawConfig::Mongodb {
             uri,
             database,
@@ -224,6 +243,12 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
         SourceConfig::File { path, name } => {
             Ok(Box::new(FileSource::open(path, name.clone()).await?))
         }
+        #[cfg(not(feature = "sqs"))]
+        SourceConfig::Sqs { .. } => Err(SourceError::Io {
+            source_name: "sqs".into(),
+            message: crate::config::not_compiled("source.kind", "sqs", "sqs"),
+        }),
+        #[cfg(feature = "sqs")]
         SourceConfig::Sqs {
             queue_url,
             receivers,
@@ -232,6 +257,7 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             visibility_timeout_secs,
             idle_exit_secs,
         } => {
+            use crate::source::sqs::{SqsOptions, SqsSource};
             let client = loaded.config.aws.sqs().await;
             let options = SqsOptions {
                 queue_url: queue_url.clone(),
@@ -247,6 +273,49 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             source_name: format!("kinesis stream {stream}"),
             message: "a Kinesis source runs one reader per leased shard (worker::run)".into(),
         }),
+    }
+}
+
+/// How a worker's run ended.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The input ended, or the drain after a stop request finished: everything read was committed and
+    /// acknowledged, or given back.
+    Finished(Summary),
+    /// The drain was cut short (the grace period passed, or a second request came). Safe: nothing is
+    /// acknowledged before its commit, so the next start resumes from the checkpoints.
+    Forced(String),
+}
+
+/// Runs one worker with a graceful shutdown in two phases: until the input ends or `stop` resolves; then,
+/// reading stopped, the in-flight batches drain for at most `grace` or until `force` resolves, whichever comes
+/// first (leases are released and SQS messages given back as the pipelines end).
+pub async fn run_until(
+    loaded: &Loaded,
+    stop: impl std::future::Future<Output = ()>,
+    force: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> Result<Stopped, WorkerError> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = run(loaded, rx);
+    tokio::pin!(run);
+    tokio::select! {
+        done = &mut run => return done.map(Stopped::Finished),
+        _ = stop => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "signal received: finishing the in-flight batches and releasing leases (signal again to exit at once)"
+    );
+    crate::admin::set_ready(false);
+    let _ = tx.send(true);
+    tokio::select! {
+        done = &mut run => done.map(Stopped::Finished),
+        _ = force => Ok(Stopped::Forced("second signal: exiting now".into())),
+        _ = tokio::time::sleep(grace) => Ok(Stopped::Forced(format!(
+            "shutdown_grace_secs ({}) passed before the in-flight batches committed: exiting now",
+            grace.as_secs()
+        ))),
     }
 }
 
@@ -287,10 +356,18 @@ pub async fn run(
 async fn run_pipeline(
     loaded: &Loaded,
     rule: Arc<RulePlugin>,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn Warehouse>,
     raw: Arc<dyn RawStore>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Summary, WorkerError> {
+    #[cfg(not(feature = "kinesis"))]
+    if let SourceConfig::Kinesis { .. } = &loaded.config.source {
+        return Err(WorkerError::Source(SourceError::Io {
+            source_name: "kinesis".into(),
+            message: crate::config::not_compiled("source.kind", "kinesis", "kinesis"),
+        }));
+    }
+    #[cfg(feature = "kinesis")]
     if let SourceConfig::Kinesis {
         stream,
         initial_position,
@@ -326,7 +403,8 @@ async fn run_pipeline(
         let shared = crate::fleet::Shared {
             raw,
             rule,
-            sink,
+            sink: sink.clone(),
+            coordinator: sink,
             tables: Arc::new(loaded.tables.clone()),
             batch: loaded.config.batch.clone(),
             retry: loaded.config.retry.clone(),
@@ -340,7 +418,8 @@ async fn run_pipeline(
         source: open_source(loaded).await?,
         raw,
         rule,
-        sink,
+        sink: sink.clone(),
+        coordinator: sink,
         tables: Arc::new(loaded.tables.clone()),
         batch: loaded.config.batch.clone(),
         retry: loaded.config.retry.clone(),

@@ -320,6 +320,7 @@ pub async fn aws_sdk() -> aws_config::SdkConfig {
 /// SDK settings for a local AWS-protocol server at `endpoint`, with static test credentials.
 pub async fn aws_sdk_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(weir::aws::http_client())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -66,7 +66,7 @@ impl RawStore for LocalRaw {
         super::decode(key, &bytes)
     }
 
-    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+    async fn list(&self, window: &super::Window) -> Result<Vec<String>, RawError> {
         let (dir, prefix, window) = (self.dir.clone(), self.prefix.clone(), window.clone());
         let walk = move || -> std::io::Result<Vec<String>> {
             let mut keys = Vec::new();

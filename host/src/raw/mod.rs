@@ -11,7 +11,9 @@
 //! lines, one [`RawLine`] per record in batch order; a record's RAW reference is `{key}#{line}` (1-based).
 
 pub mod local;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::io::{Read, Write};
@@ -21,6 +23,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Batch;
+
+pub mod window;
+pub use window::Window;
 
 /// A RAW store failure (retried with backoff by the pipeline).
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +49,7 @@ pub trait RawStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Vec<RawLine>, RawError>;
 
     /// The keys of the objects in a window (every object when the window is open), sorted.
-    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError>;
+    async fn list(&self, window: &Window) -> Result<Vec<String>, RawError>;
 
     /// Whether an object exists.
     async fn exists(&self, key: &str) -> Result<bool, RawError>;
@@ -152,7 +157,7 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
 }
 
 /// Whether a listed key is a RAW object of the window: a `.jsonl.gz` object whose hour is inside it.
-pub(crate) fn listed(key: &str, prefix: &str, window: &crate::reconcile::Window) -> bool {
+pub(crate) fn listed(key: &str, prefix: &str, window: &Window) -> bool {
     key.starts_with(prefix)
         && key.ends_with(".jsonl.gz")
         && !key.rsplit('/').next().unwrap_or("").starts_with('.')

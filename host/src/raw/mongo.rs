@@ -203,7 +203,7 @@ impl RawStore for MongoRaw {
             .collect()
     }
 
-    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+    async fn list(&self, window: &super::Window) -> Result<Vec<String>, RawError> {
         // An object is a batch: the distinct batch ids of the records in the window.
         let mut range = Document::new();
         if let Some(since) = window.since_ms {

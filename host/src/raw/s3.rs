@@ -254,7 +254,7 @@ impl RawStore for S3Raw {
         super::decode(key, &bytes)
     }
 
-    async fn list(&self, window: &crate::reconcile::Window) -> Result<Vec<String>, RawError> {
+    async fn list(&self, window: &super::Window) -> Result<Vec<String>, RawError> {
         let mut keys = Vec::new();
         let mut pages = self
             .client

@@ -13,7 +13,7 @@
 //!   re-run on fresh instances until the guilty records are isolated; those are rejected with the reason and
 //!   the others get their normal outcome.
 
-mod bindings;
+use crate::contract as bindings;
 mod stderr;
 pub mod validate;
 pub mod world;
@@ -33,11 +33,19 @@ pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
 use bindings::{Rule, RulePre};
 use stderr::GuestOutput;
 
+/// The contract version, written once: `wit/rules.wit`'s `package` line and every guest SDK are checked
+/// against it by `tests::one_contract_version`.
+macro_rules! contract_version {
+    () => {
+        "0.1.0"
+    };
+}
+
 /// The contract version this host implements.
-pub const CONTRACT: &str = "weir:rules@0.1.0";
+pub const CONTRACT: &str = concat!("weir:rules@", contract_version!());
 
 /// The contract version of [`CONTRACT`], as plugins stamp it.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = contract_version!();
 
 /// The custom section in which plugins carry the contract version they were built for.
 pub const CONTRACT_SECTION: &str = "weir-contract";
@@ -366,6 +374,7 @@ impl bindings::weir::rules::host::Host for HostState {
 
     fn count(&mut self, metric: String, delta: u64) {
         tracing::trace!(plugin = %self.plugin, batch = %self.batch_id, metric, delta, "rule counter");
+        crate::metrics::global().rule_count(&metric, delta);
     }
 }
 
@@ -622,6 +631,40 @@ mod tests {
         assert!(!contract_compatible("0.2.0"));
         assert!(!contract_compatible("1.1.0"));
         assert!(!contract_compatible("x"));
+    }
+
+    /// The WIT package and every guest SDK name the host's contract version: the version string is
+    /// written once in the host and nowhere else can drift from it.
+    #[test]
+    fn one_contract_version() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read =
+            |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(read("wit/rules.wit").contains(&format!("package {CONTRACT};")));
+        for (file, line) in [
+            (
+                "plugins/weir-rule/src/lib.rs",
+                format!("pub const CONTRACT_VERSION: &str = \"{CONTRACT_VERSION}\";"),
+            ),
+            (
+                "plugins/c/weir_rule.h",
+                format!("#define WEIR_CONTRACT_VERSION \"{CONTRACT_VERSION}\""),
+            ),
+            (
+                "plugins/js/weir_rule.js",
+                format!("export const CONTRACT_VERSION = '{CONTRACT_VERSION}';"),
+            ),
+            (
+                "plugins/js/weir_rule.js",
+                format!("from 'weir:rules/host@{CONTRACT_VERSION}'"),
+            ),
+            (
+                "plugins/python/weir_rule/__init__.py",
+                format!("CONTRACT_VERSION = \"{CONTRACT_VERSION}\""),
+            ),
+        ] {
+            assert!(read(file).contains(&line), "{file} does not say {line}");
+        }
     }
 
     /// A stamp appended to an unstamped component is found; stamping twice changes nothing.

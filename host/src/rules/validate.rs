@@ -129,6 +129,40 @@ fn check_row(row: super::Row, tables: &[TableSpec]) -> Result<CheckedRow, String
     Ok(CheckedRow { table: t, cells })
 }
 
+/// Runs a batch's records through the rule and checks the outcomes: contiguous slices on `instances`
+/// parallel instances, outcomes in record order. Blocking. Replay and reconcile call it with the same
+/// `instances` as the worker, so every rule call sees the same records — and the same deterministic world
+/// (`rules::world`) — as when the batch was loaded.
+pub fn run_checked(
+    rule: &super::RulePlugin,
+    batch_id: &str,
+    records: &[crate::contract::SourceRecord],
+    tables: &[TableSpec],
+    max_rows: usize,
+    instances: usize,
+) -> Vec<RecordOutcome> {
+    let run = |records: &[crate::contract::SourceRecord]| -> Vec<RecordOutcome> {
+        rule.process(batch_id, records)
+            .into_iter()
+            .map(|raw| check(raw, tables, max_rows))
+            .collect()
+    };
+    let slice = records.len().div_ceil(instances.max(1)).max(1);
+    if instances <= 1 || records.len() <= slice {
+        return run(records);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks(slice)
+            .map(|chunk| scope.spawn(move || run(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("rule slices do not panic"))
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //!
 //! and every declared table gets `_weir_record_id`, `_weir_batch_id`, `_weir_rule_digest`, `_weir_loaded_at`.
 
+#[cfg(feature = "postgres")]
 pub mod redshift;
 pub mod sqlite;
 
@@ -412,7 +413,7 @@ pub(crate) fn lineage_ddl(sql_type: impl Fn(ColumnType) -> String) -> Vec<String
         .collect()
 }
 
-/// A lease row of [`Sink::leases`].
+/// A lease row of [`Coordinator::leases`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The partition (Kinesis: `{stream}/{shard}`).
@@ -506,7 +507,8 @@ pub struct DeadLetterRow {
     pub reason: String,
 }
 
-/// A sink.
+/// The warehouse writer: plans and prepares the declared tables and commits batches. One of the three roles a
+/// backend plays (with [`Coordinator`] and [`SinkReader`]); the pipeline writes through this one only.
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Compares the database with the declared tables: a column of another type is an error naming table,
@@ -521,11 +523,24 @@ pub trait Sink: Send + Sync {
     /// that do not exist yet.
     async fn prepare(&self, tables: &[TableSpec], create: bool) -> Result<Vec<String>, SinkError>;
 
-    /// The committed checkpoint of a partition (empty when none), creating its row when missing.
-    async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError>;
-
     /// Commits one batch in one transaction.
     async fn commit(&self, load: &Load<'_>) -> Result<Commit, SinkError>;
+
+    /// Where data goes, for people.
+    fn describe(&self) -> String;
+
+    /// Things about the sink's set-up a person should fix (a plaintext connection over the network).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Checkpoints and leases: who reads which partition, and from where. Kept in the warehouse today (so that a
+/// batch's checkpoint moves in the batch's own transaction); the seam through which coordination moves out.
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    /// The committed checkpoint of a partition (empty when none), creating its row when missing.
+    async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError>;
 
     /// The lease rows of a source (Kinesis shards), with whether each lease has expired at `now_us`.
     async fn leases(&self, source: &str, now_us: i64) -> Result<Vec<Lease>, SinkError>;
@@ -555,7 +570,11 @@ pub trait Sink: Send + Sync {
         expected: &str,
         new: &str,
     ) -> Result<bool, SinkError>;
+}
 
+/// Reading back what loaded — the ledger, final rows, dead letters — for reconcile and replay.
+#[async_trait]
+pub trait SinkReader: Send + Sync {
     /// Every ledger row, oldest first (reconcile, replay).
     async fn ledger(&self) -> Result<Vec<LedgerRow>, SinkError>;
 
@@ -571,15 +590,14 @@ pub trait Sink: Send + Sync {
 
     /// How many rows of `spec` name a batch the ledger does not have.
     async fn rows_without_batch(&self, spec: &TableSpec) -> Result<usize, SinkError>;
-
-    /// Where data goes, for people.
-    fn describe(&self) -> String;
-
-    /// Things about the sink's set-up a person should fix (a plaintext connection over the network).
-    fn warnings(&self) -> Vec<String> {
-        Vec::new()
-    }
 }
+
+/// A backend that plays all three roles — every warehouse weir writes today. `Arc<dyn Warehouse>` coerces to
+/// each role (`Arc<dyn Sink>`, `Arc<dyn Coordinator>`, `Arc<dyn SinkReader>`), so each part of the worker is
+/// handed only the role it uses.
+pub trait Warehouse: Sink + Coordinator + SinkReader {}
+
+impl<T: Sink + Coordinator + SinkReader> Warehouse for T {}
 
 #[cfg(test)]
 mod tests {

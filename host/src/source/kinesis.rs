@@ -112,8 +112,8 @@ pub struct ShardReader {
     done: bool,
     /// The last call found the shard's end while records were still buffered.
     ended_after_buffer: bool,
-    /// Consecutive failed calls (sets the backoff; 0 after a success).
-    failures: u32,
+    /// Waits after consecutive failed calls (reset after a success).
+    backoff: crate::retry::Backoff,
 }
 
 fn kinesis_error(partition: &str, message: impl std::fmt::Display) -> SourceError {
@@ -134,6 +134,10 @@ pub fn parse_position(position: &str) -> (String, Option<u64>) {
 impl ShardReader {
     /// A reader of one shard; nothing is called until [`Source::seek`].
     pub fn new(client: aws_sdk_kinesis::Client, options: ShardOptions) -> Self {
+        let backoff = crate::retry::Backoff::new(
+            options.poll.max(Duration::from_millis(100)) * 2,
+            MAX_RETRY_DELAY,
+        );
         ShardReader {
             client,
             partition: format!("{}/{}", options.stream, options.shard),
@@ -148,7 +152,7 @@ impl ShardReader {
             lag_ms: Arc::new(AtomicI64::new(-1)),
             done: false,
             ended_after_buffer: false,
-            failures: 0,
+            backoff,
         }
     }
 
@@ -212,16 +216,10 @@ impl ShardReader {
         Ok(())
     }
 
-    /// Records a failed call: the next one waits `poll_ms` doubled per consecutive failure, at most
-    /// [`MAX_RETRY_DELAY`]. Returns the wait.
+    /// Records a failed call: the next one waits up to `poll_ms` doubled per consecutive failure (jittered),
+    /// at most [`MAX_RETRY_DELAY`]. Returns the wait.
     fn failed(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let wait = self
-            .options
-            .poll
-            .max(Duration::from_millis(100))
-            .saturating_mul(1 << self.failures.min(16))
-            .min(MAX_RETRY_DELAY);
+        let wait = self.backoff.next_delay().unwrap_or(MAX_RETRY_DELAY);
         self.next_call = Instant::now() + wait;
         // Not knowing whether records wait is not being idle.
         self.last_record_at = Instant::now();
@@ -230,8 +228,8 @@ impl ShardReader {
 
     /// Records a successful call: after failures, idle time starts again now.
     fn recovered(&mut self) {
-        if self.failures > 0 {
-            self.failures = 0;
+        if self.backoff.failures() > 0 {
+            self.backoff.reset();
             self.last_record_at = Instant::now();
         }
     }
@@ -470,7 +468,10 @@ pub async fn put_lines(
     let err = |m: String| kinesis_error(stream, m);
     for chunk in entries.chunks(500) {
         let mut pending = chunk.to_vec();
-        for attempt in 1..=8 {
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_millis(12_800))
+                .with_attempts(8);
+        loop {
             let out = client
                 .put_records()
                 .stream_name(stream)
@@ -488,13 +489,13 @@ pub async fn put_lines(
             if refused.is_empty() {
                 break;
             }
-            if attempt == 8 {
+            let Some(wait) = backoff.next_delay() else {
                 return Err(err(format!(
                     "{} records refused after 8 attempts",
                     refused.len()
                 )));
-            }
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            };
+            tokio::time::sleep(wait).await;
             pending = refused;
         }
     }

@@ -4,8 +4,11 @@
 //! are acknowledged through the source's [`Acker`] only after their batch has committed.
 
 pub mod file;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
+#[cfg(feature = "kinesis")]
 pub mod kpl;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
 use async_trait::async_trait;
@@ -58,6 +61,11 @@ pub trait Source: Send {
     fn same_input(&self, _stored: &str) -> bool {
         true
     }
+
+    /// Stops reading and gives back what was read but never batched (SQS: visibility 0, so another worker
+    /// gets it at once). The pipeline awaits it on every exit path of its batcher; dropping a source without
+    /// closing it is a fallback that cannot wait for the calls it starts.
+    async fn close(&mut self) {}
 }
 
 /// The checkpoint row that keeps a partition's input fingerprint ([`Source::fingerprint`]).

@@ -229,35 +229,44 @@ impl SqsSource {
     }
 }
 
-impl Drop for SqsSource {
-    fn drop(&mut self) {
-        // Stop polling, then give back what was received but never batched.
+impl SqsSource {
+    /// Stops polling and takes the receipt handles of messages received but never batched.
+    fn take_unhanded(&mut self) -> Vec<String> {
         for t in &self.receivers.0 {
             t.abort();
         }
-        let unhanded: Vec<String> = {
-            let mut inflight = self.shared.inflight.lock().expect("not poisoned");
-            let keys: Vec<String> = inflight
-                .iter()
-                .filter(|(_, m)| !m.handed)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter()
-                .filter_map(|k| inflight.remove(k))
-                .map(|m| m.receipt)
-                .collect()
-        };
+        let mut inflight = self.shared.inflight.lock().expect("not poisoned");
+        let keys: Vec<String> = inflight
+            .iter()
+            .filter(|(_, m)| !m.handed)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|k| inflight.remove(k))
+            .map(|m| m.receipt)
+            .collect()
+    }
+}
+
+/// Makes messages visible again (visibility 0) in chunks of ten, for another receiver to take at once.
+async fn release(shared: &Shared, receipts: &[String]) {
+    for chunk in receipts.chunks(10) {
+        let _ = change_visibility(shared, chunk, 0).await;
+    }
+    tracing::info!(queue = %shared.queue, messages = receipts.len(), "released unprocessed messages");
+}
+
+impl Drop for SqsSource {
+    fn drop(&mut self) {
+        // A fallback for a source dropped without `close` (an aborted pipeline): the release is started but
+        // cannot be awaited here.
+        let unhanded = self.take_unhanded();
         if unhanded.is_empty() {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
-            rt.spawn(async move {
-                for chunk in unhanded.chunks(10) {
-                    let _ = change_visibility(&shared, chunk, 0).await;
-                }
-                tracing::info!(queue = %shared.queue, messages = unhanded.len(), "released unprocessed messages");
-            });
+            rt.spawn(async move { release(&shared, &unhanded).await });
         }
     }
 }
@@ -270,6 +279,13 @@ impl Source for SqsSource {
 
     fn partition(&self) -> &str {
         &self.shared.queue
+    }
+
+    async fn close(&mut self) {
+        let unhanded = self.take_unhanded();
+        if !unhanded.is_empty() {
+            release(&self.shared, &unhanded).await;
+        }
     }
 
     async fn seek(&mut self, _position: &str) -> Result<(), SourceError> {
@@ -332,7 +348,8 @@ async fn receive_loop(
     fifo: bool,
     tx: mpsc::Sender<Result<Polled, SourceError>>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut failing = false;
     loop {
         let sent = Instant::now();
@@ -350,7 +367,7 @@ async fn receive_loop(
         let at = Instant::now();
         let messages = match received {
             Ok(out) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 if failing {
                     failing = false;
                     let mut f = shared.failing.lock().expect("not poisoned");
@@ -378,9 +395,9 @@ async fn receive_loop(
                         .await;
                     return;
                 }
-                tracing::warn!(error = %text, retry_ms = backoff.as_millis() as u64, "receive failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let wait = backoff.next_delay().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(error = %text, retry_ms = wait.as_millis() as u64, "receive failed; retrying");
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -603,7 +620,9 @@ impl Acker for SqsAcker {
             tracing::debug_span!("sqs.delete", queue = %self.shared.queue, batch = %batch.id);
         let deadline = Instant::now() + delete_deadline(self.shared.visibility);
         let mut positions: Vec<String> = batch.positions.clone();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(100), DELETE_MAX_BACKOFF)
+                .with_budget(delete_deadline(self.shared.visibility));
         loop {
             // The newest receipt handle of each message (a copy received again replaces it).
             let pending: Vec<(String, String)> = {
@@ -657,7 +676,10 @@ impl Acker for SqsAcker {
             if failed.is_empty() {
                 return Ok(());
             }
-            if Instant::now() + backoff > deadline {
+            let Some(wait) = backoff
+                .next_delay()
+                .filter(|w| Instant::now() + *w <= deadline)
+            else {
                 let mut inflight = self.shared.inflight.lock().expect("not poisoned");
                 for p in &failed {
                     inflight.remove(p);
@@ -665,10 +687,9 @@ impl Acker for SqsAcker {
                 tracing::warn!(parent: &span, messages = failed.len(), error = %last_error,
                     "could not delete messages in time; they will be redelivered and replayed (same final state)");
                 return Ok(());
-            }
-            tracing::warn!(parent: &span, messages = failed.len(), error = %last_error, retry_ms = backoff.as_millis() as u64, "delete failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(DELETE_MAX_BACKOFF);
+            };
+            tracing::warn!(parent: &span, messages = failed.len(), error = %last_error, retry_ms = wait.as_millis() as u64, "delete failed; retrying");
+            tokio::time::sleep(wait).await;
             positions = failed;
         }
     }

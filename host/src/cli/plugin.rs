@@ -1,0 +1,276 @@
+//! `weir plugin test|bench|new|stamp`: a rule on sample input, measured, scaffolded or stamped.
+
+use super::*;
+
+/// The rule limits and settings of an optional configuration (defaults: 64 MiB, 2 s).
+pub(super) fn rule_setup(loaded: Option<&config::Loaded>) -> (RuleLimits, Vec<(String, String)>) {
+    let mut limits = RuleLimits {
+        memory_bytes: 64 << 20,
+        deadline: Duration::from_secs(2),
+    };
+    let mut settings = Vec::new();
+    if let Some(l) = loaded {
+        limits.memory_bytes = (l.config.rule.memory_limit_mib as usize) << 20;
+        limits.deadline = Duration::from_millis(l.config.rule.batch_deadline_ms);
+        settings = l
+            .config
+            .rule
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    (limits, settings)
+}
+
+pub(super) async fn plugin_bench(
+    plugin: &Path,
+    input: &str,
+    config_path: Option<&Path>,
+    secs: f64,
+) -> Result<ExitCode> {
+    let loaded = config_path.map(config::load).transpose()?;
+    let (limits, settings) = rule_setup(loaded.as_ref());
+    let mut source = FileSource::open(input, None)
+        .await
+        .context("opening the input")?;
+    let mut records: Vec<SourceRecord> = Vec::new();
+    while let Some(p) = source.next().await? {
+        records.push(p.record);
+    }
+    anyhow::ensure!(!records.is_empty(), "{input} has no records");
+    let plugin = plugin.to_path_buf();
+    let report = tokio::task::spawn_blocking(move || -> Result<String> {
+        // First compile: an empty cache. Warm start: the cache filled by it, up to the first outcome.
+        let cache = std::env::temp_dir().join(format!("weir-plugin-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let started = std::time::Instant::now();
+        RuleRuntime::new(Some(cache.clone()))?.load(&plugin, limits.clone(), settings.clone())?;
+        let first_compile = started.elapsed();
+        let started = std::time::Instant::now();
+        let rule = RuleRuntime::new(Some(cache.clone()))?.load(&plugin, limits, settings)?;
+        rule.process("bench/warm", &records[..1]);
+        let warm = started.elapsed();
+        let _ = std::fs::remove_dir_all(&cache);
+        let mut out = format!(
+            "plugin {} (sha256 {}, contract {})
+first compile: {:.2} s; warm start (cached, to the first outcome): {:.0} ms
+
+",
+            plugin.display(),
+            &rule.digest()[..12],
+            weir::rules::CONTRACT_VERSION,
+            first_compile.as_secs_f64(),
+            warm.as_secs_f64() * 1000.0
+        );
+        out.push_str("| batch | records/s | µs/record |\n|------:|----------:|----------:|\n");
+        for batch in [1usize, 100, 1000] {
+            let chunk: Vec<SourceRecord> = records.iter().cycle().take(batch).cloned().collect();
+            let (mut done, started) = (0usize, std::time::Instant::now());
+            while started.elapsed().as_secs_f64() < secs {
+                rule.process("bench", &chunk);
+                done += chunk.len();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            out.push_str(&format!(
+                "| {batch:>5} | {:>9.0} | {:>9.2} |\n",
+                done as f64 / elapsed,
+                elapsed * 1e6 / done as f64
+            ));
+        }
+        out.push_str(&format!(
+            "\ninstance memory: peak {:.1} MiB of linear memory\n",
+            rule.peak_memory_bytes() as f64 / (1 << 20) as f64
+        ));
+        Ok(out)
+    })
+    .await??;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn plugin_test(
+    plugin: &Path,
+    input: &str,
+    config_path: Option<&Path>,
+    extra_settings: Vec<(String, String)>,
+    json: bool,
+) -> Result<ExitCode> {
+    let loaded = config_path.map(config::load).transpose()?;
+    let (limits, mut settings) = rule_setup(loaded.as_ref());
+    for (k, v) in extra_settings {
+        settings.retain(|(name, _)| *name != k);
+        settings.push((k, v));
+    }
+    let runtime = RuleRuntime::new(RuleRuntime::default_cache_dir())?;
+    let rule = runtime.load(plugin, limits, settings)?;
+    let mut source = FileSource::open(input, None)
+        .await
+        .context("opening the input")?;
+    let mut records: Vec<SourceRecord> = Vec::new();
+    while let Some(p) = source.next().await? {
+        records.push(p.record);
+    }
+    let raw = tokio::task::spawn_blocking({
+        let records = records.clone();
+        move || rule.process("plugin-test", &records)
+    })
+    .await?;
+
+    let mut shown = Vec::with_capacity(records.len());
+    for (record, raw) in records.iter().zip(raw) {
+        // With a configuration, the host's checks apply exactly as in a pipeline run.
+        let verdict = loaded
+            .as_ref()
+            .map(|l| validate::check(raw.clone(), &l.tables, l.config.rule.max_rows_per_record));
+        let entry = match (raw, verdict) {
+            (_, Some(RecordOutcome::Reject(stage, reason))) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": stage.as_str(), "reason": reason})
+            }
+            (Err(reason), _) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "sandbox", "reason": reason})
+            }
+            (Ok(Outcome::Reject(reason)), _) => {
+                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "rule", "reason": reason})
+            }
+            (Ok(Outcome::Drop(reason)), _) => {
+                serde_json::json!({"id": record.id, "outcome": "drop", "reason": reason})
+            }
+            (Ok(Outcome::Emit(rows)), _) => {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        let cells: serde_json::Map<String, serde_json::Value> = r
+                            .cells
+                            .iter()
+                            .map(|(k, v)| (k.clone(), value_json(v)))
+                            .collect();
+                        serde_json::json!({"table": r.table, "cells": cells})
+                    })
+                    .collect();
+                serde_json::json!({"id": record.id, "outcome": "emit", "rows": rows})
+            }
+        };
+        shown.push(entry);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        print!("{}", outcome_table(&shown));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+        Value::Integer(i) => (*i).into(),
+        Value::Float(x) => (*x).into(),
+        Value::Decimal(s) | Value::Text(s) => s.clone().into(),
+        Value::TimestampUs(us) => weir::schema::format_timestamp_us(*us).into(),
+        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
+    }
+}
+
+/// One line per record (and one per emitted row), in aligned columns.
+pub(super) fn outcome_table(shown: &[serde_json::Value]) -> String {
+    let mut lines: Vec<[String; 3]> = vec![["RECORD".into(), "OUTCOME".into(), "DETAIL".into()]];
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    for e in shown {
+        let id = text(&e["id"]);
+        let outcome = text(&e["outcome"]);
+        match outcome.as_str() {
+            "emit" => {
+                let rows = e["rows"].as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    lines.push([id.clone(), outcome.clone(), "(no rows)".into()]);
+                }
+                for (i, r) in rows.iter().enumerate() {
+                    let cells: Vec<String> = r["cells"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                        .unwrap_or_default();
+                    let first = if i == 0 {
+                        (id.clone(), outcome.clone())
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    lines.push([
+                        first.0,
+                        first.1,
+                        format!("{}: {}", text(&r["table"]), cells.join(", ")),
+                    ]);
+                }
+            }
+            "reject" => lines.push([
+                id,
+                format!("reject ({})", text(&e["stage"])),
+                text(&e["reason"]),
+            ]),
+            _ => lines.push([id, outcome, text(&e["reason"])]),
+        }
+    }
+    let w0 = lines
+        .iter()
+        .map(|l| l[0].chars().count())
+        .max()
+        .unwrap_or(0);
+    let w1 = lines
+        .iter()
+        .map(|l| l[1].chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for l in &lines {
+        out.push_str(&format!("{:w0$}  {:w1$}  {}\n", l[0], l[1], l[2]));
+    }
+    let count = |o: &str| shown.iter().filter(|e| e["outcome"] == o).count();
+    out.push_str(&format!(
+        "\n{} records: {} emitted, {} dropped, {} rejected\n",
+        shown.len(),
+        count("emit"),
+        count("drop"),
+        count("reject")
+    ));
+    out
+}
+
+/// `weir plugin new`: a project of a rule in `lang`.
+pub(super) fn plugin_new(name: &str, lang: NewLang, dir: &Path) -> Result<ExitCode> {
+    let lang = match lang {
+        NewLang::Rust => weir::scaffold::Lang::Rust,
+        NewLang::Python => weir::scaffold::Lang::Python,
+        NewLang::Js => weir::scaffold::Lang::Js,
+        NewLang::C => weir::scaffold::Lang::C,
+    };
+    let (root, commands) =
+        weir::scaffold::new_project(dir, name, lang).map_err(anyhow::Error::msg)?;
+    println!("created {}; build and try it:", root.display());
+    println!("  cd {}", root.display());
+    for c in commands {
+        println!("  {c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir plugin stamp`: appends the contract version to a component that lacks it.
+pub(super) fn plugin_stamp(plugin: &Path) -> Result<ExitCode> {
+    let wasm = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    if let Some(v) = weir::rules::stamped_contract(&wasm) {
+        println!("{}: already stamped with contract {v}", plugin.display());
+    } else {
+        std::fs::write(plugin, weir::rules::stamp(&wasm))
+            .with_context(|| format!("writing {}", plugin.display()))?;
+        println!(
+            "{}: stamped with contract {}",
+            plugin.display(),
+            weir::rules::CONTRACT_VERSION
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

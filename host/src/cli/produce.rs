@@ -1,0 +1,57 @@
+//! `weir produce`: lines of a file into the configured Kinesis stream or SQS queue.
+
+use super::*;
+
+pub(super) async fn produce(
+    path: &Path,
+    input: &str,
+    group_id: &str,
+    key_field: &str,
+    aggregate: usize,
+) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    let bytes = if input == "-" {
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut buf).await?;
+        buf
+    } else {
+        tokio::fs::read(input)
+            .await
+            .with_context(|| format!("reading {input}"))?
+    };
+    let lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    match &loaded.config.source {
+        #[cfg(not(feature = "sqs"))]
+        config::SourceConfig::Sqs { .. } => {
+            anyhow::bail!(config::not_compiled("source.kind", "sqs", "sqs"))
+        }
+        #[cfg(not(feature = "kinesis"))]
+        config::SourceConfig::Kinesis { .. } => {
+            anyhow::bail!(config::not_compiled("source.kind", "kinesis", "kinesis"))
+        }
+        #[cfg(feature = "sqs")]
+        config::SourceConfig::Sqs { queue_url, .. } => {
+            let client = loaded.config.aws.sqs().await;
+            let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
+            println!("sent {sent} messages to {queue_url}");
+        }
+        #[cfg(feature = "kinesis")]
+        config::SourceConfig::Kinesis { stream, .. } => {
+            let client = loaded.config.aws.kinesis().await;
+            let sent = weir::source::kinesis::put_lines(
+                &client,
+                stream,
+                &lines,
+                key_field,
+                aggregate.max(1),
+            )
+            .await?;
+            println!("sent {sent} records to stream {stream}");
+        }
+        config::SourceConfig::File { .. } => anyhow::bail!(
+            "{}: `weir produce` sends to an SQS or Kinesis source; this configuration reads a file",
+            path.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,330 @@
+//! What types cannot express: limits, identifiers, column types and combinations of fields, each error
+//! naming its field and the fix.
+
+use super::*;
+
+pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
+    let b = &config.batch;
+    if b.max_records == 0 {
+        return Err(ConfigError::field(
+            "batch.max_records",
+            "must be at least 1",
+        ));
+    }
+    if b.max_bytes == 0 {
+        return Err(ConfigError::field("batch.max_bytes", "must be at least 1"));
+    }
+    if b.queue_depth == 0 {
+        return Err(ConfigError::field(
+            "batch.queue_depth",
+            "must be at least 1",
+        ));
+    }
+    if config.retry.max_attempts == 0 {
+        return Err(ConfigError::field(
+            "retry.max_attempts",
+            "must be at least 1",
+        ));
+    }
+    let r = &config.rule;
+    if r.memory_limit_mib == 0 || r.memory_limit_mib > 4096 {
+        return Err(ConfigError::field(
+            "rule.memory_limit_mib",
+            format!(
+                "{} is out of range; use 1 to 4096 (MiB)",
+                r.memory_limit_mib
+            ),
+        ));
+    }
+    if r.instances == 0 || r.instances > 256 {
+        return Err(ConfigError::field(
+            "rule.instances",
+            format!("{} is out of range; use 1 to 256", r.instances),
+        ));
+    }
+    if r.batch_deadline_ms == 0 {
+        return Err(ConfigError::field(
+            "rule.batch_deadline_ms",
+            "must be at least 1 (milliseconds)",
+        ));
+    }
+    if r.plugin.as_os_str().is_empty() {
+        return Err(ConfigError::field(
+            "rule.plugin",
+            "is empty; give the path of the rule's .wasm file",
+        ));
+    }
+    match (&config.sink.kind, &config.sink.path, &config.sink.url) {
+        (SinkKind::Sqlite, None, _) => {
+            return Err(ConfigError::field(
+                "sink.path",
+                "missing; the sqlite sink needs the database file, e.g. `path = \"weir.db\"`",
+            ));
+        }
+        (SinkKind::Sqlite, _, Some(_)) => {
+            return Err(ConfigError::field(
+                "sink.url",
+                "the sqlite sink takes `path`, not `url`; remove `url`",
+            ));
+        }
+        (SinkKind::Sqlite, Some(_), None) => {}
+        (SinkKind::Postgres | SinkKind::Redshift, _, None) => {
+            return Err(ConfigError::field(
+                "sink.url",
+                "missing; give the connection URL, e.g. `url = \"${WEIR_REDSHIFT_URL}\"` with \
+                 WEIR_REDSHIFT_URL=postgres://user:password@host:5439/database",
+            ));
+        }
+        (SinkKind::Postgres | SinkKind::Redshift, Some(_), _) => {
+            return Err(ConfigError::field(
+                "sink.path",
+                "only the sqlite sink takes `path`; remove it",
+            ));
+        }
+        (SinkKind::Postgres | SinkKind::Redshift, None, Some(url)) => {
+            #[cfg(feature = "postgres")]
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(ConfigError::field(
+                    "sink.url",
+                    format!(
+                        "not a valid connection URL ({e}); write postgres://user:password@host:port/database"
+                    ),
+                ));
+            }
+            check_identifier(&config.sink.schema)
+                .map_err(|m| ConfigError::field("sink.schema", m))?;
+        }
+    }
+    if let Some(iam) = &config.sink.iam {
+        if config.sink.kind != SinkKind::Redshift {
+            return Err(ConfigError::field(
+                "sink.iam",
+                "IAM credentials are for `kind = \"redshift\"` only",
+            ));
+        }
+        if iam.cluster_id.is_some() == iam.workgroup.is_some() {
+            return Err(ConfigError::field(
+                "sink.iam",
+                "give exactly one of `cluster_id` (provisioned) or `workgroup` (Serverless)",
+            ));
+        }
+        if !(900..=3600).contains(&iam.duration_secs) {
+            return Err(ConfigError::field(
+                "sink.iam.duration_secs",
+                "must be from 900 to 3600 (seconds)",
+            ));
+        }
+    }
+    if matches!(config.sink.stage_fill, StageFillConfig::Copy { .. })
+        && config.sink.kind != SinkKind::Redshift
+    {
+        return Err(ConfigError::field(
+            "sink.stage_fill",
+            "`kind = \"copy\"` needs Redshift (`[sink] kind = \"redshift\"`); PostgreSQL cannot COPY from S3",
+        ));
+    }
+    if config.sink.connections == 0 {
+        return Err(ConfigError::field("sink.connections", "must be at least 1"));
+    }
+    check_features(config)?;
+    check_source(&config.source, &config.aws)?;
+    check_raw(&config.raw)?;
+    if config.sink.tables.is_empty() {
+        return Err(ConfigError::field(
+            "sink.tables",
+            "no table declared; add a [[sink.tables]] section for each table the rule emits",
+        ));
+    }
+    let mut specs: Vec<TableSpec> = Vec::new();
+    for (i, t) in config.sink.tables.iter().enumerate() {
+        let at = format!("sink.tables[{i}]");
+        check_identifier(&t.name).map_err(|m| ConfigError::field(format!("{at}.name"), m))?;
+        if specs.iter().any(|s| s.name == t.name) {
+            return Err(ConfigError::field(
+                format!("{at}.name"),
+                format!("table `{}` is declared twice", t.name),
+            ));
+        }
+        if t.columns.is_empty() {
+            return Err(ConfigError::field(
+                format!("{at}.columns"),
+                "no columns; declare `columns = { name = \"type\" }`",
+            ));
+        }
+        let mut columns = Vec::new();
+        for (name, ty) in &t.columns {
+            let field = format!("{at}.columns.{name}");
+            check_identifier(name).map_err(|m| ConfigError::field(&field, m))?;
+            let ty = ty.as_str().ok_or_else(|| {
+                ConfigError::field(&field, "the type must be a string such as \"varchar(36)\"")
+            })?;
+            let ty: ColumnType = ty
+                .parse()
+                .map_err(|m: String| ConfigError::field(&field, m))?;
+            columns.push((name.clone(), ty));
+        }
+        if t.primary_key.is_empty() {
+            return Err(ConfigError::field(
+                format!("{at}.primary_key"),
+                "empty; name the columns that identify a row, e.g. `primary_key = [\"id\"]`",
+            ));
+        }
+        for key in &t.primary_key {
+            if !columns.iter().any(|(c, _)| c == key) {
+                return Err(ConfigError::field(
+                    format!("{at}.primary_key"),
+                    format!(
+                        "`{key}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                        t.name
+                    ),
+                ));
+            }
+        }
+        let keys = t.distkey.iter().map(|k| ("distkey", k));
+        for (field, key) in keys.chain(t.sortkey.iter().map(|k| ("sortkey", k))) {
+            if !columns.iter().any(|(c, _)| c == key) {
+                return Err(ConfigError::field(
+                    format!("{at}.{field}"),
+                    format!("`{key}` is not a declared column of `{}`", t.name),
+                ));
+            }
+        }
+        if let Some(v) = &t.version_column {
+            let field = format!("{at}.version_column");
+            match columns.iter().find(|(c, _)| c == v) {
+                None => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!(
+                            "`{v}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                            t.name
+                        ),
+                    ));
+                }
+                Some((_, ColumnType::Super | ColumnType::Boolean)) => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!(
+                            "`{v}` cannot order versions (super and boolean columns do not); use a timestamp, \
+                             integer, decimal or varchar column"
+                        ),
+                    ));
+                }
+                Some(_) if t.primary_key.contains(v) => {
+                    return Err(ConfigError::field(
+                        field,
+                        format!("`{v}` is part of the primary key; a version column must not be"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
+            .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
+        spec.version_column = t.version_column.clone();
+        const ENCODINGS: [&str; 13] = [
+            "raw",
+            "az64",
+            "bytedict",
+            "delta",
+            "delta32k",
+            "lzo",
+            "mostly8",
+            "mostly16",
+            "mostly32",
+            "runlength",
+            "text255",
+            "text32k",
+            "zstd",
+        ];
+        for (column, encoding) in &t.encode {
+            let field = format!("{at}.encode.{column}");
+            if spec.column_index(column).is_none() {
+                return Err(ConfigError::field(
+                    field,
+                    format!("`{column}` is not a declared column of `{}`", t.name),
+                ));
+            }
+            if !ENCODINGS.contains(&encoding.as_str()) {
+                return Err(ConfigError::field(
+                    field,
+                    format!(
+                        "unknown encoding `{encoding}`; use one of {}",
+                        ENCODINGS.join(", ")
+                    ),
+                ));
+            }
+            spec.encode.push((column.clone(), encoding.clone()));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// The message for a backend this build of weir was compiled without.
+pub fn not_compiled(field: &str, kind: &str, feature: &str) -> String {
+    format!(
+        "`{field} = \"{kind}\"` is not in this build of weir: rebuild with `cargo build --release --features {feature}` \
+         (or the default features, which include every backend)"
+    )
+}
+
+/// Every backend the configuration names is compiled in; otherwise the field, and the feature to enable.
+fn check_features(config: &Config) -> Result<(), ConfigError> {
+    let missing = |field: &str, kind: &str, feature: &str| {
+        Err(ConfigError::field(
+            field,
+            not_compiled(field, kind, feature),
+        ))
+    };
+    match &config.source {
+        SourceConfig::Sqs { .. } if !cfg!(feature = "sqs") => {
+            return missing("source.kind", "sqs", "sqs");
+        }
+        SourceConfig::Kinesis { .. } if !cfg!(feature = "kinesis") => {
+            return missing("source.kind", "kinesis", "kinesis");
+        }
+        _ => {}
+    }
+    match &config.raw {
+        RawConfig::S3 { .. } if !cfg!(feature = "s3") => return missing("raw.kind", "s3", "s3"),
+        RawConfig::Mongodb { .. } if !cfg!(feature = "mongodb") => {
+            return missing("raw.kind", "mongodb", "mongodb");
+        }
+        _ => {}
+    }
+    match config.sink.kind {
+        SinkKind::Postgres if !cfg!(feature = "postgres") => {
+            return missing("sink.kind", "postgres", "postgres");
+        }
+        SinkKind::Redshift if !cfg!(feature = "postgres") => {
+            return missing("sink.kind", "redshift", "postgres");
+        }
+        _ => {}
+    }
+    if config.sink.iam.is_some() && !cfg!(feature = "redshift-iam") {
+        return Err(ConfigError::field(
+            "sink.iam",
+            not_compiled("sink.iam", "…", "redshift-iam"),
+        ));
+    }
+    if matches!(config.sink.stage_fill, StageFillConfig::Copy { .. }) && !cfg!(feature = "s3") {
+        return Err(ConfigError::field(
+            "sink.stage_fill",
+            not_compiled("sink.stage_fill", "copy", "s3"),
+        ));
+    }
+    if config
+        .rule
+        .store
+        .as_deref()
+        .is_some_and(|s| s.starts_with("s3://"))
+        && !cfg!(feature = "s3")
+    {
+        return Err(ConfigError::field(
+            "rule.store",
+            not_compiled("rule.store", "s3://…", "s3"),
+        ));
+    }
+    Ok(())
+}

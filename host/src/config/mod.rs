@@ -1,0 +1,192 @@
+//! The worker's TOML configuration.
+//!
+//! Loading runs three steps, and every error names the field it is about:
+//! 1. parse the TOML text;
+//! 2. replace `${NAME}` (or `${NAME:-default}`) in every string value with the environment variable `NAME`;
+//! 3. deserialize into [`Config`] (unknown fields are errors) and check what types cannot express
+//!    (identifiers, column types, limits).
+//!
+//! Relative paths (plugin, RAW directory, SQLite file, input file) are resolved against the directory of the
+//! configuration file, so a config works the same from any working directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::schema::{ColumnType, TableSpec, check_identifier};
+
+mod source;
+pub use source::*;
+mod raw;
+pub use raw::*;
+mod sink;
+pub use sink::*;
+mod settings;
+pub use settings::*;
+mod interpolate;
+use interpolate::*;
+mod check;
+pub use check::not_compiled;
+use check::*;
+
+/// A configuration error; the message names the field and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A field is wrong.
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// Where the RAW copy of every record goes, before anything else happens to it.
+    pub raw: RawConfig,
+    /// The business rule plugin.
+    pub rule: RuleConfig,
+    /// Where final rows, the ledger, dead letters and checkpoints go.
+    pub sink: SinkConfig,
+    /// Batch limits; a batch is flushed when any limit is reached.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Retries of RAW writes and sink commits.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// AWS region and endpoint override, for every AWS backend.
+    #[serde(default)]
+    pub aws: crate::aws::AwsConfig,
+    /// The worker process: admin endpoint and shutdown.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// A loaded, checked configuration with paths resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration, with relative paths resolved against `base_dir`.
+    pub config: Config,
+    /// The declared tables, parsed.
+    pub tables: Vec<TableSpec>,
+    /// The directory of the config file.
+    pub base_dir: PathBuf,
+}
+
+/// Reads, interpolates, parses and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    parse(&text, &base_dir, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` looks up environment variables. Exposed for tests.
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    interpolate_table(&mut table, "", env)?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().to_string();
+            let field = if field == "." {
+                "(top level)".to_string()
+            } else {
+                field
+            };
+            ConfigError::field(field, hint(&message))
+        })?;
+    let tables = check(&config)?;
+    resolve_paths(&mut config, base_dir);
+    Ok(Loaded {
+        config,
+        tables,
+        base_dir: base_dir.to_path_buf(),
+    })
+}
+
+/// Adds a fix to serde's message where one is obvious.
+fn hint(message: &str) -> String {
+    if message.starts_with("missing field") {
+        format!("{message}; add it (see examples/quickstart/weir.toml)")
+    } else if message.starts_with("unknown field") {
+        format!("{message}; remove it or fix its spelling")
+    } else if message.starts_with("unknown variant") {
+        format!("{message}; use one of the listed values")
+    } else {
+        message.to_string()
+    }
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let join = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    config.rule.plugin = join(&config.rule.plugin);
+    if let Some(dir) = &config.rule.cache_dir {
+        config.rule.cache_dir = Some(join(dir));
+    }
+    if let Some(p) = &config.sink.path {
+        config.sink.path = Some(join(p));
+    }
+    if let Some(p) = &config.sink.tls_ca_file {
+        config.sink.tls_ca_file = Some(join(p));
+    }
+    match &mut config.raw {
+        RawConfig::Local { dir, .. } => *dir = join(dir),
+        RawConfig::S3 { .. } | RawConfig::Mongodb { .. } => {}
+    }
+    match &mut config.source {
+        SourceConfig::File { path, .. } => {
+            if path != "-" {
+                *path = join(Path::new(path)).to_string_lossy().into_owned();
+            }
+        }
+        SourceConfig::Sqs { .. } | SourceConfig::Kinesis { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! `[worker]`, `[rule]`, `[batch]` and `[retry]`: the pipeline's own settings and their defaults.
+
+use super::*;
+
+/// `[worker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/metrics`), e.g. `0.0.0.0:9898`. Default: off.
+    #[serde(default)]
+    pub admin_bind: Option<String>,
+    /// After SIGTERM/SIGINT, how long the worker may take to commit its in-flight batches and release its
+    /// leases before it exits anyway (safe: nothing is acknowledged before its commit). Default 110: inside
+    /// the two-minute EC2 spot interruption notice.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+pub(super) fn default_shutdown_grace_secs() -> u64 {
+    110
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            admin_bind: None,
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+/// `[rule]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The plugin: a WebAssembly component implementing `weir:rules@0.1.0` (relative to the config file).
+    pub plugin: PathBuf,
+    /// Settings passed to the rule's `init`. Values are strings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Linear-memory cap of one rule instance, in MiB. Default 64.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline for one call of the rule on one batch, in milliseconds. Default 2000.
+    #[serde(default = "default_batch_deadline_ms")]
+    pub batch_deadline_ms: u64,
+    /// Most rows one record may emit; more rejects the record. Default 10000.
+    #[serde(default = "default_max_rows_per_record")]
+    pub max_rows_per_record: usize,
+    /// Where every rule version that loads data is kept, by digest, for `weir reconcile`: a directory or
+    /// `s3://bucket/prefix`. Default: `{raw.dir}/weir-plugins` for local RAW, `weir-plugins/` in
+    /// the RAW bucket for S3, none for MongoDB RAW.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Rule instances that process one batch in parallel (contiguous slices of it). Default: the cores.
+    #[serde(default = "default_instances")]
+    pub instances: usize,
+    /// Where compiled plugins are cached. Default: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
+    /// `~/.cache/weir`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub(super) fn default_memory_limit_mib() -> u64 {
+    64
+}
+
+pub(super) fn default_batch_deadline_ms() -> u64 {
+    2000
+}
+
+pub(super) fn default_instances() -> usize {
+    cores()
+}
+
+pub(super) fn default_max_rows_per_record() -> usize {
+    10_000
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records in one batch. Default 5000.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Most payload bytes in one batch. Default 4 000 000.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest time a partial batch waits for more records, in milliseconds. Default 250.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Batches buffered between two pipeline stages (backpressure beyond that). Default 2.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+pub(super) fn default_max_records() -> usize {
+    5000
+}
+
+pub(super) fn default_max_bytes() -> usize {
+    4_000_000
+}
+
+pub(super) fn default_max_wait_ms() -> u64 {
+    250
+}
+
+pub(super) fn default_queue_depth() -> usize {
+    2
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            max_wait_ms: default_max_wait_ms(),
+            queue_depth: default_queue_depth(),
+        }
+    }
+}
+
+/// `[retry]`: transient failures of RAW writes and sink commits are retried with exponential backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts before the worker gives up and stops (nothing is acknowledged). Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds; doubled after each failure. Default 100.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds. Default 30000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Total time budget of one operation's retries, in seconds: no retry starts later than this after the
+    /// first attempt, whatever attempts are left (0: attempts only). Default 3600.
+    #[serde(default = "default_max_elapsed_secs")]
+    pub max_elapsed_secs: u64,
+}
+
+pub(super) fn default_max_elapsed_secs() -> u64 {
+    3600
+}
+
+pub(super) fn default_max_attempts() -> u32 {
+    10
+}
+
+pub(super) fn default_initial_backoff_ms() -> u64 {
+    100
+}
+
+pub(super) fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_elapsed_secs: default_max_elapsed_secs(),
+        }
+    }
+}

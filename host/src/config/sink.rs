@@ -1,0 +1,168 @@
+//! `[sink]` and `[[sink.tables]]`: where final rows go and what they look like.
+
+use super::*;
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `sqlite` (embedded default), `postgres` or `redshift`.
+    pub kind: SinkKind,
+    /// sqlite: the database file (relative to the config file); created when missing.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// postgres / redshift: the connection URL, `postgres://user:password@host:5439/database`. Keep the password
+    /// out of the file: `url = "${WEIR_REDSHIFT_URL}"`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// postgres / redshift: a PEM file of extra CA certificates to trust for TLS (relative to the config
+    /// file). Default: the public web roots only, which Redshift's certificates chain to.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// postgres / redshift: most database sessions this worker opens. Default: the cores, at least 2.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// postgres / redshift: the schema of the final and weir tables. Default `public`.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// redshift: fetch temporary database credentials through IAM for each new connection, instead of a
+    /// password in `url`.
+    #[serde(default)]
+    pub iam: Option<IamConfig>,
+    /// postgres / redshift: how the stage is merged: `delete_insert` (default: `DELETE … USING` + `INSERT …
+    /// SELECT`) or `merge` (one `MERGE` statement; PostgreSQL ≥ 15 and Redshift).
+    #[serde(default)]
+    pub merge: MergeMode,
+    /// redshift: how the stage is filled: `insert` (default; works everywhere) or `copy` from S3.
+    #[serde(default)]
+    pub stage_fill: StageFillConfig,
+    /// postgres / redshift: longest wait for a new database connection, in seconds. Default 10.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// postgres / redshift: longest one database call may take — a whole batch's commit transaction, a
+    /// checkpoint or lease update — in seconds, before its session is dropped and the call retried (a
+    /// black-holed connection cannot hang the worker). Default 300.
+    #[serde(default = "default_call_timeout_secs")]
+    pub call_timeout_secs: u64,
+    /// The declared tables. Rules may only emit rows for these tables and columns.
+    pub tables: Vec<TableConfig>,
+}
+
+pub(super) fn default_connect_timeout_secs() -> u64 {
+    10
+}
+
+pub(super) fn default_call_timeout_secs() -> u64 {
+    300
+}
+
+/// How a stage is merged into its target table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMode {
+    /// `DELETE FROM target USING stage …` then `INSERT INTO target SELECT … FROM stage`.
+    #[default]
+    DeleteInsert,
+    /// `MERGE INTO target USING stage …`.
+    Merge,
+}
+
+/// `[sink.iam]`: Redshift temporary credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamConfig {
+    /// A provisioned cluster's identifier (`GetClusterCredentials`). Give this or `workgroup`.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// A Redshift Serverless workgroup (`GetCredentials`). Give this or `cluster_id`.
+    #[serde(default)]
+    pub workgroup: Option<String>,
+    /// Provisioned only: the database user. Default: the user in `url`.
+    #[serde(default)]
+    pub db_user: Option<String>,
+    /// Provisioned only: create the user when missing. Default false.
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Lifetime of the credentials, 900 to 3600 seconds. Default 900.
+    #[serde(default = "default_iam_duration_secs")]
+    pub duration_secs: u32,
+}
+
+pub(super) fn default_iam_duration_secs() -> u32 {
+    900
+}
+
+/// `[sink.stage_fill]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StageFillConfig {
+    /// Multi-row typed INSERTs (works on Redshift and PostgreSQL).
+    #[default]
+    Insert,
+    /// Redshift only: gzip JSON lines and a manifest written to S3, then `COPY … FORMAT AS JSON 'auto'`.
+    Copy {
+        /// The S3 bucket for stage files.
+        bucket: String,
+        /// Key prefix for stage files. Default `weir-stage/`.
+        #[serde(default = "default_stage_prefix")]
+        prefix: String,
+        /// The IAM role Redshift assumes to read the bucket (`IAM_ROLE` of the COPY).
+        iam_role: String,
+        /// The bucket's region. Default: `[aws] region`, else `us-east-1`.
+        #[serde(default)]
+        region: Option<String>,
+    },
+}
+
+pub(super) fn default_stage_prefix() -> String {
+    "weir-stage/".into()
+}
+
+pub(super) fn default_connections() -> usize {
+    cores().max(2)
+}
+
+pub(super) fn default_schema() -> String {
+    "public".into()
+}
+
+/// Kinds of sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The embedded SQLite sink.
+    Sqlite,
+    /// PostgreSQL (the same code as Redshift; the local stand-in).
+    Postgres,
+    /// Amazon Redshift over the PostgreSQL protocol.
+    Redshift,
+}
+
+/// `[[sink.tables]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Table name: lowercase letters, digits and `_`, starting with a letter or `_`.
+    pub name: String,
+    /// Primary-key columns; rows are upserted by this key.
+    pub primary_key: Vec<String>,
+    /// Column name → type (`smallint`, `integer`, `bigint`, `decimal(p,s)`, `real`, `double precision`,
+    /// `boolean`, `varchar(n)`, `timestamp`, `timestamptz`, `super`), in declaration order.
+    pub columns: toml::Table,
+    /// A column that orders versions of a row (`updated_at`, a sequence number: any orderable type but
+    /// `super` and `boolean`). When set, an upsert keeps, per key, the row with the highest version, against
+    /// the stored row too (ties: the later one loaded), so a redelivered or replayed older record never
+    /// overwrites a newer one. A row whose version is NULL loses to any row with a version. Default: none (the
+    /// last row loaded wins).
+    #[serde(default)]
+    pub version_column: Option<String>,
+    /// Redshift only: the distribution key column. Default: none (Redshift's AUTO).
+    #[serde(default)]
+    pub distkey: Option<String>,
+    /// Redshift only: compound sort key columns. Default: none.
+    #[serde(default)]
+    pub sortkey: Vec<String>,
+    /// Redshift only: column compression, e.g. `encode = { total = "az64", sku = "zstd" }`. Default: Redshift's.
+    #[serde(default)]
+    pub encode: BTreeMap<String, String>,
+}

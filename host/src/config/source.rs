@@ -1,0 +1,283 @@
+//! `[source]`: where records come from, with each kind's defaults and checks.
+
+use super::*;
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// One record per line of a file, or of standard input with `path = "-"`.
+    File {
+        /// The input file (relative to the config file), or `-` for standard input.
+        path: String,
+        /// Name of the source partition, used in record ids and checkpoints. Default: the file name
+        /// (`stdin` for standard input).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// An Amazon SQS queue (standard or FIFO): several concurrent long polls; messages stay invisible
+    /// while their batch is in flight and are deleted only after their batch has committed.
+    Sqs {
+        /// The queue URL, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`.
+        queue_url: String,
+        /// Concurrent long-polling receivers. Default: twice the cores, at least 4.
+        #[serde(default = "default_receivers")]
+        receivers: usize,
+        /// Long-poll wait per receive call, in seconds (0–20). Default 20.
+        #[serde(default = "default_wait_secs")]
+        wait_secs: i32,
+        /// Messages per receive call (1–10). Default 10.
+        #[serde(default = "default_max_messages")]
+        max_messages: i32,
+        /// How long a received message stays invisible, in seconds; weir extends it while the message's
+        /// batch is in flight, so a slow sink never causes a redelivery. Default 60.
+        #[serde(default = "default_visibility_timeout_secs")]
+        visibility_timeout_secs: i32,
+        /// Stop when no message has arrived for this many seconds and a receive call has found the queue
+        /// empty (drain-and-exit jobs); time the queue cannot be reached does not count. Default: never.
+        #[serde(default)]
+        idle_exit_secs: Option<u64>,
+    },
+    /// An Amazon Kinesis data stream: one reader per shard this worker holds the lease of.
+    Kinesis {
+        /// The stream name.
+        stream: String,
+        /// Where a shard without checkpoint starts: `"trim_horizon"` (oldest kept), `"latest"` or
+        /// `"at_timestamp"` (with `initial_timestamp`). Default `"trim_horizon"`.
+        #[serde(default = "default_initial_position")]
+        initial_position: String,
+        /// For `at_timestamp`: an RFC 3339 time, e.g. `2026-11-21T00:00:00Z`.
+        #[serde(default)]
+        initial_timestamp: Option<String>,
+        /// Most records per `GetRecords` call (1–10000). Default 10000.
+        #[serde(default = "default_max_records_per_call")]
+        max_records_per_call: i32,
+        /// Least time between two `GetRecords` calls on one shard, in milliseconds (≥ 200: 5 calls/s). Default 250.
+        #[serde(default = "default_poll_ms")]
+        poll_ms: u64,
+        /// How long a shard lease lasts without renewal, in seconds. Default 30.
+        #[serde(default = "default_lease_secs")]
+        lease_secs: u64,
+        /// How often leases are renewed and rebalanced, in seconds (less than half of `lease_secs`). Default 10.
+        #[serde(default = "default_renew_secs")]
+        renew_secs: u64,
+        /// This worker's name in the lease table. Default `{hostname}-{pid}`.
+        #[serde(default)]
+        worker_id: Option<String>,
+        /// Stop when no shard has delivered a record for this many seconds; time the stream cannot be
+        /// reached does not count. Default: never.
+        #[serde(default)]
+        idle_exit_secs: Option<u64>,
+    },
+}
+
+pub(super) fn default_initial_position() -> String {
+    "trim_horizon".into()
+}
+
+pub(super) fn default_max_records_per_call() -> i32 {
+    10_000
+}
+
+pub(super) fn default_poll_ms() -> u64 {
+    250
+}
+
+pub(super) fn default_lease_secs() -> u64 {
+    30
+}
+
+pub(super) fn default_renew_secs() -> u64 {
+    10
+}
+
+/// The machine's cores (the defaults of the concurrency settings follow it).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub(super) fn default_receivers() -> usize {
+    (2 * cores()).max(4)
+}
+
+pub(super) fn default_wait_secs() -> i32 {
+    20
+}
+
+pub(super) fn default_max_messages() -> i32 {
+    10
+}
+
+pub(super) fn default_visibility_timeout_secs() -> i32 {
+    60
+}
+
+/// Checks what serde cannot, and parses the declared tables.
+pub(super) fn check_source(
+    source: &SourceConfig,
+    aws: &crate::aws::AwsConfig,
+) -> Result<(), ConfigError> {
+    match source {
+        SourceConfig::File { path, name } => {
+            if path.is_empty() {
+                return Err(ConfigError::field(
+                    "source.path",
+                    "is empty; give a file, or `-` for standard input",
+                ));
+            }
+            if let Some(name) = name {
+                if name.is_empty() || name.contains('/') {
+                    return Err(ConfigError::field(
+                        "source.name",
+                        "must be non-empty and contain no `/`",
+                    ));
+                }
+            }
+        }
+        SourceConfig::Sqs {
+            queue_url,
+            receivers,
+            wait_secs,
+            max_messages,
+            visibility_timeout_secs,
+            idle_exit_secs,
+        } => {
+            let name = queue_url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("");
+            if !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
+                || name.is_empty()
+            {
+                return Err(ConfigError::field(
+                    "source.queue_url",
+                    format!(
+                        "`{queue_url}` is not a queue URL; use the URL SQS shows for the queue, e.g. \
+                         `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`"
+                    ),
+                ));
+            }
+            if !(1..=64).contains(receivers) {
+                return Err(ConfigError::field(
+                    "source.receivers",
+                    format!("{receivers} is out of range; use 1 to 64"),
+                ));
+            }
+            if !(0..=20).contains(wait_secs) {
+                return Err(ConfigError::field(
+                    "source.wait_secs",
+                    format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
+                ));
+            }
+            if aws.read_timeout_secs <= *wait_secs as u64 {
+                return Err(ConfigError::field(
+                    "aws.read_timeout_secs",
+                    format!(
+                        "{} s is not longer than source.wait_secs ({wait_secs} s): every long poll would time \
+                         out; make it longer than the wait",
+                        aws.read_timeout_secs
+                    ),
+                ));
+            }
+            if !(1..=10).contains(max_messages) {
+                return Err(ConfigError::field(
+                    "source.max_messages",
+                    format!(
+                        "{max_messages} is out of range; SQS returns 1 to 10 messages per call"
+                    ),
+                ));
+            }
+            if !(2..=43_200).contains(visibility_timeout_secs) {
+                return Err(ConfigError::field(
+                    "source.visibility_timeout_secs",
+                    format!(
+                        "{visibility_timeout_secs} is out of range; use 2 to 43200 seconds (12 hours)"
+                    ),
+                ));
+            }
+            if *idle_exit_secs == Some(0) {
+                return Err(ConfigError::field(
+                    "source.idle_exit_secs",
+                    "must be at least 1 (seconds); leave it out to run until stopped",
+                ));
+            }
+        }
+        SourceConfig::Kinesis {
+            stream,
+            initial_position,
+            initial_timestamp,
+            max_records_per_call,
+            poll_ms,
+            lease_secs,
+            renew_secs,
+            idle_exit_secs,
+            ..
+        } => {
+            if stream.is_empty() || stream.contains('/') {
+                return Err(ConfigError::field(
+                    "source.stream",
+                    "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
+                ));
+            }
+            match (initial_position.as_str(), initial_timestamp) {
+                ("trim_horizon" | "latest", None) => {}
+                ("at_timestamp", Some(t)) => {
+                    if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                        return Err(ConfigError::field(
+                            "source.initial_timestamp",
+                            format!("`{t}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"),
+                        ));
+                    }
+                }
+                ("at_timestamp", None) => {
+                    return Err(ConfigError::field(
+                        "source.initial_timestamp",
+                        "missing; `initial_position = \"at_timestamp\"` needs it",
+                    ));
+                }
+                ("trim_horizon" | "latest", Some(_)) => {
+                    return Err(ConfigError::field(
+                        "source.initial_timestamp",
+                        "only used with `initial_position = \"at_timestamp\"`; remove it",
+                    ));
+                }
+                (other, _) => {
+                    return Err(ConfigError::field(
+                        "source.initial_position",
+                        format!("`{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""),
+                    ));
+                }
+            }
+            if !(1..=10_000).contains(max_records_per_call) {
+                return Err(ConfigError::field(
+                    "source.max_records_per_call",
+                    format!("{max_records_per_call} is out of range; use 1 to 10000"),
+                ));
+            }
+            if *poll_ms < 200 {
+                return Err(ConfigError::field(
+                    "source.poll_ms",
+                    format!(
+                        "{poll_ms} is below 200; Kinesis allows 5 GetRecords calls per second per shard"
+                    ),
+                ));
+            }
+            if *renew_secs == 0 || renew_secs * 2 >= *lease_secs {
+                return Err(ConfigError::field(
+                    "source.renew_secs",
+                    format!(
+                        "{renew_secs} must be at least 1 and less than half of lease_secs ({lease_secs}), so a lease is renewed twice before it runs out"
+                    ),
+                ));
+            }
+            if *idle_exit_secs == Some(0) {
+                return Err(ConfigError::field(
+                    "source.idle_exit_secs",
+                    "must be at least 1 (seconds); leave it out to run until stopped",
+                ));
+            }
+        }
+    }
+    Ok(())
+}

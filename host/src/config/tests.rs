@@ -1,0 +1,171 @@
+use super::*;
+
+const GOOD: &str = r#"
+[source]
+kind = "file"
+path = "in.jsonl"
+[raw]
+kind = "local"
+dir = "raw"
+[rule]
+plugin = "rule.wasm"
+settings = { currency = "${CUR:-EUR}" }
+[sink]
+kind = "sqlite"
+path = "${DB}"
+[[sink.tables]]
+name = "orders"
+primary_key = ["id"]
+columns = { id = "varchar(36)", total = "decimal(18,2)" }
+"#;
+
+const SQS: &str = "kind = \"sqs\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/orders\"";
+
+/// SQS and S3 settings load with their documented defaults.
+#[test]
+fn sqs_and_s3_defaults() {
+    let text = GOOD
+        .replace("kind = \"file\"\npath = \"in.jsonl\"", SQS)
+        .replace(
+            "kind = \"local\"\ndir = \"raw\"",
+            "kind = \"s3\"\nbucket = \"b\"",
+        );
+    let l = parse(&text, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    let SourceConfig::Sqs {
+        receivers,
+        wait_secs,
+        max_messages,
+        visibility_timeout_secs,
+        idle_exit_secs,
+        ..
+    } = l.config.source
+    else {
+        panic!("sqs source expected")
+    };
+    assert_eq!(
+        (
+            receivers,
+            wait_secs,
+            max_messages,
+            visibility_timeout_secs,
+            idle_exit_secs
+        ),
+        (4, 20, 10, 60, None)
+    );
+    let RawConfig::S3 {
+        sse,
+        multipart_threshold_bytes,
+        part_size_bytes,
+        ..
+    } = l.config.raw
+    else {
+        panic!("s3 raw expected")
+    };
+    assert_eq!(
+        (sse, multipart_threshold_bytes, part_size_bytes),
+        (Sse::None, 64 << 20, 16 << 20)
+    );
+}
+
+fn env(name: &str) -> Option<String> {
+    (name == "DB").then(|| "w.db".to_string())
+}
+
+fn err(text: &str) -> String {
+    parse(text, Path::new("/base"), Path::new("t.toml"), &env)
+        .unwrap_err()
+        .to_string()
+}
+
+/// A good config loads, interpolates and resolves paths against the config's directory.
+#[test]
+fn good_config_loads() {
+    let l = parse(GOOD, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    assert_eq!(l.config.sink.path.as_deref(), Some(Path::new("/base/w.db")));
+    assert_eq!(l.config.rule.settings["currency"], "EUR");
+    assert_eq!(l.tables[0].columns.len(), 2);
+    assert_eq!(l.config.batch.max_records, 5000);
+}
+
+/// Each malformed config names the offending field.
+#[test]
+fn bad_configs_name_the_field() {
+    let cases = [
+        (
+            GOOD.replace("[batch]", "") + "[batch]\nmax_record = 5\n",
+            "batch.max_record",
+        ),
+        (
+            GOOD.replace("decimal(18,2)", "money"),
+            "sink.tables[0].columns.total",
+        ),
+        (GOOD.replace("\"${DB}\"", "\"${NOPE}\""), "sink.path"),
+        (
+            GOOD.replace("kind = \"sqlite\"", "kind = \"oracle\""),
+            "sink.kind",
+        ),
+        (
+            GOOD.replace("primary_key = [\"id\"]", "primary_key = [\"oid\"]"),
+            "sink.tables[0].primary_key",
+        ),
+        (GOOD.replace("plugin = \"rule.wasm\"\n", ""), "rule"),
+        (
+            GOOD.replace("name = \"orders\"", "name = \"drop table\""),
+            "sink.tables[0].name",
+        ),
+        (
+            GOOD.replace(
+                "[[sink.tables]]",
+                "[batch]\nmax_records = 0\n[[sink.tables]]",
+            ),
+            "batch.max_records",
+        ),
+        (GOOD.replace("kind = \"file\"", "kind = \"ftp\""), "source"),
+        (GOOD.replace("path = \"${DB}\"", "path = \"${DB}\"\niam = { cluster_id = \"c\" }"), "sink.iam"),
+        (
+            GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"redshift\"\nurl = \"postgres://u@h/d\"\niam = { cluster_id = \"c\", duration_secs = 60 }"),
+            "sink.iam.duration_secs",
+        ),
+        (
+            GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"postgres\"\nurl = \"postgres://u@h/d\"\nstage_fill = { kind = \"copy\", bucket = \"b\", iam_role = \"r\" }"),
+            "sink.stage_fill",
+        ),
+        (GOOD.replace("kind = \"sqlite\"\npath = \"${DB}\"", "kind = \"redshift\""), "sink.url"),
+        (GOOD.replace("columns = {", "encode = { total = \"gzip9\" }\ncolumns = {"), "sink.tables[0].encode.total"),
+        (GOOD.replace("columns = {", "sortkey = [\"placed_at\"]\ncolumns = {"), "sink.tables[0].sortkey"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"sqs\"\nqueue_url = \"orders\""), "source.queue_url"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nwait_secs = 30")), "source.wait_secs"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nmax_messages = 11")), "source.max_messages"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nvisibility_timeout_secs = 0")), "source.visibility_timeout_secs"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nreceivers = 0")), "source.receivers"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\npoll_secs = 1")), "source"),
+        (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"s3://b\""), "raw.bucket"),
+        (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nkms_key_id = \"k\""), "raw.kms_key_id"),
+        (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nsse = \"aes\""), "raw"),
+        (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\npart_size_bytes = 1000"), "raw.part_size_bytes"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\ninstances = 0"), "rule.instances"),
+    ];
+    for (text, field) in cases {
+        let message = err(&text);
+        assert!(
+            message.contains(&format!("`{field}")),
+            "{message:?} should name {field}"
+        );
+    }
+}
+
+/// Interpolation handles defaults, literals and missing variables.
+#[test]
+fn interpolation() {
+    let e = |n: &str| (n == "A").then(|| "1".to_string());
+    assert_eq!(interpolate("x${A}y", "f", &e).unwrap(), "x1y");
+    assert_eq!(interpolate("${B:-2}", "f", &e).unwrap(), "2");
+    assert_eq!(interpolate("$${A} $5", "f", &e).unwrap(), "${A} $5");
+    assert!(
+        interpolate("${B}", "f", &e)
+            .unwrap_err()
+            .to_string()
+            .contains("`B` is not set")
+    );
+    assert!(interpolate("${A", "f", &e).is_err());
+}

@@ -1,0 +1,378 @@
+//! One batch in one transaction: stage, version-guarded merge, ledger, dead letters and the checkpoint's
+//! compare-and-set; record-by-record isolation when a value is refused.
+
+use super::*;
+
+impl RedshiftSink {
+    pub(super) async fn commit_batch(
+        &self,
+        conn: &mut Conn,
+        load: &Load<'_>,
+    ) -> Result<Commit, SinkError> {
+        let batch = load.batch;
+        let specs = self
+            .tables
+            .get()
+            .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
+        let sqls: Vec<TableSql> = specs
+            .iter()
+            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .collect();
+        for sql in &sqls {
+            if !conn.staged.contains(&sql.stage) {
+                conn.client
+                    .batch_execute(traced(&sql.create_stage()))
+                    .await
+                    .map_err(classify)?;
+                conn.staged.insert(sql.stage.clone());
+            }
+        }
+        let loaded_at = sql_timestamp(load.loaded_at_us);
+        let s = quote(&self.schema);
+        // The COPY fast path writes its stage files before the transaction starts.
+        let copy = match &self.stage_fill {
+            StageFillConfig::Insert => None,
+            #[cfg(not(feature = "s3"))]
+            StageFillConfig::Copy { .. } => {
+                return Err(SinkError::Permanent(crate::config::not_compiled(
+                    "sink.stage_fill",
+                    "copy",
+                    "s3",
+                )));
+            }
+            #[cfg(feature = "s3")]
+            StageFillConfig::Copy {
+                bucket,
+                prefix,
+                iam_role,
+                region,
+            } => {
+                let s3 = self.aws.s3_from(self.sdk().await);
+                let manifests = write_copy_stage(&s3, bucket, prefix, load, specs).await?;
+                let region = region
+                    .clone()
+                    .or_else(|| self.aws.region.clone())
+                    .unwrap_or_else(|| "us-east-1".into());
+                Some((manifests, iam_role.clone(), region))
+            }
+        };
+        let tx = conn.client.transaction().await.map_err(classify)?;
+        if self.redshift {
+            // Every commit writes the ledger, so Redshift's table-level write locks already make commits take
+            // turns there. Taking that lock first, before anything is read, means the transaction's
+            // serializable snapshot starts after the previous commit: concurrent workers wait instead of
+            // failing with 1023. Only readers of weir's own ledger wait; the final tables are not locked.
+            tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
+                .await
+                .map_err(classify)?;
+        }
+
+        if !batch.ordered {
+            // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
+            let seen = tx
+                .query_typed(
+                    traced(&format!(
+                        "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
+                    )),
+                    &[(&batch.id, Type::VARCHAR)],
+                )
+                .await
+                .map_err(classify)?;
+            if !seen.is_empty() {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(Commit::Committed);
+            }
+        }
+        if batch.ordered {
+            let cas = tx
+                .prepare_typed(
+                    traced(&format!(
+                        "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                         WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+                    )),
+                    &[Type::VARCHAR; 5],
+                )
+                .await
+                .map_err(classify)?;
+            let moved = tx
+                .execute(
+                    &cas,
+                    &[
+                        &batch.last_position(),
+                        &loaded_at,
+                        &batch.source,
+                        &batch.partition,
+                        &batch.prev_position,
+                    ],
+                )
+                .await
+                .map_err(classify)?;
+            if moved != 1 {
+                // Either another worker moved the checkpoint, or this very batch committed and the reply to
+                // its COMMIT was lost: a COMMIT this sink sent without an answer, and the batch's own ledger
+                // row, tell them apart.
+                let in_doubt = self.in_doubt.contains(&batch.id);
+                let ours = tx
+                    .query_typed(
+                        traced(&format!(
+                            "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
+                        )),
+                        &[(&batch.id, Type::VARCHAR)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                tx.rollback().await.map_err(classify)?;
+                self.in_doubt.settled(&batch.id);
+                if in_doubt && !ours.is_empty() {
+                    tracing::warn!(batch = %batch.id, "the batch had already committed (its COMMIT reply was lost); not loading it again");
+                    return Ok(Commit::Committed);
+                }
+                return Ok(Commit::NotOwner);
+            }
+        }
+
+        // PostgreSQL: concurrent workers writing the same tables take turns per table, in name order, before
+        // merging; readers are not blocked (SHARE ROW EXCLUSIVE conflicts only with writers). Without it a
+        // second writer's `DELETE … USING` cannot see the first's uncommitted rows and its INSERT fails on
+        // the key. Redshift already takes table-level write locks; its serialization failures are retried.
+        let per_table = rows_by_table(load, specs.len(), None);
+        if !self.redshift {
+            let mut targets: Vec<&str> = per_table
+                .iter()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(t, _)| sqls[t].target.as_str())
+                .collect();
+            targets.sort_unstable();
+            if !targets.is_empty() {
+                tx.batch_execute(traced(&format!(
+                    "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                    targets.join(", ")
+                )))
+                .await
+                .map_err(classify)?;
+            }
+        }
+
+        for (t, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue; // nothing to merge: the table is not written, so not locked
+            }
+            let sql = &sqls[t];
+            match &copy {
+                None => fill_stage(&tx, &mut conn.prepared, sql, rows, load, &loaded_at).await?,
+                Some((manifests, role, region)) => {
+                    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+                        .await
+                        .map_err(classify)?;
+                    if let Some(manifest) = &manifests[t] {
+                        let statement =
+                            copy_stage_sql(&sql.stage, &sql.columns, manifest, role, region);
+                        tx.batch_execute(traced(&statement))
+                            .await
+                            .map_err(classify)?;
+                    }
+                }
+            }
+            // PostgreSQL plans the merge join from the stage's statistics: without them it assumes a large
+            // stage and scans the whole target for every batch. (Redshift has no indexes to choose.)
+            if !self.redshift {
+                tx.batch_execute(traced(&format!("ANALYZE {}", sql.stage)))
+                    .await
+                    .map_err(classify)?;
+            }
+            // Redshift's MERGE takes no extra conditions: a versioned table always merges by delete + insert.
+            let statements = match self.merge {
+                MergeMode::Merge if sql.version.is_none() => vec![sql.merge_statement()],
+                _ => sql.merge().to_vec(),
+            };
+            for statement in statements {
+                tx.batch_execute(traced(&statement))
+                    .await
+                    .map_err(classify_conflict)?;
+            }
+        }
+
+        for ((record, outcome), raw_ref) in
+            batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
+        {
+            if let RecordOutcome::Reject(stage, reason) = outcome {
+                let preview = payload_preview(&record.payload);
+                let reason = clean_text(reason, 65_535);
+                tx.query_typed(
+                    traced(&format!(
+                        "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
+                    )),
+                    &[(&record.id, Type::VARCHAR)],
+                )
+                .await
+                .map_err(classify_conflict)?;
+                tx.query_typed(
+                    traced(&format!(
+                        "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
+                    )),
+                    &[
+                        (&record.id, Type::VARCHAR),
+                        (&batch.id, Type::VARCHAR),
+                        (raw_ref, Type::VARCHAR),
+                        (&stage.as_str(), Type::VARCHAR),
+                        (&reason, Type::VARCHAR),
+                        (&preview, Type::VARCHAR),
+                        (&loaded_at, Type::VARCHAR),
+                    ],
+                )
+                .await
+                .map_err(classify_conflict)?;
+            }
+        }
+
+        let c = load.counts();
+        let drop_reasons = c.drop_reasons_json();
+        let n = |v: usize| v as i64;
+        tx.query_typed(
+            traced(&format!(
+                "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
+                 rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
+            )),
+            &[
+                (&batch.id, Type::VARCHAR),
+                (&batch.source, Type::VARCHAR),
+                (&batch.partition, Type::VARCHAR),
+                (&batch.first_position(), Type::VARCHAR),
+                (&batch.last_position(), Type::VARCHAR),
+                (&load.raw_object(), Type::VARCHAR),
+                (&load.rule_digest, Type::VARCHAR),
+                (&n(c.records_in), Type::INT8),
+                (&n(c.emitted), Type::INT8),
+                (&n(c.dropped), Type::INT8),
+                (&n(c.rejected), Type::INT8),
+                (&n(c.rows_out), Type::INT8),
+                (&drop_reasons, Type::VARCHAR),
+                (&loaded_at, Type::VARCHAR),
+            ],
+        )
+        .await
+        .map_err(classify_conflict)?;
+
+        // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
+        self.in_doubt.sending(&batch.id);
+        tx.commit().await.map_err(classify)?;
+        self.in_doubt.settled(&batch.id);
+        Ok(Commit::Committed)
+    }
+}
+
+impl RedshiftSink {
+    /// After a data error: finds the records whose rows the database refuses, by filling the stages with
+    /// halves of the batch in transactions that are rolled back, down to single records.
+    pub(super) async fn isolate(
+        &self,
+        conn: &mut Conn,
+        load: &Load<'_>,
+    ) -> Result<Vec<(usize, String)>, SinkError> {
+        let specs = self.tables.get().expect("prepared");
+        let sqls: Vec<TableSql> = specs
+            .iter()
+            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .collect();
+        let loaded_at = sql_timestamp(load.loaded_at_us);
+        let emitting: Vec<usize> = (0..load.outcomes.len())
+            .filter(
+                |i| matches!(load.outcomes[*i], RecordOutcome::Emit(ref rows) if !rows.is_empty()),
+            )
+            .collect();
+        let mut guilty = Vec::new();
+        let mut todo = vec![emitting];
+        while let Some(set) = todo.pop() {
+            if set.is_empty() {
+                continue;
+            }
+            let tx = conn.client.transaction().await.map_err(classify)?;
+            let mut failure = None;
+            for (t, rows) in rows_by_table(load, specs.len(), Some(&set))
+                .into_iter()
+                .enumerate()
+            {
+                if rows.is_empty() {
+                    continue;
+                }
+                // The stage and the merge too: a constraint of the target table (CHECK, a unique index
+                // beside the key) refuses a row only when it is merged.
+                let filled =
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await;
+                let merged = match filled {
+                    Ok(()) => {
+                        let mut merged = Ok(());
+                        for statement in sqls[t].merge() {
+                            merged = tx
+                                .batch_execute(traced(&statement))
+                                .await
+                                .map_err(classify_conflict);
+                            if merged.is_err() {
+                                break;
+                            }
+                        }
+                        merged
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = merged {
+                    failure = Some((specs[t].name.clone(), e));
+                    break;
+                }
+            }
+            drop(tx); // rolled back
+            match failure {
+                None => {}
+                Some((_, e)) if !matches!(e, SinkError::Data(_)) => return Err(e),
+                Some((table, SinkError::Data(message))) if set.len() == 1 => {
+                    guilty.push((
+                        set[0],
+                        format!("table {table}: the database refused the row: {message}"),
+                    ));
+                }
+                Some(_) => {
+                    let (a, b) = set.split_at(set.len() / 2);
+                    todo.push(a.to_vec());
+                    todo.push(b.to_vec());
+                }
+            }
+        }
+        guilty.sort();
+        Ok(guilty)
+    }
+}
+
+pub(super) async fn insert_chunk(
+    tx: &tokio_postgres::Transaction<'_>,
+    prepared: &mut Statements,
+    sql: &TableSql,
+    binds: &[Bind],
+    rows: usize,
+) -> Result<(), SinkError> {
+    if rows == MAX_ROWS_PER_INSERT {
+        // Every full chunk of a table has the same shape: prepare it once per session.
+        let statement = match prepared.get(&sql.stage) {
+            Some(s) => s.clone(),
+            None => {
+                let types: Vec<Type> = binds.iter().map(|b| b.param().1).collect();
+                let s = tx
+                    .prepare_typed(traced(&sql.insert_stage(rows)), &types)
+                    .await
+                    .map_err(classify)?;
+                prepared.insert(sql.stage.clone(), s.clone());
+                s
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b.param().0).collect();
+        tx.execute(&statement, &params).await.map_err(classify)?;
+        return Ok(());
+    }
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = binds.iter().map(Bind::param).collect();
+    tx.query_typed(traced(&sql.insert_stage(rows)), &params)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}

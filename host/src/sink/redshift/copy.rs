@@ -1,0 +1,223 @@
+//! The COPY stage fill: the batch's rows as gzip JSON lines in S3, loaded with one `COPY` per table.
+
+use super::*;
+
+/// The Redshift-only fast path for the stage fill: `COPY` from gzip JSON-lines files in S3 listed by a
+/// manifest, then the same merge. Needs real Redshift (PostgreSQL has no `COPY … FROM 's3://…'`); the files
+/// hold one [`stage_json_line`] per row.
+pub fn copy_stage_sql(
+    stage: &str,
+    columns: &[String],
+    manifest_url: &str,
+    iam_role: &str,
+    region: &str,
+) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "COPY {stage} ({}) FROM {} IAM_ROLE {} FORMAT AS JSON 'auto' GZIP MANIFEST TIMEFORMAT 'auto' REGION {}",
+        columns.join(", "),
+        literal(manifest_url),
+        literal(iam_role),
+        literal(region)
+    )
+}
+
+/// One stage row as a JSON object for `COPY … FORMAT AS JSON 'auto'`: keys are the column names, `SUPER`
+/// values nested JSON — the validated JSON text itself, byte for byte, as the INSERT path binds it (parsing
+/// and printing it again would turn big integers into floats and lone surrogates into NULL) — decimals and
+/// timestamps strings Redshift parses.
+pub fn stage_json_line(
+    spec: &TableSpec,
+    cells: &[Cell],
+    lineage: [&str; 3],
+    loaded_at: &str,
+) -> String {
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    let mut fields: Vec<String> = Vec::with_capacity(cells.len() + LINEAGE_COLUMNS.len());
+    for ((name, _), cell) in spec.columns.iter().zip(cells) {
+        let value = match cell {
+            Cell::Null => "null".to_string(),
+            Cell::Bool(b) => b.to_string(),
+            Cell::Int(i) => i.to_string(),
+            Cell::Float(x) => serde_json::Number::from_f64(*x)
+                .map_or_else(|| "null".to_string(), |n| n.to_string()),
+            Cell::Json(j) => minify_json(j),
+            Cell::TimestampUs(us) => text(&sql_timestamp(*us)),
+            Cell::Decimal(t) | Cell::Text(t) => text(t),
+        };
+        fields.push(format!("{}:{value}", text(name)));
+    }
+    for (name, value) in LINEAGE_COLUMNS
+        .iter()
+        .zip([lineage[0], lineage[1], lineage[2], loaded_at])
+    {
+        fields.push(format!("{}:{}", text(name), text(value)));
+    }
+    format!("{{{}}}", fields.join(","))
+}
+
+/// Valid JSON text without the whitespace between its tokens (one line of a JSON-lines file), every token
+/// as it was: numbers, escapes and strings are not re-encoded.
+pub fn minify_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An AWS call's failure: the service said no (permanent), or it could not be reached (transient).
+#[cfg(feature = "aws")]
+pub(super) fn aws_error<E, R>(
+    what: &str,
+    e: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> SinkError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let service = matches!(
+        e,
+        aws_smithy_runtime_api::client::result::SdkError::ServiceError(_)
+    );
+    let message = format!("{what}: {}", crate::aws::error_message(&e));
+    if service {
+        SinkError::Permanent(message)
+    } else {
+        SinkError::Transient(message)
+    }
+}
+
+/// Writes the COPY stage files of a batch: per table with rows, gzip JSON lines (deduplicated to the latest
+/// row per key) and a manifest, under `{prefix}{batch id}/`. Keys depend only on the batch, so a retry rewrites
+/// the same objects. Returns each table's manifest URL (`None` for a table without rows).
+#[cfg(feature = "s3")]
+pub async fn write_copy_stage(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    load: &Load<'_>,
+    specs: &[TableSpec],
+) -> Result<Vec<Option<String>>, SinkError> {
+    use std::io::Write;
+    let loaded_at = sql_timestamp(load.loaded_at_us);
+    let folder: String = load
+        .batch
+        .id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut manifests = Vec::with_capacity(specs.len());
+    for (t, rows) in rows_by_table(load, specs.len(), None)
+        .into_iter()
+        .enumerate()
+    {
+        if rows.is_empty() {
+            manifests.push(None);
+            continue;
+        }
+        let sql = TableSql::new("s", &specs[t]);
+        let mut text = String::new();
+        for (row, record_id) in dedupe(rows, &sql.key, sql.version, KeyEquality::Redshift) {
+            let line = stage_json_line(
+                &specs[t],
+                &row.cells,
+                [record_id, &load.batch.id, load.rule_digest],
+                &loaded_at,
+            );
+            text.push_str(&line);
+            text.push('\n');
+        }
+        // One write: the compressor resets a buffer per write call.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).expect("writing to memory");
+        let data = gz.finish().expect("writing to memory");
+        let data_key = format!("{prefix}{folder}/{}.jsonl.gz", specs[t].name);
+        let manifest_key = format!("{prefix}{folder}/{}.manifest", specs[t].name);
+        let manifest = serde_json::json!({"entries": [{"url": format!("s3://{bucket}/{data_key}"), "mandatory": true}]});
+        for (key, body) in [
+            (&data_key, data),
+            (&manifest_key, manifest.to_string().into_bytes()),
+        ] {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .map_err(|e| aws_error("S3 PutObject", e))?;
+        }
+        manifests.push(Some(format!("s3://{bucket}/{manifest_key}")));
+    }
+    Ok(manifests)
+}
+
+/// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.
+pub(super) async fn fill_stage(
+    tx: &tokio_postgres::Transaction<'_>,
+    prepared: &mut Statements,
+    sql: &TableSql,
+    rows: Vec<(&CheckedRow, &str)>,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+        .await
+        .map_err(classify)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows = dedupe(rows, &sql.key, sql.version, sql.equality);
+    let width = sql.columns.len();
+    let mut pending: Vec<Bind> = Vec::new();
+    let mut pending_rows = 0;
+    let mut bytes = 0;
+    for (row, record_id) in rows {
+        for (cell, ty) in row.cells.iter().zip(&sql.types) {
+            pending.push(bind(*ty, cell));
+        }
+        pending.push(Bind::Text(Some(record_id.to_string())));
+        pending.push(Bind::Text(Some(load.batch.id.clone())));
+        pending.push(Bind::Text(Some(load.rule_digest.to_string())));
+        pending.push(Bind::Text(Some(loaded_at.to_string())));
+        bytes += pending[pending.len() - width..]
+            .iter()
+            .map(Bind::size)
+            .sum::<usize>();
+        pending_rows += 1;
+        if pending.len() + width > MAX_BINDS
+            || bytes > MAX_STATEMENT_BYTES
+            || pending_rows >= MAX_ROWS_PER_INSERT
+        {
+            insert_chunk(tx, prepared, sql, &pending, pending_rows).await?;
+            pending.clear();
+            pending_rows = 0;
+            bytes = 0;
+        }
+    }
+    if pending_rows > 0 {
+        insert_chunk(tx, prepared, sql, &pending, pending_rows).await?;
+    }
+    Ok(())
+}
