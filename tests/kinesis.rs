@@ -662,3 +662,108 @@ async fn children_start_at_trim_horizon_whatever_the_initial_position() {
     );
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// A shard this worker gave up — another worker took its lease and moved its checkpoint on, so the next
+/// commit is fenced (not the owner) or the renewal fails — is not read any more: its shard reader stops with
+/// the pipeline instead of polling on as an orphan. The front counts every `GetRecords` call of the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_taken_over_is_not_read_any_more() {
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 1).await;
+    put(&k, &name, 0..20).await;
+    let target = endpoint().trim_start_matches("http://").to_string();
+    let front = TcpFront::counting(&target, b"Kinesis_20131202.GetRecords").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = write_config(dir.path(), &name, &db.url, "a", "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("idle_exit_secs = 5\n", "")
+        .replace(&endpoint(), &format!("http://{}", front.addr));
+    std::fs::write(
+        &path,
+        format!("{text}\n[worker]\nadmin_bind = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let worker = Worker::start(&path);
+    let mut loaded = 0;
+    for _ in 0..240 {
+        loaded = db.count("SELECT count(*) FROM orders").await;
+        if loaded == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if loaded != 20 {
+        worker.signal("-KILL");
+        panic!(
+            "{loaded} of 20 orders loaded\n{}",
+            show(&worker.wait().await)
+        );
+    }
+    // Another worker takes the shard over: a lease far from expiring, a checkpoint beyond this worker's.
+    db.client()
+        .await
+        .execute(
+            "UPDATE weir_checkpoints SET owner = 'thief', lease_expires_at = now() + interval '1 hour', \
+             position = '99999999999999999999999999999999999999999999999999999999' \
+             WHERE source = 'kinesis' AND \"partition\" NOT LIKE '%#%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    put(&k, &name, 20..30).await;
+    // The worker gives the shard up and holds no lease (live workers: it and the thief, one shard, so its
+    // fair share is met by the thief and it takes nothing back).
+    let mut held = f64::NAN;
+    for _ in 0..240 {
+        let (status, body) = admin_get(port, "/metrics");
+        held = if status == 200 {
+            metric(&body, "weir_leases_held", "")
+        } else {
+            f64::NAN
+        };
+        if held == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let before = front.requests();
+    // While the shard was read, GetRecords went out every poll_ms (200 ms); an orphaned reader would go on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = front.requests();
+    worker.signal("-TERM");
+    let out = worker.wait().await;
+    assert_eq!(
+        held,
+        0.0,
+        "the worker still holds the shard\n{}",
+        show(&out)
+    );
+    assert!(
+        before > 0,
+        "the front saw no GetRecords call\n{}",
+        show(&out)
+    );
+    assert_eq!(
+        after,
+        before,
+        "GetRecords calls after the shard was given up\n{}",
+        show(&out)
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("another worker took the shard over") || log.contains("lease lost"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM weir_checkpoints WHERE owner = 'thief'")
+            .await,
+        1,
+        "the other worker's lease stays"
+    );
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}

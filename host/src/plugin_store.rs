@@ -36,12 +36,6 @@ pub enum PluginStore {
 impl PluginStore {
     /// The store of a configuration (`None`: MongoDB RAW and no `[rule] store`).
     pub async fn open(loaded: &Loaded) -> Option<PluginStore> {
-        #[cfg(not(feature = "s3"))]
-        let s3 = |_bucket: String, _prefix: String| async move {
-            let store: PluginStore =
-                unreachable!("config::load refuses S3 stores in a build without the `s3` feature");
-            store
-        };
         #[cfg(feature = "s3")]
         let s3 = |bucket: String, prefix: String| async move {
             let aws = &loaded.config.aws;
@@ -61,6 +55,10 @@ impl PluginStore {
         };
         match (&loaded.config.rule.store, &loaded.config.raw) {
             (Some(url), _) => match url.strip_prefix("s3://") {
+                // `config::load` refuses S3 stores in a build without the `s3` feature.
+                #[cfg(not(feature = "s3"))]
+                Some(_) => None,
+                #[cfg(feature = "s3")]
                 Some(rest) => {
                     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                     let prefix = if prefix.is_empty() || prefix.ends_with('/') {
@@ -75,6 +73,9 @@ impl PluginStore {
             (None, RawConfig::Local { dir, .. }) => {
                 Some(PluginStore::Dir(dir.join("weir-plugins")))
             }
+            #[cfg(not(feature = "s3"))]
+            (None, RawConfig::S3 { .. }) => None,
+            #[cfg(feature = "s3")]
             (None, RawConfig::S3 { bucket, .. }) => {
                 Some(s3(bucket.clone(), "weir-plugins/".to_string()).await)
             }

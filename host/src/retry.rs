@@ -135,18 +135,6 @@ pub trait Retryable: std::fmt::Display {
     fn is_transient(&self) -> bool;
 }
 
-impl Retryable for crate::sink::SinkError {
-    fn is_transient(&self) -> bool {
-        crate::sink::SinkError::is_transient(self)
-    }
-}
-
-impl Retryable for crate::raw::RawError {
-    fn is_transient(&self) -> bool {
-        matches!(self, crate::raw::RawError::Io { .. })
-    }
-}
-
 /// Runs `op` until it succeeds, fails permanently, or runs out of attempts or time under `policy`.
 /// Returns the number of attempts with the last error.
 pub async fn retrying<T, E: Retryable, F, Fut>(

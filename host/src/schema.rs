@@ -19,7 +19,12 @@ pub enum ColumnType {
     /// 64-bit integer.
     BigInt,
     /// Exact decimal with `precision` digits, `scale` of them after the point (precision ≤ 38).
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        /// Total digits.
+        precision: u8,
+        /// Digits after the point.
+        scale: u8,
+    },
     /// 32-bit float.
     Real,
     /// 64-bit float.

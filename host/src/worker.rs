@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Loaded, RawConfig, SinkKind, SourceConfig};
-use crate::pipeline::{Pipeline, PipelineError, Summary};
+use crate::pipeline::{Pipeline, PipelineError, Stages, Summary};
 use crate::raw::{RawError, RawStore, local::LocalRaw};
 use crate::rules::{RuleError, RuleLimits, RulePlugin, RuleRuntime};
 use crate::sink::{SinkError, Warehouse, sqlite::SqliteSink};
@@ -281,7 +281,7 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
 pub enum Stopped {
     /// The input ended, or the drain after a stop request finished: everything read was committed and
     /// acknowledged, or given back.
-    Finished(Summary),
+    Finished(Box<Summary>),
     /// The drain was cut short (the grace period passed, or a second request came). Safe: nothing is
     /// acknowledged before its commit, so the next start resumes from the checkpoints.
     Forced(String),
@@ -300,7 +300,7 @@ pub async fn run_until(
     let run = run(loaded, rx);
     tokio::pin!(run);
     tokio::select! {
-        done = &mut run => return done.map(Stopped::Finished),
+        done = &mut run => return done.map(|s| Stopped::Finished(Box::new(s))),
         _ = stop => {}
     }
     tracing::info!(
@@ -310,7 +310,7 @@ pub async fn run_until(
     crate::admin::set_ready(false);
     let _ = tx.send(true);
     tokio::select! {
-        done = &mut run => done.map(Stopped::Finished),
+        done = &mut run => done.map(|s| Stopped::Finished(Box::new(s))),
         _ = force => Ok(Stopped::Forced("second signal: exiting now".into())),
         _ = tokio::time::sleep(grace) => Ok(Stopped::Forced(format!(
             "shutdown_grace_secs ({}) passed before the in-flight batches committed: exiting now",
@@ -360,6 +360,17 @@ async fn run_pipeline(
     raw: Arc<dyn RawStore>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Summary, WorkerError> {
+    let stages = Stages {
+        raw,
+        rule,
+        sink: sink.clone(),
+        coordinator: sink,
+        tables: Arc::new(loaded.tables.clone()),
+        batch: loaded.config.batch.clone(),
+        retry: loaded.config.retry.clone(),
+        max_rows_per_record: loaded.config.rule.max_rows_per_record,
+        rule_instances: loaded.config.rule.instances,
+    };
     #[cfg(not(feature = "kinesis"))]
     if let SourceConfig::Kinesis { .. } = &loaded.config.source {
         return Err(WorkerError::Source(SourceError::Io {
@@ -400,31 +411,12 @@ async fn run_pipeline(
                 fresh_pin: false,
             },
         };
-        let shared = crate::fleet::Shared {
-            raw,
-            rule,
-            sink: sink.clone(),
-            coordinator: sink,
-            tables: Arc::new(loaded.tables.clone()),
-            batch: loaded.config.batch.clone(),
-            retry: loaded.config.retry.clone(),
-            max_rows_per_record: loaded.config.rule.max_rows_per_record,
-            rule_instances: loaded.config.rule.instances,
-        };
         let client = loaded.config.aws.kinesis().await;
-        return Ok(crate::fleet::run(client, options, shared, shutdown).await?);
+        return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
     }
     let pipeline = Pipeline {
         source: open_source(loaded).await?,
-        raw,
-        rule,
-        sink: sink.clone(),
-        coordinator: sink,
-        tables: Arc::new(loaded.tables.clone()),
-        batch: loaded.config.batch.clone(),
-        retry: loaded.config.retry.clone(),
-        max_rows_per_record: loaded.config.rule.max_rows_per_record,
-        rule_instances: loaded.config.rule.instances,
+        stages,
     };
     Ok(pipeline.run(shutdown).await?)
 }

@@ -364,6 +364,8 @@ pub struct TcpFront {
     pub addr: String,
     /// Set for fronts that can black-hole their traffic.
     black_hole: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Client writes containing the front's counted needle ([`TcpFront::counting`]).
+    counted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TcpFront {
@@ -397,6 +399,7 @@ impl TcpFront {
             live,
             addr,
             black_hole: None,
+            counted: Default::default(),
         }
     }
 
@@ -568,10 +571,9 @@ impl TestDb {
             if let Ok(row) = client
                 .query_one("SELECT count(*) FROM weir_batches", &[])
                 .await
+                && row.get::<_, i64>(0) >= n
             {
-                if row.get::<_, i64>(0) >= n {
-                    return;
-                }
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -668,18 +670,30 @@ impl TcpFront {
     /// containing `needle`, the server's answer to it is swallowed and both sides are cut: the server did the
     /// work (a COMMIT), the client never hears of it.
     pub async fn cutting_answer_to(target: &str, needle: &'static [u8], cuts: usize) -> TcpFront {
-        Self::start_with(target, Some((needle, cuts)), FrontMode::Forward).await
+        Self::start_with(target, Some((needle, cuts)), FrontMode::Forward, None).await
     }
 
     /// A front for `target` in `mode`; [`TcpFront::set_mode`] changes it.
     pub async fn with_mode(target: &str, mode: FrontMode) -> TcpFront {
-        Self::start_with(target, None, mode).await
+        Self::start_with(target, None, mode, None).await
+    }
+
+    /// A forwarding front for `target` that counts the requests containing `needle`
+    /// ([`TcpFront::requests`]), e.g. an AWS call's `X-Amz-Target`.
+    pub async fn counting(target: &str, needle: &'static [u8]) -> TcpFront {
+        Self::start_with(target, None, FrontMode::Forward, Some(needle)).await
+    }
+
+    /// How many client writes contained the needle of a [`TcpFront::counting`] front.
+    pub fn requests(&self) -> usize {
+        self.counted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn start_with(
         target: &str,
         cut: Option<(&'static [u8], usize)>,
         mode: FrontMode,
+        count: Option<&'static [u8]>,
     ) -> TcpFront {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -691,11 +705,13 @@ impl TcpFront {
         let live = Arc::new(std::sync::Mutex::new(Vec::new()));
         let budget = Arc::new(AtomicUsize::new(cut.map_or(0, |c| c.1)));
         let needle = cut.map(|c| c.0);
-        let (flag, tasks, target, hole) = (
+        let counted = Arc::new(AtomicUsize::new(0));
+        let (flag, tasks, target, hole, tally) = (
             up.clone(),
             live.clone(),
             target.to_string(),
             black_hole.clone(),
+            counted.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -706,7 +722,8 @@ impl TcpFront {
                     drop(inbound);
                     continue;
                 }
-                let (target, budget, hole) = (target.clone(), budget.clone(), hole.clone());
+                let (target, budget, hole, tally) =
+                    (target.clone(), budget.clone(), hole.clone(), tally.clone());
                 let task = tokio::spawn(async move {
                     let Ok(out) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -724,6 +741,11 @@ impl TcpFront {
                             };
                             while hole_up.load(Ordering::SeqCst) {
                                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            }
+                            if let Some(c) = count
+                                && buf[..n].windows(c.len()).any(|w| w == c)
+                            {
+                                tally.fetch_add(1, Ordering::SeqCst);
                             }
                             if let Some(needle) = needle
                                 && buf[..n].windows(needle.len()).any(|w| w == needle)
@@ -771,6 +793,7 @@ impl TcpFront {
             live,
             addr,
             black_hole: Some(black_hole),
+            counted,
         }
     }
 

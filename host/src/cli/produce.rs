@@ -20,6 +20,9 @@ pub(super) async fn produce(
             .with_context(|| format!("reading {input}"))?
     };
     let lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    // A build without the SQS and Kinesis features has nothing to send to.
+    #[cfg(not(all(feature = "sqs", feature = "kinesis")))]
+    let _ = (&lines, group_id, key_field, aggregate);
     match &loaded.config.source {
         #[cfg(not(feature = "sqs"))]
         config::SourceConfig::Sqs { .. } => {
@@ -34,6 +37,7 @@ pub(super) async fn produce(
             let client = loaded.config.aws.sqs().await;
             let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
             println!("sent {sent} messages to {queue_url}");
+            Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "kinesis")]
         config::SourceConfig::Kinesis { stream, .. } => {
@@ -47,11 +51,11 @@ pub(super) async fn produce(
             )
             .await?;
             println!("sent {sent} records to stream {stream}");
+            Ok(ExitCode::SUCCESS)
         }
         config::SourceConfig::File { .. } => anyhow::bail!(
             "{}: `weir produce` sends to an SQS or Kinesis source; this configuration reads a file",
             path.display()
         ),
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,28 @@
 use super::*;
 
 pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
+    check_limits(config)?;
+    check_rule(&config.rule)?;
+    check_sink(config)?;
+    check_features(config)?;
+    check_source(&config.source, &config.aws)?;
+    check_raw(&config.raw)?;
+    if config.sink.tables.is_empty() {
+        return Err(ConfigError::field(
+            "sink.tables",
+            "no table declared; add a [[sink.tables]] section for each table the rule emits",
+        ));
+    }
+    let mut specs: Vec<TableSpec> = Vec::new();
+    for (i, t) in config.sink.tables.iter().enumerate() {
+        let spec = check_table(&specs, i, t)?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// `[batch]` and `[retry]` limits.
+fn check_limits(config: &Config) -> Result<(), ConfigError> {
     let b = &config.batch;
     if b.max_records == 0 {
         return Err(ConfigError::field(
@@ -26,7 +48,11 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
             "must be at least 1",
         ));
     }
-    let r = &config.rule;
+    Ok(())
+}
+
+/// `[rule]` limits.
+fn check_rule(r: &RuleConfig) -> Result<(), ConfigError> {
     if r.memory_limit_mib == 0 || r.memory_limit_mib > 4096 {
         return Err(ConfigError::field(
             "rule.memory_limit_mib",
@@ -54,6 +80,11 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
             "is empty; give the path of the rule's .wasm file",
         ));
     }
+    Ok(())
+}
+
+/// `[sink]`: the kind with its path or URL, IAM, the stage fill, connections.
+fn check_sink(config: &Config) -> Result<(), ConfigError> {
     match (&config.sink.kind, &config.sink.path, &config.sink.url) {
         (SinkKind::Sqlite, None, _) => {
             return Err(ConfigError::field(
@@ -82,6 +113,9 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
             ));
         }
         (SinkKind::Postgres | SinkKind::Redshift, None, Some(url)) => {
+            // Without the `postgres` feature the kind is refused by `check_features`.
+            #[cfg(not(feature = "postgres"))]
+            let _ = url;
             #[cfg(feature = "postgres")]
             if let Err(e) = url.parse::<tokio_postgres::Config>() {
                 return Err(ConfigError::field(
@@ -126,139 +160,131 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     if config.sink.connections == 0 {
         return Err(ConfigError::field("sink.connections", "must be at least 1"));
     }
-    check_features(config)?;
-    check_source(&config.source, &config.aws)?;
-    check_raw(&config.raw)?;
-    if config.sink.tables.is_empty() {
+    Ok(())
+}
+
+/// One `[[sink.tables]]` entry (the `i`th) against the ones before it.
+fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSpec, ConfigError> {
+    let at = format!("sink.tables[{i}]");
+    check_identifier(&t.name).map_err(|m| ConfigError::field(format!("{at}.name"), m))?;
+    if specs.iter().any(|s| s.name == t.name) {
         return Err(ConfigError::field(
-            "sink.tables",
-            "no table declared; add a [[sink.tables]] section for each table the rule emits",
+            format!("{at}.name"),
+            format!("table `{}` is declared twice", t.name),
         ));
     }
-    let mut specs: Vec<TableSpec> = Vec::new();
-    for (i, t) in config.sink.tables.iter().enumerate() {
-        let at = format!("sink.tables[{i}]");
-        check_identifier(&t.name).map_err(|m| ConfigError::field(format!("{at}.name"), m))?;
-        if specs.iter().any(|s| s.name == t.name) {
-            return Err(ConfigError::field(
-                format!("{at}.name"),
-                format!("table `{}` is declared twice", t.name),
-            ));
-        }
-        if t.columns.is_empty() {
-            return Err(ConfigError::field(
-                format!("{at}.columns"),
-                "no columns; declare `columns = { name = \"type\" }`",
-            ));
-        }
-        let mut columns = Vec::new();
-        for (name, ty) in &t.columns {
-            let field = format!("{at}.columns.{name}");
-            check_identifier(name).map_err(|m| ConfigError::field(&field, m))?;
-            let ty = ty.as_str().ok_or_else(|| {
-                ConfigError::field(&field, "the type must be a string such as \"varchar(36)\"")
-            })?;
-            let ty: ColumnType = ty
-                .parse()
-                .map_err(|m: String| ConfigError::field(&field, m))?;
-            columns.push((name.clone(), ty));
-        }
-        if t.primary_key.is_empty() {
+    if t.columns.is_empty() {
+        return Err(ConfigError::field(
+            format!("{at}.columns"),
+            "no columns; declare `columns = { name = \"type\" }`",
+        ));
+    }
+    let mut columns = Vec::new();
+    for (name, ty) in &t.columns {
+        let field = format!("{at}.columns.{name}");
+        check_identifier(name).map_err(|m| ConfigError::field(&field, m))?;
+        let ty = ty.as_str().ok_or_else(|| {
+            ConfigError::field(&field, "the type must be a string such as \"varchar(36)\"")
+        })?;
+        let ty: ColumnType = ty
+            .parse()
+            .map_err(|m: String| ConfigError::field(&field, m))?;
+        columns.push((name.clone(), ty));
+    }
+    if t.primary_key.is_empty() {
+        return Err(ConfigError::field(
+            format!("{at}.primary_key"),
+            "empty; name the columns that identify a row, e.g. `primary_key = [\"id\"]`",
+        ));
+    }
+    for key in &t.primary_key {
+        if !columns.iter().any(|(c, _)| c == key) {
             return Err(ConfigError::field(
                 format!("{at}.primary_key"),
-                "empty; name the columns that identify a row, e.g. `primary_key = [\"id\"]`",
+                format!(
+                    "`{key}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                    t.name
+                ),
             ));
         }
-        for key in &t.primary_key {
-            if !columns.iter().any(|(c, _)| c == key) {
+    }
+    let keys = t.distkey.iter().map(|k| ("distkey", k));
+    for (field, key) in keys.chain(t.sortkey.iter().map(|k| ("sortkey", k))) {
+        if !columns.iter().any(|(c, _)| c == key) {
+            return Err(ConfigError::field(
+                format!("{at}.{field}"),
+                format!("`{key}` is not a declared column of `{}`", t.name),
+            ));
+        }
+    }
+    if let Some(v) = &t.version_column {
+        let field = format!("{at}.version_column");
+        match columns.iter().find(|(c, _)| c == v) {
+            None => {
                 return Err(ConfigError::field(
-                    format!("{at}.primary_key"),
+                    field,
                     format!(
-                        "`{key}` is not a declared column of `{}`; add it to `columns` or fix the name",
+                        "`{v}` is not a declared column of `{}`; add it to `columns` or fix the name",
                         t.name
                     ),
                 ));
             }
-        }
-        let keys = t.distkey.iter().map(|k| ("distkey", k));
-        for (field, key) in keys.chain(t.sortkey.iter().map(|k| ("sortkey", k))) {
-            if !columns.iter().any(|(c, _)| c == key) {
-                return Err(ConfigError::field(
-                    format!("{at}.{field}"),
-                    format!("`{key}` is not a declared column of `{}`", t.name),
-                ));
-            }
-        }
-        if let Some(v) = &t.version_column {
-            let field = format!("{at}.version_column");
-            match columns.iter().find(|(c, _)| c == v) {
-                None => {
-                    return Err(ConfigError::field(
-                        field,
-                        format!(
-                            "`{v}` is not a declared column of `{}`; add it to `columns` or fix the name",
-                            t.name
-                        ),
-                    ));
-                }
-                Some((_, ColumnType::Super | ColumnType::Boolean)) => {
-                    return Err(ConfigError::field(
-                        field,
-                        format!(
-                            "`{v}` cannot order versions (super and boolean columns do not); use a timestamp, \
-                             integer, decimal or varchar column"
-                        ),
-                    ));
-                }
-                Some(_) if t.primary_key.contains(v) => {
-                    return Err(ConfigError::field(
-                        field,
-                        format!("`{v}` is part of the primary key; a version column must not be"),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
-            .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
-        spec.version_column = t.version_column.clone();
-        const ENCODINGS: [&str; 13] = [
-            "raw",
-            "az64",
-            "bytedict",
-            "delta",
-            "delta32k",
-            "lzo",
-            "mostly8",
-            "mostly16",
-            "mostly32",
-            "runlength",
-            "text255",
-            "text32k",
-            "zstd",
-        ];
-        for (column, encoding) in &t.encode {
-            let field = format!("{at}.encode.{column}");
-            if spec.column_index(column).is_none() {
-                return Err(ConfigError::field(
-                    field,
-                    format!("`{column}` is not a declared column of `{}`", t.name),
-                ));
-            }
-            if !ENCODINGS.contains(&encoding.as_str()) {
+            Some((_, ColumnType::Super | ColumnType::Boolean)) => {
                 return Err(ConfigError::field(
                     field,
                     format!(
-                        "unknown encoding `{encoding}`; use one of {}",
-                        ENCODINGS.join(", ")
+                        "`{v}` cannot order versions (super and boolean columns do not); use a timestamp, \
+                         integer, decimal or varchar column"
                     ),
                 ));
             }
-            spec.encode.push((column.clone(), encoding.clone()));
+            Some(_) if t.primary_key.contains(v) => {
+                return Err(ConfigError::field(
+                    field,
+                    format!("`{v}` is part of the primary key; a version column must not be"),
+                ));
+            }
+            Some(_) => {}
         }
-        specs.push(spec);
     }
-    Ok(specs)
+    let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
+        .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
+    spec.version_column = t.version_column.clone();
+    const ENCODINGS: [&str; 13] = [
+        "raw",
+        "az64",
+        "bytedict",
+        "delta",
+        "delta32k",
+        "lzo",
+        "mostly8",
+        "mostly16",
+        "mostly32",
+        "runlength",
+        "text255",
+        "text32k",
+        "zstd",
+    ];
+    for (column, encoding) in &t.encode {
+        let field = format!("{at}.encode.{column}");
+        if spec.column_index(column).is_none() {
+            return Err(ConfigError::field(
+                field,
+                format!("`{column}` is not a declared column of `{}`", t.name),
+            ));
+        }
+        if !ENCODINGS.contains(&encoding.as_str()) {
+            return Err(ConfigError::field(
+                field,
+                format!(
+                    "unknown encoding `{encoding}`; use one of {}",
+                    ENCODINGS.join(", ")
+                ),
+            ));
+        }
+        spec.encode.push((column.clone(), encoding.clone()));
+    }
+    Ok(spec)
 }
 
 /// The message for a backend this build of weir was compiled without.

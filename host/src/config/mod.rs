@@ -36,16 +36,28 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// Not valid TOML.
     #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A field is wrong.
     #[error("config field `{field}`: {message}")]
-    Field { field: String, message: String },
+    Field {
+        /// The field (`section.name`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ConfigError {

@@ -125,159 +125,169 @@ pub(super) fn check_source(
                     "is empty; give a file, or `-` for standard input",
                 ));
             }
-            if let Some(name) = name {
-                if name.is_empty() || name.contains('/') {
-                    return Err(ConfigError::field(
-                        "source.name",
-                        "must be non-empty and contain no `/`",
-                    ));
-                }
-            }
-        }
-        SourceConfig::Sqs {
-            queue_url,
-            receivers,
-            wait_secs,
-            max_messages,
-            visibility_timeout_secs,
-            idle_exit_secs,
-        } => {
-            let name = queue_url
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or("");
-            if !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
-                || name.is_empty()
+            if let Some(name) = name
+                && (name.is_empty() || name.contains('/'))
             {
                 return Err(ConfigError::field(
-                    "source.queue_url",
-                    format!(
-                        "`{queue_url}` is not a queue URL; use the URL SQS shows for the queue, e.g. \
-                         `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`"
-                    ),
-                ));
-            }
-            if !(1..=64).contains(receivers) {
-                return Err(ConfigError::field(
-                    "source.receivers",
-                    format!("{receivers} is out of range; use 1 to 64"),
-                ));
-            }
-            if !(0..=20).contains(wait_secs) {
-                return Err(ConfigError::field(
-                    "source.wait_secs",
-                    format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
-                ));
-            }
-            if aws.read_timeout_secs <= *wait_secs as u64 {
-                return Err(ConfigError::field(
-                    "aws.read_timeout_secs",
-                    format!(
-                        "{} s is not longer than source.wait_secs ({wait_secs} s): every long poll would time \
-                         out; make it longer than the wait",
-                        aws.read_timeout_secs
-                    ),
-                ));
-            }
-            if !(1..=10).contains(max_messages) {
-                return Err(ConfigError::field(
-                    "source.max_messages",
-                    format!(
-                        "{max_messages} is out of range; SQS returns 1 to 10 messages per call"
-                    ),
-                ));
-            }
-            if !(2..=43_200).contains(visibility_timeout_secs) {
-                return Err(ConfigError::field(
-                    "source.visibility_timeout_secs",
-                    format!(
-                        "{visibility_timeout_secs} is out of range; use 2 to 43200 seconds (12 hours)"
-                    ),
-                ));
-            }
-            if *idle_exit_secs == Some(0) {
-                return Err(ConfigError::field(
-                    "source.idle_exit_secs",
-                    "must be at least 1 (seconds); leave it out to run until stopped",
+                    "source.name",
+                    "must be non-empty and contain no `/`",
                 ));
             }
         }
-        SourceConfig::Kinesis {
-            stream,
-            initial_position,
-            initial_timestamp,
-            max_records_per_call,
-            poll_ms,
-            lease_secs,
-            renew_secs,
-            idle_exit_secs,
-            ..
-        } => {
-            if stream.is_empty() || stream.contains('/') {
+        SourceConfig::Sqs { .. } => check_sqs(source, aws)?,
+        SourceConfig::Kinesis { .. } => check_kinesis(source)?,
+    }
+    Ok(())
+}
+
+/// `[source]` of kind `sqs`.
+fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), ConfigError> {
+    let SourceConfig::Sqs {
+        queue_url,
+        receivers,
+        wait_secs,
+        max_messages,
+        visibility_timeout_secs,
+        idle_exit_secs,
+    } = source
+    else {
+        return Ok(());
+    };
+    let name = queue_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if !(queue_url.starts_with("https://") || queue_url.starts_with("http://")) || name.is_empty() {
+        return Err(ConfigError::field(
+            "source.queue_url",
+            format!(
+                "`{queue_url}` is not a queue URL; use the URL SQS shows for the queue, e.g. \
+                     `https://sqs.eu-west-1.amazonaws.com/123456789012/orders`"
+            ),
+        ));
+    }
+    if !(1..=64).contains(receivers) {
+        return Err(ConfigError::field(
+            "source.receivers",
+            format!("{receivers} is out of range; use 1 to 64"),
+        ));
+    }
+    if !(0..=20).contains(wait_secs) {
+        return Err(ConfigError::field(
+            "source.wait_secs",
+            format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
+        ));
+    }
+    if aws.read_timeout_secs <= *wait_secs as u64 {
+        return Err(ConfigError::field(
+            "aws.read_timeout_secs",
+            format!(
+                "{} s is not longer than source.wait_secs ({wait_secs} s): every long poll would time \
+                     out; make it longer than the wait",
+                aws.read_timeout_secs
+            ),
+        ));
+    }
+    if !(1..=10).contains(max_messages) {
+        return Err(ConfigError::field(
+            "source.max_messages",
+            format!("{max_messages} is out of range; SQS returns 1 to 10 messages per call"),
+        ));
+    }
+    if !(2..=43_200).contains(visibility_timeout_secs) {
+        return Err(ConfigError::field(
+            "source.visibility_timeout_secs",
+            format!("{visibility_timeout_secs} is out of range; use 2 to 43200 seconds (12 hours)"),
+        ));
+    }
+    if *idle_exit_secs == Some(0) {
+        return Err(ConfigError::field(
+            "source.idle_exit_secs",
+            "must be at least 1 (seconds); leave it out to run until stopped",
+        ));
+    }
+    Ok(())
+}
+
+/// `[source]` of kind `kinesis`.
+fn check_kinesis(source: &SourceConfig) -> Result<(), ConfigError> {
+    let SourceConfig::Kinesis {
+        stream,
+        initial_position,
+        initial_timestamp,
+        max_records_per_call,
+        poll_ms,
+        lease_secs,
+        renew_secs,
+        idle_exit_secs,
+        ..
+    } = source
+    else {
+        return Ok(());
+    };
+    if stream.is_empty() || stream.contains('/') {
+        return Err(ConfigError::field(
+            "source.stream",
+            "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
+        ));
+    }
+    match (initial_position.as_str(), initial_timestamp) {
+        ("trim_horizon" | "latest", None) => {}
+        ("at_timestamp", Some(t)) => {
+            if chrono::DateTime::parse_from_rfc3339(t).is_err() {
                 return Err(ConfigError::field(
-                    "source.stream",
-                    "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
-                ));
-            }
-            match (initial_position.as_str(), initial_timestamp) {
-                ("trim_horizon" | "latest", None) => {}
-                ("at_timestamp", Some(t)) => {
-                    if chrono::DateTime::parse_from_rfc3339(t).is_err() {
-                        return Err(ConfigError::field(
-                            "source.initial_timestamp",
-                            format!("`{t}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"),
-                        ));
-                    }
-                }
-                ("at_timestamp", None) => {
-                    return Err(ConfigError::field(
-                        "source.initial_timestamp",
-                        "missing; `initial_position = \"at_timestamp\"` needs it",
-                    ));
-                }
-                ("trim_horizon" | "latest", Some(_)) => {
-                    return Err(ConfigError::field(
-                        "source.initial_timestamp",
-                        "only used with `initial_position = \"at_timestamp\"`; remove it",
-                    ));
-                }
-                (other, _) => {
-                    return Err(ConfigError::field(
-                        "source.initial_position",
-                        format!("`{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""),
-                    ));
-                }
-            }
-            if !(1..=10_000).contains(max_records_per_call) {
-                return Err(ConfigError::field(
-                    "source.max_records_per_call",
-                    format!("{max_records_per_call} is out of range; use 1 to 10000"),
-                ));
-            }
-            if *poll_ms < 200 {
-                return Err(ConfigError::field(
-                    "source.poll_ms",
-                    format!(
-                        "{poll_ms} is below 200; Kinesis allows 5 GetRecords calls per second per shard"
-                    ),
-                ));
-            }
-            if *renew_secs == 0 || renew_secs * 2 >= *lease_secs {
-                return Err(ConfigError::field(
-                    "source.renew_secs",
-                    format!(
-                        "{renew_secs} must be at least 1 and less than half of lease_secs ({lease_secs}), so a lease is renewed twice before it runs out"
-                    ),
-                ));
-            }
-            if *idle_exit_secs == Some(0) {
-                return Err(ConfigError::field(
-                    "source.idle_exit_secs",
-                    "must be at least 1 (seconds); leave it out to run until stopped",
+                    "source.initial_timestamp",
+                    format!("`{t}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"),
                 ));
             }
         }
+        ("at_timestamp", None) => {
+            return Err(ConfigError::field(
+                "source.initial_timestamp",
+                "missing; `initial_position = \"at_timestamp\"` needs it",
+            ));
+        }
+        ("trim_horizon" | "latest", Some(_)) => {
+            return Err(ConfigError::field(
+                "source.initial_timestamp",
+                "only used with `initial_position = \"at_timestamp\"`; remove it",
+            ));
+        }
+        (other, _) => {
+            return Err(ConfigError::field(
+                "source.initial_position",
+                format!("`{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""),
+            ));
+        }
+    }
+    if !(1..=10_000).contains(max_records_per_call) {
+        return Err(ConfigError::field(
+            "source.max_records_per_call",
+            format!("{max_records_per_call} is out of range; use 1 to 10000"),
+        ));
+    }
+    if *poll_ms < 200 {
+        return Err(ConfigError::field(
+            "source.poll_ms",
+            format!(
+                "{poll_ms} is below 200; Kinesis allows 5 GetRecords calls per second per shard"
+            ),
+        ));
+    }
+    if *renew_secs == 0 || renew_secs * 2 >= *lease_secs {
+        return Err(ConfigError::field(
+            "source.renew_secs",
+            format!(
+                "{renew_secs} must be at least 1 and less than half of lease_secs ({lease_secs}), so a lease is renewed twice before it runs out"
+            ),
+        ));
+    }
+    if *idle_exit_secs == Some(0) {
+        return Err(ConfigError::field(
+            "source.idle_exit_secs",
+            "must be at least 1 (seconds); leave it out to run until stopped",
+        ));
     }
     Ok(())
 }

@@ -43,16 +43,22 @@ pub enum PipelineError {
     /// RAW could not be written after all retries.
     #[error("RAW write of batch {batch} failed after {attempts} attempts")]
     Raw {
+        /// The batch id.
         batch: String,
+        /// Attempts made.
         attempts: u32,
+        /// Why.
         #[source]
         source: crate::raw::RawError,
     },
     /// The sink failed permanently or after all retries.
     #[error("commit of batch {batch} failed after {attempts} attempts")]
     Sink {
+        /// The batch id.
         batch: String,
+        /// Attempts made.
         attempts: u32,
+        /// Why.
         #[source]
         source: SinkError,
     },
@@ -61,7 +67,9 @@ pub enum PipelineError {
         "partition {partition} of {source_name} is owned by another worker (checkpoint moved); giving it up"
     )]
     NotOwner {
+        /// The source (`file`, `sqs`, `kinesis`).
         source_name: String,
+        /// The partition.
         partition: String,
     },
     /// A stage task failed.
@@ -76,8 +84,11 @@ pub enum PipelineError {
          '{partition}#fingerprint')`)"
     )]
     InputChanged {
+        /// The source (`file`, `sqs`, `kinesis`).
         source_name: String,
+        /// The partition.
         partition: String,
+        /// The checkpointed position.
         position: String,
     },
 }
@@ -86,6 +97,14 @@ pub enum PipelineError {
 pub struct Pipeline {
     /// The source partition to read.
     pub source: Box<dyn Source>,
+    /// Everything after the source.
+    pub stages: Stages,
+}
+
+/// What every pipeline of a worker shares after its source: assembled once from the loaded configuration
+/// (`worker`), cloned for each partition (each Kinesis shard).
+#[derive(Clone)]
+pub struct Stages {
     /// Where RAW goes.
     pub raw: Arc<dyn RawStore>,
     /// The rule.
@@ -122,8 +141,8 @@ struct Processed {
 impl Pipeline {
     /// Runs until the source ends or `shutdown` becomes true; returns what was committed.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<Summary, PipelineError> {
-        let Pipeline {
-            mut source,
+        let Pipeline { mut source, stages } = self;
+        let Stages {
             raw,
             rule,
             sink,
@@ -133,7 +152,7 @@ impl Pipeline {
             retry,
             max_rows_per_record,
             rule_instances,
-        } = self;
+        } = stages;
         let source_name = source.source().to_string();
         let partition = source.partition().to_string();
         let position = if source.ordered() {

@@ -32,10 +32,26 @@ pub use window::Window;
 pub enum RawError {
     /// Writing or reading failed.
     #[error("RAW store {store}: {message}")]
-    Io { store: String, message: String },
+    Io {
+        /// The store.
+        store: String,
+        /// What is wrong.
+        message: String,
+    },
     /// An object is not valid RAW.
     #[error("RAW object {key}: {message}")]
-    Corrupt { key: String, message: String },
+    Corrupt {
+        /// The object key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl crate::retry::Retryable for RawError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RawError::Io { .. })
+    }
 }
 
 /// Stores RAW copies.

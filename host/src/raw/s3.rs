@@ -266,10 +266,10 @@ impl RawStore for S3Raw {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.io(format!("list: {}", crate::aws::sdk_error(&e))))?;
             for object in page.contents() {
-                if let Some(key) = object.key() {
-                    if super::listed(key, &self.options.prefix, window) {
-                        keys.push(key.to_string());
-                    }
+                if let Some(key) = object.key()
+                    && super::listed(key, &self.options.prefix, window)
+                {
+                    keys.push(key.to_string());
                 }
             }
         }

@@ -32,16 +32,16 @@ impl Window {
         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
             return Ok(t.timestamp_millis());
         }
-        if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c)) {
-            if let Ok(n) = text[..text.len() - 1].parse::<i64>() {
-                let ms = match unit {
-                    's' => 1_000,
-                    'm' => 60_000,
-                    'h' => HOUR_MS,
-                    _ => 24 * HOUR_MS,
-                };
-                return Ok(now_ms - n * ms);
-            }
+        if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c))
+            && let Ok(n) = text[..text.len() - 1].parse::<i64>()
+        {
+            let ms = match unit {
+                's' => 1_000,
+                'm' => 60_000,
+                'h' => HOUR_MS,
+                _ => 24 * HOUR_MS,
+            };
+            return Ok(now_ms - n * ms);
         }
         let (date, hour) = match text.split_once(['T', ' ']) {
             Some((d, h)) => (d, h.parse::<u32>().map_err(|_| bad())?),

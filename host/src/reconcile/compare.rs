@@ -15,6 +15,24 @@ pub(super) fn note(
     }
 }
 
+/// Where a RAW record ended up: exactly one class per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordClass {
+    /// Its rows are in the final tables (or were replaced by a later record with the same key).
+    Emitted,
+    /// The ledger recorded its batch and the rule drops it.
+    Dropped,
+    /// A dead letter names it.
+    Rejected,
+    /// No recorded outcome.
+    Unaccounted,
+}
+
+/// One table's stored rows by canonical key: the record id and the canonical cells.
+type RowsByKey = HashMap<Vec<String>, (String, Vec<Option<String>>)>;
+/// A stored row of a batch: its table, its record id and its canonical key.
+type KeyedRow<'a> = (usize, &'a str, Vec<String>);
+
 /// Runs the rules of a group of objects and compares the outcomes with the sink.
 pub(super) async fn compare_group(
     run: &Run<'_>,
@@ -88,7 +106,7 @@ pub(super) async fn compare_group(
         .filter(|w| w.ledger.is_empty())
         .flat_map(|w| w.lines.iter().map(|l| l.id.clone()))
         .collect();
-    let mut by_key: Vec<HashMap<Vec<String>, (String, Vec<Option<String>>)>> = Vec::new();
+    let mut by_key: Vec<RowsByKey> = Vec::new();
     let mut by_record: HashMap<&str, Vec<(usize, Vec<String>)>> = HashMap::new();
     let mut stored: Vec<Vec<StoredRow>> = Vec::new();
     for spec in run.tables {
@@ -110,7 +128,7 @@ pub(super) async fn compare_group(
         stored.push(rows);
     }
     // Each stored row canonicalized once: its key, and its rows by record and by batch.
-    let mut by_batch: HashMap<&str, Vec<(usize, &str, Vec<String>)>> = HashMap::new();
+    let mut by_batch: HashMap<&str, Vec<KeyedRow<'_>>> = HashMap::new();
     for (t, spec) in run.tables.iter().enumerate() {
         let mut map = HashMap::with_capacity(stored[t].len());
         for row in &stored[t] {
@@ -195,11 +213,11 @@ pub(super) async fn compare_group(
         let batches: HashSet<&str> = work.ledger.iter().map(|l| l.batch_id.as_str()).collect();
         if let Some(l) = work.ledger.last() {
             let p = report.partitions.entry(pname.clone()).or_default();
-            if let Ok(reasons) = serde_json::from_str::<BTreeMap<String, usize>>(&l.drop_reasons) {
-                if !shadow {
-                    for (r, n) in reasons {
-                        *p.dropped.entry(r).or_default() += n;
-                    }
+            if let Ok(reasons) = serde_json::from_str::<BTreeMap<String, usize>>(&l.drop_reasons)
+                && !shadow
+            {
+                for (r, n) in reasons {
+                    *p.dropped.entry(r).or_default() += n;
                 }
             }
             // Rows of this object's batches whose record is not in the object.
@@ -227,13 +245,13 @@ pub(super) async fn compare_group(
             let hour = hour_label(line.arrived_at_ms);
             let outcome = work.outcomes.as_ref().map(|o| &o[i]);
             let dead_letter = dead.get(&line.id);
-            let mut class = "unaccounted";
+            let mut class = RecordClass::Unaccounted;
             let mut rows_found: Vec<(usize, usize)> = Vec::new(); // (table, count)
             let mut diffs: Vec<Difference> = Vec::new();
             let mut expected_keys: HashSet<(usize, Vec<String>)> = HashSet::new();
             match (outcome, dead_letter) {
                 (_, Some((_, reason))) if !shadow => {
-                    class = "rejected";
+                    class = RecordClass::Rejected;
                     let p = report.partitions.entry(pname.clone()).or_default();
                     *p.rejected.entry(category(reason)).or_default() += 1;
                 }
@@ -289,36 +307,38 @@ pub(super) async fn compare_group(
                         }
                     }
                     if !work.ledger.is_empty() || !rows.is_empty() && all_there || shadow {
-                        class = "emitted";
+                        class = RecordClass::Emitted;
                     }
                 }
                 (Some(RecordOutcome::Drop(_)), _) if !work.ledger.is_empty() || shadow => {
-                    class = "dropped"
+                    class = RecordClass::Dropped
                 }
-                (Some(RecordOutcome::Reject(..)), _) if shadow => class = "rejected",
+                (Some(RecordOutcome::Reject(..)), _) if shadow => class = RecordClass::Rejected,
                 // No rule to re-derive it: accounted by what the tables hold (a record of an object no
                 // ledger batch covers may have been loaded by another batch after a crash).
-                (None, None) if by_record.contains_key(line.id.as_str()) => class = "emitted",
-                (None, None) if !work.ledger.is_empty() => class = "dropped",
+                (None, None) if by_record.contains_key(line.id.as_str()) => {
+                    class = RecordClass::Emitted
+                }
+                (None, None) if !work.ledger.is_empty() => class = RecordClass::Dropped,
                 _ => {}
             }
             // Rows the tables hold for this record that the rule does not give.
-            if let (Some(_), Some(held)) = (outcome, by_record.get(line.id.as_str())) {
-                if !(class == "rejected" && !shadow) {
-                    for (t, key) in held {
-                        if !expected_keys.contains(&(*t, key.clone())) {
-                            let spec = &run.tables[*t];
-                            diffs.push(Difference::row(
-                                &line.id,
-                                spec,
-                                key,
-                                if shadow {
-                                    DifferenceKind::Removed
-                                } else {
-                                    DifferenceKind::Unexpected
-                                },
-                            ));
-                        }
+            if let (Some(_), Some(held)) = (outcome, by_record.get(line.id.as_str()))
+                && (class != RecordClass::Rejected || shadow)
+            {
+                for (t, key) in held {
+                    if !expected_keys.contains(&(*t, key.clone())) {
+                        let spec = &run.tables[*t];
+                        diffs.push(Difference::row(
+                            &line.id,
+                            spec,
+                            key,
+                            if shadow {
+                                DifferenceKind::Removed
+                            } else {
+                                DifferenceKind::Unexpected
+                            },
+                        ));
                     }
                 }
             }
@@ -329,24 +349,20 @@ pub(super) async fn compare_group(
             }
             let h = report.hours.entry(hour).or_default();
             match class {
-                "emitted" => {
+                RecordClass::Emitted => {
                     p.emitted += 1;
                     h.emitted += 1;
                 }
-                "dropped" => {
+                RecordClass::Dropped => {
                     h.dropped += 1;
-                    if shadow {
-                        if let Some(RecordOutcome::Drop(r)) = outcome {
-                            *p.dropped.entry(r.clone()).or_default() += 1;
-                        }
+                    if shadow && let Some(RecordOutcome::Drop(r)) = outcome {
+                        *p.dropped.entry(r.clone()).or_default() += 1;
                     }
                 }
-                "rejected" => {
+                RecordClass::Rejected => {
                     h.rejected += 1;
-                    if shadow {
-                        if let Some(RecordOutcome::Reject(_, r)) = outcome {
-                            *p.rejected.entry(category(r)).or_default() += 1;
-                        }
+                    if shadow && let Some(RecordOutcome::Reject(_, r)) = outcome {
+                        *p.rejected.entry(category(r)).or_default() += 1;
                     }
                 }
                 _ => {

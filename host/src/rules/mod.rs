@@ -33,6 +33,11 @@ pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
 use bindings::{Rule, RulePre};
 use stderr::GuestOutput;
 
+mod stamp;
+pub use stamp::*;
+mod limits;
+use limits::*;
+
 /// The contract version, written once: `wit/rules.wit`'s `package` line and every guest SDK are checked
 /// against it by `tests::one_contract_version`.
 macro_rules! contract_version {
@@ -47,68 +52,6 @@ pub const CONTRACT: &str = concat!("weir:rules@", contract_version!());
 /// The contract version of [`CONTRACT`], as plugins stamp it.
 pub const CONTRACT_VERSION: &str = contract_version!();
 
-/// The custom section in which plugins carry the contract version they were built for.
-pub const CONTRACT_SECTION: &str = "weir-contract";
-
-/// The contract version stamped into a component (its `weir-contract` custom section, at the top level or in
-/// any nested core module), if any.
-pub fn stamped_contract(wasm: &[u8]) -> Option<String> {
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        if let Ok(wasmparser::Payload::CustomSection(c)) = payload {
-            if c.name() == CONTRACT_SECTION {
-                return Some(String::from_utf8_lossy(c.data()).into_owned());
-            }
-        }
-    }
-    None
-}
-
-/// Whether a plugin built for contract `version` runs on this host: same major version, and for 0.x the same
-/// minor version (semver).
-pub fn contract_compatible(version: &str) -> bool {
-    let parts = |v: &str| -> Vec<u64> {
-        v.split('.')
-            .map(|p| p.parse().unwrap_or(u64::MAX))
-            .collect()
-    };
-    let (ours, theirs) = (parts(CONTRACT_VERSION), parts(version));
-    if theirs.len() != 3 {
-        return false;
-    }
-    if ours[0] == 0 {
-        ours[0] == theirs[0] && ours[1] == theirs[1]
-    } else {
-        ours[0] == theirs[0]
-    }
-}
-
-/// Appends the `weir-contract` custom section with this host's contract version to a component (for
-/// components built by toolchains without a weir SDK stamp). Replaces nothing: a stamped component is returned
-/// unchanged.
-pub fn stamp(wasm: &[u8]) -> Vec<u8> {
-    if stamped_contract(wasm).is_some() {
-        return wasm.to_vec();
-    }
-    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
-    let mut body = Vec::new();
-    leb(CONTRACT_SECTION.len(), &mut body);
-    body.extend_from_slice(CONTRACT_SECTION.as_bytes());
-    body.extend_from_slice(CONTRACT_VERSION.as_bytes());
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
 /// How often the epoch advances; deadlines are rounded up to this.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -118,22 +61,39 @@ pub enum RuleError {
     /// The plugin file could not be read.
     #[error("cannot read plugin {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// Not a valid component.
     #[error("plugin {path} is not a valid WebAssembly component: {message}")]
-    Compile { path: PathBuf, message: String },
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The component does not implement this host's contract.
     #[error(
         "plugin {path} does not implement the {CONTRACT} contract this weir supports: {message}. \
          Rebuild it against the wit/ folder of this weir version"
     )]
-    Incompatible { path: PathBuf, message: String },
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The rule's `init` refused its settings or failed.
     #[error("rule {path} failed to initialize: {message}")]
-    Init { path: PathBuf, message: String },
+    Init {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
@@ -378,45 +338,6 @@ impl bindings::weir::rules::host::Host for HostState {
     }
 }
 
-/// Caps linear memory; growing past the cap traps with a clear message instead of returning -1 to the guest.
-struct MemoryCap {
-    max_bytes: usize,
-    /// Largest linear memory any instance of the plugin reached (bytes), for `weir plugin bench`.
-    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Linear memory of this instance, bytes.
-    size: usize,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.peak
-            .fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
-        self.size = self.size.max(desired);
-        if desired > self.max_bytes {
-            wasmtime::bail!(
-                "memory limit exceeded: the rule asked for {} MiB, the limit is {} MiB",
-                desired.div_ceil(1 << 20),
-                self.max_bytes >> 20
-            );
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
-}
-
 /// One live instance in its own store.
 struct Instance {
     store: Store<HostState>,
@@ -620,64 +541,4 @@ impl RulePlugin {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Versions of the same 0.x minor are compatible; other minors and majors are not.
-    #[test]
-    fn contract_versions() {
-        assert!(contract_compatible("0.1.0"));
-        assert!(contract_compatible("0.1.7"));
-        assert!(!contract_compatible("0.2.0"));
-        assert!(!contract_compatible("1.1.0"));
-        assert!(!contract_compatible("x"));
-    }
-
-    /// The WIT package and every guest SDK name the host's contract version: the version string is
-    /// written once in the host and nowhere else can drift from it.
-    #[test]
-    fn one_contract_version() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let read =
-            |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-        assert!(read("wit/rules.wit").contains(&format!("package {CONTRACT};")));
-        for (file, line) in [
-            (
-                "plugins/weir-rule/src/lib.rs",
-                format!("pub const CONTRACT_VERSION: &str = \"{CONTRACT_VERSION}\";"),
-            ),
-            (
-                "plugins/c/weir_rule.h",
-                format!("#define WEIR_CONTRACT_VERSION \"{CONTRACT_VERSION}\""),
-            ),
-            (
-                "plugins/js/weir_rule.js",
-                format!("export const CONTRACT_VERSION = '{CONTRACT_VERSION}';"),
-            ),
-            (
-                "plugins/js/weir_rule.js",
-                format!("from 'weir:rules/host@{CONTRACT_VERSION}'"),
-            ),
-            (
-                "plugins/python/weir_rule/__init__.py",
-                format!("CONTRACT_VERSION = \"{CONTRACT_VERSION}\""),
-            ),
-        ] {
-            assert!(read(file).contains(&line), "{file} does not say {line}");
-        }
-    }
-
-    /// A stamp appended to an unstamped component is found; stamping twice changes nothing.
-    #[test]
-    fn stamp_round_trip() {
-        // The smallest component: the magic and the component-model version/layer.
-        let empty = b"\0asm\x0d\0\x01\0".to_vec();
-        assert_eq!(stamped_contract(&empty), None);
-        let stamped = stamp(&empty);
-        assert_eq!(
-            stamped_contract(&stamped).as_deref(),
-            Some(CONTRACT_VERSION)
-        );
-        assert_eq!(stamp(&stamped), stamped);
-    }
-}
+mod tests;

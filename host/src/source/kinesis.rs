@@ -302,10 +302,11 @@ impl ShardReader {
                 .unwrap_or(0);
             let key = r.partition_key().unwrap_or("");
             for user in super::kpl::deaggregate(key, r.data().as_ref()) {
-                if let (Some((skip_seq, through)), Some(sub)) = (&self.skip_through, user.sub) {
-                    if skip_seq == seq && sub <= *through {
-                        continue;
-                    }
+                if let (Some((skip_seq, through)), Some(sub)) = (&self.skip_through, user.sub)
+                    && skip_seq == seq
+                    && sub <= *through
+                {
+                    continue;
                 }
                 let (id_tail, position) = match user.sub {
                     Some(sub) => (format!("{seq}/{sub}"), format!("{seq}/{sub}")),
@@ -403,11 +404,11 @@ impl Source for ShardReader {
             if self.done {
                 return Ok(None);
             }
-            if let Some(idle) = self.options.idle_exit {
-                if self.last_record_at.elapsed() >= idle {
-                    tracing::info!(shard = %self.partition, "no record for idle_exit_secs: ending input");
-                    return Ok(None);
-                }
+            if let Some(idle) = self.options.idle_exit
+                && self.last_record_at.elapsed() >= idle
+            {
+                tracing::info!(shard = %self.partition, "no record for idle_exit_secs: ending input");
+                return Ok(None);
             }
             self.fetch().await?;
         }

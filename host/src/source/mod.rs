@@ -21,7 +21,9 @@ pub enum SourceError {
     /// Reading failed.
     #[error("source {source_name}: {message}")]
     Io {
+        /// The source (`file`, `sqs`, `kinesis`).
         source_name: String,
+        /// What is wrong.
         message: String,
     },
 }

@@ -23,14 +23,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{BatchConfig, RetryConfig};
-use crate::pipeline::{Pipeline, PipelineError, Summary};
-use crate::raw::RawStore;
-use crate::rules::RulePlugin;
-use crate::schema::TableSpec;
-use crate::sink::{Coordinator, Sink, SinkError};
+use crate::pipeline::{Pipeline, PipelineError, Stages, Summary};
+use crate::sink::{Coordinator, SinkError};
 use crate::source::SourceError;
 use crate::source::kinesis::{InitialPosition, SHARD_END, ShardOptions, ShardReader};
+
+mod plan;
+pub use plan::*;
 
 /// Fleet settings of a Kinesis source.
 #[derive(Debug, Clone)]
@@ -47,28 +46,6 @@ pub struct FleetOptions {
     pub reader: ShardOptions,
 }
 
-/// The shared parts of every shard's pipeline.
-pub struct Shared {
-    /// RAW store.
-    pub raw: Arc<dyn RawStore>,
-    /// The rule.
-    pub rule: Arc<RulePlugin>,
-    /// The sink.
-    pub sink: Arc<dyn Sink>,
-    /// Leases and checkpoints.
-    pub coordinator: Arc<dyn Coordinator>,
-    /// Declared tables.
-    pub tables: Arc<Vec<TableSpec>>,
-    /// Batch limits.
-    pub batch: BatchConfig,
-    /// Retry policy.
-    pub retry: RetryConfig,
-    /// Most rows per record.
-    pub max_rows_per_record: usize,
-    /// Rule instances per batch.
-    pub rule_instances: usize,
-}
-
 /// Why a fleet worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -83,17 +60,6 @@ struct Running {
     ended: Arc<AtomicBool>,
     /// Stopped because the lease went to another worker (not idle).
     lost: bool,
-}
-
-/// A shard as listed.
-#[derive(Debug, Clone)]
-pub struct ShardInfo {
-    /// Shard id.
-    pub id: String,
-    /// Parent shard ids (split: one; merge: two).
-    pub parents: Vec<String>,
-    /// Closed (split or merged away): it has an ending sequence number and gets no new records.
-    pub closed: bool,
 }
 
 /// Lists every shard of a stream (following `NextToken`).
@@ -136,125 +102,132 @@ pub async fn list_shards(
     }
 }
 
-/// The shards that may be read now: not ended, and every parent ended or gone from the stream.
-pub fn ready_shards(shards: &[ShardInfo], positions: &HashMap<String, String>) -> Vec<String> {
-    let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-    let ended = |id: &str| positions.get(id).is_some_and(|p| p == SHARD_END);
-    shards
-        .iter()
-        .filter(|s| !ended(&s.id))
-        .filter(|s| {
-            s.parents
-                .iter()
-                .all(|p| !listed.contains(p.as_str()) || ended(p))
-        })
-        .map(|s| s.id.clone())
-        .collect()
-}
-
-/// One round's lease decisions, from the lease rows alone (no I/O).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Round {
-    /// This worker's fair share: `ceil(ready shards / live workers)`.
-    pub share: usize,
-    /// How many more shards it should claim.
-    pub wanted: usize,
-    /// Ready shards free to claim (no owner, expired, or already this worker's), in order; claim until
-    /// `wanted` succeed.
-    pub free: Vec<String>,
-    /// `(shard, owner)`: one lease to take from the busiest worker above its share, when claiming the free
-    /// ones leaves this worker short.
-    pub steal: Option<(String, String)>,
-}
-
-/// Plans a round: live workers are the owners of unexpired leases plus this one; a worker below its share
-/// claims free ready shards (not the ones it runs or read until idle), and may take one lease from the
-/// busiest worker above its share, so the fleet rebalances one lease per round.
-pub fn plan_round<R>(
-    me: &str,
-    ready: &[String],
-    leases: &HashMap<String, crate::sink::Lease>,
-    running: &BTreeMap<String, R>,
-    idle: &HashSet<String>,
-) -> Round {
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    for l in leases.values() {
-        if !l.owner.is_empty() && !l.expired && l.owner != me {
-            *load.entry(l.owner.as_str()).or_default() += 1;
-        }
-    }
-    let live = load.len() + 1;
-    let share = ready.len().div_ceil(live);
-    let wanted = share.saturating_sub(running.len());
-    let free = ready
-        .iter()
-        .filter(|s| !running.contains_key(*s) && !idle.contains(*s))
-        .filter(|s| {
-            leases
-                .get(*s)
-                .is_none_or(|l| l.owner.is_empty() || l.expired || l.owner == me)
-        })
-        .cloned()
-        .collect();
-    let steal = load
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .filter(|(_, n)| **n > share)
-        .and_then(|(victim, _)| {
-            ready
-                .iter()
-                .find(|s| {
-                    leases
-                        .get(*s)
-                        .is_some_and(|l| l.owner == *victim && !l.expired)
-                        && !idle.contains(*s)
-                })
-                .map(|s| (s.clone(), victim.to_string()))
-        });
-    Round {
-        share,
-        wanted,
-        free,
-        steal,
-    }
-}
-
 /// Runs this worker's share of the stream until shutdown (or, with `idle_exit`, until its shards are idle).
 pub async fn run(
     client: aws_sdk_kinesis::Client,
     options: FleetOptions,
-    shared: Shared,
+    shared: Stages,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Summary, FleetError> {
-    let coordinator = shared.coordinator.clone();
-    let me = options.worker_id.clone();
-    let partition_of = |shard: &str| format!("{}/{shard}", options.stream);
-    let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    // Shards whose pipeline ended idle in this run: not restarted (idle exit).
-    let mut idle: HashSet<String> = HashSet::new();
-    let mut summary = Summary::default();
-    let mut failure: Option<FleetError> = None;
-    let mut tick = tokio::time::interval(options.renew);
+    let mut fleet = Fleet {
+        me: options.worker_id.clone(),
+        client,
+        options,
+        shared,
+        running: BTreeMap::new(),
+        idle: HashSet::new(),
+        summary: Summary::default(),
+        failure: None,
+    };
+    let mut tick = tokio::time::interval(fleet.options.renew);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(stream = %options.stream, worker = %me, "joining the fleet");
+    tracing::info!(stream = %fleet.options.stream, worker = %fleet.me, "joining the fleet");
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
-        crate::metrics::global().set("weir_leases_held", &[], running.len() as f64);
+        if fleet.round().await == Next::Stop {
+            break;
+        }
+    }
+    fleet.shut_down().await
+}
+
+/// Whether the fleet loop goes on after a round.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// One worker's part of the fleet: the shards it runs and what it learned about them.
+struct Fleet {
+    me: String,
+    client: aws_sdk_kinesis::Client,
+    options: FleetOptions,
+    shared: Stages,
+    running: BTreeMap<String, Running>,
+    /// Shards whose pipeline ended idle in this run: not restarted (idle exit).
+    idle: HashSet<String>,
+    summary: Summary,
+    failure: Option<FleetError>,
+}
+
+impl Fleet {
+    fn partition_of(&self, shard: &str) -> String {
+        format!("{}/{shard}", self.options.stream)
+    }
+
+    /// One renewal round: collect ended pipelines, renew held leases, list shards and leases, claim a fair
+    /// share, start the new shards.
+    async fn round(&mut self) -> Next {
+        let held = self.running.len() as f64;
+        crate::metrics::global().set("weir_leases_held", &[], held);
         // 1. Ended pipelines.
-        let finished: Vec<String> = running
+        self.collect_ended().await;
+        if self.failure.is_some() {
+            return Next::Stop;
+        }
+        // 2. Renew what this worker runs (before anything that needs the stream: a Kinesis outage must not
+        //    let the leases of running shards expire); stop what it lost.
+        let now = crate::record::wall_clock_us();
+        let expires = now + self.options.lease.as_micros() as i64;
+        self.renew(now, expires).await;
+        // 3. Shards and leases. A failure of the stream or the lease table skips the rest of this round (no
+        //    new shards): the leases held were renewed above, and every commit stays fenced by the checkpoint
+        //    compare-and-set.
+        let shards = match list_shards(&self.client, &self.options.stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing shards failed; retrying at the next renewal");
+                return Next::Continue;
+            }
+        };
+        let Some(leases) = self.leases(now).await else {
+            return Next::Continue;
+        };
+        let positions: HashMap<String, String> = leases
+            .iter()
+            .map(|(s, l)| (s.clone(), l.position.clone()))
+            .collect();
+        let ready = ready_shards(&shards, &positions);
+        // 4. Fair share.
+        let round = plan_round(&self.me, &ready, &leases, &self.running, &self.idle);
+        let claimed = self.claim_share(&round, now, expires).await;
+        // 5. Start the new shards.
+        for shard in claimed {
+            self.start(&shard, &shards, &positions, now).await;
+        }
+        crate::metrics::global().set("weir_leases_held", &[], self.running.len() as f64);
+        // Idle exit: nothing running, and this worker has read every ready shard until it was idle (shards
+        // other workers hold are waited for: they may die, and their records must not wait for a restart).
+        if self.options.reader.idle_exit.is_some()
+            && self.running.is_empty()
+            && ready.iter().all(|s| self.idle.contains(s))
+        {
+            tracing::info!("every shard this worker could read is idle: stopping");
+            return Next::Stop;
+        }
+        Next::Continue
+    }
+
+    /// Collects the pipelines that ended: a shard read to its end is checkpointed `SHARD_END`, one that went
+    /// idle is remembered, a failure is kept; every ended shard's lease is released.
+    async fn collect_ended(&mut self) {
+        let coordinator = self.shared.coordinator.clone();
+        let finished: Vec<String> = self
+            .running
             .iter()
             .filter(|(_, r)| r.task.is_finished())
             .map(|(s, _)| s.clone())
             .collect();
         for shard in finished {
-            let r = running.remove(&shard).expect("listed");
-            let partition = partition_of(&shard);
+            let r = self.running.remove(&shard).expect("listed");
+            let partition = self.partition_of(&shard);
             match r.task.await {
                 Ok(Ok(s)) => {
-                    summary.merge(s);
+                    self.summary.merge(s);
                     if r.ended.load(Ordering::SeqCst) {
                         // On failure the shard is read again from its checkpoint, finds its end at once and
                         // comes back here.
@@ -268,33 +241,31 @@ pub async fn run(
                             }
                         }
                     } else if !r.lost {
-                        idle.insert(shard.clone());
+                        self.idle.insert(shard.clone());
                     }
                 }
                 Ok(Err(PipelineError::NotOwner { .. })) => {
                     tracing::warn!(shard = %partition, "another worker took the shard over");
                 }
                 Ok(Err(e)) => {
-                    failure = Some(e.into());
+                    self.failure = Some(e.into());
                 }
-                Err(e) => failure = Some(PipelineError::Stage(e.to_string()).into()),
+                Err(e) => self.failure = Some(PipelineError::Stage(e.to_string()).into()),
             }
-            if let Err(e) = coordinator.release("kinesis", &partition, &me).await {
+            if let Err(e) = coordinator.release("kinesis", &partition, &self.me).await {
                 tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
             }
         }
-        if failure.is_some() {
-            break;
-        }
+    }
 
-        // 2. Renew what this worker runs (before anything that needs the stream: a Kinesis outage must not
-        //    let the leases of running shards expire); stop what it lost.
-        let now = crate::record::wall_clock_us();
-        let expires = now + options.lease.as_micros() as i64;
-        let held: Vec<String> = running.keys().cloned().collect();
+    /// Renews the lease of every running shard; a shard whose lease was lost stops after its in-flight batch.
+    async fn renew(&mut self, now: i64, expires: i64) {
+        let held: Vec<String> = self.running.keys().cloned().collect();
         for shard in held {
-            let renewed = coordinator
-                .claim("kinesis", &partition_of(&shard), &me, now, expires, None)
+            let renewed = self
+                .shared
+                .coordinator
+                .claim("kinesis", &self.partition_of(&shard), &self.me, now, expires, None)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
@@ -302,46 +273,38 @@ pub async fn run(
                 });
             if !renewed {
                 tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
-                if let Some(r) = running.get_mut(&shard) {
+                if let Some(r) = self.running.get_mut(&shard) {
                     let _ = r.stop.send(true);
                     r.lost = true;
                 }
             }
         }
+    }
 
-        // 3. Shards and leases.
-        // A failure of the stream or the lease table skips the rest of this round (no new shards): the leases
-        // held were renewed above, and every commit stays fenced by the checkpoint compare-and-set.
-        let shards = match list_shards(&client, &options.stream).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing shards failed; retrying at the next renewal");
-                continue;
-            }
-        };
-        let prefix = format!("{}/", options.stream);
-        let rows = match coordinator.leases("kinesis", now).await {
+    /// The lease rows of this stream by shard (`None` when they cannot be read this round).
+    async fn leases(&self, now: i64) -> Option<HashMap<String, crate::sink::Lease>> {
+        let rows = match self.shared.coordinator.leases("kinesis", now).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading leases failed; retrying at the next renewal");
-                continue;
+                return None;
             }
         };
-        let leases: HashMap<String, crate::sink::Lease> = rows
-            .into_iter()
-            .filter_map(|l| {
-                let shard = l.partition.strip_prefix(&prefix)?.to_string();
-                Some((shard, l))
-            })
-            .collect();
-        let positions: HashMap<String, String> = leases
-            .iter()
-            .map(|(s, l)| (s.clone(), l.position.clone()))
-            .collect();
-        let ready = ready_shards(&shards, &positions);
+        let prefix = format!("{}/", self.options.stream);
+        Some(
+            rows.into_iter()
+                .filter_map(|l| {
+                    let shard = l.partition.strip_prefix(&prefix)?.to_string();
+                    Some((shard, l))
+                })
+                .collect(),
+        )
+    }
 
-        // 4. Fair share.
-        let round = plan_round(&me, &ready, &leases, &running, &idle);
+    /// Claims the round's free shards until the share is reached, then the one lease to take over; returns
+    /// the shards claimed.
+    async fn claim_share(&self, round: &Round, now: i64, expires: i64) -> Vec<String> {
+        let coordinator = self.shared.coordinator.as_ref();
         let mut wanted = round.wanted;
         let mut claimed = Vec::new();
         for shard in &round.free {
@@ -349,9 +312,9 @@ pub async fn run(
                 break;
             }
             if claim(
-                coordinator.as_ref(),
-                &partition_of(shard),
-                &me,
+                coordinator,
+                &self.partition_of(shard),
+                &self.me,
                 now,
                 expires,
                 None,
@@ -365,9 +328,9 @@ pub async fn run(
         if wanted > 0
             && let Some((shard, victim)) = &round.steal
             && claim(
-                coordinator.as_ref(),
-                &partition_of(shard),
-                &me,
+                coordinator,
+                &self.partition_of(shard),
+                &self.me,
                 now,
                 expires,
                 Some(victim),
@@ -377,133 +340,98 @@ pub async fn run(
             tracing::info!(shard = %shard, from = %victim, "took a lease over to rebalance");
             claimed.push(shard.clone());
         }
+        claimed
+    }
 
-        // 5. Start the new shards.
-        for shard in claimed {
-            let mut reader_options = options.reader.clone();
-            reader_options.shard = shard.clone();
-            let info = shards.iter().find(|s| s.id == shard);
-            let has_parent = info.is_some_and(|s| !s.parents.is_empty());
-            let closed = info.is_some_and(|s| s.closed);
-            let committed = positions.get(&shard).is_some_and(|p| !p.is_empty());
-            match start_of(
-                &reader_options.initial,
-                has_parent,
-                closed,
-                committed,
-                now / 1000,
-            ) {
-                Start::Checkpoint => {}
-                Start::TrimHorizon => reader_options.initial = InitialPosition::TrimHorizon,
-                Start::Pin(ms) => {
-                    reader_options.fresh_pin = true;
-                    // Pinned before reading, so a restart or a lease move resumes from here, not LATEST.
-                    let pinned = crate::source::kinesis::pinned_position(ms);
-                    if let Err(e) = coordinator
-                        .set_checkpoint("kinesis", &partition_of(&shard), "", &pinned)
-                        .await
-                    {
-                        tracing::warn!(shard = %shard, error = %e, "could not pin the start position; retrying at the next renewal");
-                        let _ = coordinator
-                            .release("kinesis", &partition_of(&shard), &me)
-                            .await;
-                        continue;
-                    }
+    /// Starts the pipeline of a newly claimed shard, at its checkpoint, `TRIM_HORIZON` or a pinned moment.
+    async fn start(
+        &mut self,
+        shard: &str,
+        shards: &[ShardInfo],
+        positions: &HashMap<String, String>,
+        now: i64,
+    ) {
+        let mut reader_options = self.options.reader.clone();
+        reader_options.shard = shard.to_string();
+        let info = shards.iter().find(|s| s.id == shard);
+        let has_parent = info.is_some_and(|s| !s.parents.is_empty());
+        let closed = info.is_some_and(|s| s.closed);
+        let committed = positions.get(shard).is_some_and(|p| !p.is_empty());
+        let partition = self.partition_of(shard);
+        match start_of(
+            &reader_options.initial,
+            has_parent,
+            closed,
+            committed,
+            now / 1000,
+        ) {
+            Start::Checkpoint => {}
+            Start::TrimHorizon => reader_options.initial = InitialPosition::TrimHorizon,
+            Start::Pin(ms) => {
+                reader_options.fresh_pin = true;
+                // Pinned before reading, so a restart or a lease move resumes from here, not LATEST.
+                let pinned = crate::source::kinesis::pinned_position(ms);
+                let coordinator = &self.shared.coordinator;
+                if let Err(e) = coordinator
+                    .set_checkpoint("kinesis", &partition, "", &pinned)
+                    .await
+                {
+                    tracing::warn!(shard = %shard, error = %e, "could not pin the start position; retrying at the next renewal");
+                    let _ = coordinator.release("kinesis", &partition, &self.me).await;
+                    return;
                 }
             }
-            let reader = ShardReader::new(client.clone(), reader_options);
-            let ended = reader.ended();
-            let (stop, stop_rx) = watch::channel(false);
-            let pipeline = Pipeline {
-                source: Box::new(reader),
-                raw: shared.raw.clone(),
-                rule: shared.rule.clone(),
-                sink: shared.sink.clone(),
-                coordinator: shared.coordinator.clone(),
-                tables: shared.tables.clone(),
-                batch: shared.batch.clone(),
-                retry: shared.retry.clone(),
-                max_rows_per_record: shared.max_rows_per_record,
-                rule_instances: shared.rule_instances,
-            };
-            tracing::info!(shard = %shard, worker = %me, "reading shard");
-            running.insert(
-                shard,
-                Running {
-                    task: tokio::spawn(pipeline.run(stop_rx)),
-                    stop,
-                    ended,
-                    lost: false,
-                },
-            );
         }
-        crate::metrics::global().set("weir_leases_held", &[], running.len() as f64);
-
-        // Idle exit: nothing running, and this worker has read every ready shard until it was idle (shards
-        // other workers hold are waited for: they may die, and their records must not wait for a restart).
-        if options.reader.idle_exit.is_some()
-            && running.is_empty()
-            && ready.iter().all(|s| idle.contains(s))
-        {
-            tracing::info!("every shard this worker could read is idle: stopping");
-            break;
-        }
+        let reader = ShardReader::new(self.client.clone(), reader_options);
+        let ended = reader.ended();
+        let (stop, stop_rx) = watch::channel(false);
+        let pipeline = Pipeline {
+            source: Box::new(reader),
+            stages: self.shared.clone(),
+        };
+        tracing::info!(shard = %shard, worker = %self.me, "reading shard");
+        self.running.insert(
+            shard.to_string(),
+            Running {
+                task: tokio::spawn(pipeline.run(stop_rx)),
+                stop,
+                ended,
+                lost: false,
+            },
+        );
     }
 
-    // Shutdown: every shard finishes its in-flight batch, then the leases go back to the fleet.
-    for r in running.values() {
-        let _ = r.stop.send(true);
-    }
-    for (shard, r) in running {
-        let partition = partition_of(&shard);
-        match r.task.await {
-            Ok(Ok(s)) => summary.merge(s),
-            Ok(Err(PipelineError::NotOwner { .. })) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e.into())),
-            Err(e) => failure = failure.or(Some(PipelineError::Stage(e.to_string()).into())),
+    /// Shutdown: every shard finishes its in-flight batch, then the leases go back to the fleet.
+    async fn shut_down(mut self) -> Result<Summary, FleetError> {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
         }
-        if let Err(e) = coordinator.release("kinesis", &partition, &me).await {
-            tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
+        let running = std::mem::take(&mut self.running);
+        for (shard, r) in running {
+            let partition = self.partition_of(&shard);
+            match r.task.await {
+                Ok(Ok(s)) => self.summary.merge(s),
+                Ok(Err(PipelineError::NotOwner { .. })) => {}
+                Ok(Err(e)) => self.failure = self.failure.or(Some(e.into())),
+                Err(e) => {
+                    self.failure = self
+                        .failure
+                        .or(Some(PipelineError::Stage(e.to_string()).into()))
+                }
+            }
+            let released = self
+                .shared
+                .coordinator
+                .release("kinesis", &partition, &self.me)
+                .await;
+            if let Err(e) = released {
+                tracing::warn!(shard = %partition, error = %e, "could not release the lease; it expires on its own");
+            }
         }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(summary),
-    }
-}
-
-/// Where a newly claimed shard starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// From its committed checkpoint (or its pinned start).
-    Checkpoint,
-    /// From the oldest record: a child of a split or merge, whatever `initial_position` says (as the KCL
-    /// does: records written to it between the reshard and the claim must not be skipped).
-    TrimHorizon,
-    /// At `LATEST` now, with that moment (ms) written as its checkpoint first, so that later opens read from
-    /// `AT_TIMESTAMP` ms instead of a later LATEST.
-    Pin(i64),
-}
-
-/// Decides where a newly claimed shard starts (pure; `now_ms` for `latest`). Only `latest` on an open shard
-/// moves with time and needs pinning: `at_timestamp` is the same instant on every start, and the end of a
-/// closed shard does not move.
-pub fn start_of(
-    initial: &InitialPosition,
-    has_parent: bool,
-    closed: bool,
-    committed: bool,
-    now_ms: i64,
-) -> Start {
-    if committed {
-        return Start::Checkpoint;
-    }
-    if has_parent {
-        return Start::TrimHorizon;
-    }
-    match initial {
-        InitialPosition::Latest if !closed => Start::Pin(now_ms),
-        _ => Start::Checkpoint,
+        match self.failure {
+            Some(e) => Err(e),
+            None => Ok(self.summary),
+        }
     }
 }
 
@@ -531,19 +459,6 @@ async fn claim(
             tracing::warn!(shard = %partition, error = %e, "claiming the lease failed");
             false
         })
-}
-
-/// Parses `initial_position` / `initial_timestamp` (checked by the config already).
-pub fn initial_position(position: &str, timestamp: Option<&str>) -> InitialPosition {
-    match (position, timestamp) {
-        ("latest", _) => InitialPosition::Latest,
-        ("at_timestamp", Some(t)) => InitialPosition::AtTimestamp(
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|d| d.timestamp_millis())
-                .unwrap_or(0),
-        ),
-        _ => InitialPosition::TrimHorizon,
-    }
 }
 
 /// `{hostname}-{pid}`: unique per process on a host, readable in the lease table.
