@@ -126,7 +126,9 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Attempts before the worker gives up and stops (nothing is acknowledged). Default 10.
+    /// Attempts before the worker gives up and stops (nothing is acknowledged). Default 20: with full jitter
+    /// the waits are random, and 20 attempts ride out an outage of minutes (about three on average with the
+    /// default backoffs; 10 attempts could end in under 30 s).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// First backoff, in milliseconds; doubled after each failure. Default 100.
@@ -146,7 +148,7 @@ pub(super) fn default_max_elapsed_secs() -> u64 {
 }
 
 pub(super) fn default_max_attempts() -> u32 {
-    10
+    20
 }
 
 pub(super) fn default_initial_backoff_ms() -> u64 {
