@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::time::Instant;
-
 use common::*;
 use weir::config::RetryConfig;
 use weir::record::Batch;
 use weir::retry::retrying;
-use weir::rules::SourceRecord;
 use weir::rules::validate::{CheckedRow, RecordOutcome, RejectStage};
 use weir::schema::{Cell, ColumnType, TableSpec};
 use weir::sink::redshift::{RedshiftOptions, RedshiftSink};
@@ -171,16 +168,6 @@ fn batch(
     first: usize,
     rows: &[(&str, i64)],
 ) -> (Batch, Vec<RecordOutcome>, Vec<String>) {
-    let records: Vec<SourceRecord> = (0..rows.len())
-        .map(|i| SourceRecord {
-            id: format!("mem/p/{}", first + i),
-            partition_key: "p".into(),
-            arrived_at_ms: 0,
-            attributes: vec![],
-            payload: b"{}".to_vec(),
-        })
-        .collect();
-    let positions: Vec<String> = (0..rows.len()).map(|i| (first + i).to_string()).collect();
     let outcomes = rows
         .iter()
         .map(|(id, n)| {
@@ -200,19 +187,7 @@ fn batch(
         })
         .collect();
     let raw_refs = (1..=rows.len()).map(|i| format!("k#{i}")).collect();
-    let last = positions.last().unwrap().clone();
-    let b = Batch {
-        id: Batch::make_id("mem", "p", &positions[0], &last),
-        source: "mem".into(),
-        partition: "p".into(),
-        prev_position: prev.into(),
-        ordered: true,
-        positions,
-        records,
-        bytes: 0,
-        started: Instant::now(),
-        received_us: Vec::new(),
-    };
+    let b = mem_batch(prev, first, rows.len());
     (b, outcomes, raw_refs)
 }
 

@@ -5,11 +5,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::*;
 use weir::record::Batch;
-use weir::rules::SourceRecord;
 use weir::rules::validate::{CheckedRow, RecordOutcome, RejectStage};
 use weir::schema::{Cell, ColumnType, TableSpec};
 use weir::sink::redshift::{RedshiftOptions, RedshiftSink};
@@ -36,16 +34,6 @@ struct Fixture {
 }
 
 fn fixture(prev: &str, first: usize, rows: &[(&str, i64)]) -> Fixture {
-    let records: Vec<SourceRecord> = (0..rows.len())
-        .map(|i| SourceRecord {
-            id: format!("mem/p/{}", first + i),
-            partition_key: "p".into(),
-            arrived_at_ms: 0,
-            attributes: vec![],
-            payload: b"{}".to_vec(),
-        })
-        .collect();
-    let positions: Vec<String> = (0..rows.len()).map(|i| (first + i).to_string()).collect();
     let outcomes = rows
         .iter()
         .map(|(id, n)| {
@@ -59,20 +47,8 @@ fn fixture(prev: &str, first: usize, rows: &[(&str, i64)]) -> Fixture {
             }
         })
         .collect();
-    let last = positions.last().unwrap().clone();
     Fixture {
-        batch: Batch {
-            id: Batch::make_id("mem", "p", &positions[0], &last),
-            source: "mem".into(),
-            partition: "p".into(),
-            prev_position: prev.into(),
-            ordered: true,
-            positions,
-            records,
-            bytes: 0,
-            started: Instant::now(),
-            received_us: Vec::new(),
-        },
+        batch: mem_batch(prev, first, rows.len()),
         outcomes,
         raw_refs: (1..=rows.len()).map(|i| format!("k{first}#{i}")).collect(),
     }

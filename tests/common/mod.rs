@@ -962,3 +962,31 @@ pub fn admin_get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// An ordered batch of `n` records of source `mem`, partition `p` (ids `mem/p/{first}`…, positions `first`…),
+/// following checkpoint `prev`: what the sink tests commit directly, without a source.
+pub fn mem_batch(prev: &str, first: usize, n: usize) -> weir::record::Batch {
+    let records: Vec<weir::rules::SourceRecord> = (0..n)
+        .map(|i| weir::rules::SourceRecord {
+            id: format!("mem/p/{}", first + i),
+            partition_key: "p".into(),
+            arrived_at_ms: 0,
+            attributes: vec![],
+            payload: b"{}".to_vec(),
+        })
+        .collect();
+    let positions: Vec<String> = (0..n).map(|i| (first + i).to_string()).collect();
+    let last = positions.last().expect("at least one record").clone();
+    weir::record::Batch {
+        id: weir::record::Batch::make_id("mem", "p", &positions[0], &last),
+        source: "mem".into(),
+        partition: "p".into(),
+        prev_position: prev.into(),
+        ordered: true,
+        positions,
+        records,
+        bytes: 0,
+        started: std::time::Instant::now(),
+        received_us: Vec::new(),
+    }
+}
