@@ -9,8 +9,10 @@
 # Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
 # one machine (and CI's fresh clones) reuse them.
 set -euo pipefail
+long=
 case "${1:-}" in
   --long)
+    long=1
     export WEIR_CRASH_ITERATIONS=${WEIR_CRASH_ITERATIONS:-100} PROPTEST_CASES=${PROPTEST_CASES:-20000} ;;
   "") ;;
   *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
@@ -21,6 +23,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # Compiled plugins are cached per test run's target dir, never in the user's home.
 export WEIR_CACHE_DIR=${WEIR_CACHE_DIR:-$CARGO_TARGET_DIR/weir-plugin-cache}
+# This script starts every service: a test that finds one missing fails instead of skipping.
+export WEIR_REQUIRE_SERVICES=1
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 
@@ -49,6 +53,9 @@ echo "==> guest SDK and example rules (native unit tests)"
 # (a target dir of its own: the same crates built by two workspaces must not overwrite each other)
 (cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked --no-fail-fast) \
   || failed+=("guest SDK and example rules")
+
+echo "==> grouped-commit protocol model (spin, exhaustive for small sizes)"
+scripts/model-check.sh ${long:+--long} || failed+=("model check")
 
 echo "==> format (cargo fmt --check)"
 cargo fmt --all --check || failed+=("cargo fmt --check (run cargo fmt --all)")

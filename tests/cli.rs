@@ -11,6 +11,7 @@ use common::*;
 /// A good configuration validates: fields, plugin contract and init, sink reachable, tables match.
 #[test]
 fn validate_good_config() {
+    needs!("validate_good_config": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
     let out = weir(&["validate", "-c", config.to_str().unwrap()], &[]);
@@ -26,6 +27,7 @@ fn validate_good_config() {
 /// Each malformed configuration fails with a message naming the field and the fix.
 #[test]
 fn validate_bad_configs_name_the_field() {
+    needs!("validate_bad_configs_name_the_field": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
     std::fs::write(dir.path().join("not-a-component.wasm"), b"\0asm\x01\0\0\0").unwrap();
@@ -88,6 +90,7 @@ fn validate_bad_configs_name_the_field() {
 /// SIGINT finishes the in-flight batch, commits and exits 0; what was committed is all there.
 #[tokio::test]
 async fn sigint_commits_and_exits() {
+    needs!("sigint_commits_and_exits": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
     let config = dir.path().join("stdin.toml");
@@ -154,6 +157,7 @@ async fn sigint_commits_and_exits() {
 /// `weir schema plan` and `apply` on the embedded SQLite sink.
 #[test]
 fn schema_plan_and_apply_sqlite() {
+    needs!("schema_plan_and_apply_sqlite": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
     let cfg = config.to_str().unwrap();
@@ -177,6 +181,7 @@ fn schema_plan_and_apply_sqlite() {
 /// with a message naming both versions.
 #[test]
 fn contract_version_stamp() {
+    needs!("contract_version_stamp": Plugins);
     let orders = std::fs::read(plugin("orders")).unwrap();
     assert_eq!(
         weir::rules::stamped_contract(&orders).as_deref(),
@@ -327,6 +332,7 @@ fn plugin_new_builds_and_passes_plugin_test() {
 /// answered again. Then `weir validate` names a plaintext connection to a non-loopback database host.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoint_caps_connections() {
+    needs!("admin_endpoint_caps_connections": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(quickstart_in(dir.path())).unwrap();
     let port = free_port();

@@ -25,6 +25,7 @@ fn run(config: &Path, crash: Option<&str>) -> std::process::Output {
 /// The same input twice: the second run reads nothing new and changes nothing.
 #[tokio::test]
 async fn same_input_twice_changes_nothing() {
+    needs!("same_input_twice_changes_nothing": Plugins);
     let expected = clean_run_snapshot().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
@@ -47,6 +48,7 @@ async fn same_input_twice_changes_nothing() {
 /// does one killed after a commit but before its acknowledgement.
 #[tokio::test]
 async fn crash_then_restart_matches_a_clean_run() {
+    needs!("crash_then_restart_matches_a_clean_run": Plugins);
     let expected = clean_run_snapshot().await;
     for crash in ["raw:1", "raw:3", "commit:1", "commit:4"] {
         let dir = tempfile::tempdir().unwrap();

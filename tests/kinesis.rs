@@ -177,6 +177,7 @@ async fn assert_exactly_once(db: &TestDb, n: i64) {
 /// exactly once, aggregated ones with their sub-sequence number in the record id; one checkpoint per shard.
 #[tokio::test(flavor = "multi_thread")]
 async fn four_shards_end_to_end() {
+    needs!("four_shards_end_to_end": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 4).await;
@@ -226,6 +227,7 @@ async fn four_shards_end_to_end() {
 /// children start, so for every partition key all parent records load before any child record; none is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn split_keeps_parent_before_children() {
+    needs!("split_keeps_parent_before_children": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 1).await;
@@ -283,6 +285,7 @@ async fn split_keeps_parent_before_children() {
 /// expire and the survivor takes over. Every record ends up in the final tables exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_share_and_take_over() {
+    needs!("two_workers_share_and_take_over": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 4).await;
@@ -357,6 +360,7 @@ fn metric(body: &str, name: &str, filter: &str) -> f64 {
 /// once, and the counts on `/metrics` (with the stopped worker's own summary) equal the final tables.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_workers_metrics_and_graceful_sigterm() {
+    needs!("three_workers_metrics_and_graceful_sigterm": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 6).await;
@@ -477,6 +481,7 @@ async fn three_workers_metrics_and_graceful_sigterm() {
 /// ledger once (the checkpoint compare-and-set in the load transaction never lets a batch commit twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn random_kill_9_loses_and_doubles_nothing() {
+    needs!("random_kill_9_loses_and_doubles_nothing": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 2).await;
@@ -535,6 +540,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
 /// worker finishes by itself once the endpoint is back: every record exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn kinesis_outage_mid_run_recovers() {
+    needs!("kinesis_outage_mid_run_recovers": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 2).await;
@@ -598,6 +604,7 @@ async fn kinesis_outage_mid_run_recovers() {
 /// latest has its start pinned as its checkpoint (`@{ms}`), so a restart never jumps to LATEST again.
 #[tokio::test(flavor = "multi_thread")]
 async fn children_start_at_trim_horizon_whatever_the_initial_position() {
+    needs!("children_start_at_trim_horizon_whatever_the_initial_position": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 1).await;
@@ -668,6 +675,7 @@ async fn children_start_at_trim_horizon_whatever_the_initial_position() {
 /// with it instead of polling on as an orphan. The front counts every `GetRecords` call of the worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_taken_over_is_not_read_any_more() {
+    needs!("a_shard_taken_over_is_not_read_any_more": Postgres, Aws, Kinesis, Plugins);
     let k = client().await;
     let db = TestDb::new().await;
     let name = stream(&k, 1).await;

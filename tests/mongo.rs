@@ -76,6 +76,7 @@ async fn one(db: &str, id: &str) -> Document {
 /// same batch again, or a batch overlapping an archived one, changes nothing already stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn exact_bytes_and_idempotent_archiving() {
+    needs!("exact_bytes_and_idempotent_archiving": Mongo);
     let db = database();
     let store = MongoRaw::connect(&uri(), &db, "raw")
         .await
@@ -126,6 +127,7 @@ async fn exact_bytes_and_idempotent_archiving() {
 /// the local store, and a second run changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_with_mongodb_raw() {
+    needs!("quickstart_with_mongodb_raw": Mongo, Plugins);
     let db = database();
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
@@ -189,6 +191,7 @@ async fn quickstart_with_mongodb_raw() {
 /// every record archived and loaded exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_outage_mid_run_recovers() {
+    needs!("mongodb_outage_mid_run_recovers": Postgres, Mongo, Plugins);
     let db = database();
     let pg = TestDb::new().await;
     let target = uri()

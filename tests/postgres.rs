@@ -50,6 +50,7 @@ async fn pg_snapshot(db: &TestDb) -> Vec<Vec<Vec<String>>> {
 /// The quickstart with the sink switched to PostgreSQL gives the same counts and values as with SQLite.
 #[tokio::test]
 async fn quickstart_on_postgres() {
+    needs!("quickstart_on_postgres": Postgres, Plugins);
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);
@@ -110,6 +111,7 @@ async fn quickstart_on_postgres() {
 /// one clean run.
 #[tokio::test]
 async fn reruns_and_crashes_leave_the_clean_state() {
+    needs!("reruns_and_crashes_leave_the_clean_state": Postgres, Plugins);
     let clean = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &clean.url);
@@ -213,6 +215,7 @@ async fn sink(db: &TestDb) -> RedshiftSink {
 /// lost the partition, and no row is doubled.
 #[tokio::test]
 async fn zombie_is_fenced() {
+    needs!("zombie_is_fenced": Postgres);
     let db = TestDb::new().await;
     let tables = spec();
     let (a, b) = (sink(&db).await, sink(&db).await);
@@ -240,6 +243,7 @@ async fn zombie_is_fenced() {
 /// Duplicate keys inside one batch keep the latest row only; rejects become dead letters; values round-trip.
 #[tokio::test]
 async fn duplicate_keys_keep_latest() {
+    needs!("duplicate_keys_keep_latest": Postgres);
     let db = TestDb::new().await;
     let tables = spec();
     let s = sink(&db).await;
@@ -280,6 +284,7 @@ async fn duplicate_keys_keep_latest() {
 /// column and types.
 #[tokio::test]
 async fn schema_mismatch_is_named() {
+    needs!("schema_mismatch_is_named": Postgres);
     let db = TestDb::new().await;
     db.client()
         .await
@@ -298,6 +303,7 @@ async fn schema_mismatch_is_named() {
 /// nothing is lost or doubled.
 #[tokio::test]
 async fn terminated_backend_is_retried() {
+    needs!("terminated_backend_is_retried": Postgres);
     let db = TestDb::new().await;
     let tables = spec();
     let s = sink(&db).await;
@@ -340,6 +346,7 @@ async fn terminated_backend_is_retried() {
 /// SQL that Redshift rejects or treats differently.
 #[tokio::test]
 async fn every_statement_is_redshift_safe() {
+    needs!("every_statement_is_redshift_safe": Postgres, Plugins);
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);
@@ -377,6 +384,7 @@ async fn every_statement_is_redshift_safe() {
 /// stops `weir run` with the table and column named until `apply` adds it.
 #[tokio::test]
 async fn schema_plan_and_apply() {
+    needs!("schema_plan_and_apply": Postgres, Plugins);
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_postgres_in(dir.path(), &db.url);
@@ -439,6 +447,7 @@ async fn schema_plan_and_apply() {
 /// PostgreSQL's `jsonb` rejects) dead-letters only its record, naming the table; the rest of the batch loads.
 #[tokio::test]
 async fn refused_value_dead_letters_only_its_record() {
+    needs!("refused_value_dead_letters_only_its_record": Postgres, Plugins);
     let db = TestDb::new().await;
     let tables = spec();
     let s = sink(&db).await;
@@ -559,6 +568,7 @@ async fn tls_front(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
 /// for the name on the certificate with the CA trusted, and refuses another name or an unknown CA.
 #[tokio::test]
 async fn tls_verifies_chain_and_host_name() {
+    needs!("tls_verifies_chain_and_host_name": Postgres);
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, ca) = tls_front(dir.path()).await;
@@ -610,6 +620,7 @@ async fn tls_verifies_chain_and_host_name() {
 /// (served here by a local AWS server; the database role is the `IAM:` user it returns).
 #[tokio::test]
 async fn iam_credentials_for_each_connection() {
+    needs!("iam_credentials_for_each_connection": Postgres, Aws, Plugins);
     let db = TestDb::new().await;
     let cluster = format!("weir-{}", db.name.replace('_', "-"));
     aws_sdk_redshift::Client::new(&aws_sdk().await)
@@ -676,6 +687,7 @@ async fn iam_credentials_for_each_connection() {
 /// keys that depend only on the batch, so a retry rewrites the same objects.
 #[tokio::test]
 async fn copy_stage_files_in_s3() {
+    needs!("copy_stage_files_in_s3": Aws);
     use std::io::Read;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&aws_sdk().await)
@@ -753,6 +765,7 @@ async fn copy_stage_files_in_s3() {
 /// including when a later batch updates rows in place.
 #[tokio::test]
 async fn merge_statement_mode_matches_delete_insert() {
+    needs!("merge_statement_mode_matches_delete_insert": Postgres);
     let tables = spec();
     let mut finals = Vec::new();
     for mode in [
@@ -867,6 +880,7 @@ async fn same_keys_from_concurrent_workers(
 /// worker with 23505, taken for a data error ("not reproducible record by record").
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_workers_on_the_same_keys() {
+    needs!("concurrent_workers_on_the_same_keys": Postgres, Plugins);
     for workers in [2, 4] {
         let db = TestDb::new().await;
         same_keys_from_concurrent_workers(&db, "postgres", &db.url, workers, 600).await;
@@ -878,6 +892,7 @@ async fn concurrent_workers_on_the_same_keys() {
 /// of a concurrent writer are retried with jittered backoff; every worker exits 0, the tables are exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_workers_on_the_same_keys_redshift_like() {
+    needs!("concurrent_workers_on_the_same_keys_redshift_like": Postgres, Plugins);
     let db = TestDb::new().await;
     let url = format!("{}?sslmode=disable", db.url);
     // The tables first (redshift-sim covers the tables that exist when it is installed).
@@ -903,6 +918,7 @@ async fn concurrent_workers_on_the_same_keys_redshift_like() {
 /// PostgreSQL and on SQLite; a NULL-free tie goes to the later load.
 #[tokio::test(flavor = "multi_thread")]
 async fn version_column_keeps_the_newest_version() {
+    needs!("version_column_keeps_the_newest_version": Postgres, Plugins);
     let db = TestDb::new().await;
     for sink in [
         format!("kind = \"postgres\"\nurl = \"{}\"", db.url),

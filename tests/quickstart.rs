@@ -8,6 +8,7 @@ use common::*;
 /// The quickstart run loads exactly the expected rows and accounts for every record.
 #[tokio::test]
 async fn quickstart_end_to_end() {
+    needs!("quickstart_end_to_end": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
     let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
@@ -149,6 +150,7 @@ async fn quickstart_end_to_end() {
 /// `weir plugin test` shows each outcome, checked against a configuration's tables.
 #[test]
 fn plugin_test_command() {
+    needs!("plugin_test_command": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
     let input = dir.path().join("orders.jsonl");

@@ -44,6 +44,7 @@ async fn loaded_quickstart() -> (TestDb, tempfile::TempDir, std::path::PathBuf) 
 /// A clean pipeline reconciles with every RAW record accounted for and nothing to report, on PostgreSQL.
 #[tokio::test]
 async fn clean_pipeline_reconciles_on_postgres() {
+    needs!("clean_pipeline_reconciles_on_postgres": Postgres, Plugins);
     let (_db, _dir, config) = loaded_quickstart().await;
     let (ok, report) = reconcile(&config, &[]);
     assert!(ok, "{report:#}");
@@ -75,6 +76,7 @@ async fn clean_pipeline_reconciles_on_postgres() {
 /// The embedded default (SQLite) reconciles the same way, and the text summary says so.
 #[test]
 fn clean_pipeline_reconciles_on_sqlite() {
+    needs!("clean_pipeline_reconciles_on_sqlite": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
     let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
@@ -92,6 +94,7 @@ fn clean_pipeline_reconciles_on_sqlite() {
 /// replay repairs the first two, and reconcile then reports only the missing RAW object.
 #[tokio::test]
 async fn tampering_is_found_exactly_and_replay_repairs_it() {
+    needs!("tampering_is_found_exactly_and_replay_repairs_it": Postgres, Plugins);
     let (db, dir, config) = loaded_quickstart().await;
     let client = db.client().await;
     client
@@ -207,6 +210,7 @@ async fn tampering_is_found_exactly_and_replay_repairs_it() {
 /// codes in lower case) reports exactly those differences and writes nothing.
 #[tokio::test]
 async fn shadow_run_reports_differences_and_writes_nothing() {
+    needs!("shadow_run_reports_differences_and_writes_nothing": Postgres, Plugins);
     let (db, _dir, config) = loaded_quickstart().await;
     let snapshot = || async {
         let mut all = Vec::new();
@@ -301,6 +305,7 @@ async fn shadow_run_reports_differences_and_writes_nothing() {
 /// store, after the configuration moved on to another rule.
 #[tokio::test]
 async fn recorded_rule_versions_come_from_the_plugin_store() {
+    needs!("recorded_rule_versions_come_from_the_plugin_store": Postgres, Plugins);
     let (_db, dir, config) = loaded_quickstart().await;
     let stored: Vec<_> = std::fs::read_dir(dir.path().join("out/raw/weir-plugins"))
         .unwrap()
@@ -328,6 +333,7 @@ async fn recorded_rule_versions_come_from_the_plugin_store() {
 /// Windows select RAW objects by the hour of their source time; `--batch` selects one batch.
 #[tokio::test]
 async fn windows_and_batches() {
+    needs!("windows_and_batches": Postgres, Plugins);
     let (db, _dir, config) = loaded_quickstart().await;
     let (ok, report) = reconcile(&config, &["--since", "2000-01-01", "--until", "2000-01-02"]);
     assert!(ok);
@@ -349,6 +355,7 @@ async fn windows_and_batches() {
 /// fills part of the screenshot).
 #[tokio::test]
 async fn html_report_renders_in_chromium() {
+    needs!("html_report_renders_in_chromium": Postgres, Plugins);
     let (_db, dir, config) = loaded_quickstart().await;
     let page = dir.path().join("report.html");
     let out = weir(
@@ -428,6 +435,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// no ledger row committed is skipped and listed.
 #[tokio::test]
 async fn replay_follows_the_ledger_order() {
+    needs!("replay_follows_the_ledger_order": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let mut lines: Vec<String> = (1..=15).map(|i| format!("ver:filler{i}:{i}")).collect();
     lines[7] = "ver:k:1".into();

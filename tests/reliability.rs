@@ -52,6 +52,7 @@ fn hostile_lines() -> Vec<Vec<u8>> {
 /// but declared identifiers (the hostile strings never appear in SQL text, only as bind parameters).
 #[tokio::test]
 async fn plugin_emitted_sql_names_never_reach_sql() {
+    needs!("plugin_emitted_sql_names_never_reach_sql": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
@@ -130,6 +131,7 @@ async fn plugin_emitted_sql_names_never_reach_sql() {
 /// every byte; the worker exits 0 and the weir tables are intact.
 #[tokio::test]
 async fn hostile_records_are_dead_lettered_or_stored_verbatim() {
+    needs!("hostile_records_are_dead_lettered_or_stored_verbatim": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
@@ -225,6 +227,7 @@ async fn hostile_records_are_dead_lettered_or_stored_verbatim() {
 /// values computed independently from the input; RAW holds every record; every ledger batch balances.
 #[tokio::test(flavor = "multi_thread")]
 async fn file_source_survives_random_kill_9() {
+    needs!("file_source_survives_random_kill_9": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let iterations = crash_iterations();
     let n = 300 * iterations;
@@ -327,6 +330,7 @@ async fn file_source_survives_random_kill_9() {
 /// checkpoint equals the last committed batch).
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restart_mid_run_recovers() {
+    needs!("postgres_restart_mid_run_recovers": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let Some(version) = std::fs::read_dir("/etc/postgresql").ok().and_then(|d| {
         d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -396,6 +400,7 @@ async fn postgres_restart_mid_run_recovers() {
 /// wedge the partition for good). The run summary stays bounded the same way.
 #[tokio::test(flavor = "multi_thread")]
 async fn distinct_drop_reasons_never_wedge_the_ledger() {
+    needs!("distinct_drop_reasons_never_wedge_the_ledger": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
@@ -437,6 +442,7 @@ async fn distinct_drop_reasons_never_wedge_the_ledger() {
 /// stop. Every order once, each batch once in the ledger.
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_commit_reply_is_not_a_lost_lease() {
+    needs!("lost_commit_reply_is_not_a_lost_lease": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     let target = db.host_port();
@@ -475,6 +481,7 @@ async fn lost_commit_reply_is_not_a_lost_lease() {
 /// (Without call timeouts the commit waited for ever.)
 #[tokio::test(flavor = "multi_thread")]
 async fn black_holed_database_times_out_and_recovers() {
+    needs!("black_holed_database_times_out_and_recovers": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     let target = db.host_port();
@@ -538,6 +545,7 @@ async fn black_holed_database_times_out_and_recovers() {
 /// worker gave up.)
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_are_classified_by_sqlstate_not_by_words() {
+    needs!("errors_are_classified_by_sqlstate_not_by_words": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
     db.client()
@@ -581,6 +589,7 @@ async fn errors_are_classified_by_sqlstate_not_by_words() {
 /// checkpoint and load 3 of 5 lines.
 #[tokio::test(flavor = "multi_thread")]
 async fn stdin_runs_never_resume_each_other() {
+    needs!("stdin_runs_never_resume_each_other": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = misbehave_config(dir.path(), "kind = \"sqlite\"\npath = \"weir.db\"", "", "")
         .to_string_lossy()
@@ -629,6 +638,7 @@ async fn stdin_runs_never_resume_each_other() {
 /// and loads just the new lines.
 #[tokio::test(flavor = "multi_thread")]
 async fn rewritten_file_is_refused_appended_file_resumes() {
+    needs!("rewritten_file_is_refused_appended_file_resumes": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let config = misbehave_config(dir.path(), "kind = \"sqlite\"\npath = \"weir.db\"", "", "");
     let input = dir.path().join("input.txt");

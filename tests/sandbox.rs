@@ -46,12 +46,14 @@ const INPUT: &str = "ok:1\ntrap\nok:2\nloop\nok:3\nalloc\nok:4\nbadcol\nok:5\nba
 /// Every misbehaviour of the Rust plugin is isolated to its own record, in one big batch and in small ones.
 #[tokio::test]
 async fn guilty_records_only() {
+    needs!("guilty_records_only": Plugins);
     guilty_records_only_with("misbehave", 32).await;
 }
 
 /// The same with the plugin written in Python (a larger memory cap: the interpreter itself needs ~40 MiB).
 #[tokio::test]
 async fn guilty_records_only_in_python() {
+    needs!("guilty_records_only_in_python": Plugins);
     guilty_records_only_with("misbehave-py", 128).await;
 }
 
@@ -136,6 +138,7 @@ async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
 /// again for every half of the bisection.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sleeping_rule_cannot_escape_the_deadline() {
+    needs!("a_sleeping_rule_cannot_escape_the_deadline": Plugins);
     let dir = tempfile::tempdir().unwrap();
     let mut input: Vec<String> = (0..15).map(|i| format!("ok:{i}")).collect();
     input.insert(7, "sleep:600000:slept".into());
@@ -162,6 +165,7 @@ async fn a_sleeping_rule_cannot_escape_the_deadline() {
 /// the host's clock and secure random, every delivery added rows.)
 #[tokio::test(flavor = "multi_thread")]
 async fn clocks_and_random_are_deterministic() {
+    needs!("clocks_and_random_are_deterministic": Plugins);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("input.txt"),

@@ -226,6 +226,7 @@ async fn sqlite_conformance() {
 
 #[tokio::test]
 async fn postgres_conformance() {
+    needs!("postgres_conformance": Postgres);
     let db = TestDb::new().await;
     let w = RedshiftSink::new(&db.url, RedshiftOptions::default()).unwrap();
     conformance(Arc::new(w)).await;

@@ -304,6 +304,7 @@ async fn assert_quickstart_rows(db: &TestDb) {
 /// (deleted, not redelivered), and the queue ends empty.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_to_s3_raw_to_postgres() {
+    needs!("sqs_to_s3_raw_to_postgres": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -384,6 +385,7 @@ async fn sqs_to_s3_raw_to_postgres() {
 /// the messages invisible, every message is archived and loaded once, and the queue ends empty.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_sink_causes_no_redelivery() {
+    needs!("stalled_sink_causes_no_redelivery": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -436,6 +438,7 @@ async fn stalled_sink_causes_no_redelivery() {
 /// final tables are unchanged by the replay, and the ledger shows the replayed batch. Filled by `weir produce`.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_between_commit_and_delete_replays_idempotently() {
+    needs!("crash_between_commit_and_delete_replays_idempotently": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -530,6 +533,7 @@ async fn s3_front() -> TcpFront {
 /// back it completes, with no redelivery.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_outage_deletes_nothing_and_recovers() {
+    needs!("s3_outage_deletes_nothing_and_recovers": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -577,6 +581,7 @@ async fn s3_outage_deletes_nothing_and_recovers() {
 /// A missing queue or bucket stops the worker at start with a message naming the setting.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_queue_or_bucket_is_named() {
+    needs!("missing_queue_or_bucket_is_named": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -606,6 +611,7 @@ async fn missing_queue_or_bucket_is_named() {
 /// deduplication id an attribute.
 #[tokio::test(flavor = "multi_thread")]
 async fn fifo_keeps_group_order() {
+    needs!("fifo_keeps_group_order": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -741,6 +747,7 @@ async fn assert_every_order_once(
 /// message, every queue is empty, every ledger batch balances.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_kill_9_loses_and_doubles_nothing() {
+    needs!("random_kill_9_loses_and_doubles_nothing": Postgres, Aws, Plugins);
     let _heavy = HEAVY.write().await;
     const ROUND: usize = 10;
     const PER_ROUND: usize = 300;
@@ -813,6 +820,7 @@ async fn random_kill_9_loses_and_doubles_nothing() {
 /// once with its quantities from the input, RAW holds every message, every batch balances, the queue is drained.
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_endpoint_outage_mid_run_recovers() {
+    needs!("aws_endpoint_outage_mid_run_recovers": Postgres, Aws, Plugins);
     let _heavy = HEAVY.write().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -872,6 +880,7 @@ async fn aws_endpoint_outage_mid_run_recovers() {
 /// and only then exits idle.
 #[tokio::test(flavor = "multi_thread")]
 async fn outage_is_not_idleness() {
+    needs!("outage_is_not_idleness": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
     let aws = aws().await;
     let db = TestDb::new().await;
@@ -920,6 +929,7 @@ async fn outage_is_not_idleness() {
 /// itself: every order exactly once, RAW complete, queue drained.
 #[tokio::test(flavor = "multi_thread")]
 async fn black_holed_aws_endpoint_times_out_and_recovers() {
+    needs!("black_holed_aws_endpoint_times_out_and_recovers": Postgres, Aws, Plugins);
     let _heavy = HEAVY.write().await;
     let aws = aws().await;
     let db = TestDb::new().await;

@@ -183,134 +183,13 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang) -> Result<(PathBuf, Vec<S
             root.display()
         ));
     }
-    let crate_name = name.replace('-', "_");
-    let mut files: Vec<(String, String)> = vec![("wit/rules.wit".into(), WIT.into())];
-    let commands = match lang {
-        Lang::Rust => {
-            files.extend([
-                (
-                    "Cargo.toml".into(),
-                    format!(
-                        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-weir-rule = {{ path = "sdk/weir-rule" }}
-serde_json = "1"
-
-[workspace]
-members = [".", "sdk/weir-rule"]
-
-[profile.release]
-opt-level = 3
-lto = true
-codegen-units = 1
-strip = "debuginfo"
-"#
-                    ),
-                ),
-                (
-                    "sdk/weir-rule/Cargo.toml".into(),
-                    r#"[package]
-name = "weir-rule"
-version = "0.1.0"
-edition = "2024"
-
-[dependencies]
-wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
-serde_json = { version = "1", features = ["preserve_order"] }
-"#
-                    .into(),
-                ),
-                ("sdk/weir-rule/src/lib.rs".into(), SDK_LIB.into()),
-                ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
-                ("src/lib.rs".into(), RUST_RULE.into()),
-            ]);
-            files.push((
-                "weir.toml".into(),
-                config(&format!("target/wasm32-wasip2/release/{crate_name}.wasm")),
-            ));
-            vec![
-                "rustup target add wasm32-wasip2".into(),
-                "cargo build --release --target wasm32-wasip2".into(),
-                format!(
-                    "weir plugin test target/wasm32-wasip2/release/{crate_name}.wasm --input sample.jsonl --config weir.toml"
-                ),
-            ]
-        }
-        Lang::Python => {
-            files.extend([
-                ("app.py".into(), PY_RULE.into()),
-                ("weir_rule/__init__.py".into(), PY_HELPER.into()),
-                (
-                    "build.sh".into(),
-                    format!(
-                        r#"#!/usr/bin/env sh
-# Builds {name}.wasm with componentize-py (pip install componentize-py==0.25.0) and stamps the contract version.
-set -e
-cd "$(dirname "$0")"
-componentize-py -d wit -w rule componentize app -p . -o {name}.wasm
-weir plugin stamp {name}.wasm
-"#
-                    ),
-                ),
-            ]);
-            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
-            vec![
-                "pip install componentize-py==0.25.0".into(),
-                "./build.sh".into(),
-                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
-            ]
-        }
-        Lang::Js => {
-            files.extend([
-                ("app.js".into(), JS_RULE.into()),
-                ("weir_rule.js".into(), JS_HELPER.into()),
-                ("build.mjs".into(), JS_BUILD.into()),
-                (
-                    "package.json".into(),
-                    format!(
-                        r#"{{
-  "name": "{name}",
-  "private": true,
-  "type": "module",
-  "scripts": {{ "build": "node build.mjs app.js {name}.wasm wit && weir plugin stamp {name}.wasm" }},
-  "devDependencies": {{ "@bytecodealliance/componentize-js": "0.23.0" }}
-}}
-"#
-                    ),
-                ),
-            ]);
-            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
-            vec![
-                "npm install".into(),
-                "npm run build".into(),
-                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
-            ]
-        }
-        Lang::C => {
-            files.extend([
-                ("rule.c".into(), C_RULE.into()),
-                ("weir/weir_rule.h".into(), C_HEADER.into()),
-                ("weir/weir_rule.c".into(), C_HELPER.into()),
-                ("weir/weir_json.c".into(), C_JSON.into()),
-                ("weir/build.sh".into(), C_BUILD.into()),
-            ]);
-            files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
-            vec![
-                "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32  # Debian/Ubuntu"
-                    .into(),
-                "cargo install --locked wit-bindgen-cli --version 0.61.1".into(),
-                format!("weir/build.sh {name}.wasm rule.c"),
-                format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
-            ]
-        }
+    let (mut files, commands) = match lang {
+        Lang::Rust => rust_project(name, &name.replace('-', "_")),
+        Lang::Python => python_project(name),
+        Lang::Js => js_project(name),
+        Lang::C => c_project(name),
     };
+    files.insert(0, ("wit/rules.wit".into(), WIT.into()));
     files.push(("sample.jsonl".into(), SAMPLE.into()));
     files.push((
         "README.md".into(),
@@ -336,4 +215,146 @@ weir plugin stamp {name}.wasm
         }
     }
     Ok((root, commands))
+}
+
+/// A project's files (path, text) and the commands that build and test it.
+type Files = (Vec<(String, String)>, Vec<String>);
+
+/// A Rust rule on the guest SDK, built with cargo for `wasm32-wasip2`. Returns its files and the commands that build and test it.
+fn rust_project(name: &str, crate_name: &str) -> Files {
+    let mut files: Vec<(String, String)> = Vec::new();
+    files.extend([
+        (
+            "Cargo.toml".into(),
+            format!(
+                r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+weir-rule = {{ path = "sdk/weir-rule" }}
+serde_json = "1"
+
+[workspace]
+members = [".", "sdk/weir-rule"]
+
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+strip = "debuginfo"
+"#
+            ),
+        ),
+        (
+            "sdk/weir-rule/Cargo.toml".into(),
+            r#"[package]
+name = "weir-rule"
+version = "0.1.0"
+edition = "2024"
+
+[dependencies]
+wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
+serde_json = { version = "1", features = ["preserve_order"] }
+"#
+            .into(),
+        ),
+        ("sdk/weir-rule/src/lib.rs".into(), SDK_LIB.into()),
+        ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
+        ("src/lib.rs".into(), RUST_RULE.into()),
+    ]);
+    files.push((
+        "weir.toml".into(),
+        config(&format!("target/wasm32-wasip2/release/{crate_name}.wasm")),
+    ));
+    let commands = vec![
+        "rustup target add wasm32-wasip2".into(),
+        "cargo build --release --target wasm32-wasip2".into(),
+        format!(
+            "weir plugin test target/wasm32-wasip2/release/{crate_name}.wasm --input sample.jsonl --config weir.toml"
+        ),
+    ];
+    (files, commands)
+}
+
+/// A Python rule, built with componentize-py. Returns its files and the commands that build and test it.
+fn python_project(name: &str) -> Files {
+    let mut files: Vec<(String, String)> = Vec::new();
+    files.extend([
+        ("app.py".into(), PY_RULE.into()),
+        ("weir_rule/__init__.py".into(), PY_HELPER.into()),
+        (
+            "build.sh".into(),
+            format!(
+                r#"#!/usr/bin/env sh
+# Builds {name}.wasm with componentize-py (pip install componentize-py==0.25.0) and stamps the contract version.
+set -e
+cd "$(dirname "$0")"
+componentize-py -d wit -w rule componentize app -p . -o {name}.wasm
+weir plugin stamp {name}.wasm
+"#
+            ),
+        ),
+    ]);
+    files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+    let commands = vec![
+        "pip install componentize-py==0.25.0".into(),
+        "./build.sh".into(),
+        format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+    ];
+    (files, commands)
+}
+
+/// A JavaScript rule, built with componentize-js. Returns its files and the commands that build and test it.
+fn js_project(name: &str) -> Files {
+    let mut files: Vec<(String, String)> = Vec::new();
+    files.extend([
+        ("app.js".into(), JS_RULE.into()),
+        ("weir_rule.js".into(), JS_HELPER.into()),
+        ("build.mjs".into(), JS_BUILD.into()),
+        (
+            "package.json".into(),
+            format!(
+                r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "scripts": {{ "build": "node build.mjs app.js {name}.wasm wit && weir plugin stamp {name}.wasm" }},
+  "devDependencies": {{ "@bytecodealliance/componentize-js": "0.23.0" }}
+}}
+"#
+            ),
+        ),
+    ]);
+    files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+    let commands = vec![
+        "npm install".into(),
+        "npm run build".into(),
+        format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+    ];
+    (files, commands)
+}
+
+/// A C rule, built with clang for `wasm32-wasip2` and wit-bindgen's C bindings. Returns its files and the commands that build and test it.
+fn c_project(name: &str) -> Files {
+    let mut files: Vec<(String, String)> = Vec::new();
+    files.extend([
+        ("rule.c".into(), C_RULE.into()),
+        ("weir/weir_rule.h".into(), C_HEADER.into()),
+        ("weir/weir_rule.c".into(), C_HELPER.into()),
+        ("weir/weir_json.c".into(), C_JSON.into()),
+        ("weir/build.sh".into(), C_BUILD.into()),
+    ]);
+    files.push(("weir.toml".into(), config(&format!("{name}.wasm"))));
+    let commands = vec![
+        "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32  # Debian/Ubuntu".into(),
+        "cargo install --locked wit-bindgen-cli --version 0.61.1".into(),
+        format!("weir/build.sh {name}.wasm rule.c"),
+        format!("weir plugin test {name}.wasm --input sample.jsonl --config weir.toml"),
+    ];
+    (files, commands)
 }

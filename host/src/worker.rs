@@ -32,6 +32,9 @@ pub enum WorkerError {
     #[cfg(feature = "kinesis")]
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    /// The configuration does not hold (for a `Loaded` built without `config::load`'s checks).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The rule could not be kept in the plugin store (`[rule] store`).
     #[error(
         "{0}; reconcile needs every rule version that loads data: fix [rule] store or its permissions"
@@ -401,10 +404,10 @@ async fn run_pipeline(
             reader: crate::source::kinesis::ShardOptions {
                 stream: stream.clone(),
                 shard: String::new(),
-                initial: crate::fleet::initial_position(
-                    initial_position,
-                    initial_timestamp.as_deref(),
-                ),
+                initial: crate::config::InitialPosition::from_config(
+                    *initial_position,
+                    *initial_timestamp,
+                )?,
                 max_records_per_call: *max_records_per_call,
                 poll: Duration::from_millis(*poll_ms),
                 idle_exit: idle_exit_secs.map(Duration::from_secs),

@@ -990,3 +990,92 @@ pub fn mem_batch(prev: &str, first: usize, n: usize) -> weir::record::Batch {
         received_us: Vec::new(),
     }
 }
+
+/// A service (or build product) a test needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    /// PostgreSQL at `WEIR_PG_ADMIN_URL`.
+    Postgres,
+    /// The local AWS-protocol server (S3, SQS, DynamoDB, Redshift control plane) at `WEIR_AWS_ENDPOINT`.
+    Aws,
+    /// kinesalite at `WEIR_KINESIS_ENDPOINT`.
+    Kinesis,
+    /// A MongoDB-protocol server at `MONGODB_URI`.
+    Mongo,
+    /// The rule components in `plugins/dist/` (scripts/build-plugins.sh).
+    Plugins,
+}
+
+impl Service {
+    /// Where the service is expected, and whether something answers there.
+    fn probe(self) -> (String, bool) {
+        let reachable = |url: &str| {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let host_part = rest.split(['/', '?']).next().unwrap_or(rest);
+            let host_port = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
+            use std::net::ToSocketAddrs;
+            host_port
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
+                        .is_ok()
+                })
+        };
+        let url = match self {
+            Service::Postgres => admin_url(),
+            Service::Aws => aws_endpoint(),
+            Service::Kinesis => std::env::var("WEIR_KINESIS_ENDPOINT")
+                .unwrap_or_else(|_| "http://127.0.0.1:4567".into()),
+            Service::Mongo => {
+                std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/".into())
+            }
+            Service::Plugins => {
+                let dist = root().join("plugins/dist");
+                let built = std::fs::read_dir(&dist).is_ok_and(|mut d| d.next().is_some());
+                return (dist.display().to_string(), built);
+            }
+        };
+        let up = reachable(&url);
+        (url, up)
+    }
+}
+
+/// Whether every service `needs` lists is there. Without one, the test is skipped with a message naming it,
+/// unless `WEIR_REQUIRE_SERVICES=1` (scripts/test.sh and CI set it), where a missing service fails the test.
+pub fn available(test: &str, needs: &[Service]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .filter_map(|s| {
+            let (at, up) = s.probe();
+            (!up).then(|| format!("{s:?} ({at})"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "{test}: needs {}; start them with `eval \"$(scripts/services.sh)\"` and build the plugins with \
+         scripts/build-plugins.sh, or run scripts/test.sh",
+        missing.join(", ")
+    );
+    if std::env::var("WEIR_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED {message}");
+    false
+}
+
+/// Returns from the test (skipped, with a message) unless the services it names are there.
+#[macro_export]
+macro_rules! needs {
+    ($test:literal: $($service:ident),+) => {
+        if !common::available(
+            concat!(module_path!(), "::", $test),
+            &[$(common::Service::$service),+],
+        ) {
+            return;
+        }
+    };
+}

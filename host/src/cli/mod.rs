@@ -299,20 +299,14 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
             html,
             max_differences,
         } => {
+            // A dry run is a shadow reconcile with the replay's rule (by default the configured one).
             let plugin = plugin.unwrap_or_else(|| {
                 config::load(&config)
                     .map(|l| l.config.rule.plugin)
                     .unwrap_or_default()
             });
-            reconcile(
-                &config,
-                &window,
-                Some(&plugin),
-                json,
-                html.as_deref(),
-                max_differences,
-            )
-            .await
+            let html = html.as_deref();
+            reconcile(&config, &window, Some(&plugin), json, html, max_differences).await
         }
         Command::Replay {
             config,
@@ -328,30 +322,6 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
             };
             schema(&config, apply).await
         }
-        Command::Plugin {
-            command:
-                PluginCommand::Test {
-                    plugin,
-                    input,
-                    config,
-                    settings,
-                    json,
-                },
-        } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
-        Command::Plugin {
-            command:
-                PluginCommand::Bench {
-                    plugin,
-                    input,
-                    config,
-                    secs,
-                },
-        } => plugin_bench(&plugin, &input, config.as_deref(), secs).await,
-        Command::Plugin {
-            command: PluginCommand::New { name, lang, dir },
-        } => plugin_new(&name, lang, &dir),
-        Command::Plugin {
-            command: PluginCommand::Stamp { plugin },
-        } => plugin_stamp(&plugin),
+        Command::Plugin { command } => plugin(command).await,
     }
 }

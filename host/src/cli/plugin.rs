@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// Runs one `weir plugin` subcommand.
+pub(crate) async fn plugin(command: PluginCommand) -> Result<ExitCode> {
+    match command {
+        PluginCommand::Test {
+            plugin,
+            input,
+            config,
+            settings,
+            json,
+        } => plugin_test(&plugin, &input, config.as_deref(), settings, json).await,
+        PluginCommand::Bench {
+            plugin,
+            input,
+            config,
+            secs,
+        } => plugin_bench(&plugin, &input, config.as_deref(), secs).await,
+        PluginCommand::New { name, lang, dir } => plugin_new(&name, lang, &dir),
+        PluginCommand::Stamp { plugin } => plugin_stamp(&plugin),
+    }
+}
+
 /// The rule limits and settings of an optional configuration (defaults: 64 MiB, 2 s).
 pub(super) fn rule_setup(loaded: Option<&config::Loaded>) -> (RuleLimits, Vec<(String, String)>) {
     let mut limits = RuleLimits {

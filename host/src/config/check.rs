@@ -179,6 +179,18 @@ fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSp
             "no columns; declare `columns = { name = \"type\" }`",
         ));
     }
+    let columns = check_columns(&at, t)?;
+    check_keys(&at, t, &columns)?;
+    check_version(&at, t, &columns)?;
+    let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
+        .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
+    spec.version_column = t.version_column.clone();
+    check_encodings(&at, t, &mut spec)?;
+    Ok(spec)
+}
+
+/// The declared columns, each name an identifier and each type one weir knows.
+fn check_columns(at: &str, t: &TableConfig) -> Result<Vec<(String, ColumnType)>, ConfigError> {
     let mut columns = Vec::new();
     for (name, ty) in &t.columns {
         let field = format!("{at}.columns.{name}");
@@ -191,6 +203,15 @@ fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSp
             .map_err(|m: String| ConfigError::field(&field, m))?;
         columns.push((name.clone(), ty));
     }
+    Ok(columns)
+}
+
+/// The primary key, distkey and sortkey name declared columns.
+fn check_keys(
+    at: &str,
+    t: &TableConfig,
+    columns: &[(String, ColumnType)],
+) -> Result<(), ConfigError> {
     if t.primary_key.is_empty() {
         return Err(ConfigError::field(
             format!("{at}.primary_key"),
@@ -217,6 +238,15 @@ fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSp
             ));
         }
     }
+    Ok(())
+}
+
+/// The version column is declared, can be ordered, and is not part of the key.
+fn check_version(
+    at: &str,
+    t: &TableConfig,
+    columns: &[(String, ColumnType)],
+) -> Result<(), ConfigError> {
     if let Some(v) = &t.version_column {
         let field = format!("{at}.version_column");
         match columns.iter().find(|(c, _)| c == v) {
@@ -247,9 +277,11 @@ fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSp
             Some(_) => {}
         }
     }
-    let mut spec = TableSpec::new(t.name.clone(), columns, t.primary_key.clone())
-        .with_redshift_keys(t.distkey.clone(), t.sortkey.clone());
-    spec.version_column = t.version_column.clone();
+    Ok(())
+}
+
+/// Every column encoding names a declared column and one of Redshift's encodings.
+fn check_encodings(at: &str, t: &TableConfig, spec: &mut TableSpec) -> Result<(), ConfigError> {
     const ENCODINGS: [&str; 13] = [
         "raw",
         "az64",
@@ -284,7 +316,7 @@ fn check_table(specs: &[TableSpec], i: usize, t: &TableConfig) -> Result<TableSp
         }
         spec.encode.push((column.clone(), encoding.clone()));
     }
-    Ok(spec)
+    Ok(())
 }
 
 /// The message for a backend this build of weir was compiled without.

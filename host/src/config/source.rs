@@ -44,11 +44,11 @@ pub enum SourceConfig {
         stream: String,
         /// Where a shard without checkpoint starts: `"trim_horizon"` (oldest kept), `"latest"` or
         /// `"at_timestamp"` (with `initial_timestamp`). Default `"trim_horizon"`.
-        #[serde(default = "default_initial_position")]
-        initial_position: String,
+        #[serde(default)]
+        initial_position: StartAt,
         /// For `at_timestamp`: an RFC 3339 time, e.g. `2026-11-21T00:00:00Z`.
         #[serde(default)]
-        initial_timestamp: Option<String>,
+        initial_timestamp: Option<Rfc3339>,
         /// Most records per `GetRecords` call (1–10000). Default 10000.
         #[serde(default = "default_max_records_per_call")]
         max_records_per_call: i32,
@@ -71,8 +71,75 @@ pub enum SourceConfig {
     },
 }
 
-pub(super) fn default_initial_position() -> String {
-    "trim_horizon".into()
+/// `initial_position` of a Kinesis source: where a shard without checkpoint starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// The oldest record the stream keeps (the default).
+    #[default]
+    TrimHorizon,
+    /// Only records written after the shard is first opened.
+    Latest,
+    /// Records written at or after `initial_timestamp`.
+    AtTimestamp,
+}
+
+/// An RFC 3339 time in a config file, e.g. `2026-11-21T00:00:00Z`, parsed once, as milliseconds since the
+/// epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339 {
+    /// Milliseconds since the Unix epoch.
+    pub ms: i64,
+}
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .map(|t| Rfc3339 {
+                ms: t.timestamp_millis(),
+            })
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"
+                ))
+            })
+    }
+}
+
+/// Where a Kinesis shard without checkpoint starts, `initial_position` and `initial_timestamp` taken
+/// together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Only records written after the reader starts.
+    Latest,
+    /// Records written at or after this time (ms since the epoch).
+    AtTimestamp(i64),
+}
+
+impl InitialPosition {
+    /// Pairs `initial_position` with `initial_timestamp`: a timestamp exactly when the position is
+    /// `at_timestamp`.
+    pub fn from_config(
+        position: StartAt,
+        timestamp: Option<Rfc3339>,
+    ) -> Result<InitialPosition, ConfigError> {
+        match (position, timestamp) {
+            (StartAt::TrimHorizon, None) => Ok(InitialPosition::TrimHorizon),
+            (StartAt::Latest, None) => Ok(InitialPosition::Latest),
+            (StartAt::AtTimestamp, Some(t)) => Ok(InitialPosition::AtTimestamp(t.ms)),
+            (StartAt::AtTimestamp, None) => Err(ConfigError::field(
+                "source.initial_timestamp",
+                "missing; `initial_position = \"at_timestamp\"` needs it",
+            )),
+            (_, Some(_)) => Err(ConfigError::field(
+                "source.initial_timestamp",
+                "only used with `initial_position = \"at_timestamp\"`; remove it",
+            )),
+        }
+    }
 }
 
 pub(super) fn default_max_records_per_call() -> i32 {
@@ -232,35 +299,7 @@ fn check_kinesis(source: &SourceConfig) -> Result<(), ConfigError> {
             "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
         ));
     }
-    match (initial_position.as_str(), initial_timestamp) {
-        ("trim_horizon" | "latest", None) => {}
-        ("at_timestamp", Some(t)) => {
-            if chrono::DateTime::parse_from_rfc3339(t).is_err() {
-                return Err(ConfigError::field(
-                    "source.initial_timestamp",
-                    format!("`{t}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"),
-                ));
-            }
-        }
-        ("at_timestamp", None) => {
-            return Err(ConfigError::field(
-                "source.initial_timestamp",
-                "missing; `initial_position = \"at_timestamp\"` needs it",
-            ));
-        }
-        ("trim_horizon" | "latest", Some(_)) => {
-            return Err(ConfigError::field(
-                "source.initial_timestamp",
-                "only used with `initial_position = \"at_timestamp\"`; remove it",
-            ));
-        }
-        (other, _) => {
-            return Err(ConfigError::field(
-                "source.initial_position",
-                format!("`{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""),
-            ));
-        }
-    }
+    InitialPosition::from_config(*initial_position, *initial_timestamp)?;
     if !(1..=10_000).contains(max_records_per_call) {
         return Err(ConfigError::field(
             "source.max_records_per_call",

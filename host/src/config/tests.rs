@@ -169,3 +169,57 @@ fn interpolation() {
     );
     assert!(interpolate("${A", "f", &e).is_err());
 }
+
+/// `initial_position` and `initial_timestamp` parse into one start, or fail naming the field to fix.
+#[test]
+fn kinesis_initial_position() {
+    let kinesis = |extra: &str| {
+        let source = format!("kind = \"kinesis\"\nstream = \"orders\"\n{extra}");
+        let text = GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &source);
+        parse(&text, Path::new("/base"), Path::new("t.toml"), &env)
+    };
+    let start = |extra: &str| match kinesis(extra).unwrap().config.source {
+        SourceConfig::Kinesis {
+            initial_position,
+            initial_timestamp,
+            ..
+        } => InitialPosition::from_config(initial_position, initial_timestamp).unwrap(),
+        _ => panic!("kinesis source expected"),
+    };
+    assert_eq!(start(""), InitialPosition::TrimHorizon);
+    assert_eq!(
+        start("initial_position = \"latest\""),
+        InitialPosition::Latest
+    );
+    assert_eq!(
+        start(
+            "initial_position = \"at_timestamp\"\ninitial_timestamp = \"1970-01-01T00:00:01.5Z\""
+        ),
+        InitialPosition::AtTimestamp(1500)
+    );
+    for (extra, field, says) in [
+        (
+            "initial_position = \"oldest\"",
+            "initial_position",
+            "trim_horizon",
+        ),
+        (
+            "initial_position = \"at_timestamp\"",
+            "source.initial_timestamp",
+            "missing",
+        ),
+        (
+            "initial_position = \"at_timestamp\"\ninitial_timestamp = \"yesterday\"",
+            "initial_timestamp",
+            "not an RFC 3339 time",
+        ),
+        (
+            "initial_timestamp = \"2026-11-21T00:00:00Z\"",
+            "source.initial_timestamp",
+            "remove it",
+        ),
+    ] {
+        let e = kinesis(extra).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+    }
+}

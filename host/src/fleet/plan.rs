@@ -131,16 +131,3 @@ pub fn start_of(
         _ => Start::Checkpoint,
     }
 }
-
-/// Parses `initial_position` / `initial_timestamp` (checked by the config already).
-pub fn initial_position(position: &str, timestamp: Option<&str>) -> InitialPosition {
-    match (position, timestamp) {
-        ("latest", _) => InitialPosition::Latest,
-        ("at_timestamp", Some(t)) => InitialPosition::AtTimestamp(
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|d| d.timestamp_millis())
-                .unwrap_or(0),
-        ),
-        _ => InitialPosition::TrimHorizon,
-    }
-}

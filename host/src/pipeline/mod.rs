@@ -153,41 +153,9 @@ impl Pipeline {
             max_rows_per_record,
             rule_instances,
         } = stages;
-        let source_name = source.source().to_string();
-        let partition = source.partition().to_string();
-        let position = if source.ordered() {
-            retrying(&retry, "read checkpoint", || {
-                coordinator.checkpoint(&source_name, &partition)
-            })
-            .await
-            .map_err(|(attempts, e)| PipelineError::Sink {
-                batch: "(checkpoint)".into(),
-                attempts,
-                source: e,
-            })?
-        } else {
-            String::new()
-        };
-        if let Some(fingerprint) = source.fingerprint() {
-            let row = crate::source::fingerprint_partition(&partition);
-            let stored =
-                fingerprint_io(&retry, || coordinator.checkpoint(&source_name, &row)).await?;
-            if !position.is_empty() && !stored.is_empty() && !source.same_input(&stored) {
-                return Err(PipelineError::InputChanged {
-                    source_name,
-                    partition,
-                    position,
-                });
-            }
-            if stored != fingerprint {
-                fingerprint_io(&retry, || {
-                    coordinator.set_checkpoint(&source_name, &row, &stored, &fingerprint)
-                })
-                .await?;
-            }
-        }
+        let position = start_position(source.as_mut(), coordinator.as_ref(), &retry).await?;
         source.seek(&position).await?;
-        tracing::info!(source = %source_name, partition = %partition, checkpoint = %position, "starting");
+        tracing::info!(source = %source.source(), partition = %source.partition(), checkpoint = %position, "starting");
 
         let depth = batch.queue_depth;
         let (to_raw, from_batcher) = mpsc::channel::<Batch>(depth);
@@ -277,6 +245,48 @@ impl Drop for StageTasks {
             task.abort();
         }
     }
+}
+
+/// Where the partition starts: its checkpoint (ordered sources), after checking that the input a
+/// fingerprinted source reads is the one the checkpoint was taken on.
+async fn start_position(
+    source: &mut dyn Source,
+    coordinator: &dyn Coordinator,
+    retry: &RetryConfig,
+) -> Result<String, PipelineError> {
+    let source_name = source.source().to_string();
+    let partition = source.partition().to_string();
+    let position = if source.ordered() {
+        retrying(retry, "read checkpoint", || {
+            coordinator.checkpoint(&source_name, &partition)
+        })
+        .await
+        .map_err(|(attempts, e)| PipelineError::Sink {
+            batch: "(checkpoint)".into(),
+            attempts,
+            source: e,
+        })?
+    } else {
+        String::new()
+    };
+    if let Some(fingerprint) = source.fingerprint() {
+        let row = crate::source::fingerprint_partition(&partition);
+        let stored = fingerprint_io(retry, || coordinator.checkpoint(&source_name, &row)).await?;
+        if !position.is_empty() && !stored.is_empty() && !source.same_input(&stored) {
+            return Err(PipelineError::InputChanged {
+                source_name,
+                partition,
+                position,
+            });
+        }
+        if stored != fingerprint {
+            fingerprint_io(retry, || {
+                coordinator.set_checkpoint(&source_name, &row, &stored, &fingerprint)
+            })
+            .await?;
+        }
+    }
+    Ok(position)
 }
 
 /// Reads or writes the input fingerprint kept beside a checkpoint (refusing to resume a checkpoint on other

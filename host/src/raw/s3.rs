@@ -143,56 +143,7 @@ impl S3Raw {
             .upload_id()
             .ok_or_else(|| self.io(format!("multipart upload of {key}: no upload id")))?
             .to_string();
-        let result = async {
-            let mut parts = Vec::new();
-            for (i, chunk) in body.chunks(self.options.part_size_bytes).enumerate() {
-                let number = i as i32 + 1;
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.options.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(chunk.to_vec()))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        self.io(format!(
-                            "part {number} of {key}: {}",
-                            crate::aws::sdk_error(&e)
-                        ))
-                    })?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(part.e_tag().map(str::to_string))
-                        .set_checksum_crc32(part.checksum_crc32().map(str::to_string))
-                        .set_checksum_crc32_c(part.checksum_crc32_c().map(str::to_string))
-                        .build(),
-                );
-            }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.options.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| {
-                    self.io(format!(
-                        "complete multipart upload of {key}: {}",
-                        crate::aws::sdk_error(&e)
-                    ))
-                })?;
-            Ok(())
-        }
-        .await;
+        let result = self.upload_parts(key, &body, &upload_id).await;
         if result.is_err() {
             // Best effort: the failure itself is what the caller retries.
             let _ = self
@@ -205,6 +156,57 @@ impl S3Raw {
                 .await;
         }
         result
+    }
+
+    /// Uploads the parts of a started multipart upload and completes it.
+    async fn upload_parts(&self, key: &str, body: &[u8], upload_id: &str) -> Result<(), RawError> {
+        let mut parts = Vec::new();
+        for (i, chunk) in body.chunks(self.options.part_size_bytes).enumerate() {
+            let number = i as i32 + 1;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.options.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    self.io(format!(
+                        "part {number} of {key}: {}",
+                        crate::aws::sdk_error(&e)
+                    ))
+                })?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .set_checksum_crc32(part.checksum_crc32().map(str::to_string))
+                    .set_checksum_crc32_c(part.checksum_crc32_c().map(str::to_string))
+                    .build(),
+            );
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.options.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                self.io(format!(
+                    "complete multipart upload of {key}: {}",
+                    crate::aws::sdk_error(&e)
+                ))
+            })?;
+        Ok(())
     }
 }
 

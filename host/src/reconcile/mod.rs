@@ -120,57 +120,7 @@ pub async fn reconcile(run: &Run<'_>, mode: Mode) -> Result<Report, ReconcileErr
                 .is_some_and(|l| l.iter().any(|l| &l.batch_id == batch))
         });
     }
-    let listed: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    // Ledger batches of the window whose RAW object is gone: their rows are orphans.
-    let mut gone: Vec<&LedgerRow> = ledger
-        .iter()
-        .flat_map(|(k, l)| l.iter().map(move |l| (k, l)))
-        .filter(|(k, l)| {
-            !listed.contains(k.as_str())
-                && match &run.window.batch {
-                    Some(b) => &l.batch_id == b,
-                    None => run
-                        .window
-                        .has_key(k)
-                        .unwrap_or(run.window.since_ms.is_none() && run.window.until_ms.is_none()),
-                }
-        })
-        .map(|(_, l)| l)
-        .collect();
-    gone.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
-    for l in &gone {
-        if run.raw.exists(object_of(&l.raw_ref)).await? {
-            continue; // outside a listing window (MongoDB) but present
-        }
-        let ids = vec![l.batch_id.clone()];
-        let mut orphan_rows = 0;
-        for spec in run.tables {
-            let rows = run
-                .reader
-                .stored_rows(spec, &RowFilter::BatchIds(ids.clone()))
-                .await?;
-            orphan_rows += rows.len();
-            for row in rows {
-                let cells = stored_canonical(spec, &row);
-                note(
-                    &mut report.differences,
-                    &mut report.difference_counts,
-                    run.max_differences,
-                    Difference::row(
-                        &row.record_id,
-                        spec,
-                        &key_of(spec, &cells),
-                        DifferenceKind::Orphan,
-                    ),
-                );
-            }
-        }
-        report.missing_raw_objects.push(MissingRaw {
-            batch_id: l.batch_id.clone(),
-            object: object_of(&l.raw_ref).to_string(),
-            orphan_rows,
-        });
-    }
+    note_gone_objects(run, &ledger, &keys, &mut report).await?;
     if run.window.batch.is_none()
         && run.window.since_ms.is_none()
         && run.window.until_ms.is_none()
@@ -213,6 +163,66 @@ pub async fn reconcile(run: &Run<'_>, mode: Mode) -> Result<Report, ReconcileErr
     report.missing_rules = missing_rules.into_iter().collect();
     report.missing_rules.sort();
     Ok(report)
+}
+
+/// Ledger batches of the window whose RAW object is gone: their rows are listed as orphans.
+async fn note_gone_objects(
+    run: &Run<'_>,
+    ledger: &HashMap<String, Vec<LedgerRow>>,
+    keys: &[String],
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let listed: HashSet<&str> = keys.iter().map(String::as_str).collect();
+    let mut gone: Vec<&LedgerRow> = ledger
+        .iter()
+        .flat_map(|(k, l)| l.iter().map(move |l| (k, l)))
+        .filter(|(k, l)| {
+            !listed.contains(k.as_str())
+                && match &run.window.batch {
+                    Some(b) => &l.batch_id == b,
+                    None => run
+                        .window
+                        .has_key(k)
+                        .unwrap_or(run.window.since_ms.is_none() && run.window.until_ms.is_none()),
+                }
+        })
+        .map(|(_, l)| l)
+        .collect();
+    gone.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
+    for l in gone {
+        if run.raw.exists(object_of(&l.raw_ref)).await? {
+            continue; // outside a listing window (MongoDB) but present
+        }
+        let ids = vec![l.batch_id.clone()];
+        let mut orphan_rows = 0;
+        for spec in run.tables {
+            let rows = run
+                .reader
+                .stored_rows(spec, &RowFilter::BatchIds(ids.clone()))
+                .await?;
+            orphan_rows += rows.len();
+            for row in rows {
+                let cells = stored_canonical(spec, &row);
+                note(
+                    &mut report.differences,
+                    &mut report.difference_counts,
+                    run.max_differences,
+                    Difference::row(
+                        &row.record_id,
+                        spec,
+                        &key_of(spec, &cells),
+                        DifferenceKind::Orphan,
+                    ),
+                );
+            }
+        }
+        report.missing_raw_objects.push(MissingRaw {
+            batch_id: l.batch_id.clone(),
+            object: object_of(&l.raw_ref).to_string(),
+            orphan_rows,
+        });
+    }
+    Ok(())
 }
 
 fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {

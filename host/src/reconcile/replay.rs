@@ -24,6 +24,29 @@ pub async fn replay(
     rule: Arc<RulePlugin>,
     retry: &crate::config::RetryConfig,
 ) -> Result<Replayed, ReconcileError> {
+    let (keys, uncommitted, ledger) = replay_order(run).await?;
+    let run_id = crate::record::wall_clock_us() / 1000;
+    let bar = progress_bar(run.progress, keys.len() as u64);
+    let (mut objects, mut records) = (0, 0);
+    for key in keys {
+        let first = ledger.get(&key).and_then(|l| l.first());
+        records += replay_object(run, &rule, retry, &key, first, run_id).await?;
+        objects += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Replayed {
+        objects,
+        records,
+        uncommitted,
+    })
+}
+
+/// The ledger by RAW object, the window's committed objects in the order they first committed, and the
+/// objects of the window no ledger row committed.
+async fn replay_order(
+    run: &Run<'_>,
+) -> Result<(Vec<String>, Vec<String>, HashMap<String, Vec<LedgerRow>>), ReconcileError> {
     let ledger_rows = run.reader.ledger().await?;
     let mut committed_at: HashMap<String, usize> = HashMap::new();
     let mut ledger: HashMap<String, Vec<LedgerRow>> = HashMap::new();
@@ -43,77 +66,75 @@ pub async fn replay(
     let (mut keys, uncommitted): (Vec<String>, Vec<String>) =
         keys.into_iter().partition(|k| committed_at.contains_key(k));
     keys.sort_by_key(|k| committed_at[k]);
-    let run_id = crate::record::wall_clock_us() / 1000;
+    Ok((keys, uncommitted, ledger))
+}
+
+/// Re-runs the rule over one RAW object and commits it as a new unordered batch; returns its record count.
+async fn replay_object(
+    run: &Run<'_>,
+    rule: &Arc<RulePlugin>,
+    retry: &crate::config::RetryConfig,
+    key: &str,
+    first: Option<&LedgerRow>,
+    run_id: i64,
+) -> Result<usize, ReconcileError> {
     let instances = run.rule_instances;
-    let bar = progress_bar(run.progress, keys.len() as u64);
-    let (mut objects, mut records) = (0, 0);
-    for key in keys {
-        let lines = run.raw.get(&key).await?;
-        let first = ledger.get(&key).and_then(|l| l.first());
-        let (source, partition) = match first {
-            Some(l) => (l.source.clone(), l.partition.clone()),
-            None => partition_of_key(&key),
-        };
-        let original = first
-            .map(|l| l.batch_id.clone())
-            .unwrap_or_else(|| key.clone());
-        let mut batch = crate::record::Batch {
-            id: format!("replay-{run_id}/{original}"),
-            source,
-            partition,
-            prev_position: String::new(),
-            ordered: false,
-            positions: lines.iter().map(|l| l.position.clone()).collect(),
-            records: lines.iter().map(source_record).collect(),
-            bytes: 0,
-            started: std::time::Instant::now(),
-            received_us: Vec::new(),
-        };
-        batch.bytes = batch.records.iter().map(|r| r.payload.len()).sum();
-        let raw_refs: Vec<String> = (1..=lines.len()).map(|n| format!("{key}#{n}")).collect();
-        let tables = run.tables.to_vec();
-        let max_rows = run.max_rows;
-        let r = rule.clone();
-        let (batch, mut outcomes) = tokio::task::spawn_blocking(move || {
-            let o = crate::rules::validate::run_checked(
-                &r,
-                &batch.id,
-                &batch.records,
-                &tables,
-                max_rows,
-                instances,
-            );
-            (batch, o)
-        })
-        .await
-        .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))?;
-        loop {
-            let load = crate::sink::Load {
-                batch: &batch,
-                raw_refs: &raw_refs,
-                outcomes: &outcomes,
-                tables: run.tables,
-                rule_digest: rule.digest(),
-                loaded_at_us: crate::record::wall_clock_us(),
-            };
-            match crate::retry::retrying(retry, "replay commit", || run.sink.commit(&load)).await {
-                Ok(_) => break,
-                Err((_, SinkError::Rejected(refused))) => {
-                    for (i, reason) in refused {
-                        outcomes[i] = RecordOutcome::Reject(validate::RejectStage::Sink, reason);
-                    }
-                }
-                Err((_, e)) => return Err(e.into()),
-            }
-        }
-        objects += 1;
-        records += lines.len();
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(Replayed {
-        objects,
-        records,
-        uncommitted,
+    let lines = run.raw.get(key).await?;
+    let (source, partition) = match first {
+        Some(l) => (l.source.clone(), l.partition.clone()),
+        None => partition_of_key(key),
+    };
+    let original = first
+        .map(|l| l.batch_id.clone())
+        .unwrap_or_else(|| key.to_string());
+    let mut batch = crate::record::Batch {
+        id: format!("replay-{run_id}/{original}"),
+        source,
+        partition,
+        prev_position: String::new(),
+        ordered: false,
+        positions: lines.iter().map(|l| l.position.clone()).collect(),
+        records: lines.iter().map(source_record).collect(),
+        bytes: 0,
+        started: std::time::Instant::now(),
+        received_us: Vec::new(),
+    };
+    batch.bytes = batch.records.iter().map(|r| r.payload.len()).sum();
+    let raw_refs: Vec<String> = (1..=lines.len()).map(|n| format!("{key}#{n}")).collect();
+    let tables = run.tables.to_vec();
+    let max_rows = run.max_rows;
+    let r = rule.clone();
+    let (batch, mut outcomes) = tokio::task::spawn_blocking(move || {
+        let o = crate::rules::validate::run_checked(
+            &r,
+            &batch.id,
+            &batch.records,
+            &tables,
+            max_rows,
+            instances,
+        );
+        (batch, o)
     })
+    .await
+    .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))?;
+    loop {
+        let load = crate::sink::Load {
+            batch: &batch,
+            raw_refs: &raw_refs,
+            outcomes: &outcomes,
+            tables: run.tables,
+            rule_digest: rule.digest(),
+            loaded_at_us: crate::record::wall_clock_us(),
+        };
+        match crate::retry::retrying(retry, "replay commit", || run.sink.commit(&load)).await {
+            Ok(_) => break,
+            Err((_, SinkError::Rejected(refused))) => {
+                for (i, reason) in refused {
+                    outcomes[i] = RecordOutcome::Reject(validate::RejectStage::Sink, reason);
+                }
+            }
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+    Ok(lines.len())
 }

@@ -193,6 +193,24 @@ impl Report {
             "orphans",
             "drift"
         );
+        self.render_partitions(&mut s);
+        self.render_notes(&mut s);
+        self.render_differences(&mut s);
+        let _ = writeln!(
+            s,
+            "{} problems",
+            if self.problems() == 0 {
+                "no".to_string()
+            } else {
+                self.problems().to_string()
+            }
+        );
+        s
+    }
+
+    /// One line per partition, then its rows per table and its drop and reject reasons.
+    fn render_partitions(&self, s: &mut String) {
+        use std::fmt::Write;
         for (name, p) in &self.partitions {
             let _ = writeln!(
                 s,
@@ -218,6 +236,11 @@ impl Report {
                 let _ = writeln!(s, "    rejected {n}: {reason}");
             }
         }
+    }
+
+    /// What could not be compared: missing RAW objects, rows without a batch, missing rules, unaccounted records.
+    fn render_notes(&self, s: &mut String) {
+        use std::fmt::Write;
         for m in &self.missing_raw_objects {
             let _ = writeln!(
                 s,
@@ -244,6 +267,11 @@ impl Report {
                 self.unaccounted_records.join(", ")
             );
         }
+    }
+
+    /// The listed differences.
+    fn render_differences(&self, s: &mut String) {
+        use std::fmt::Write;
         if !self.differences.is_empty() {
             let _ = writeln!(s, "differences (first {}):", self.differences.len());
             for d in &self.differences {
@@ -265,15 +293,5 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "{} problems",
-            if self.problems() == 0 {
-                "no".to_string()
-            } else {
-                self.problems().to_string()
-            }
-        );
-        s
     }
 }

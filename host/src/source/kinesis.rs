@@ -63,16 +63,7 @@ pub fn pinned_start(position: &str) -> Option<i64> {
     position.strip_prefix('@')?.parse().ok()
 }
 
-/// Where a shard without checkpoint starts.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InitialPosition {
-    /// The oldest record kept.
-    TrimHorizon,
-    /// Only records written after the reader starts.
-    Latest,
-    /// Records written at or after this time (ms since the epoch).
-    AtTimestamp(i64),
-}
+pub use crate::config::InitialPosition;
 
 /// What a shard reader needs.
 #[derive(Debug, Clone)]
@@ -259,32 +250,7 @@ impl ShardReader {
                 self.recovered();
                 out
             }
-            Err(e) => {
-                match e.code() {
-                    Some("ExpiredIteratorException") => {
-                        tracing::info!(shard = %self.partition, "iterator expired; re-opening from the last position");
-                        self.iterator = None;
-                        if let Some((seq, Some(sub))) = &self.last {
-                            self.skip_through = Some((seq.clone(), *sub));
-                        }
-                    }
-                    Some("ProvisionedThroughputExceededException" | "LimitExceededException") => {
-                        let wait = self.failed();
-                        tracing::warn!(shard = %self.partition, retry_ms = wait.as_millis() as u64, "read throughput exceeded; backing off");
-                    }
-                    code if is_fatal(code) => {
-                        return Err(kinesis_error(
-                            &self.partition,
-                            format!("GetRecords failed: {}", crate::aws::sdk_error(&e)),
-                        ));
-                    }
-                    _ => {
-                        let wait = self.failed();
-                        tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(&e), retry_ms = wait.as_millis() as u64, "GetRecords failed; retrying");
-                    }
-                }
-                return Ok(());
-            }
+            Err(e) => return self.get_records_failed(&e),
         };
         if let Some(lag) = out.millis_behind_latest {
             self.lag_ms.store(lag, Ordering::Relaxed);
@@ -294,7 +260,62 @@ impl ShardReader {
                 lag as f64,
             );
         }
-        for r in out.records() {
+        self.buffer_records(out.records());
+        if !out.records().is_empty() {
+            self.skip_through = None; // the aggregate it protected has been read
+        }
+        match out.next_shard_iterator {
+            Some(next) => self.iterator = Some(next),
+            None => {
+                self.iterator = None;
+                if self.buffer.is_empty() {
+                    self.mark_ended();
+                } else {
+                    // Hand out what is buffered first.
+                    self.ended_after_buffer = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed `GetRecords`: re-open an expired iterator, back off on throttling and transient errors, and
+    /// stop the shard only on an error that retrying cannot fix.
+    fn get_records_failed(
+        &mut self,
+        e: &aws_sdk_kinesis::error::SdkError<
+            aws_sdk_kinesis::operation::get_records::GetRecordsError,
+        >,
+    ) -> Result<(), SourceError> {
+        match e.code() {
+            Some("ExpiredIteratorException") => {
+                tracing::info!(shard = %self.partition, "iterator expired; re-opening from the last position");
+                self.iterator = None;
+                if let Some((seq, Some(sub))) = &self.last {
+                    self.skip_through = Some((seq.clone(), *sub));
+                }
+            }
+            Some("ProvisionedThroughputExceededException" | "LimitExceededException") => {
+                let wait = self.failed();
+                tracing::warn!(shard = %self.partition, retry_ms = wait.as_millis() as u64, "read throughput exceeded; backing off");
+            }
+            code if is_fatal(code) => {
+                return Err(kinesis_error(
+                    &self.partition,
+                    format!("GetRecords failed: {}", crate::aws::sdk_error(e)),
+                ));
+            }
+            _ => {
+                let wait = self.failed();
+                tracing::warn!(shard = %self.partition, error = %crate::aws::sdk_error(e), retry_ms = wait.as_millis() as u64, "GetRecords failed; retrying");
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits the records of one `GetRecords` reply into user records and buffers them with their positions.
+    fn buffer_records(&mut self, records: &[aws_sdk_kinesis::types::Record]) {
+        for r in records {
             let seq = r.sequence_number();
             let arrived_at_ms = r
                 .approximate_arrival_timestamp()
@@ -334,22 +355,6 @@ impl ShardReader {
                 });
             }
         }
-        if !out.records().is_empty() {
-            self.skip_through = None; // the aggregate it protected has been read
-        }
-        match out.next_shard_iterator {
-            Some(next) => self.iterator = Some(next),
-            None => {
-                self.iterator = None;
-                if self.buffer.is_empty() {
-                    self.mark_ended();
-                } else {
-                    // Hand out what is buffered first.
-                    self.ended_after_buffer = true;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

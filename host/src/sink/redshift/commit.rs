@@ -3,7 +3,12 @@
 
 use super::*;
 
+/// The COPY fast path's stage files, written before the transaction: per table, its manifest (if the
+/// table has rows), and the IAM role and region of the `COPY`.
+type CopyStage = (Vec<Option<String>>, String, String);
+
 impl RedshiftSink {
+    /// Commits one batch in one transaction: stages, guarded merge, dead letters, ledger and checkpoint.
     pub(super) async fn commit_batch(
         &self,
         conn: &mut Conn,
@@ -28,17 +33,66 @@ impl RedshiftSink {
             }
         }
         let loaded_at = sql_timestamp(load.loaded_at_us);
-        let s = quote(&self.schema);
-        // The COPY fast path writes its stage files before the transaction starts.
-        let copy = match &self.stage_fill {
-            StageFillConfig::Insert => None,
+        let copy = self.write_copy_files(load, specs).await?;
+        let tx = conn.client.transaction().await.map_err(classify)?;
+        if self.redshift {
+            // Every commit writes the ledger, so Redshift's table-level write locks already make commits take
+            // turns there. Taking that lock first, before anything is read, means the transaction's
+            // serializable snapshot starts after the previous commit: concurrent workers wait instead of
+            // failing with 1023. Only readers of weir's own ledger wait; the final tables are not locked.
+            let s = quote(&self.schema);
+            tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
+                .await
+                .map_err(classify)?;
+        }
+        if let Some(settled) = self.guard(&tx, batch, &loaded_at).await? {
+            tx.rollback().await.map_err(classify)?;
+            self.in_doubt.settled(&batch.id);
+            return Ok(settled);
+        }
+        let per_table = rows_by_table(load, specs.len(), None);
+        if !self.redshift {
+            lock_targets(&tx, &sqls, &per_table).await?;
+        }
+        for (t, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue; // nothing to merge: the table is not written, so not locked
+            }
+            match &copy {
+                None => {
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await?
+                }
+                Some((manifests, role, region)) => {
+                    copy_into_stage(&tx, &sqls[t], manifests[t].as_deref(), role, region).await?
+                }
+            }
+            self.merge_stage(&tx, &sqls[t]).await?;
+        }
+        write_dead_letters(&tx, &self.schema, load, &loaded_at).await?;
+        write_ledger(&tx, &self.schema, load, &loaded_at).await?;
+        // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
+        self.in_doubt.sending(&batch.id);
+        tx.commit().await.map_err(classify)?;
+        self.in_doubt.settled(&batch.id);
+        Ok(Commit::Committed)
+    }
+
+    /// The COPY fast path writes its stage files (and manifests) before the transaction starts.
+    async fn write_copy_files(
+        &self,
+        load: &Load<'_>,
+        specs: &[TableSpec],
+    ) -> Result<Option<CopyStage>, SinkError> {
+        match &self.stage_fill {
+            StageFillConfig::Insert => Ok(None),
             #[cfg(not(feature = "s3"))]
             StageFillConfig::Copy { .. } => {
-                return Err(SinkError::Permanent(crate::config::not_compiled(
+                let _ = (load, specs);
+                Err(SinkError::Permanent(crate::config::not_compiled(
                     "sink.stage_fill",
                     "copy",
                     "s3",
-                )));
+                )))
             }
             #[cfg(feature = "s3")]
             StageFillConfig::Copy {
@@ -53,215 +107,226 @@ impl RedshiftSink {
                     .clone()
                     .or_else(|| self.aws.region.clone())
                     .unwrap_or_else(|| "us-east-1".into());
-                Some((manifests, iam_role.clone(), region))
+                Ok(Some((manifests, iam_role.clone(), region)))
             }
-        };
-        let tx = conn.client.transaction().await.map_err(classify)?;
-        if self.redshift {
-            // Every commit writes the ledger, so Redshift's table-level write locks already make commits take
-            // turns there. Taking that lock first, before anything is read, means the transaction's
-            // serializable snapshot starts after the previous commit: concurrent workers wait instead of
-            // failing with 1023. Only readers of weir's own ledger wait; the final tables are not locked.
-            tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
-                .await
-                .map_err(classify)?;
         }
+    }
 
+    /// Whether this batch may commit: `None` to go on, or the outcome to report after rolling back (the
+    /// batch had already committed, or another worker owns the partition now).
+    async fn guard(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &crate::record::Batch,
+        loaded_at: &str,
+    ) -> Result<Option<Commit>, SinkError> {
+        let s = quote(&self.schema);
+        let already = format!("SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1");
         if !batch.ordered {
             // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
             let seen = tx
-                .query_typed(
-                    traced(&format!(
-                        "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
-                    )),
-                    &[(&batch.id, Type::VARCHAR)],
-                )
+                .query_typed(traced(&already), &[(&batch.id, Type::VARCHAR)])
                 .await
                 .map_err(classify)?;
-            if !seen.is_empty() {
-                tx.rollback().await.map_err(classify)?;
-                return Ok(Commit::Committed);
-            }
+            return Ok((!seen.is_empty()).then_some(Commit::Committed));
         }
-        if batch.ordered {
-            let cas = tx
-                .prepare_typed(
-                    traced(&format!(
-                        "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                         WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                    )),
-                    &[Type::VARCHAR; 5],
-                )
-                .await
-                .map_err(classify)?;
-            let moved = tx
-                .execute(
-                    &cas,
-                    &[
-                        &batch.last_position(),
-                        &loaded_at,
-                        &batch.source,
-                        &batch.partition,
-                        &batch.prev_position,
-                    ],
-                )
-                .await
-                .map_err(classify)?;
-            if moved != 1 {
-                // Either another worker moved the checkpoint, or this very batch committed and the reply to
-                // its COMMIT was lost: a COMMIT this sink sent without an answer, and the batch's own ledger
-                // row, tell them apart.
-                let in_doubt = self.in_doubt.contains(&batch.id);
-                let ours = tx
-                    .query_typed(
-                        traced(&format!(
-                            "SELECT 1 FROM {s}.weir_batches WHERE batch_id = $1"
-                        )),
-                        &[(&batch.id, Type::VARCHAR)],
-                    )
-                    .await
-                    .map_err(classify)?;
-                tx.rollback().await.map_err(classify)?;
-                self.in_doubt.settled(&batch.id);
-                if in_doubt && !ours.is_empty() {
-                    tracing::warn!(batch = %batch.id, "the batch had already committed (its COMMIT reply was lost); not loading it again");
-                    return Ok(Commit::Committed);
-                }
-                return Ok(Commit::NotOwner);
-            }
+        let cas = tx
+            .prepare_typed(
+                traced(&format!(
+                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+                )),
+                &[Type::VARCHAR; 5],
+            )
+            .await
+            .map_err(classify)?;
+        let moved = tx
+            .execute(
+                &cas,
+                &[
+                    &batch.last_position(),
+                    &loaded_at,
+                    &batch.source,
+                    &batch.partition,
+                    &batch.prev_position,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        if moved == 1 {
+            return Ok(None);
         }
+        // Either another worker moved the checkpoint, or this very batch committed and the reply to its
+        // COMMIT was lost: a COMMIT this sink sent without an answer, and the batch's own ledger row, tell
+        // them apart.
+        let in_doubt = self.in_doubt.contains(&batch.id);
+        let ours = tx
+            .query_typed(traced(&already), &[(&batch.id, Type::VARCHAR)])
+            .await
+            .map_err(classify)?;
+        if in_doubt && !ours.is_empty() {
+            tracing::warn!(batch = %batch.id, "the batch had already committed (its COMMIT reply was lost); not loading it again");
+            return Ok(Some(Commit::Committed));
+        }
+        Ok(Some(Commit::NotOwner))
+    }
 
-        // PostgreSQL: concurrent workers writing the same tables take turns per table, in name order, before
-        // merging; readers are not blocked (SHARE ROW EXCLUSIVE conflicts only with writers). Without it a
-        // second writer's `DELETE … USING` cannot see the first's uncommitted rows and its INSERT fails on
-        // the key. Redshift already takes table-level write locks; its serialization failures are retried.
-        let per_table = rows_by_table(load, specs.len(), None);
+    /// Merges a filled stage into its target: version-guarded delete + insert, or `MERGE`.
+    async fn merge_stage(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &TableSql,
+    ) -> Result<(), SinkError> {
+        // PostgreSQL plans the merge join from the stage's statistics: without them it assumes a large
+        // stage and scans the whole target for every batch. (Redshift has no indexes to choose.)
         if !self.redshift {
-            let mut targets: Vec<&str> = per_table
-                .iter()
-                .enumerate()
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(t, _)| sqls[t].target.as_str())
-                .collect();
-            targets.sort_unstable();
-            if !targets.is_empty() {
-                tx.batch_execute(traced(&format!(
-                    "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
-                    targets.join(", ")
-                )))
+            tx.batch_execute(traced(&format!("ANALYZE {}", sql.stage)))
                 .await
                 .map_err(classify)?;
-            }
         }
-
-        for (t, rows) in per_table.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue; // nothing to merge: the table is not written, so not locked
-            }
-            let sql = &sqls[t];
-            match &copy {
-                None => fill_stage(&tx, &mut conn.prepared, sql, rows, load, &loaded_at).await?,
-                Some((manifests, role, region)) => {
-                    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
-                        .await
-                        .map_err(classify)?;
-                    if let Some(manifest) = &manifests[t] {
-                        let statement =
-                            copy_stage_sql(&sql.stage, &sql.columns, manifest, role, region);
-                        tx.batch_execute(traced(&statement))
-                            .await
-                            .map_err(classify)?;
-                    }
-                }
-            }
-            // PostgreSQL plans the merge join from the stage's statistics: without them it assumes a large
-            // stage and scans the whole target for every batch. (Redshift has no indexes to choose.)
-            if !self.redshift {
-                tx.batch_execute(traced(&format!("ANALYZE {}", sql.stage)))
-                    .await
-                    .map_err(classify)?;
-            }
-            // Redshift's MERGE takes no extra conditions: a versioned table always merges by delete + insert.
-            let statements = match self.merge {
-                MergeMode::Merge if sql.version.is_none() => vec![sql.merge_statement()],
-                _ => sql.merge().to_vec(),
-            };
-            for statement in statements {
-                tx.batch_execute(traced(&statement))
-                    .await
-                    .map_err(classify_conflict)?;
-            }
-        }
-
-        for ((record, outcome), raw_ref) in
-            batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
-        {
-            if let RecordOutcome::Reject(stage, reason) = outcome {
-                let preview = payload_preview(&record.payload);
-                let reason = clean_text(reason, 65_535);
-                tx.query_typed(
-                    traced(&format!(
-                        "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
-                    )),
-                    &[(&record.id, Type::VARCHAR)],
-                )
+        // Redshift's MERGE takes no extra conditions: a versioned table always merges by delete + insert.
+        let statements = match self.merge {
+            MergeMode::Merge if sql.version.is_none() => vec![sql.merge_statement()],
+            _ => sql.merge().to_vec(),
+        };
+        for statement in statements {
+            tx.batch_execute(traced(&statement))
                 .await
                 .map_err(classify_conflict)?;
-                tx.query_typed(
-                    traced(&format!(
-                        "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
-                    )),
-                    &[
-                        (&record.id, Type::VARCHAR),
-                        (&batch.id, Type::VARCHAR),
-                        (raw_ref, Type::VARCHAR),
-                        (&stage.as_str(), Type::VARCHAR),
-                        (&reason, Type::VARCHAR),
-                        (&preview, Type::VARCHAR),
-                        (&loaded_at, Type::VARCHAR),
-                    ],
-                )
-                .await
-                .map_err(classify_conflict)?;
-            }
         }
+        Ok(())
+    }
+}
 
-        let c = load.counts();
-        let drop_reasons = c.drop_reasons_json();
-        let n = |v: usize| v as i64;
+/// PostgreSQL: concurrent workers writing the same tables take turns per table, in name order, before
+/// merging; readers are not blocked (SHARE ROW EXCLUSIVE conflicts only with writers). Without it a
+/// second writer's `DELETE … USING` cannot see the first's uncommitted rows and its INSERT fails on the
+/// key. Redshift already takes table-level write locks; its serialization failures are retried.
+async fn lock_targets<T>(
+    tx: &tokio_postgres::Transaction<'_>,
+    sqls: &[TableSql],
+    per_table: &[Vec<T>],
+) -> Result<(), SinkError> {
+    let mut targets: Vec<&str> = per_table
+        .iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(t, _)| sqls[t].target.as_str())
+        .collect();
+    targets.sort_unstable();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    tx.batch_execute(traced(&format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+        targets.join(", ")
+    )))
+    .await
+    .map_err(classify)
+}
+
+/// Empties the stage and loads it with `COPY` from the table's manifest of S3 files.
+async fn copy_into_stage(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &TableSql,
+    manifest: Option<&str>,
+    role: &str,
+    region: &str,
+) -> Result<(), SinkError> {
+    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+        .await
+        .map_err(classify)?;
+    if let Some(manifest) = manifest {
+        let statement = copy_stage_sql(&sql.stage, &sql.columns, manifest, role, region);
+        tx.batch_execute(traced(&statement))
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// One dead letter per rejected record (replacing an earlier one for the same record).
+async fn write_dead_letters(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    let s = quote(schema);
+    let batch = load.batch;
+    for ((record, outcome), raw_ref) in batch.records.iter().zip(load.outcomes).zip(load.raw_refs) {
+        let RecordOutcome::Reject(stage, reason) = outcome else {
+            continue;
+        };
+        let preview = payload_preview(&record.payload);
+        let reason = clean_text(reason, 65_535);
         tx.query_typed(
             traced(&format!(
-                "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
-                 rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
+                "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
+            )),
+            &[(&record.id, Type::VARCHAR)],
+        )
+        .await
+        .map_err(classify_conflict)?;
+        tx.query_typed(
+            traced(&format!(
+                "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
             )),
             &[
+                (&record.id, Type::VARCHAR),
                 (&batch.id, Type::VARCHAR),
-                (&batch.source, Type::VARCHAR),
-                (&batch.partition, Type::VARCHAR),
-                (&batch.first_position(), Type::VARCHAR),
-                (&batch.last_position(), Type::VARCHAR),
-                (&load.raw_object(), Type::VARCHAR),
-                (&load.rule_digest, Type::VARCHAR),
-                (&n(c.records_in), Type::INT8),
-                (&n(c.emitted), Type::INT8),
-                (&n(c.dropped), Type::INT8),
-                (&n(c.rejected), Type::INT8),
-                (&n(c.rows_out), Type::INT8),
-                (&drop_reasons, Type::VARCHAR),
+                (raw_ref, Type::VARCHAR),
+                (&stage.as_str(), Type::VARCHAR),
+                (&reason, Type::VARCHAR),
+                (&preview, Type::VARCHAR),
                 (&loaded_at, Type::VARCHAR),
             ],
         )
         .await
         .map_err(classify_conflict)?;
-
-        // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
-        self.in_doubt.sending(&batch.id);
-        tx.commit().await.map_err(classify)?;
-        self.in_doubt.settled(&batch.id);
-        Ok(Commit::Committed)
     }
+    Ok(())
+}
+
+/// The batch's ledger row: its positions, RAW object, rule and counts.
+async fn write_ledger(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    let s = quote(schema);
+    let batch = load.batch;
+    let c = load.counts();
+    let drop_reasons = c.drop_reasons_json();
+    let n = |v: usize| v as i64;
+    tx.query_typed(
+        traced(&format!(
+            "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
+             rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
+        )),
+        &[
+            (&batch.id, Type::VARCHAR),
+            (&batch.source, Type::VARCHAR),
+            (&batch.partition, Type::VARCHAR),
+            (&batch.first_position(), Type::VARCHAR),
+            (&batch.last_position(), Type::VARCHAR),
+            (&load.raw_object(), Type::VARCHAR),
+            (&load.rule_digest, Type::VARCHAR),
+            (&n(c.records_in), Type::INT8),
+            (&n(c.emitted), Type::INT8),
+            (&n(c.dropped), Type::INT8),
+            (&n(c.rejected), Type::INT8),
+            (&n(c.rows_out), Type::INT8),
+            (&drop_reasons, Type::VARCHAR),
+            (&loaded_at, Type::VARCHAR),
+        ],
+    )
+    .await
+    .map_err(classify_conflict)?;
+    Ok(())
 }
 
 impl RedshiftSink {

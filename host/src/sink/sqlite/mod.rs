@@ -359,6 +359,7 @@ impl Sink for SqliteSink {
 }
 
 impl SqliteSink {
+    /// Commits one batch in one transaction: checkpoint compare-and-set, upserts, dead letters, ledger.
     async fn commit_batch(&self, load: &Load<'_>) -> Result<Commit, SinkError> {
         let batch = load.batch;
         let upserts = self
@@ -367,142 +368,175 @@ impl SqliteSink {
             .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
         let loaded_at = format_timestamp_us(load.loaded_at_us);
         let mut tx = self.pool.begin().await.map_err(classify)?;
-
-        if !batch.ordered {
-            // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
-            let seen = sqlx::query("SELECT 1 FROM weir_batches WHERE batch_id = ?")
-                .bind(&batch.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?;
-            if seen.is_some() {
-                tx.rollback().await.map_err(classify)?;
-                return Ok(Commit::Committed);
-            }
+        if let Some(settled) = self.guard(&mut tx, batch, &loaded_at).await? {
+            tx.rollback().await.map_err(classify)?;
+            self.in_doubt.settled(&batch.id);
+            return Ok(settled);
         }
-        if batch.ordered {
-            // Compare-and-set first: if another worker moved the checkpoint, write nothing.
-            let moved = sqlx::query(
-                r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
-                   WHERE source = ? AND "partition" = ? AND position = ?"#,
-            )
-            .bind(batch.last_position())
-            .bind(&loaded_at)
-            .bind(&batch.source)
-            .bind(&batch.partition)
-            .bind(&batch.prev_position)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if moved.rows_affected() != 1 {
-                // Another worker moved the checkpoint, or this batch committed and its reply was lost.
-                let in_doubt = self.in_doubt.contains(&batch.id);
-                let ours = sqlx::query("SELECT 1 FROM weir_batches WHERE batch_id = ?")
-                    .bind(&batch.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                tx.rollback().await.map_err(classify)?;
-                self.in_doubt.settled(&batch.id);
-                if in_doubt && ours.is_some() {
-                    return Ok(Commit::Committed);
-                }
-                return Ok(Commit::NotOwner);
-            }
-        }
-
-        // Rows per table, the latest per key (a key may repeat within a batch), in multi-row upserts.
-        for (t, rows) in rows_by_table(load, load.tables.len(), None)
-            .into_iter()
-            .enumerate()
-        {
-            let spec = &load.tables[t];
-            let key: Vec<usize> = spec
-                .primary_key
-                .iter()
-                .filter_map(|k| spec.column_index(k))
-                .collect();
-            let version = spec
-                .version_column
-                .as_deref()
-                .and_then(|v| spec.column_index(v));
-            let rows = dedupe(rows, &key, version, crate::sink::KeyEquality::Standard);
-            for chunk in rows.chunks(ROWS_PER_UPSERT) {
-                let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT {
-                    upserts[t].clone()
-                } else {
-                    Arc::from(Self::upsert_sql(spec, chunk.len()))
-                };
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for (row, record_id) in chunk {
-                    for cell in &row.cells {
-                        q = bind_cell(q, cell);
-                    }
-                    q = q
-                        .bind(*record_id)
-                        .bind(&batch.id)
-                        .bind(load.rule_digest)
-                        .bind(&loaded_at);
-                }
-                q.execute(&mut *tx).await.map_err(classify)?;
-            }
-        }
-
-        for ((record, outcome), raw_ref) in
-            batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
-        {
-            match outcome {
-                RecordOutcome::Reject(stage, reason) => {
-                    sqlx::query(
-                        "INSERT INTO weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?)
-                         ON CONFLICT (record_id) DO UPDATE SET batch_id = excluded.batch_id, raw_ref = excluded.raw_ref,
-                           stage = excluded.stage, reason = excluded.reason,
-                           payload_preview = excluded.payload_preview, at = excluded.at",
-                    )
-                    .bind(&record.id)
-                    .bind(&batch.id)
-                    .bind(raw_ref)
-                    .bind(stage.as_str())
-                    .bind(reason)
-                    .bind(payload_preview(&record.payload))
-                    .bind(&loaded_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                }
-                RecordOutcome::Drop(_) | RecordOutcome::Emit(_) => {}
-            }
-        }
-
-        let c = load.counts();
-        let drop_reasons = c.drop_reasons_json();
-        sqlx::query(
-            r#"INSERT INTO weir_batches (batch_id, source, "partition", first_position, last_position, raw_ref,
-                 rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"#,
-        )
-        .bind(&batch.id)
-        .bind(&batch.source)
-        .bind(&batch.partition)
-        .bind(batch.first_position())
-        .bind(batch.last_position())
-        .bind(load.raw_object())
-        .bind(load.rule_digest)
-        .bind(c.records_in as i64)
-        .bind(c.emitted as i64)
-        .bind(c.dropped as i64)
-        .bind(c.rejected as i64)
-        .bind(c.rows_out as i64)
-        .bind(drop_reasons)
-        .bind(&loaded_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-
+        upsert_rows(&mut tx, upserts, load, &loaded_at).await?;
+        write_dead_letters(&mut tx, load, &loaded_at).await?;
+        write_ledger(&mut tx, load, &loaded_at).await?;
         self.in_doubt.sending(&batch.id);
         tx.commit().await.map_err(classify)?;
         self.in_doubt.settled(&batch.id);
         Ok(Commit::Committed)
     }
+
+    /// Whether this batch may commit: `None` to go on, or the outcome to report after rolling back (the
+    /// batch had already committed, or another worker owns the partition now).
+    async fn guard(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        batch: &crate::record::Batch,
+        loaded_at: &str,
+    ) -> Result<Option<Commit>, SinkError> {
+        let already = "SELECT 1 FROM weir_batches WHERE batch_id = ?";
+        if !batch.ordered {
+            // Unordered sources have no checkpoint: the ledger row of this very delivery is the guard.
+            let seen = sqlx::query(already)
+                .bind(&batch.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+            return Ok(seen.is_some().then_some(Commit::Committed));
+        }
+        // Compare-and-set first: if another worker moved the checkpoint, write nothing.
+        let moved = sqlx::query(
+            r#"UPDATE weir_checkpoints SET position = ?, updated_at = ?
+               WHERE source = ? AND "partition" = ? AND position = ?"#,
+        )
+        .bind(batch.last_position())
+        .bind(loaded_at)
+        .bind(&batch.source)
+        .bind(&batch.partition)
+        .bind(&batch.prev_position)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if moved.rows_affected() == 1 {
+            return Ok(None);
+        }
+        // Another worker moved the checkpoint, or this batch committed and its reply was lost.
+        let in_doubt = self.in_doubt.contains(&batch.id);
+        let ours = sqlx::query(already)
+            .bind(&batch.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+        if in_doubt && ours.is_some() {
+            return Ok(Some(Commit::Committed));
+        }
+        Ok(Some(Commit::NotOwner))
+    }
+}
+
+/// Rows per table, the latest per key (a key may repeat within a batch), in multi-row upserts.
+async fn upsert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    upserts: &[Arc<str>],
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    for (t, rows) in rows_by_table(load, load.tables.len(), None)
+        .into_iter()
+        .enumerate()
+    {
+        let spec = &load.tables[t];
+        let key: Vec<usize> = spec
+            .primary_key
+            .iter()
+            .filter_map(|k| spec.column_index(k))
+            .collect();
+        let version = spec
+            .version_column
+            .as_deref()
+            .and_then(|v| spec.column_index(v));
+        let rows = dedupe(rows, &key, version, crate::sink::KeyEquality::Standard);
+        for chunk in rows.chunks(ROWS_PER_UPSERT) {
+            let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT {
+                upserts[t].clone()
+            } else {
+                Arc::from(SqliteSink::upsert_sql(spec, chunk.len()))
+            };
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (row, record_id) in chunk {
+                for cell in &row.cells {
+                    q = bind_cell(q, cell);
+                }
+                q = q
+                    .bind(*record_id)
+                    .bind(&load.batch.id)
+                    .bind(load.rule_digest)
+                    .bind(loaded_at);
+            }
+            q.execute(&mut *tx).await.map_err(classify)?;
+        }
+    }
+    Ok(())
+}
+
+/// One dead letter per rejected record (replacing an earlier one for the same record).
+async fn write_dead_letters(
+    tx: &mut sqlx::SqliteConnection,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    let batch = load.batch;
+    for ((record, outcome), raw_ref) in batch.records.iter().zip(load.outcomes).zip(load.raw_refs) {
+        let RecordOutcome::Reject(stage, reason) = outcome else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (record_id) DO UPDATE SET batch_id = excluded.batch_id, raw_ref = excluded.raw_ref,
+               stage = excluded.stage, reason = excluded.reason,
+               payload_preview = excluded.payload_preview, at = excluded.at",
+        )
+        .bind(&record.id)
+        .bind(&batch.id)
+        .bind(raw_ref)
+        .bind(stage.as_str())
+        .bind(reason)
+        .bind(payload_preview(&record.payload))
+        .bind(loaded_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// The batch's ledger row: its positions, RAW object, rule and counts.
+async fn write_ledger(
+    tx: &mut sqlx::SqliteConnection,
+    load: &Load<'_>,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    let batch = load.batch;
+    let c = load.counts();
+    let drop_reasons = c.drop_reasons_json();
+    sqlx::query(
+        r#"INSERT INTO weir_batches (batch_id, source, "partition", first_position, last_position, raw_ref,
+             rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"#,
+    )
+    .bind(&batch.id)
+    .bind(&batch.source)
+    .bind(&batch.partition)
+    .bind(batch.first_position())
+    .bind(batch.last_position())
+    .bind(load.raw_object())
+    .bind(load.rule_digest)
+    .bind(c.records_in as i64)
+    .bind(c.emitted as i64)
+    .bind(c.dropped as i64)
+    .bind(c.rejected as i64)
+    .bind(c.rows_out as i64)
+    .bind(drop_reasons)
+    .bind(loaded_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
 }

@@ -62,36 +62,51 @@ pub(super) async fn receive_loop(
                 continue;
             }
         };
-        for m in messages {
-            let Some(polled) = to_polled(&shared.queue, fifo, &m) else {
-                tracing::warn!(message = ?m.message_id, "message without id or receipt handle; skipped");
-                continue;
-            };
-            let receipt = m.receipt_handle.unwrap_or_default();
-            {
-                let mut inflight = shared.inflight.lock().expect("not poisoned");
-                // SQS delivers at least once: a message received again while its first copy is still in
-                // flight keeps one copy, with the newest receipt handle (the one that deletes it).
-                if let Some(m) = inflight.get_mut(&polled.position) {
-                    tracing::debug!(position = %polled.position, "message received again while in flight; one copy kept");
-                    m.receipt = receipt;
-                    m.visible_at = at + shared.visibility;
-                    continue;
-                }
-                inflight.insert(
-                    polled.position.clone(),
-                    InFlight {
-                        receipt,
-                        visible_at: at + shared.visibility,
-                        handed: false,
-                    },
-                );
-            }
-            if tx.send(Ok(polled)).await.is_err() {
-                return;
-            }
+        if !forward(&shared, fifo, messages, at, &tx).await {
+            return;
         }
     }
+}
+
+/// Hands received messages to the source's channel, tracking each as in flight; `false` once the channel
+/// is closed (the source is gone).
+async fn forward(
+    shared: &Shared,
+    fifo: bool,
+    messages: Vec<Message>,
+    at: Instant,
+    tx: &mpsc::Sender<Result<Polled, SourceError>>,
+) -> bool {
+    for m in messages {
+        let Some(polled) = to_polled(&shared.queue, fifo, &m) else {
+            tracing::warn!(message = ?m.message_id, "message without id or receipt handle; skipped");
+            continue;
+        };
+        let receipt = m.receipt_handle.unwrap_or_default();
+        {
+            let mut inflight = shared.inflight.lock().expect("not poisoned");
+            // SQS delivers at least once: a message received again while its first copy is still in
+            // flight keeps one copy, with the newest receipt handle (the one that deletes it).
+            if let Some(m) = inflight.get_mut(&polled.position) {
+                tracing::debug!(position = %polled.position, "message received again while in flight; one copy kept");
+                m.receipt = receipt;
+                m.visible_at = at + shared.visibility;
+                continue;
+            }
+            inflight.insert(
+                polled.position.clone(),
+                InFlight {
+                    receipt,
+                    visible_at: at + shared.visibility,
+                    handed: false,
+                },
+            );
+        }
+        if tx.send(Ok(polled)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A received message as a record.
