@@ -13,6 +13,7 @@ pub mod config;
 pub mod contract;
 #[cfg(feature = "kinesis")]
 pub mod fleet;
+pub mod group;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin_store;

@@ -222,7 +222,7 @@ impl TableSpec {
 }
 
 /// A checked value, ready to bind.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Cell {
     /// SQL NULL.
     Null,

@@ -114,30 +114,83 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkErr
             )));
         }
         #[cfg(feature = "postgres")]
-        SinkKind::Postgres | SinkKind::Redshift => {
-            use crate::sink::redshift::{RedshiftOptions, RedshiftSink};
-            let url = loaded
-                .config
-                .sink
-                .url
-                .as_deref()
-                .expect("checked by config");
-            let sink = &loaded.config.sink;
-            let options = RedshiftOptions {
-                schema: sink.schema.clone(),
-                redshift: sink.kind == SinkKind::Redshift,
-                tls_ca_file: sink.tls_ca_file.clone(),
-                connections: sink.connections,
-                iam: sink.iam.clone(),
-                stage_fill: sink.stage_fill.clone(),
-                aws: loaded.config.aws.clone(),
-                merge: sink.merge,
-                connect_timeout: std::time::Duration::from_secs(sink.connect_timeout_secs.max(1)),
-                call_timeout: std::time::Duration::from_secs(sink.call_timeout_secs.max(1)),
-            };
-            Arc::new(RedshiftSink::new(url, options)?)
-        }
+        SinkKind::Postgres | SinkKind::Redshift => Arc::new(database_sink(loaded)?),
     })
+}
+
+/// The PostgreSQL / Redshift sink of the configuration, not connected yet.
+#[cfg(feature = "postgres")]
+fn database_sink(loaded: &Loaded) -> Result<crate::sink::redshift::RedshiftSink, SinkError> {
+    use crate::sink::redshift::{RedshiftOptions, RedshiftSink};
+    let sink = &loaded.config.sink;
+    let url = sink.url.as_deref().expect("checked by config");
+    let options = RedshiftOptions {
+        schema: sink.schema.clone(),
+        redshift: sink.kind == SinkKind::Redshift,
+        tls_ca_file: sink.tls_ca_file.clone(),
+        connections: sink.connections,
+        iam: sink.iam.clone(),
+        stage_fill: sink.stage_fill.clone(),
+        aws: loaded.config.aws.clone(),
+        merge: sink.merge,
+        connect_timeout: std::time::Duration::from_secs(sink.connect_timeout_secs.max(1)),
+        call_timeout: std::time::Duration::from_secs(sink.call_timeout_secs.max(1)),
+    };
+    RedshiftSink::new(url, options)
+}
+
+/// Grouped commits (`[sink.group_commit] enabled = true`): what the pipelines stage and register through, and
+/// this worker's loader. The sink's tables exist already ([`open_sink`]).
+#[cfg(feature = "postgres")]
+pub async fn open_group(
+    loaded: &Loaded,
+) -> Result<Option<(crate::group::GroupCommit, crate::group::loader::Loader)>, SinkError> {
+    use crate::config::StagingConfig;
+    use crate::group::{GroupCommit, Staging, loader};
+    use crate::sink::Sink as _;
+    let g = &loaded.config.sink.group_commit;
+    if !g.enabled {
+        return Ok(None);
+    }
+    let sink = Arc::new(database_sink(loaded)?);
+    sink.prepare(&loaded.tables, false).await?;
+    sink.prepare_registry().await?;
+    let staging: Arc<dyn Staging> = match &g.staging {
+        StagingConfig::Local { dir } => {
+            Arc::new(crate::group::staging::LocalStaging::new(dir.clone()))
+        }
+        #[cfg(feature = "s3")]
+        StagingConfig::S3 { bucket, prefix } => Arc::new(crate::group::staging::S3Staging::new(
+            loaded.config.aws.s3().await,
+            bucket.clone(),
+            prefix.clone(),
+        )),
+        #[cfg(not(feature = "s3"))]
+        StagingConfig::S3 { .. } => unreachable!("refused by config::check_features"),
+    };
+    let interval = Duration::from_millis(g.interval_ms);
+    let group = GroupCommit {
+        staging: staging.clone(),
+        registry: sink.clone(),
+        // Fates are asked for several times per interval, so that a merged batch is acknowledged soon after.
+        settle_poll: (interval / 5).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        max_in_flight: loaded.config.batch.queue_depth.max(1) * 4,
+    };
+    let loader = loader::Loader {
+        registry: sink.clone(),
+        staging,
+        warehouse: sink,
+        tables: Arc::new(loaded.tables.clone()),
+        retry: loaded.config.retry.clone(),
+        options: loader::LoaderOptions {
+            owner: crate::record::default_worker_id(),
+            interval,
+            max_batches: g.max_batches,
+            max_bytes: g.max_bytes,
+            lease: Duration::from_secs(g.lease_secs),
+        },
+    };
+    Ok(Some((group, loader)))
 }
 
 /// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
@@ -342,9 +395,27 @@ pub async fn run(
             }
         })
     };
+    #[cfg(feature = "postgres")]
+    let group = open_group(loaded).await?;
+    #[cfg(not(feature = "postgres"))]
+    let group: Option<(crate::group::GroupCommit, NoLoader)> = None;
+    // The loader runs beside the pipelines until they have ended (their last batches need a merge), then gives
+    // its lease up for the workers still running.
+    let (stop_loader, loader_stop) = tokio::sync::watch::channel(false);
+    let (group, loader) = match group {
+        Some((g, l)) => (
+            Some(g),
+            Some(tokio::spawn(async move { l.run(loader_stop).await })),
+        ),
+        None => (None, None),
+    };
     crate::admin::set_ready(true);
-    let summary = run_pipeline(loaded, rule, sink, raw, shutdown).await;
+    let summary = run_pipeline(loaded, rule, sink, raw, group, shutdown).await;
     crate::admin::set_ready(false);
+    let _ = stop_loader.send(true);
+    if let Some(loader) = loader {
+        let _ = loader.await;
+    }
     if tokio::time::timeout(Duration::from_secs(10), stored)
         .await
         .is_err()
@@ -361,6 +432,7 @@ async fn run_pipeline(
     rule: Arc<RulePlugin>,
     sink: Arc<dyn Warehouse>,
     raw: Arc<dyn RawStore>,
+    group: Option<crate::group::GroupCommit>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Summary, WorkerError> {
     let stages = Stages {
@@ -373,6 +445,7 @@ async fn run_pipeline(
         retry: loaded.config.retry.clone(),
         max_rows_per_record: loaded.config.rule.max_rows_per_record,
         rule_instances: loaded.config.rule.instances,
+        group,
     };
     #[cfg(not(feature = "kinesis"))]
     if let SourceConfig::Kinesis { .. } = &loaded.config.source {
@@ -422,4 +495,13 @@ async fn run_pipeline(
         stages,
     };
     Ok(pipeline.run(shutdown).await?)
+}
+
+/// Without the `postgres` feature there is no loader (grouped commits need a PostgreSQL or Redshift sink).
+#[cfg(not(feature = "postgres"))]
+struct NoLoader;
+
+#[cfg(not(feature = "postgres"))]
+impl NoLoader {
+    async fn run(self, _stop: tokio::sync::watch::Receiver<bool>) {}
 }

@@ -854,6 +854,20 @@ pub fn orders_input(n: usize) -> (String, std::collections::BTreeMap<String, Str
     (input, expected_total)
 }
 
+/// `n` orders numbered from `first` (as [`orders_input`] makes them), and their ids.
+pub fn orders_input_from(first: usize, n: usize) -> (String, Vec<String>) {
+    let mut input = String::new();
+    let mut ids = Vec::new();
+    for i in first..first + n {
+        input.push_str(&format!(
+            r#"{{"order_id": "o-{i:05}", "placed_at": "2026-11-21T10:00:00Z", "currency": "EUR", "lines": [{{"sku": "S1", "qty": 2, "unit_price": "1.50"}}]}}"#
+        ));
+        input.push('\n');
+        ids.push(format!("o-{i:05}"));
+    }
+    (input, ids)
+}
+
 impl TestDb {
     /// A superuser URL for this test database.
     pub fn admin_url(&self) -> String {

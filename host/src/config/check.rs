@@ -160,6 +160,44 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
     if config.sink.connections == 0 {
         return Err(ConfigError::field("sink.connections", "must be at least 1"));
     }
+    check_group_commit(config)
+}
+
+/// `[sink.group_commit]`: a PostgreSQL or Redshift sink, and a lease that outlives two intervals.
+fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
+    let g = &config.sink.group_commit;
+    if !g.enabled {
+        return Ok(());
+    }
+    if config.sink.kind == SinkKind::Sqlite {
+        return Err(ConfigError::field(
+            "sink.group_commit.enabled",
+            "grouped commits need `kind = \"postgres\"` or `\"redshift\"`; SQLite commits per batch (remove the setting)",
+        ));
+    }
+    if g.interval_ms == 0 || g.max_batches == 0 || g.max_bytes == 0 {
+        return Err(ConfigError::field(
+            "sink.group_commit",
+            "interval_ms, max_batches and max_bytes must be at least 1",
+        ));
+    }
+    if g.lease_secs * 1000 <= 2 * g.interval_ms {
+        return Err(ConfigError::field(
+            "sink.group_commit.lease_secs",
+            format!(
+                "{} s must be more than twice interval_ms ({} ms), so that the loader renews its lease between merges",
+                g.lease_secs, g.interval_ms
+            ),
+        ));
+    }
+    if let StagingConfig::S3 { bucket, .. } = &g.staging
+        && bucket.is_empty()
+    {
+        return Err(ConfigError::field(
+            "sink.group_commit.staging.bucket",
+            "empty; name the bucket staged batches go to",
+        ));
+    }
     Ok(())
 }
 
@@ -370,6 +408,13 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::field(
             "sink.stage_fill",
             not_compiled("sink.stage_fill", "copy", "s3"),
+        ));
+    }
+    if matches!(config.sink.group_commit.staging, StagingConfig::S3 { .. }) && !cfg!(feature = "s3")
+    {
+        return Err(ConfigError::field(
+            "sink.group_commit.staging.kind",
+            not_compiled("sink.group_commit.staging.kind", "s3", "s3"),
         ));
     }
     if config

@@ -186,6 +186,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(p) = &config.sink.tls_ca_file {
         config.sink.tls_ca_file = Some(join(p));
     }
+    if let StagingConfig::Local { dir } = &mut config.sink.group_commit.staging {
+        *dir = join(dir);
+    }
     match &mut config.raw {
         RawConfig::Local { dir, .. } => *dir = join(dir),
         RawConfig::S3 { .. } | RawConfig::Mongodb { .. } => {}

@@ -44,8 +44,98 @@ pub struct SinkConfig {
     /// black-holed connection cannot hang the worker). Default 300.
     #[serde(default = "default_call_timeout_secs")]
     pub call_timeout_secs: u64,
+    /// postgres / redshift: grouped commits (`[sink.group_commit]`): workers stage batches and one loader for
+    /// the fleet merges them in one transaction per interval. Off unless `enabled = true`.
+    #[serde(default)]
+    pub group_commit: GroupCommitConfig,
     /// The declared tables. Rules may only emit rows for these tables and columns.
     pub tables: Vec<TableConfig>,
+}
+
+/// `[sink.group_commit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCommitConfig {
+    /// Whether workers commit by groups. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often the loader merges, in milliseconds. Default 5000.
+    #[serde(default = "default_group_interval_ms")]
+    pub interval_ms: u64,
+    /// Most staged batches one merge takes. Default 1000.
+    #[serde(default = "default_group_max_batches")]
+    pub max_batches: usize,
+    /// Most staged bytes (gzip) one merge takes. Default 268435456 (256 MiB).
+    #[serde(default = "default_group_max_bytes")]
+    pub max_bytes: u64,
+    /// How long the loader lease lasts without renewal, in seconds (more than twice `interval_ms`).
+    /// Default 30.
+    #[serde(default = "default_group_lease_secs")]
+    pub lease_secs: u64,
+    /// Where staged batches wait for the loader. Default `{ kind = "local", dir = "weir-staged" }`.
+    #[serde(default)]
+    pub staging: StagingConfig,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            enabled: false,
+            interval_ms: default_group_interval_ms(),
+            max_batches: default_group_max_batches(),
+            max_bytes: default_group_max_bytes(),
+            lease_secs: default_group_lease_secs(),
+            staging: StagingConfig::default(),
+        }
+    }
+}
+
+fn default_group_interval_ms() -> u64 {
+    5000
+}
+
+fn default_group_max_batches() -> usize {
+    1000
+}
+
+fn default_group_max_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_group_lease_secs() -> u64 {
+    30
+}
+
+/// `[sink.group_commit.staging]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StagingConfig {
+    /// A directory (relative to the config file): every worker of the fleet must see the same one (one
+    /// machine, or a shared file system).
+    Local {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// S3: for a fleet on many machines.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Key prefix. Default `weir-staged`.
+        #[serde(default = "default_staging_prefix")]
+        prefix: String,
+    },
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig::Local {
+            dir: PathBuf::from("weir-staged"),
+        }
+    }
+}
+
+fn default_staging_prefix() -> String {
+    "weir-staged".into()
 }
 
 pub(super) fn default_connect_timeout_secs() -> u64 {

@@ -72,8 +72,7 @@ pub enum SourceConfig {
 }
 
 /// `initial_position` of a Kinesis source: where a shard without checkpoint starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StartAt {
     /// The oldest record the stream keeps (the default).
     #[default]
@@ -82,6 +81,21 @@ pub enum StartAt {
     Latest,
     /// Records written at or after `initial_timestamp`.
     AtTimestamp,
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // By hand, so that the message names the field (inside the tagged `[source]`, serde's would not).
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "trim_horizon" => Ok(StartAt::TrimHorizon),
+            "latest" => Ok(StartAt::Latest),
+            "at_timestamp" => Ok(StartAt::AtTimestamp),
+            other => Err(serde::de::Error::custom(format!(
+                "initial_position `{other}`: use \"trim_horizon\", \"latest\" or \"at_timestamp\""
+            ))),
+        }
+    }
 }
 
 /// An RFC 3339 time in a config file, e.g. `2026-11-21T00:00:00Z`, parsed once, as milliseconds since the
@@ -101,7 +115,7 @@ impl<'de> Deserialize<'de> for Rfc3339 {
             })
             .map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "`{text}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"
+                    "initial_timestamp `{text}` is not an RFC 3339 time such as `2026-11-21T00:00:00Z`"
                 ))
             })
     }

@@ -32,7 +32,9 @@ use crate::source::Source;
 mod summary;
 pub use summary::*;
 mod stages;
+pub(crate) use stages::CrashPoint;
 use stages::*;
+mod group;
 
 /// Why a pipeline stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,8 @@ pub struct Stages {
     pub max_rows_per_record: usize,
     /// Rule instances working on one batch in parallel.
     pub rule_instances: usize,
+    /// Grouped commits (`[sink.group_commit]`): stage and register batches instead of committing them.
+    pub group: Option<crate::group::GroupCommit>,
 }
 
 /// A batch after RAW, with its references.
@@ -152,6 +156,7 @@ impl Pipeline {
             retry,
             max_rows_per_record,
             rule_instances,
+            group,
         } = stages;
         let position = start_position(source.as_mut(), coordinator.as_ref(), &retry).await?;
         source.seek(&position).await?;
@@ -181,16 +186,22 @@ impl Pipeline {
             from_raw,
             to_sink,
         ));
-        let sink_result = sink_stage(
-            sink,
-            rule.digest().to_string(),
-            tables,
-            retry,
-            from_rules,
-            acker,
-            &mut summary,
-        )
-        .await;
+        let digest = rule.digest().to_string();
+        let sink_result = match group {
+            None => sink_stage(sink, digest, tables, retry, from_rules, acker, &mut summary).await,
+            Some(group) => {
+                group::group_sink_stage(
+                    group,
+                    digest,
+                    tables,
+                    retry,
+                    from_rules,
+                    acker,
+                    &mut summary,
+                )
+                .await
+            }
+        };
         if let Err(e) = sink_result {
             stages.abort_all().await;
             return Err(e);

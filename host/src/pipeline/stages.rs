@@ -217,47 +217,60 @@ pub(super) async fn sink_stage(
                 partition: p.batch.partition.clone(),
             });
         }
-        let committed_us = p.batch.started.elapsed().as_micros() as u64;
-        for offset in &p.batch.received_us {
-            summary.latency.record(Duration::from_micros(
-                committed_us.saturating_sub(*offset as u64),
-            ));
-        }
         CrashPoint::check(crash, summary.batches + 1);
-        acker.ack(&p.batch).instrument(span.clone()).await?;
-        summary.add(&tables, &p.outcomes);
-        record_metrics(
-            &tables,
-            &p.outcomes,
-            began.elapsed(),
-            p.batch.started.elapsed(),
-        );
-        let c = crate::sink::Counts::of(&p.outcomes);
-        span.in_scope(|| {
-            tracing::info!(
-                records = c.records_in,
-                emitted = c.emitted,
-                dropped = c.dropped,
-                rejected = c.rejected,
-                rows = c.rows_out,
-                ms = p.batch.started.elapsed().as_millis() as u64,
-                "committed"
-            )
-        });
+        acknowledge(&p, &tables, acker.as_mut(), summary, began)
+            .instrument(span.clone())
+            .await?;
     }
     Ok(())
 }
 
+/// After a batch committed: acknowledges its source, counts it, records its metrics.
+pub(super) async fn acknowledge(
+    p: &Processed,
+    tables: &[TableSpec],
+    acker: &mut dyn crate::source::Acker,
+    summary: &mut Summary,
+    began: Instant,
+) -> Result<(), PipelineError> {
+    let committed_us = p.batch.started.elapsed().as_micros() as u64;
+    for offset in &p.batch.received_us {
+        summary.latency.record(Duration::from_micros(
+            committed_us.saturating_sub(*offset as u64),
+        ));
+    }
+    acker.ack(&p.batch).await?;
+    summary.add(tables, &p.outcomes);
+    record_metrics(
+        tables,
+        &p.outcomes,
+        began.elapsed(),
+        p.batch.started.elapsed(),
+    );
+    let c = crate::sink::Counts::of(&p.outcomes);
+    tracing::info!(
+        records = c.records_in,
+        emitted = c.emitted,
+        dropped = c.dropped,
+        rejected = c.rejected,
+        rows = c.rows_out,
+        ms = p.batch.started.elapsed().as_millis() as u64,
+        "committed"
+    );
+    Ok(())
+}
+
 /// A crash injected for recovery tests: `WEIR_CRASH_AFTER=raw:N` aborts the process right after the N-th RAW
-/// write, `commit:N` right after the N-th commit (before its acknowledgement). Unset in production.
+/// write, `commit:N` right after the N-th commit (before its acknowledgement), `merge:N` right after the
+/// loader's N-th grouped merge committed (before the registry learns the fates). Unset in production.
 #[derive(Clone, Copy)]
-pub(super) struct CrashPoint {
-    pub(super) stage: &'static str,
-    pub(super) after: usize,
+pub(crate) struct CrashPoint {
+    pub(crate) stage: &'static str,
+    pub(crate) after: usize,
 }
 
 impl CrashPoint {
-    pub(super) fn from_env(stage: &'static str) -> Option<Self> {
+    pub(crate) fn from_env(stage: &'static str) -> Option<Self> {
         let spec = std::env::var("WEIR_CRASH_AFTER").ok()?;
         let (s, n) = spec.split_once(':')?;
         (s == stage).then_some(CrashPoint {
@@ -266,7 +279,7 @@ impl CrashPoint {
         })
     }
 
-    pub(super) fn check(point: Option<Self>, done: usize) {
+    pub(crate) fn check(point: Option<Self>, done: usize) {
         if let Some(p) = point
             && done == p.after
         {

@@ -8,7 +8,7 @@ use crate::schema::{Cell, TableSpec, check_value};
 
 /// A checked row: the table's index among the declared tables and one cell per declared column, in
 /// declaration order (columns the rule did not set are NULL).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckedRow {
     /// Index into the declared tables.
     pub table: usize,
@@ -17,7 +17,7 @@ pub struct CheckedRow {
 }
 
 /// Where a reject came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RejectStage {
     /// The rule returned `reject`.
     Rule,
@@ -42,7 +42,7 @@ impl RejectStage {
 }
 
 /// The final, checked outcome of one record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RecordOutcome {
     /// Rows to load (possibly none).
     Emit(Vec<CheckedRow>),

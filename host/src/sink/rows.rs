@@ -120,12 +120,12 @@ pub fn payload_preview(payload: &[u8]) -> String {
 
 /// Keeps one row per key, in first-seen order (Redshift does not enforce keys): the latest, or with a version
 /// column the one with the highest version (ties: the latest). The stored row is compared in SQL.
-pub(crate) fn dedupe<'a>(
-    rows: Vec<(&'a CheckedRow, &'a str)>,
+pub(crate) fn dedupe<'a, T>(
+    rows: Vec<(&'a CheckedRow, T)>,
     key: &[usize],
     version: Option<usize>,
     equality: KeyEquality,
-) -> Vec<(&'a CheckedRow, &'a str)> {
+) -> Vec<(&'a CheckedRow, T)> {
     let mut best: HashMap<Vec<Cell>, usize> = HashMap::new();
     for (i, (row, _)) in rows.iter().enumerate() {
         let k: Vec<Cell> = key

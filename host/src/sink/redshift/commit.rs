@@ -60,7 +60,8 @@ impl RedshiftSink {
             }
             match &copy {
                 None => {
-                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await?
+                    let rows = with_lineage(rows, load);
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?
                 }
                 Some((manifests, role, region)) => {
                     copy_into_stage(&tx, &sqls[t], manifests[t].as_deref(), role, region).await?
@@ -172,7 +173,7 @@ impl RedshiftSink {
     }
 
     /// Merges a filled stage into its target: version-guarded delete + insert, or `MERGE`.
-    async fn merge_stage(
+    pub(super) async fn merge_stage(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         sql: &TableSql,
@@ -202,7 +203,7 @@ impl RedshiftSink {
 /// merging; readers are not blocked (SHARE ROW EXCLUSIVE conflicts only with writers). Without it a
 /// second writer's `DELETE … USING` cannot see the first's uncommitted rows and its INSERT fails on the
 /// key. Redshift already takes table-level write locks; its serialization failures are retried.
-async fn lock_targets<T>(
+pub(super) async fn lock_targets<T>(
     tx: &tokio_postgres::Transaction<'_>,
     sqls: &[TableSql],
     per_table: &[Vec<T>],
@@ -246,7 +247,7 @@ async fn copy_into_stage(
 }
 
 /// One dead letter per rejected record (replacing an earlier one for the same record).
-async fn write_dead_letters(
+pub(super) async fn write_dead_letters(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     load: &Load<'_>,
@@ -290,7 +291,7 @@ async fn write_dead_letters(
 }
 
 /// The batch's ledger row: its positions, RAW object, rule and counts.
-async fn write_ledger(
+pub(super) async fn write_ledger(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     load: &Load<'_>,
@@ -365,8 +366,8 @@ impl RedshiftSink {
                 }
                 // The stage and the merge too: a constraint of the target table (CHECK, a unique index
                 // beside the key) refuses a row only when it is merged.
-                let filled =
-                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, load, &loaded_at).await;
+                let rows = with_lineage(rows, load);
+                let filled = fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await;
                 let merged = match filled {
                     Ok(()) => {
                         let mut merged = Ok(());

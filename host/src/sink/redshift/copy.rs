@@ -174,12 +174,37 @@ pub async fn write_copy_stage(
 }
 
 /// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.
+/// Where a staged row comes from: its record, batch and rule (the lineage columns).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lineage<'a> {
+    pub(super) record: &'a str,
+    pub(super) batch: &'a str,
+    pub(super) rule: &'a str,
+}
+
+/// The rows of one load with their lineage.
+pub(super) fn with_lineage<'a>(
+    rows: Vec<(&'a CheckedRow, &'a str)>,
+    load: &'a Load<'_>,
+) -> Vec<(&'a CheckedRow, Lineage<'a>)> {
+    rows.into_iter()
+        .map(|(row, record)| {
+            let lineage = Lineage {
+                record,
+                batch: &load.batch.id,
+                rule: load.rule_digest,
+            };
+            (row, lineage)
+        })
+        .collect()
+}
+
+/// Empties the stage and fills it with multi-row INSERTs of `rows`, the latest per key.
 pub(super) async fn fill_stage(
     tx: &tokio_postgres::Transaction<'_>,
     prepared: &mut Statements,
     sql: &TableSql,
-    rows: Vec<(&CheckedRow, &str)>,
-    load: &Load<'_>,
+    rows: Vec<(&CheckedRow, Lineage<'_>)>,
     loaded_at: &str,
 ) -> Result<(), SinkError> {
     tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
@@ -193,13 +218,13 @@ pub(super) async fn fill_stage(
     let mut pending: Vec<Bind> = Vec::new();
     let mut pending_rows = 0;
     let mut bytes = 0;
-    for (row, record_id) in rows {
+    for (row, lineage) in rows {
         for (cell, ty) in row.cells.iter().zip(&sql.types) {
             pending.push(bind(*ty, cell));
         }
-        pending.push(Bind::Text(Some(record_id.to_string())));
-        pending.push(Bind::Text(Some(load.batch.id.clone())));
-        pending.push(Bind::Text(Some(load.rule_digest.to_string())));
+        pending.push(Bind::Text(Some(lineage.record.to_string())));
+        pending.push(Bind::Text(Some(lineage.batch.to_string())));
+        pending.push(Bind::Text(Some(lineage.rule.to_string())));
         pending.push(Bind::Text(Some(loaded_at.to_string())));
         bytes += pending[pending.len() - width..]
             .iter()

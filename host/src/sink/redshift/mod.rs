@@ -48,6 +48,7 @@ mod copy;
 pub use copy::*;
 mod commit;
 use commit::*;
+mod group;
 
 /// Most bind parameters in one statement (the protocol's i16 count; Redshift's drivers cap there too).
 const MAX_BINDS: usize = 32_767;

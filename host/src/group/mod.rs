@@ -1,0 +1,371 @@
+//! Grouped commits (`[sink.group_commit]`, docs/GROUP-COMMIT.md): workers make each batch durable as a staged
+//! object and register it; one loader for the whole fleet merges every registered batch in one warehouse
+//! transaction per interval. Workers acknowledge their source only once the registry says their batch merged.
+//!
+//! - [`StagedBatch`]: what a worker stages (its records' outcomes, RAW references, positions), as gzip JSON.
+//! - [`Staging`]: where staged objects live ([`staging::LocalStaging`], [`staging::S3Staging`]).
+//! - [`Registry`]: the staged batches and their fates, plus the loader lease (the coordinator's side).
+//! - [`GroupWarehouse`]: the loader's one transaction over many batches (the warehouse's side).
+//! - [`loader`]: the loader loop.
+
+pub mod loader;
+pub mod staging;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::record::Batch;
+use crate::rules::SourceRecord;
+use crate::rules::validate::RecordOutcome;
+use crate::schema::TableSpec;
+use crate::sink::{Load, SinkError};
+
+pub use staging::Staging;
+
+/// The fate of a registered batch. Only the loader writes one, and only over `Pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Registered; no loader transaction has decided it yet.
+    Pending,
+    /// Its rows, ledger row and checkpoint are in the warehouse.
+    Merged,
+    /// Its checkpoint compare-and-set failed: another worker moved the partition's checkpoint.
+    Refused,
+}
+
+impl Fate {
+    /// The name stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Pending => "pending",
+            Fate::Merged => "merged",
+            Fate::Refused => "refused",
+        }
+    }
+
+    /// A stored name back (anything unknown is still pending: a loader decides it again).
+    pub fn parse(s: &str) -> Fate {
+        match s {
+            "merged" => Fate::Merged,
+            "refused" => Fate::Refused,
+            _ => Fate::Pending,
+        }
+    }
+}
+
+/// A staged batch as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The batch id.
+    pub batch_id: String,
+    /// The source kind.
+    pub source: String,
+    /// The partition.
+    pub partition: String,
+    /// The key of its staged object.
+    pub key: String,
+    /// Size of the staged object, in bytes.
+    pub bytes: i64,
+}
+
+/// The staged batches and their fates, and the loader lease: the coordinator's part of grouped commits.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Registers a staged batch, unless a batch with its id is registered already (a retry).
+    async fn register(&self, entry: &Registration) -> Result<(), SinkError>;
+
+    /// Pending batches in registration order, at most `limit`.
+    async fn pending(&self, limit: usize) -> Result<Vec<Registration>, SinkError>;
+
+    /// Writes the fates the loader decided, each only over `Pending`.
+    async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError>;
+
+    /// The fates of these batches (a batch the registry does not know is missing from the map).
+    async fn fates(&self, batch_ids: &[String]) -> Result<HashMap<String, Fate>, SinkError>;
+
+    /// Claims or renews the loader lease for `owner` until `expires_us`; returns the lease's epoch when
+    /// `owner` holds it (a new epoch for each new holder), `None` when another worker does.
+    async fn claim_loader(
+        &self,
+        owner: &str,
+        now_us: i64,
+        expires_us: i64,
+    ) -> Result<Option<i64>, SinkError>;
+
+    /// Gives the loader lease up, so that another worker takes it at once.
+    async fn release_loader(&self, owner: &str) -> Result<(), SinkError>;
+}
+
+/// What one grouped merge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    /// Committed; one fate per load, in order: `Merged` (now, or by an earlier transaction) or `Refused`
+    /// (its checkpoint compare-and-set failed).
+    Decided(Vec<Fate>),
+    /// A loader with a newer epoch has committed: nothing was written.
+    Fenced,
+    /// The database refused these records' rows, as `(load, record, reason)` by index: nothing was written.
+    Refused(Vec<(usize, usize, String)>),
+}
+
+/// The loader's warehouse transaction over many batches.
+#[async_trait]
+pub trait GroupWarehouse: Send + Sync {
+    /// Merges `loads` in one transaction fenced by the loader's `epoch`.
+    async fn merge_group(&self, loads: &[Load<'_>], epoch: i64) -> Result<GroupOutcome, SinkError>;
+}
+
+/// Payload bytes kept per staged record: the dead-letter preview's (the rows carry the data).
+const PREVIEW_BYTES: usize = 256;
+
+/// One record of a staged batch: its id and the start of its payload (for a dead letter's preview).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StagedRecord {
+    id: String,
+    /// Base64 of the first payload bytes, only for rejected records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    preview: String,
+}
+
+/// What a worker stages for one batch: everything the loader needs to merge it as a per-batch commit would.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedBatch {
+    id: String,
+    source: String,
+    partition: String,
+    prev_position: String,
+    ordered: bool,
+    positions: Vec<String>,
+    records: Vec<StagedRecord>,
+    raw_refs: Vec<String>,
+    /// One checked outcome per record.
+    pub outcomes: Vec<RecordOutcome>,
+    rule_digest: String,
+    loaded_at_us: i64,
+}
+
+impl StagedBatch {
+    /// The staged form of a load.
+    pub fn of(load: &Load<'_>) -> StagedBatch {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let records = load
+            .batch
+            .records
+            .iter()
+            .zip(load.outcomes)
+            .map(|(r, o)| StagedRecord {
+                id: r.id.clone(),
+                preview: match o {
+                    RecordOutcome::Reject(..) => {
+                        b64.encode(&r.payload[..r.payload.len().min(PREVIEW_BYTES)])
+                    }
+                    _ => String::new(),
+                },
+            })
+            .collect();
+        StagedBatch {
+            id: load.batch.id.clone(),
+            source: load.batch.source.clone(),
+            partition: load.batch.partition.clone(),
+            prev_position: load.batch.prev_position.clone(),
+            ordered: load.batch.ordered,
+            positions: load.batch.positions.clone(),
+            records,
+            raw_refs: load.raw_refs.to_vec(),
+            outcomes: load.outcomes.to_vec(),
+            rule_digest: load.rule_digest.to_string(),
+            loaded_at_us: load.loaded_at_us,
+        }
+    }
+
+    /// The batch id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The batch again (payloads only as far as dead letters show them).
+    pub fn batch(&self) -> Batch {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let records: Vec<SourceRecord> = self
+            .records
+            .iter()
+            .map(|r| SourceRecord {
+                id: r.id.clone(),
+                partition_key: String::new(),
+                arrived_at_ms: 0,
+                attributes: Vec::new(),
+                payload: b64.decode(&r.preview).unwrap_or_default(),
+            })
+            .collect();
+        Batch {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            partition: self.partition.clone(),
+            prev_position: self.prev_position.clone(),
+            ordered: self.ordered,
+            positions: self.positions.clone(),
+            bytes: 0,
+            records,
+            started: Instant::now(),
+            received_us: Vec::new(),
+        }
+    }
+
+    /// The load of this batch, over `batch` (from [`StagedBatch::batch`]).
+    pub fn load<'a>(&'a self, batch: &'a Batch, tables: &'a [TableSpec]) -> Load<'a> {
+        Load {
+            batch,
+            raw_refs: &self.raw_refs,
+            outcomes: &self.outcomes,
+            tables,
+            rule_digest: &self.rule_digest,
+            loaded_at_us: self.loaded_at_us,
+        }
+    }
+
+    /// Gzip JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("a staged batch serializes");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&json).expect("writing to memory");
+        gz.finish().expect("writing to memory")
+    }
+
+    /// From gzip JSON; `tables` bounds the table indexes of its rows.
+    pub fn from_bytes(bytes: &[u8], tables: usize) -> Result<StagedBatch, String> {
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut json)
+            .map_err(|e| format!("not gzip: {e}"))?;
+        let staged: StagedBatch =
+            serde_json::from_slice(&json).map_err(|e| format!("not a staged batch: {e}"))?;
+        if staged.records.len() != staged.outcomes.len()
+            || staged.raw_refs.len() != staged.outcomes.len()
+        {
+            return Err("records, RAW references and outcomes differ in number".into());
+        }
+        let bad_table = staged.outcomes.iter().any(|o| match o {
+            RecordOutcome::Emit(rows) => rows.iter().any(|r| r.table >= tables),
+            _ => false,
+        });
+        if bad_table {
+            return Err("a row names a table that is not declared".into());
+        }
+        Ok(staged)
+    }
+}
+
+/// The staged object's key of a batch: derived from the batch id only, so staging again overwrites it with
+/// the same bytes.
+pub fn staged_key(batch_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(batch_id.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("staged/{hex}.json.gz")
+}
+
+/// What the pipeline needs to commit by groups: where to stage, where to register, how often to look.
+#[derive(Clone)]
+pub struct GroupCommit {
+    /// Where staged objects go.
+    pub staging: Arc<dyn Staging>,
+    /// The registry of staged batches.
+    pub registry: Arc<dyn Registry>,
+    /// How often a worker asks the registry for the fates of its batches.
+    pub settle_poll: Duration,
+    /// Most registered, unsettled batches per pipeline.
+    pub max_in_flight: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::validate::{CheckedRow, RejectStage};
+    use crate::schema::Cell;
+
+    fn batch() -> (Batch, Vec<String>, Vec<RecordOutcome>) {
+        let records: Vec<SourceRecord> = (0..3)
+            .map(|i| SourceRecord {
+                id: format!("r{i}"),
+                partition_key: String::new(),
+                arrived_at_ms: 0,
+                attributes: Vec::new(),
+                payload: vec![b'x'; 300 + i],
+            })
+            .collect();
+        let batch = Batch {
+            id: "file/in/1-3".into(),
+            source: "file".into(),
+            partition: "in".into(),
+            prev_position: "0".into(),
+            ordered: true,
+            positions: vec!["1".into(), "2".into(), "3".into()],
+            bytes: 903,
+            records,
+            started: Instant::now(),
+            received_us: Vec::new(),
+        };
+        let outcomes = vec![
+            RecordOutcome::Emit(vec![CheckedRow {
+                table: 0,
+                cells: vec![
+                    Cell::Text("a".into()),
+                    Cell::Float(0.1),
+                    Cell::Decimal("1.50".into()),
+                    Cell::TimestampUs(-5),
+                    Cell::Json("{\"k\":[1]}".into()),
+                    Cell::Null,
+                    Cell::Bool(true),
+                    Cell::Int(i64::MIN),
+                ],
+            }]),
+            RecordOutcome::Drop("test".into()),
+            RecordOutcome::Reject(RejectStage::Validate, "bad".into()),
+        ];
+        let refs = vec!["raw#1".into(), "raw#2".into(), "raw#3".into()];
+        (batch, refs, outcomes)
+    }
+
+    /// A staged batch reads back as the same load: outcomes exact, dead letters' previews the same.
+    #[test]
+    fn staged_batch_round_trip() {
+        let (batch, refs, outcomes) = batch();
+        let load = Load {
+            batch: &batch,
+            raw_refs: &refs,
+            outcomes: &outcomes,
+            tables: &[],
+            rule_digest: "d",
+            loaded_at_us: 7,
+        };
+        let staged = StagedBatch::from_bytes(&StagedBatch::of(&load).to_bytes(), 1).unwrap();
+        let again = staged.batch();
+        let back = staged.load(&again, &[]);
+        assert_eq!(back.outcomes, load.outcomes);
+        assert_eq!(back.raw_refs, load.raw_refs);
+        assert_eq!((back.rule_digest, back.loaded_at_us), ("d", 7));
+        assert_eq!(
+            (&again.id, &again.prev_position, again.ordered),
+            (&batch.id, &batch.prev_position, true)
+        );
+        assert_eq!(again.last_position(), batch.last_position());
+        assert_eq!(
+            crate::sink::payload_preview(&again.records[2].payload),
+            crate::sink::payload_preview(&batch.records[2].payload)
+        );
+        assert!(
+            again.records[0].payload.is_empty(),
+            "only rejects keep payload"
+        );
+        assert!(StagedBatch::from_bytes(&StagedBatch::of(&load).to_bytes(), 0).is_err());
+        assert!(StagedBatch::from_bytes(b"nope", 1).is_err());
+        assert_eq!(staged_key(&batch.id), staged_key("file/in/1-3"));
+        assert_ne!(staged_key(&batch.id), staged_key("file/in/1-4"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The sink stage with grouped commits (docs/GROUP-COMMIT.md, steps W4–W6): each batch is staged and
+//! registered, then acknowledged in order once the registry says the loader merged it. Staging goes on while
+//! earlier batches wait, up to `max_in_flight`.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::group::{Fate, GroupCommit, Registration, StagedBatch, staged_key};
+
+pub(super) async fn group_sink_stage(
+    group: GroupCommit,
+    rule_digest: String,
+    tables: Arc<Vec<TableSpec>>,
+    retry: RetryConfig,
+    mut input: mpsc::Receiver<Processed>,
+    mut acker: Box<dyn crate::source::Acker>,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    let crash = CrashPoint::from_env("commit");
+    let mut window: VecDeque<(Processed, Instant)> = VecDeque::new();
+    let mut open = true;
+    let mut tick = tokio::time::interval(group.settle_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !open && window.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            next = input.recv(), if open && window.len() < group.max_in_flight.max(1) => match next {
+                Some(p) => {
+                    let began = Instant::now();
+                    submit(&group, &p, &rule_digest, &tables, &retry).await?;
+                    window.push_back((p, began));
+                }
+                None => open = false,
+            },
+            _ = tick.tick(), if !window.is_empty() => {
+                let ids: Vec<String> = window.iter().map(|(p, _)| p.batch.id.clone()).collect();
+                let fates = retrying(&retry, "registry read", || group.registry.fates(&ids))
+                    .await
+                    .map_err(|(attempts, e)| PipelineError::Sink {
+                        batch: ids[0].clone(),
+                        attempts,
+                        source: e,
+                    })?;
+                // In order: a batch is acknowledged only after every earlier one of its partition.
+                while let Some((p, began)) = window.front() {
+                    match fates.get(&p.batch.id).copied().unwrap_or(Fate::Pending) {
+                        Fate::Pending => break,
+                        Fate::Refused => {
+                            return Err(PipelineError::NotOwner {
+                                source_name: p.batch.source.clone(),
+                                partition: p.batch.partition.clone(),
+                            });
+                        }
+                        Fate::Merged => {
+                            let span = tracing::info_span!("load", batch = %p.batch.id, partition = %p.batch.partition);
+                            CrashPoint::check(crash, summary.batches + 1);
+                            acknowledge(p, &tables, acker.as_mut(), summary, *began)
+                                .instrument(span)
+                                .await?;
+                            window.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stages one batch (W4) and registers it (W5), each retried; both are idempotent.
+async fn submit(
+    group: &GroupCommit,
+    p: &Processed,
+    rule_digest: &str,
+    tables: &[TableSpec],
+    retry: &RetryConfig,
+) -> Result<(), PipelineError> {
+    let span = tracing::info_span!("stage", batch = %p.batch.id, partition = %p.batch.partition);
+    let load = Load {
+        batch: &p.batch,
+        raw_refs: &p.raw_refs,
+        outcomes: &p.outcomes,
+        tables,
+        rule_digest,
+        loaded_at_us: crate::record::wall_clock_us(),
+    };
+    let bytes = StagedBatch::of(&load).to_bytes();
+    let entry = Registration {
+        batch_id: p.batch.id.clone(),
+        source: p.batch.source.clone(),
+        partition: p.batch.partition.clone(),
+        key: staged_key(&p.batch.id),
+        bytes: bytes.len() as i64,
+    };
+    let failed = |(attempts, e)| PipelineError::Sink {
+        batch: p.batch.id.clone(),
+        attempts,
+        source: e,
+    };
+    retrying(retry, "staging write", || {
+        group.staging.put(&entry.key, bytes.clone())
+    })
+    .instrument(span.clone())
+    .await
+    .map_err(failed)?;
+    retrying(retry, "registration", || group.registry.register(&entry))
+        .instrument(span)
+        .await
+        .map_err(failed)?;
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! Grouped commits on PostgreSQL and Redshift: the registry of staged batches and the loader lease in the
+//! database's own tables (`[coordinator] kind = "sink"`), and the loader's one transaction over many batches.
+
+use super::*;
+use crate::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
+
+/// The `weir_checkpoints` source of the loader's rows: the lease (`lease`) and the fence (`fence`).
+const LOADER: &str = "weir-loader";
+
+/// An epoch as the fence stores it: zero-padded, so that text order is number order.
+fn epoch_text(epoch: i64) -> String {
+    format!("{:020}", epoch.max(0))
+}
+
+impl RedshiftSink {
+    /// Creates the registry's table (`weir_staged`) and the loader's rows.
+    pub async fn prepare_registry(&self) -> Result<(), SinkError> {
+        let s = quote(&self.schema);
+        self.run_simple(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.weir_staged (batch_id VARCHAR(1024) NOT NULL, source VARCHAR(256) NOT NULL, \
+             \"partition\" VARCHAR(256) NOT NULL, staged_key VARCHAR(1024) NOT NULL, bytes BIGINT NOT NULL, \
+             registered_us BIGINT NOT NULL, fate VARCHAR(16) NOT NULL, PRIMARY KEY (batch_id))"
+        ))
+        .await?;
+        self.checkpoint(LOADER, "lease").await?;
+        self.checkpoint(LOADER, "fence").await?;
+        Ok(())
+    }
+
+    /// Runs one statement outside a transaction.
+    async fn run_simple(&self, statement: &str) -> Result<(), SinkError> {
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self
+            .bounded("database call", async {
+                conn.client
+                    .batch_execute(traced(statement))
+                    .await
+                    .map_err(classify)
+            })
+            .await;
+        Self::settle(&mut guard, result)
+    }
+
+    /// The merge, in one transaction; `None` when fenced. Data errors come back as [`SinkError::Data`].
+    async fn merge_group_tx(
+        &self,
+        conn: &mut Conn,
+        loads: &[Load<'_>],
+        epoch: i64,
+    ) -> Result<Option<Vec<Fate>>, SinkError> {
+        let specs = self
+            .tables
+            .get()
+            .ok_or_else(|| SinkError::Permanent("merge before prepare".into()))?;
+        let sqls: Vec<TableSql> = specs
+            .iter()
+            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .collect();
+        for sql in &sqls {
+            if !conn.staged.contains(&sql.stage) {
+                conn.client
+                    .batch_execute(traced(&sql.create_stage()))
+                    .await
+                    .map_err(classify)?;
+                conn.staged.insert(sql.stage.clone());
+            }
+        }
+        let s = quote(&self.schema);
+        let loaded_at = sql_timestamp(crate::record::wall_clock_us());
+        let tx = conn.client.transaction().await.map_err(classify)?;
+        if self.redshift {
+            tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
+                .await
+                .map_err(classify)?;
+        }
+        // The fence: a loader whose epoch is older than one that committed writes nothing.
+        let epoch = epoch_text(epoch);
+        let fenced = tx
+            .execute_typed(
+                traced(&format!(
+                    "UPDATE {s}.weir_checkpoints SET position = $1 WHERE source = $2 AND \"partition\" = 'fence' \
+                     AND position <= $1"
+                )),
+                &[(&epoch, Type::VARCHAR), (&LOADER, Type::VARCHAR)],
+            )
+            .await
+            .map_err(classify)?
+            == 0;
+        if fenced {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(None);
+        }
+        let fates = self.decide(&tx, loads, &loaded_at).await?;
+        let accepted: Vec<&Load<'_>> = loads
+            .iter()
+            .zip(&fates)
+            .filter(|(_, f)| f.1)
+            .map(|(l, _)| l)
+            .collect();
+        let per_load: Vec<_> = accepted
+            .iter()
+            .map(|l| rows_by_table(l, specs.len(), None))
+            .collect();
+        let mut per_table: Vec<Vec<(&CheckedRow, Lineage<'_>)>> = vec![Vec::new(); specs.len()];
+        for (load, tables) in accepted.iter().zip(per_load) {
+            for (t, rows) in tables.into_iter().enumerate() {
+                per_table[t].extend(with_lineage(rows, load));
+            }
+        }
+        if !self.redshift {
+            lock_targets(&tx, &sqls, &per_table).await?;
+        }
+        for (t, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?;
+            self.merge_stage(&tx, &sqls[t]).await?;
+        }
+        for load in &accepted {
+            write_dead_letters(&tx, &self.schema, load, &loaded_at).await?;
+            write_ledger(&tx, &self.schema, load, &loaded_at).await?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(fates.into_iter().map(|f| f.0).collect()))
+    }
+
+    /// Per load, in order: its fate, and whether this transaction merges it. Already in the ledger: merged
+    /// before. Ordered: merged now when its checkpoint compare-and-set moves, else refused. Unordered: merged
+    /// now.
+    async fn decide(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        loads: &[Load<'_>],
+        loaded_at: &str,
+    ) -> Result<Vec<(Fate, bool)>, SinkError> {
+        let s = quote(&self.schema);
+        let ids: Vec<&str> = loads.iter().map(|l| l.batch.id.as_str()).collect();
+        let mut in_ledger: HashSet<String> = HashSet::new();
+        for chunk in ids.chunks(READ_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let params: Vec<(&(dyn ToSql + Sync), Type)> = chunk
+                .iter()
+                .map(|id| (id as &(dyn ToSql + Sync), Type::VARCHAR))
+                .collect();
+            let rows = tx
+                .query_typed(
+                    traced(&format!(
+                        "SELECT batch_id FROM {s}.weir_batches WHERE batch_id IN ({})",
+                        marks.join(", ")
+                    )),
+                    &params,
+                )
+                .await
+                .map_err(classify)?;
+            in_ledger.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+        let cas = tx
+            .prepare_typed(
+                traced(&format!(
+                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+                )),
+                &[Type::VARCHAR; 5],
+            )
+            .await
+            .map_err(classify)?;
+        let mut fates = Vec::with_capacity(loads.len());
+        for load in loads {
+            let b = load.batch;
+            if in_ledger.contains(&b.id) {
+                fates.push((Fate::Merged, false));
+                continue;
+            }
+            if !b.ordered {
+                in_ledger.insert(b.id.clone()); // a batch registered twice merges once
+                fates.push((Fate::Merged, true));
+                continue;
+            }
+            let last = b.last_position();
+            let moved = tx
+                .execute(
+                    &cas,
+                    &[&last, &loaded_at, &b.source, &b.partition, &b.prev_position],
+                )
+                .await
+                .map_err(classify)?;
+            fates.push(if moved == 1 {
+                in_ledger.insert(b.id.clone());
+                (Fate::Merged, true)
+            } else {
+                (Fate::Refused, false)
+            });
+        }
+        Ok(fates)
+    }
+}
+
+#[async_trait]
+impl GroupWarehouse for RedshiftSink {
+    async fn merge_group(&self, loads: &[Load<'_>], epoch: i64) -> Result<GroupOutcome, SinkError> {
+        self.merge_group_checked(loads, epoch).await
+    }
+}
+
+impl RedshiftSink {
+    /// The grouped merge; records whose rows the database refuses are found load by load.
+    async fn merge_group_checked(
+        &self,
+        loads: &[Load<'_>],
+        epoch: i64,
+    ) -> Result<GroupOutcome, SinkError> {
+        let span = tracing::info_span!("redshift.merge_group", batches = loads.len(), epoch);
+        let mut guard = self.session().instrument(span.clone()).await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self
+            .bounded("grouped merge", async {
+                match self.merge_group_tx(conn, loads, epoch).instrument(span.clone()).await {
+                    Ok(Some(fates)) => Ok(GroupOutcome::Decided(fates)),
+                    Ok(None) => Ok(GroupOutcome::Fenced),
+                    Err(SinkError::Data(message)) => {
+                        tracing::warn!(parent: &span, error = %message, "the database refused a value; isolating the records");
+                        let mut guilty = Vec::new();
+                        for (l, load) in loads.iter().enumerate() {
+                            for (r, reason) in self.isolate(conn, load).await? {
+                                guilty.push((l, r, reason));
+                            }
+                        }
+                        if guilty.is_empty() {
+                            return Err(SinkError::Permanent(format!(
+                                "{message} (not reproducible record by record)"
+                            )));
+                        }
+                        Ok(GroupOutcome::Refused(guilty))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        Self::settle(&mut guard, result)
+    }
+
+    /// Runs one statement with text parameters; returns the rows.
+    async fn query_text(
+        &self,
+        what: &'static str,
+        statement: String,
+        params: Vec<String>,
+    ) -> Result<Vec<tokio_postgres::Row>, SinkError> {
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self
+            .bounded(what, async {
+                let binds: Vec<(&(dyn ToSql + Sync), Type)> = params
+                    .iter()
+                    .map(|p| (p as &(dyn ToSql + Sync), Type::VARCHAR))
+                    .collect();
+                conn.client
+                    .query_typed(traced(&statement), &binds)
+                    .await
+                    .map_err(classify)
+            })
+            .await;
+        Self::settle(&mut guard, result)
+    }
+}
+
+/// Registration order within one process: strictly increasing even within one microsecond.
+fn registration_us() -> i64 {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = crate::record::wall_clock_us();
+    let mut last = LAST.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(
+            last,
+            next,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        ) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for RedshiftSink {
+    async fn register(&self, entry: &Registration) -> Result<(), SinkError> {
+        let s = quote(&self.schema);
+        self.query_text(
+            "registration",
+            format!(
+                "INSERT INTO {s}.weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
+                 SELECT $1, $2, $3, $4, CAST($5 AS BIGINT), CAST($6 AS BIGINT), 'pending' \
+                 WHERE NOT EXISTS (SELECT 1 FROM {s}.weir_staged WHERE batch_id = $1)"
+            ),
+            vec![
+                entry.batch_id.clone(),
+                entry.source.clone(),
+                entry.partition.clone(),
+                entry.key.clone(),
+                entry.bytes.to_string(),
+                registration_us().to_string(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<Registration>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .query_text(
+                "registry read",
+                format!(
+                    "SELECT batch_id, source, \"partition\", staged_key, bytes FROM {s}.weir_staged \
+                     WHERE fate = 'pending' ORDER BY registered_us, batch_id LIMIT {}",
+                    limit.max(1)
+                ),
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Registration {
+                batch_id: r.get(0),
+                source: r.get(1),
+                partition: r.get(2),
+                key: r.get(3),
+                bytes: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError> {
+        let s = quote(&self.schema);
+        for fate in [Fate::Merged, Fate::Refused] {
+            let ids: Vec<String> = fates
+                .iter()
+                .filter(|(_, f)| *f == fate)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for chunk in ids.chunks(READ_CHUNK) {
+                let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+                let mut params = vec![fate.as_str().to_string()];
+                params.extend(chunk.iter().cloned());
+                self.query_text(
+                    "registry update",
+                    format!(
+                        "UPDATE {s}.weir_staged SET fate = $1 WHERE fate = 'pending' AND batch_id IN ({})",
+                        marks.join(", ")
+                    ),
+                    params,
+                )
+                .await?;
+            }
+        }
+        // Bounded bookkeeping: settled entries older than a day go.
+        let day_ago = crate::record::wall_clock_us() - 86_400_000_000;
+        self.query_text(
+            "registry cleanup",
+            format!(
+                "DELETE FROM {s}.weir_staged WHERE fate <> 'pending' AND registered_us < CAST($1 AS BIGINT)"
+            ),
+            vec![day_ago.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn fates(&self, batch_ids: &[String]) -> Result<HashMap<String, Fate>, SinkError> {
+        let s = quote(&self.schema);
+        let mut out = HashMap::new();
+        for chunk in batch_ids.chunks(READ_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let rows = self
+                .query_text(
+                    "registry read",
+                    format!(
+                        "SELECT batch_id, fate FROM {s}.weir_staged WHERE batch_id IN ({})",
+                        marks.join(", ")
+                    ),
+                    chunk.to_vec(),
+                )
+                .await?;
+            for r in rows {
+                out.insert(r.get::<_, String>(0), Fate::parse(&r.get::<_, String>(1)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_loader(
+        &self,
+        owner: &str,
+        now_us: i64,
+        expires_us: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        let s = quote(&self.schema);
+        // A new holder starts a new epoch (its claim time); the holder renewing keeps its own.
+        let claimed = self
+            .query_text(
+                "loader lease",
+                format!(
+                    "UPDATE {s}.weir_checkpoints SET position = CASE WHEN owner = $1 THEN position ELSE $2 END, \
+                     owner = $1, lease_expires_at = CAST($3 AS TIMESTAMPTZ), updated_at = CAST($4 AS TIMESTAMPTZ) \
+                     WHERE source = $5 AND \"partition\" = 'lease' AND (owner IS NULL OR owner = '' OR owner = $1 \
+                     OR lease_expires_at IS NULL OR lease_expires_at < CAST($4 AS TIMESTAMPTZ))"
+                ),
+                vec![
+                    owner.to_string(),
+                    epoch_text(now_us),
+                    sql_timestamp(expires_us),
+                    sql_timestamp(now_us),
+                    LOADER.to_string(),
+                ],
+            )
+            .await;
+        match claimed {
+            Ok(_) => {}
+            // Two workers claiming at once on Redshift: one is refused (serializable); it is not the loader.
+            Err(SinkError::Transient(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let rows = self
+            .query_text(
+                "loader lease",
+                format!(
+                    "SELECT COALESCE(owner, ''), position FROM {s}.weir_checkpoints \
+                     WHERE source = $1 AND \"partition\" = 'lease'"
+                ),
+                vec![LOADER.to_string()],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| {
+            (r.get::<_, String>(0) == owner)
+                .then(|| r.get::<_, String>(1).parse::<i64>().ok())
+                .flatten()
+        }))
+    }
+
+    async fn release_loader(&self, owner: &str) -> Result<(), SinkError> {
+        self.release(LOADER, "lease", owner).await
+    }
+}

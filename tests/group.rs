@@ -1,0 +1,226 @@
+//! Grouped commits (`[sink.group_commit]`, docs/GROUP-COMMIT.md) through the real `weir` binary on PostgreSQL:
+//! the same final tables and ledger as per-batch commits, a fleet of workers on the Redshift-like database, and
+//! a loader killed between its merge and the registry update.
+
+mod common;
+
+use common::*;
+
+/// The grouped-commit settings appended to a quickstart PostgreSQL config (staging under the test's folder).
+const GROUPED: &str = "
+[sink.group_commit]
+enabled = true
+interval_ms = 100
+lease_secs = 2
+[sink.group_commit.staging]
+kind = \"local\"
+dir = \"staged\"
+";
+
+/// The quickstart on PostgreSQL, per batch or grouped.
+fn config(dir: &std::path::Path, url: &str, grouped: bool) -> std::path::PathBuf {
+    let path = quickstart_postgres_in(dir, url);
+    if grouped {
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(GROUPED);
+        std::fs::write(&path, text).unwrap();
+    }
+    path
+}
+
+/// Final tables and ledger counts, without wall-clock columns.
+async fn state(db: &TestDb) -> Vec<Vec<Vec<String>>> {
+    vec![
+        db.rows("SELECT order_id, total::text, country, _weir_record_id FROM orders ORDER BY 1")
+            .await,
+        db.rows("SELECT order_id, line_no::text, sku, _weir_record_id FROM order_lines ORDER BY 1, 2")
+            .await,
+        db.rows("SELECT record_id, stage, reason FROM weir_dead_letters ORDER BY 1")
+            .await,
+        db.rows(
+            "SELECT batch_id, records_in::text, emitted::text, dropped::text, rejected::text, rows_out::text \
+             FROM weir_batches ORDER BY 1",
+        )
+        .await,
+        db.rows("SELECT source, \"partition\", position FROM weir_checkpoints WHERE source = 'file' ORDER BY 1, 2")
+            .await,
+    ]
+}
+
+/// A grouped run leaves exactly what a per-batch run leaves: rows, dead letters, one ledger row per batch,
+/// the checkpoint; every registered batch is merged and its staged object removed.
+#[tokio::test]
+async fn grouped_commits_leave_the_per_batch_state() {
+    needs!("grouped_commits_leave_the_per_batch_state": Postgres, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            config(a.path(), &per_batch.url, false).to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            config(b.path(), &grouped.url, true).to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("records in: 17 in 5 batches"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(state(&grouped).await, state(&per_batch).await);
+    assert_eq!(
+        grouped
+            .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+            .await,
+        vec![vec!["merged".to_string(), "5".to_string()]]
+    );
+    let left = std::fs::read_dir(b.path().join("staged/staged"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "staged objects are removed once merged");
+    // A second run reads from the checkpoint: nothing new, nothing changed.
+    let before = state(&grouped).await;
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            config(b.path(), &grouped.url, false).to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(state(&grouped).await, before);
+}
+
+/// The loader dies right after its merge committed, before the registry learns the fates: the batches are
+/// in the warehouse but still pending. The next run has new input, so it needs a loader: once the dead one's
+/// lease runs out, it takes over, finds the old batches' ledger rows and marks them merged without merging
+/// them again. The final rows are those of one per-batch run over all the input.
+#[tokio::test]
+async fn loader_killed_between_merge_and_registry() {
+    needs!("loader_killed_between_merge_and_registry": Postgres, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (more, _) = orders_input_from(5000, 20);
+    let reference = config(a.path(), &per_batch.url, false);
+    // (bytes: the quickstart input holds a line that is not UTF-8)
+    let mut input = std::fs::read(a.path().join("orders.jsonl")).unwrap();
+    input.extend_from_slice(more.as_bytes());
+    std::fs::write(a.path().join("orders.jsonl"), &input).unwrap();
+    let out = weir(&["run", "-c", reference.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    let grouped_config = config(b.path(), &grouped.url, true);
+    let out = weir(
+        &["run", "-c", grouped_config.to_str().unwrap()],
+        &[("WEIR_CRASH_AFTER", "merge:1")],
+    );
+    assert!(
+        !out.status.success(),
+        "the crash point aborts: {}",
+        show(&out)
+    );
+    let merged_before = grouped.count("SELECT count(*) FROM weir_batches").await;
+    assert!(merged_before > 0, "the first merge committed");
+    let pending = grouped
+        .count("SELECT count(*) FROM weir_staged WHERE fate = 'pending'")
+        .await;
+    assert!(pending >= merged_before, "its fates were not written");
+    std::fs::write(b.path().join("orders.jsonl"), &input).unwrap();
+    let out = weir(&["run", "-c", grouped_config.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    let (have, want) = (state(&grouped).await, state(&per_batch).await);
+    assert_eq!(have[..3], want[..3], "rows and dead letters");
+    assert_eq!(
+        grouped
+            .count("SELECT sum(records_in) FROM weir_batches")
+            .await,
+        input
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as i64,
+        "every record in exactly one ledger batch"
+    );
+    assert_eq!(have[4], want[4], "the checkpoint");
+    // The batches the dead loader merged are found merged (by their ledger rows), not refused.
+    assert_eq!(
+        grouped
+            .count("SELECT count(*) FROM weir_staged WHERE fate = 'merged'")
+            .await,
+        grouped.count("SELECT count(*) FROM weir_batches").await
+    );
+    assert_eq!(
+        grouped
+            .count("SELECT count(*) FROM weir_staged WHERE fate = 'pending'")
+            .await,
+        0
+    );
+}
+
+/// Three workers on three files, one database made Redshift-like (serializable, table locks, slow commits):
+/// every worker exits 0 and the tables hold exactly the union of the three per-file loads.
+#[tokio::test(flavor = "multi_thread")]
+async fn grouped_fleet_on_a_redshift_like_database() {
+    needs!("grouped_fleet_on_a_redshift_like_database": Postgres, Plugins);
+    let db = TestDb::new().await;
+    let url = format!("{}?sslmode=disable", db.url);
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &url, true);
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("kind = \"postgres\"", "kind = \"redshift\"");
+    // The tables first (redshift-sim covers the tables that exist when it is installed).
+    std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
+    std::fs::write(&base, &text).unwrap();
+    let out = weir(&["run", "-c", base.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    db.install_redshift_sim(50);
+    let mut expected = std::collections::BTreeSet::new();
+    let mut children = Vec::new();
+    for w in 0..3 {
+        let (input, ids) = orders_input_from(w * 1000, 300);
+        expected.extend(ids);
+        let file = format!("orders-{w}.jsonl");
+        std::fs::write(dir.path().join(&file), input).unwrap();
+        let cfg = dir.path().join(format!("w{w}.toml"));
+        std::fs::write(&cfg, text.replace("orders.jsonl", &file)).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("WEIR_LOG", "warn");
+        children.push(Background::spawn(cmd));
+    }
+    for child in children {
+        let out = child.wait(std::time::Duration::from_secs(600)).await;
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let ids: std::collections::BTreeSet<String> = db
+        .rows("SELECT order_id FROM orders")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM weir_batches WHERE records_in <> emitted + dropped + rejected"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        900
+    );
+}
