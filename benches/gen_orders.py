@@ -3,6 +3,7 @@
 
 About 2 % are test orders (dropped by the rule) and 1 % are malformed (rejected), like a real stream.
     python3 benches/gen_orders.py 200000 > /tmp/orders.jsonl
+    python3 benches/gen_orders.py 20000 40000 > /tmp/part-3.jsonl    # ids from o-00040000 (other workers' files)
 """
 import json
 import random
@@ -11,9 +12,10 @@ import sys
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    rng = random.Random(42)
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    rng = random.Random(42 + first)
     out = sys.stdout
-    for i in range(n):
+    for i in range(first, first + n):
         lines = [
             {"sku": f"SKU-{rng.randrange(100)}", "qty": 1 + rng.randrange(5),
              "unit_price": f"{rng.randrange(50)}.{rng.randrange(100):02d}"}

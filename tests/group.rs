@@ -102,15 +102,17 @@ async fn grouped_commits_leave_the_per_batch_state() {
     assert_eq!(state(&grouped).await, before);
 }
 
-/// The loader dies right after its merge committed, before the registry learns the fates: the batches are
-/// in the warehouse but still pending. The next run has new input, so it needs a loader: once the dead one's
-/// lease runs out, it takes over, finds the old batches' ledger rows and marks them merged without merging
-/// them again. The final rows are those of one per-batch run over all the input.
+/// A worker killed at each step of the protocol — after staging a batch (before registering it), after
+/// registering it (before its merge), right after the loader's merge committed (before the registry learns
+/// the fates), after its batch merged (before the acknowledgement) — and run again on more input: the rows
+/// are those of one per-batch run over all the input, every record is in exactly one ledger batch, and every
+/// registered batch ends merged. After the loader's crash the next run's loader, once the dead one's lease ran
+/// out, finds the merged batches' ledger rows and marks them merged without merging them again.
 #[tokio::test]
-async fn loader_killed_between_merge_and_registry() {
-    needs!("loader_killed_between_merge_and_registry": Postgres, Plugins);
-    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+async fn killed_at_every_step_loses_and_doubles_nothing() {
+    needs!("killed_at_every_step_loses_and_doubles_nothing": Postgres, Plugins);
+    let per_batch = TestDb::new().await;
+    let a = tempfile::tempdir().unwrap();
     let (more, _) = orders_input_from(5000, 20);
     let reference = config(a.path(), &per_batch.url, false);
     // (bytes: the quickstart input holds a line that is not UTF-8)
@@ -119,53 +121,63 @@ async fn loader_killed_between_merge_and_registry() {
     std::fs::write(a.path().join("orders.jsonl"), &input).unwrap();
     let out = weir(&["run", "-c", reference.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));
+    let want = state(&per_batch).await;
 
-    let grouped_config = config(b.path(), &grouped.url, true);
-    let out = weir(
-        &["run", "-c", grouped_config.to_str().unwrap()],
-        &[("WEIR_CRASH_AFTER", "merge:1")],
-    );
-    assert!(
-        !out.status.success(),
-        "the crash point aborts: {}",
-        show(&out)
-    );
-    let merged_before = grouped.count("SELECT count(*) FROM weir_batches").await;
-    assert!(merged_before > 0, "the first merge committed");
-    let pending = grouped
-        .count("SELECT count(*) FROM weir_staged WHERE fate = 'pending'")
-        .await;
-    assert!(pending >= merged_before, "its fates were not written");
-    std::fs::write(b.path().join("orders.jsonl"), &input).unwrap();
-    let out = weir(&["run", "-c", grouped_config.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", show(&out));
+    for crash in ["staged:2", "registered:2", "merge:1", "commit:1"] {
+        let grouped = TestDb::new().await;
+        let b = tempfile::tempdir().unwrap();
+        let grouped_config = config(b.path(), &grouped.url, true);
+        let out = weir(
+            &["run", "-c", grouped_config.to_str().unwrap()],
+            &[("WEIR_CRASH_AFTER", crash)],
+        );
+        assert!(
+            !out.status.success(),
+            "{crash}: the crash point aborts: {}",
+            show(&out)
+        );
+        if crash == "merge:1" {
+            assert!(grouped.count("SELECT count(*) FROM weir_batches").await > 0);
+            assert!(
+                grouped
+                    .count("SELECT count(*) FROM weir_staged WHERE fate = 'pending'")
+                    .await
+                    > 0,
+                "the fates of the first merge were not written"
+            );
+        }
+        std::fs::write(b.path().join("orders.jsonl"), &input).unwrap();
+        let out = weir(&["run", "-c", grouped_config.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{crash}: {}", show(&out));
 
-    let (have, want) = (state(&grouped).await, state(&per_batch).await);
-    assert_eq!(have[..3], want[..3], "rows and dead letters");
-    assert_eq!(
-        grouped
-            .count("SELECT sum(records_in) FROM weir_batches")
-            .await,
-        input
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count() as i64,
-        "every record in exactly one ledger batch"
-    );
-    assert_eq!(have[4], want[4], "the checkpoint");
-    // The batches the dead loader merged are found merged (by their ledger rows), not refused.
-    assert_eq!(
-        grouped
-            .count("SELECT count(*) FROM weir_staged WHERE fate = 'merged'")
-            .await,
-        grouped.count("SELECT count(*) FROM weir_batches").await
-    );
-    assert_eq!(
-        grouped
-            .count("SELECT count(*) FROM weir_staged WHERE fate = 'pending'")
-            .await,
-        0
-    );
+        let have = state(&grouped).await;
+        assert_eq!(have[..3], want[..3], "{crash}: rows and dead letters");
+        assert_eq!(
+            grouped
+                .count("SELECT sum(records_in) FROM weir_batches")
+                .await,
+            input
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count() as i64,
+            "{crash}: every record in exactly one ledger batch"
+        );
+        assert_eq!(have[4], want[4], "{crash}: the checkpoint");
+        // Batches merged before a crash are found merged (by their ledger rows), not refused.
+        assert_eq!(
+            grouped
+                .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+                .await,
+            vec![vec![
+                "merged".to_string(),
+                grouped
+                    .count("SELECT count(*) FROM weir_batches")
+                    .await
+                    .to_string()
+            ]],
+            "{crash}"
+        );
+    }
 }
 
 /// Three workers on three files, one database made Redshift-like (serializable, table locks, slow commits):

@@ -121,10 +121,20 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkErr
 /// The PostgreSQL / Redshift sink of the configuration, not connected yet.
 #[cfg(feature = "postgres")]
 fn database_sink(loaded: &Loaded) -> Result<crate::sink::redshift::RedshiftSink, SinkError> {
-    use crate::sink::redshift::{RedshiftOptions, RedshiftSink};
+    let url = loaded
+        .config
+        .sink
+        .url
+        .as_deref()
+        .expect("checked by config");
+    crate::sink::redshift::RedshiftSink::new(url, database_options(loaded))
+}
+
+/// The PostgreSQL / Redshift sink's connection options from the configuration.
+#[cfg(feature = "postgres")]
+fn database_options(loaded: &Loaded) -> crate::sink::redshift::RedshiftOptions {
     let sink = &loaded.config.sink;
-    let url = sink.url.as_deref().expect("checked by config");
-    let options = RedshiftOptions {
+    crate::sink::redshift::RedshiftOptions {
         schema: sink.schema.clone(),
         redshift: sink.kind == SinkKind::Redshift,
         tls_ca_file: sink.tls_ca_file.clone(),
@@ -135,8 +145,7 @@ fn database_sink(loaded: &Loaded) -> Result<crate::sink::redshift::RedshiftSink,
         merge: sink.merge,
         connect_timeout: std::time::Duration::from_secs(sink.connect_timeout_secs.max(1)),
         call_timeout: std::time::Duration::from_secs(sink.call_timeout_secs.max(1)),
-    };
-    RedshiftSink::new(url, options)
+    }
 }
 
 /// Grouped commits (`[sink.group_commit] enabled = true`): what the pipelines stage and register through, and
@@ -154,7 +163,19 @@ pub async fn open_group(
     }
     let sink = Arc::new(database_sink(loaded)?);
     sink.prepare(&loaded.tables, false).await?;
-    sink.prepare_registry().await?;
+    sink.prepare_fence().await?;
+    let registry: Arc<crate::sink::redshift::RedshiftSink> = match &loaded.config.coordinator {
+        crate::config::CoordinatorConfig::Sink => sink.clone(),
+        crate::config::CoordinatorConfig::Postgres { url, schema } => {
+            let mut options = database_options(loaded);
+            options.redshift = false;
+            options.schema = schema.clone();
+            options.iam = None;
+            options.stage_fill = crate::config::StageFillConfig::Insert;
+            Arc::new(crate::sink::redshift::RedshiftSink::new(url, options)?)
+        }
+    };
+    registry.prepare_registry().await?;
     let staging: Arc<dyn Staging> = match &g.staging {
         StagingConfig::Local { dir } => {
             Arc::new(crate::group::staging::LocalStaging::new(dir.clone()))
@@ -171,13 +192,13 @@ pub async fn open_group(
     let interval = Duration::from_millis(g.interval_ms);
     let group = GroupCommit {
         staging: staging.clone(),
-        registry: sink.clone(),
+        registry: registry.clone(),
         // Fates are asked for several times per interval, so that a merged batch is acknowledged soon after.
         settle_poll: (interval / 5).clamp(Duration::from_millis(20), Duration::from_secs(1)),
         max_in_flight: loaded.config.batch.queue_depth.max(1) * 4,
     };
     let loader = loader::Loader {
-        registry: sink.clone(),
+        registry,
         staging,
         warehouse: sink,
         tables: Arc::new(loaded.tables.clone()),

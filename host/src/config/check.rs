@@ -167,7 +167,22 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
 fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
     let g = &config.sink.group_commit;
     if !g.enabled {
+        if let CoordinatorConfig::Postgres { .. } = config.coordinator {
+            return Err(ConfigError::field(
+                "coordinator.kind",
+                "a coordinator of its own is only used with grouped commits: set `[sink.group_commit] enabled = true` or remove `[coordinator]`",
+            ));
+        }
         return Ok(());
+    }
+    if let CoordinatorConfig::Postgres { url, schema } = &config.coordinator {
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(ConfigError::field(
+                "coordinator.url",
+                "must be a `postgres://user:password@host:5432/db` URL",
+            ));
+        }
+        check_identifier(schema).map_err(|m| ConfigError::field("coordinator.schema", m))?;
     }
     if config.sink.kind == SinkKind::Sqlite {
         return Err(ConfigError::field(

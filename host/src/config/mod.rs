@@ -93,6 +93,9 @@ pub struct Config {
     /// The worker process: admin endpoint and shutdown.
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// `[coordinator]`: where grouped commits keep their registry of staged batches and the loader lease.
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
 }
 
 /// A loaded, checked configuration with paths resolved.

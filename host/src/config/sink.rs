@@ -106,6 +106,28 @@ fn default_group_lease_secs() -> u64 {
     30
 }
 
+/// `[coordinator]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CoordinatorConfig {
+    /// In the sink's own database (the default).
+    #[default]
+    Sink,
+    /// In a PostgreSQL database of its own (say Amazon RDS), so that registering staged batches and renewing
+    /// the loader lease never write the warehouse: the choice for a Redshift fleet.
+    Postgres {
+        /// `postgres://user:password@host:5432/db`; `${VAR}` is replaced from the environment.
+        url: String,
+        /// The schema of weir's coordination tables. Default `public`.
+        #[serde(default = "default_coordinator_schema")]
+        schema: String,
+    },
+}
+
+fn default_coordinator_schema() -> String {
+    "public".into()
+}
+
 /// `[sink.group_commit.staging]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]

@@ -17,6 +17,9 @@ pub(super) async fn group_sink_stage(
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let crash = CrashPoint::from_env("commit");
+    let crash_staged = CrashPoint::from_env("staged");
+    let crash_registered = CrashPoint::from_env("registered");
+    let mut submitted = 0;
     let mut window: VecDeque<(Processed, Instant)> = VecDeque::new();
     let mut open = true;
     let mut tick = tokio::time::interval(group.settle_poll);
@@ -29,7 +32,9 @@ pub(super) async fn group_sink_stage(
             next = input.recv(), if open && window.len() < group.max_in_flight.max(1) => match next {
                 Some(p) => {
                     let began = Instant::now();
-                    submit(&group, &p, &rule_digest, &tables, &retry).await?;
+                    submitted += 1;
+                    let crashes = (crash_staged, crash_registered, submitted);
+                    submit(&group, &p, &rule_digest, &tables, &retry, crashes).await?;
                     window.push_back((p, began));
                 }
                 None => open = false,
@@ -75,6 +80,7 @@ async fn submit(
     rule_digest: &str,
     tables: &[TableSpec],
     retry: &RetryConfig,
+    (crash_staged, crash_registered, n): (Option<CrashPoint>, Option<CrashPoint>, usize),
 ) -> Result<(), PipelineError> {
     let span = tracing::info_span!("stage", batch = %p.batch.id, partition = %p.batch.partition);
     let load = Load {
@@ -104,9 +110,11 @@ async fn submit(
     .instrument(span.clone())
     .await
     .map_err(failed)?;
+    CrashPoint::check(crash_staged, n);
     retrying(retry, "registration", || group.registry.register(&entry))
         .instrument(span)
         .await
         .map_err(failed)?;
+    CrashPoint::check(crash_registered, n);
     Ok(())
 }

@@ -262,7 +262,8 @@ pub(super) async fn acknowledge(
 
 /// A crash injected for recovery tests: `WEIR_CRASH_AFTER=raw:N` aborts the process right after the N-th RAW
 /// write, `commit:N` right after the N-th commit (before its acknowledgement), `merge:N` right after the
-/// loader's N-th grouped merge committed (before the registry learns the fates). Unset in production.
+/// loader's N-th grouped merge committed (before the registry learns the fates), `staged:N` / `registered:N`
+/// right after the N-th batch was staged / registered with grouped commits. Unset in production.
 #[derive(Clone, Copy)]
 pub(crate) struct CrashPoint {
     pub(crate) stage: &'static str,

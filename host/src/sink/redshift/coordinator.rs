@@ -12,6 +12,17 @@ impl Coordinator for RedshiftSink {
             .bounded("database call", async {
             let params: [(&(dyn ToSql + Sync), Type); 3] =
                 [(&source, Type::VARCHAR), (&partition, Type::VARCHAR), (&now, Type::VARCHAR)];
+            let select = format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2");
+            // Read first: on Redshift every write transaction costs a commit, so the row is inserted only
+            // when it is missing (a fleet's workers all read their checkpoints at start).
+            let rows = conn
+                .client
+                .query_typed(traced(&select), &params[..2])
+                .await
+                .map_err(classify)?;
+            if !rows.is_empty() {
+                return Ok(rows[0].get::<_, String>(0));
+            }
             conn.client
                 .query_typed(
                     traced(&format!(
@@ -25,10 +36,7 @@ impl Coordinator for RedshiftSink {
                 .map_err(classify)?;
             let rows = conn
                 .client
-                .query_typed(
-                    traced(&format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2")),
-                    &params[..2],
-                )
+                .query_typed(traced(&select), &params[..2])
                 .await
                 .map_err(classify)?;
             Ok(rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())

@@ -13,7 +13,8 @@ fn epoch_text(epoch: i64) -> String {
 }
 
 impl RedshiftSink {
-    /// Creates the registry's table (`weir_staged`) and the loader's rows.
+    /// Creates the registry's tables (`weir_staged`, and `weir_checkpoints` for the loader lease) when this
+    /// database is the coordinator.
     pub async fn prepare_registry(&self) -> Result<(), SinkError> {
         let s = quote(&self.schema);
         self.run_simple(&format!(
@@ -22,7 +23,15 @@ impl RedshiftSink {
              registered_us BIGINT NOT NULL, fate VARCHAR(16) NOT NULL, PRIMARY KEY (batch_id))"
         ))
         .await?;
+        for ddl in weir_tables_ddl(&self.schema).into_iter().take(1) {
+            self.run_simple(&ddl).await?; // weir_checkpoints, which holds the loader lease
+        }
         self.checkpoint(LOADER, "lease").await?;
+        Ok(())
+    }
+
+    /// Creates the loader fence's row in the warehouse (the merge transaction moves it).
+    pub async fn prepare_fence(&self) -> Result<(), SinkError> {
         self.checkpoint(LOADER, "fence").await?;
         Ok(())
     }

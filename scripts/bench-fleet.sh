@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Fleet benchmark on a Redshift-like database (../shared/redshift-sim: serializable isolation, table-level write
+# locks, COMMIT_MS per write transaction): 1, 2 and 4 `weir run` workers, each on its own file of RECORDS
+# orders, per-batch commits against grouped commits (`[sink.group_commit]`, registry and loader lease in a
+# plain PostgreSQL coordinator database). Prints one table; the figures in docs/PERFORMANCE.md come from it.
+#
+#   scripts/bench-fleet.sh [RECORDS] [COMMIT_MS] [BATCH] [INTERVAL_MS]     defaults 20000 250 1000 2000
+set -euo pipefail
+export PGOPTIONS='-c client_min_messages=warning'
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
+n=${1:-20000} commit_ms=${2:-250} batch=${3:-1000} interval_ms=${4:-2000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+sim="$root/../shared/redshift-sim/install.sql"
+[ -f "$sim" ] || { echo "bench-fleet: $sim is needed (the shared/ folder beside the checkout)" >&2; exit 1; }
+
+eval "$(scripts/services.sh)"
+scripts/build-plugins.sh >/dev/null
+cargo build --release --locked -p weir --bin weir >&2
+weir="$CARGO_TARGET_DIR/release/weir"
+for w in 0 1 2 3; do python3 benches/gen_orders.py "$n" $((w * 1000000)) > "$work/orders-$w.jsonl"; done
+
+fresh_db() { # name: a fresh database with the SUPER stand-in; prints its URL
+  local name="weir_fleet_$1_$$"
+  psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
+  local url="${WEIR_PG_ADMIN_URL%/*}/$name"
+  psql -X -q "$url" >/dev/null <<'SQL'
+CREATE DOMAIN super AS jsonb;
+CREATE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::super $$;
+CREATE FUNCTION json_serialize(super) RETURNS varchar LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::text::varchar $$;
+SQL
+  echo "$url"
+}
+drop_db() { psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS weir_fleet_$1_$$" >/dev/null; }
+
+config() { # url input mode [coordinator-url]
+  local cfg="$work/weir-$RANDOM.toml"
+  sed -e "s|^path = \"orders.jsonl\"|path = \"$2\"|" \
+      -e "s|^dir = \"out/raw\"|dir = \"$work/raw-$RANDOM\"|" \
+      -e "s|^plugin = .*|plugin = \"$root/plugins/dist/orders.wasm\"|" \
+      -e "s|^kind = \"sqlite\"|kind = \"redshift\"|" \
+      -e "s|^path = \"\${WEIR_QUICKSTART_DB:-out/weir.db}\"|url = \"$1?sslmode=disable\"|" \
+      -e "s|^max_records = 4|max_records = $batch|" \
+      examples/quickstart/weir.toml > "$cfg"
+  if [ "$3" = grouped ]; then
+    cat >> "$cfg" <<TOML
+[sink.group_commit]
+enabled = true
+interval_ms = $interval_ms
+[sink.group_commit.staging]
+kind = "local"
+dir = "$work/staged"
+[coordinator]
+kind = "postgres"
+url = "$4"
+TOML
+  fi
+  echo "$cfg"
+}
+
+printf '| commits | workers | records | seconds | records/s | × 1 worker | warehouse write transactions | bound: seconds / interval + 5 |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+for mode in per-batch grouped; do
+  base=
+  for workers in 1 2 4; do
+    tag="${mode%%-*}$workers"
+    url=$(fresh_db "$tag")
+    coord=$(fresh_db "${tag}c")
+    : > "$work/empty.jsonl"
+    WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" "$mode" "$coord")" >/dev/null
+    psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+    psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
+    pids=()
+    start=$(date +%s.%N)
+    for ((w = 0; w < workers; w++)); do
+      WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/orders-$w.jsonl" "$mode" "$coord")" > "$work/out-$w" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || { echo "a worker failed:" >&2; cat "$work"/out-* >&2; exit 1; }; done
+    end=$(date +%s.%N)
+    records=$(psql -X -qAt "$url" -c "SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+    commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
+    base=${base:-$rate}
+    bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
+    awk -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v c="$commits" -v bd="$bound" \
+      'BEGIN { printf "| %s | %d | %d | %s | %d | %.2f | %d | %s |\n", m, w, n, s, r, r / b, c, bd }'
+    drop_db "$tag"; drop_db "${tag}c"
+  done
+done
+echo
+echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores"
