@@ -11,6 +11,7 @@ pub mod admin;
 pub mod aws;
 pub mod config;
 pub mod contract;
+pub mod crash;
 #[cfg(feature = "kinesis")]
 pub mod fleet;
 pub mod group;

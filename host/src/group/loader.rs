@@ -60,7 +60,7 @@ impl Loader {
     /// Runs until `stop` becomes true: claims the loader lease every interval and, while holding it, merges.
     /// Gives the lease up on the way out, so another worker takes over at once.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
-        let crash = crate::pipeline::CrashPoint::from_env("merge");
+        let crash = crate::crash::CrashPoint::from_env("merge");
         let mut merges = 0;
         let mut holding = false;
         loop {
@@ -82,7 +82,7 @@ impl Loader {
                     match self
                         .round(epoch, &mut || {
                             merges += 1;
-                            crate::pipeline::CrashPoint::check(crash, merges);
+                            crate::crash::CrashPoint::check(crash, merges);
                         })
                         .await
                     {

@@ -32,7 +32,7 @@ use crate::source::Source;
 mod summary;
 pub use summary::*;
 mod stages;
-pub(crate) use stages::CrashPoint;
+use crate::crash::CrashPoint;
 use stages::*;
 mod group;
 

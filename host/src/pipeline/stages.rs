@@ -259,33 +259,3 @@ pub(super) async fn acknowledge(
     );
     Ok(())
 }
-
-/// A crash injected for recovery tests: `WEIR_CRASH_AFTER=raw:N` aborts the process right after the N-th RAW
-/// write, `commit:N` right after the N-th commit (before its acknowledgement), `merge:N` right after the
-/// loader's N-th grouped merge committed (before the registry learns the fates), `staged:N` / `registered:N`
-/// right after the N-th batch was staged / registered with grouped commits. Unset in production.
-#[derive(Clone, Copy)]
-pub(crate) struct CrashPoint {
-    pub(crate) stage: &'static str,
-    pub(crate) after: usize,
-}
-
-impl CrashPoint {
-    pub(crate) fn from_env(stage: &'static str) -> Option<Self> {
-        let spec = std::env::var("WEIR_CRASH_AFTER").ok()?;
-        let (s, n) = spec.split_once(':')?;
-        (s == stage).then_some(CrashPoint {
-            stage,
-            after: n.parse().ok()?,
-        })
-    }
-
-    pub(crate) fn check(point: Option<Self>, done: usize) {
-        if let Some(p) = point
-            && done == p.after
-        {
-            eprintln!("WEIR_CRASH_AFTER: aborting after {} {}", p.stage, done);
-            std::process::abort();
-        }
-    }
-}

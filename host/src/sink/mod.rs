@@ -29,6 +29,7 @@ use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, LINEAGE_TYPES};
 
 mod rows;
 pub use rows::*;
+pub mod group;
 
 /// A sink failure.
 #[derive(Debug, thiserror::Error)]

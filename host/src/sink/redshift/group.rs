@@ -2,7 +2,7 @@
 //! database's own tables (`[coordinator] kind = "sink"`), and the loader's one transaction over many batches.
 
 use super::*;
-use crate::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
+use crate::sink::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
 
 /// The `weir_checkpoints` source of the loader's rows: the lease (`lease`) and the fence (`fence`).
 const LOADER: &str = "weir-loader";

@@ -1,0 +1,102 @@
+//! The grouped-commit roles of a backend (docs/GROUP-COMMIT.md): the registry of staged batches with the loader
+//! lease (a coordinator's part), and the loader's one transaction over many batches (a warehouse's part). The
+//! workers' and the loader's side is `crate::group`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::{Load, SinkError};
+
+/// The fate of a registered batch. Only the loader writes one, and only over `Pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Registered; no loader transaction has decided it yet.
+    Pending,
+    /// Its rows, ledger row and checkpoint are in the warehouse.
+    Merged,
+    /// Its checkpoint compare-and-set failed: another worker moved the partition's checkpoint.
+    Refused,
+}
+
+impl Fate {
+    /// The name stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Pending => "pending",
+            Fate::Merged => "merged",
+            Fate::Refused => "refused",
+        }
+    }
+
+    /// A stored name back (anything unknown is still pending: a loader decides it again).
+    pub fn parse(s: &str) -> Fate {
+        match s {
+            "merged" => Fate::Merged,
+            "refused" => Fate::Refused,
+            _ => Fate::Pending,
+        }
+    }
+}
+
+/// A staged batch as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The batch id.
+    pub batch_id: String,
+    /// The source kind.
+    pub source: String,
+    /// The partition.
+    pub partition: String,
+    /// The key of its staged object.
+    pub key: String,
+    /// Size of the staged object, in bytes.
+    pub bytes: i64,
+}
+
+/// The staged batches and their fates, and the loader lease: the coordinator's part of grouped commits.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Registers a staged batch, unless a batch with its id is registered already (a retry).
+    async fn register(&self, entry: &Registration) -> Result<(), SinkError>;
+
+    /// Pending batches in registration order, at most `limit`.
+    async fn pending(&self, limit: usize) -> Result<Vec<Registration>, SinkError>;
+
+    /// Writes the fates the loader decided, each only over `Pending`.
+    async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError>;
+
+    /// The fates of these batches (a batch the registry does not know is missing from the map).
+    async fn fates(&self, batch_ids: &[String]) -> Result<HashMap<String, Fate>, SinkError>;
+
+    /// Claims or renews the loader lease for `owner` until `expires_us`; returns the lease's epoch when
+    /// `owner` holds it (a new epoch for each new holder), `None` when another worker does.
+    async fn claim_loader(
+        &self,
+        owner: &str,
+        now_us: i64,
+        expires_us: i64,
+    ) -> Result<Option<i64>, SinkError>;
+
+    /// Gives the loader lease up, so that another worker takes it at once.
+    async fn release_loader(&self, owner: &str) -> Result<(), SinkError>;
+}
+
+/// What one grouped merge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    /// Committed; one fate per load, in order: `Merged` (now, or by an earlier transaction) or `Refused`
+    /// (its checkpoint compare-and-set failed).
+    Decided(Vec<Fate>),
+    /// A loader with a newer epoch has committed: nothing was written.
+    Fenced,
+    /// The database refused these records' rows, as `(load, record, reason)` by index: nothing was written.
+    Refused(Vec<(usize, usize, String)>),
+}
+
+/// The loader's warehouse transaction over many batches.
+#[async_trait]
+pub trait GroupWarehouse: Send + Sync {
+    /// Merges `loads` in one transaction fenced by the loader's `epoch`.
+    async fn merge_group(&self, loads: &[Load<'_>], epoch: i64) -> Result<GroupOutcome, SinkError>;
+}
