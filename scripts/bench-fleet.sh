@@ -91,5 +91,24 @@ for mode in per-batch grouped; do
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
+
+# Receive-to-commit latency with grouped commits: one worker fed a steady 1,000 records/s on standard input for
+# STEADY_SECS (default 30), batches closing after 100 ms.
+steady=${WEIR_BENCH_STEADY_SECS:-30}
+url=$(fresh_db steady)
+coord=$(fresh_db steadyc)
+: > "$work/empty.jsonl"
+WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" grouped "$coord")" >/dev/null
+psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+cfg=$(config "$url" - grouped "$coord")
+sed -i "s|^max_wait_ms = .*|max_wait_ms = 100|" "$cfg"
+python3 benches/feed.py "$work/orders-0.jsonl" 1000 "$steady" | WEIR_LOG=warn "$weir" run -c "$cfg" > "$work/steady" 2>&1
+lat=$(sed -n 's/^latency, receive to commit: p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms.*/\1 \2/p' "$work/steady")
+read -r p50 p99 <<< "$lat"
+echo
+printf '| grouped, steady 1,000 records/s for %s s | p50 ms | p99 ms | bound: interval_ms + 2000 |\n|---|---:|---:|---:|\n| 1 worker | %s | %s | %s |\n' \
+  "$steady" "${p50:--}" "${p99:--}" "$((interval_ms + 2000))"
+drop_db steady; drop_db steadyc
+
 echo
 echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores"

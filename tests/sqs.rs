@@ -991,3 +991,71 @@ async fn black_holed_aws_endpoint_times_out_and_recovers() {
     );
     assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
 }
+
+/// Grouped commits from SQS, staged in S3: a worker whose loader is killed right after its first merge
+/// committed (before the registry learns the fates, so before any worker may acknowledge) has deleted
+/// nothing; the next run (its loader takes over once the dead one's lease ran out) finds the merged batches,
+/// deletes every message only after its batch merged, leaves the quickstart's rows, and removes the staged
+/// objects.
+#[tokio::test]
+async fn grouped_commits_delete_only_after_the_merge() {
+    needs!("grouped_commits_delete_only_after_the_merge": Postgres, Aws, Plugins);
+    let _light = HEAVY.read().await;
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
+    aws.send(&queue, &quickstart_lines()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 2\nreceivers = 1",
+            batch: "max_records = 5\nmax_wait_ms = 500",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 2\n\
+         [sink.group_commit.staging]\nkind = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"weir-staged\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    let crashed = run_weir(&config, &[("WEIR_CRASH_AFTER", "merge:1")]).await;
+    assert!(!crashed.status.success(), "{}", show(&crashed));
+    assert!(
+        db.count("SELECT count(*) FROM weir_batches").await > 0,
+        "merged"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM weir_staged WHERE fate <> 'pending'")
+            .await,
+        0,
+        "no fate written"
+    );
+    let (visible, in_flight) = aws.depth(&queue).await;
+    assert_eq!(visible + in_flight, MESSAGES, "nothing was deleted");
+
+    let out = run_weir(&config, &[]).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_quickstart_rows(&db).await;
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+    assert_eq!(
+        db.count("SELECT count(*) FROM weir_staged WHERE fate <> 'merged'")
+            .await,
+        0
+    );
+    let staged = aws
+        .s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("weir-staged/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        staged.key_count(),
+        Some(0),
+        "staged objects removed once merged"
+    );
+}

@@ -23,15 +23,7 @@ impl RedshiftSink {
             .iter()
             .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
-        for sql in &sqls {
-            if !conn.staged.contains(&sql.stage) {
-                conn.client
-                    .batch_execute(traced(&sql.create_stage()))
-                    .await
-                    .map_err(classify)?;
-                conn.staged.insert(sql.stage.clone());
-            }
-        }
+        ensure_stages(conn, &sqls).await?;
         let loaded_at = sql_timestamp(load.loaded_at_us);
         let copy = self.write_copy_files(load, specs).await?;
         let tx = conn.client.transaction().await.map_err(classify)?;
@@ -197,6 +189,20 @@ impl RedshiftSink {
         }
         Ok(())
     }
+}
+
+/// Creates this session's temp stages it has not created yet.
+pub(super) async fn ensure_stages(conn: &mut Conn, sqls: &[TableSql]) -> Result<(), SinkError> {
+    for sql in sqls {
+        if !conn.staged.contains(&sql.stage) {
+            conn.client
+                .batch_execute(traced(&sql.create_stage()))
+                .await
+                .map_err(classify)?;
+            conn.staged.insert(sql.stage.clone());
+        }
+    }
+    Ok(())
 }
 
 /// PostgreSQL: concurrent workers writing the same tables take turns per table, in name order, before

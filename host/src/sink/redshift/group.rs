@@ -66,15 +66,7 @@ impl RedshiftSink {
             .iter()
             .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
-        for sql in &sqls {
-            if !conn.staged.contains(&sql.stage) {
-                conn.client
-                    .batch_execute(traced(&sql.create_stage()))
-                    .await
-                    .map_err(classify)?;
-                conn.staged.insert(sql.stage.clone());
-            }
-        }
+        ensure_stages(conn, &sqls).await?;
         let s = quote(&self.schema);
         let loaded_at = sql_timestamp(crate::record::wall_clock_us());
         let tx = conn.client.transaction().await.map_err(classify)?;
