@@ -195,7 +195,8 @@ pub async fn open_group(
         registry: registry.clone(),
         // Fates are asked for several times per interval, so that a merged batch is acknowledged soon after.
         settle_poll: (interval / 5).clamp(Duration::from_millis(20), Duration::from_secs(1)),
-        max_in_flight: loaded.config.batch.queue_depth.max(1) * 4,
+        // Enough for several intervals of batches: staged batches wait slimmed (ids and positions only).
+        max_in_flight: g.max_batches.max(1),
     };
     let loader = loader::Loader {
         registry,

@@ -185,7 +185,7 @@ pub struct GroupCommit {
     pub registry: Arc<dyn Registry>,
     /// How often a worker asks the registry for the fates of its batches.
     pub settle_poll: Duration,
-    /// Most registered, unsettled batches per pipeline.
+    /// Most registered, unsettled batches per pipeline (`max_batches`): a full window stops reading.
     pub max_in_flight: usize,
 }
 

@@ -30,11 +30,12 @@ pub(super) async fn group_sink_stage(
         }
         tokio::select! {
             next = input.recv(), if open && window.len() < group.max_in_flight.max(1) => match next {
-                Some(p) => {
+                Some(mut p) => {
                     let began = Instant::now();
                     submitted += 1;
                     let crashes = (crash_staged, crash_registered, submitted);
                     submit(&group, &p, &rule_digest, &tables, &retry, crashes).await?;
+                    slim(&mut p);
                     window.push_back((p, began));
                 }
                 None => open = false,
@@ -68,6 +69,22 @@ pub(super) async fn group_sink_stage(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Once staged, a batch waiting for its merge keeps only what acknowledging and counting it need (ids,
+/// positions, outcomes without values), so that a window of many batches stays small in memory.
+fn slim(p: &mut Processed) {
+    for r in &mut p.batch.records {
+        r.payload = Vec::new();
+        r.attributes = Vec::new();
+    }
+    for o in &mut p.outcomes {
+        if let RecordOutcome::Emit(rows) = o {
+            for row in rows {
+                row.cells = Vec::new();
             }
         }
     }
