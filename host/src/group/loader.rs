@@ -181,8 +181,14 @@ impl Loader {
             retrying(retry, "registry update", || self.registry.settle(&fates))
                 .await
                 .map_err(|(_, e)| e)?;
-            // The staged objects have served: best effort (a lifecycle rule removes stragglers).
-            for (entry, _) in &chosen {
+            // The staged objects of decided batches have served (never those of a fenced round): best effort,
+            // a lifecycle rule removes stragglers.
+            let decided: std::collections::HashSet<&str> =
+                fates.iter().map(|(id, _)| id.as_str()).collect();
+            for (entry, _) in chosen
+                .iter()
+                .filter(|(e, _)| decided.contains(e.batch_id.as_str()))
+            {
                 if let Err(e) = self.staging.delete(&entry.key).await {
                     tracing::debug!(error = %e, key = %entry.key, "staged object not deleted");
                 }

@@ -358,8 +358,16 @@ impl Registry for RedshiftSink {
                 .await?;
             }
         }
-        // Bounded bookkeeping: settled entries older than a day go.
-        let day_ago = crate::record::wall_clock_us() - 86_400_000_000;
+        // Bounded bookkeeping: settled entries older than a day go, looked for at most every ten minutes (on
+        // Redshift every write transaction costs a commit).
+        static LAST_CLEANUP_US: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let now = crate::record::wall_clock_us();
+        let last = LAST_CLEANUP_US.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 600_000_000 {
+            return Ok(());
+        }
+        LAST_CLEANUP_US.store(now, std::sync::atomic::Ordering::Relaxed);
+        let day_ago = now - 86_400_000_000;
         self.query_text(
             "registry cleanup",
             format!(
