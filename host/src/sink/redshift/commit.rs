@@ -123,30 +123,8 @@ impl RedshiftSink {
                 .map_err(classify)?;
             return Ok((!seen.is_empty()).then_some(Commit::Committed));
         }
-        let cas = tx
-            .prepare_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                )),
-                &[Type::VARCHAR; 5],
-            )
-            .await
-            .map_err(classify)?;
-        let moved = tx
-            .execute(
-                &cas,
-                &[
-                    &batch.last_position(),
-                    &loaded_at,
-                    &batch.source,
-                    &batch.partition,
-                    &batch.prev_position,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        if moved == 1 {
+        let moved = move_checkpoint(tx, &self.schema, batch, loaded_at).await?;
+        if moved {
             return Ok(None);
         }
         // Either another worker moved the checkpoint, or this very batch committed and the reply to its
@@ -189,6 +167,35 @@ impl RedshiftSink {
         }
         Ok(())
     }
+}
+
+/// The checkpoint compare-and-set of one batch: its partition's checkpoint moves from the batch's previous
+/// position to its last, or nothing happens; whether it moved.
+pub(super) async fn move_checkpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    batch: &crate::record::Batch,
+    loaded_at: &str,
+) -> Result<bool, SinkError> {
+    let s = quote(schema);
+    let last = batch.last_position();
+    let moved = tx
+        .execute_typed(
+            traced(&format!(
+                "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                 WHERE source = $3 AND \"partition\" = $4 AND position = $5"
+            )),
+            &[
+                (&last, Type::VARCHAR),
+                (&loaded_at, Type::VARCHAR),
+                (&batch.source, Type::VARCHAR),
+                (&batch.partition, Type::VARCHAR),
+                (&batch.prev_position, Type::VARCHAR),
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    Ok(moved == 1)
 }
 
 /// Creates this session's temp stages it has not created yet.

@@ -157,16 +157,6 @@ impl RedshiftSink {
                 .map_err(classify)?;
             in_ledger.extend(rows.iter().map(|r| r.get::<_, String>(0)));
         }
-        let cas = tx
-            .prepare_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                )),
-                &[Type::VARCHAR; 5],
-            )
-            .await
-            .map_err(classify)?;
         let mut fates = Vec::with_capacity(loads.len());
         for load in loads {
             let b = load.batch;
@@ -179,15 +169,8 @@ impl RedshiftSink {
                 fates.push((Fate::Merged, true));
                 continue;
             }
-            let last = b.last_position();
-            let moved = tx
-                .execute(
-                    &cas,
-                    &[&last, &loaded_at, &b.source, &b.partition, &b.prev_position],
-                )
-                .await
-                .map_err(classify)?;
-            fates.push(if moved == 1 {
+            let moved = move_checkpoint(tx, &self.schema, b, loaded_at).await?;
+            fates.push(if moved {
                 in_ledger.insert(b.id.clone());
                 (Fate::Merged, true)
             } else {
