@@ -1077,7 +1077,9 @@ pub fn available(test: &str, needs: &[Service]) -> bool {
     if std::env::var("WEIR_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
         panic!("{message}");
     }
-    eprintln!("SKIPPED {message}");
+    // Straight to stderr: the test harness hides what `eprintln!` prints in a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
     false
 }
 
