@@ -22,18 +22,9 @@ cargo build --release --locked -p weir --bin weir >&2
 weir="$CARGO_TARGET_DIR/release/weir"
 for w in 0 1 2 3; do python3 benches/gen_orders.py "$n" $((w * 1000000)) > "$work/orders-$w.jsonl"; done
 
-fresh_db() { # name: a fresh database with the SUPER stand-in; prints its URL
-  local name="weir_fleet_$1_$$"
-  psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
-  local url="${WEIR_PG_ADMIN_URL%/*}/$name"
-  psql -X -q "$url" >/dev/null <<'SQL'
-CREATE DOMAIN super AS jsonb;
-CREATE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::super $$;
-CREATE FUNCTION json_serialize(super) RETURNS varchar LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::text::varchar $$;
-SQL
-  echo "$url"
-}
-drop_db() { psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS weir_fleet_$1_$$" >/dev/null; }
+bench_db_prefix="weir_fleet_$$"
+# shellcheck source=scripts/bench-db.sh
+source scripts/bench-db.sh
 
 config() { # url input mode [coordinator-url]
   local cfg="$work/weir-$RANDOM.toml"

@@ -26,19 +26,9 @@ fi
 python3 benches/gen_orders.py "$n" > "$work/orders.jsonl"
 bytes=$(wc -c < "$work/orders.jsonl")
 
-# A fresh database with the SUPER stand-in; prints its URL.
-fresh_db() {
-  local name="weir_bench_$1_$$"
-  psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
-  local url="${WEIR_PG_ADMIN_URL%/*}/$name"
-  psql -X -q "$url" >/dev/null <<'SQL'
-CREATE DOMAIN super AS jsonb;
-CREATE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::super $$;
-CREATE FUNCTION json_serialize(super) RETURNS varchar LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::text::varchar $$;
-SQL
-  echo "$url"
-}
-drop_db() { psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS weir_bench_$1_$$" >/dev/null; }
+bench_db_prefix="weir_bench_$$"
+# shellcheck source=scripts/bench-db.sh
+source scripts/bench-db.sh
 
 rows() { psql -X -qAt "$1" -c "SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM order_lines)"; }
 
