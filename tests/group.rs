@@ -1,6 +1,6 @@
 //! Grouped commits (`[sink.group_commit]`, docs/GROUP-COMMIT.md) through the real `weir` binary on PostgreSQL:
 //! the same final tables and ledger as per-batch commits, a fleet of workers on the Redshift-like database, and
-//! a loader killed between its merge and the registry update.
+//! a loader killed between its merge and the registry update, and the fleet coordinated through DynamoDB.
 
 mod common;
 
@@ -234,5 +234,89 @@ async fn grouped_fleet_on_a_redshift_like_database() {
         db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await,
         900
+    );
+}
+
+/// Three workers on three files into the Redshift-like database, coordinated through DynamoDB (`[coordinator]
+/// kind = "dynamodb"`, the AWS test server): the tables hold exactly the union of the three loads, every
+/// registered batch ends merged in the DynamoDB table, and the warehouse holds neither the registry nor the
+/// loader lease (only the loader's fence, moved by the merges).
+#[tokio::test(flavor = "multi_thread")]
+async fn grouped_fleet_coordinated_by_dynamodb() {
+    needs!("grouped_fleet_coordinated_by_dynamodb": Postgres, Aws, Plugins);
+    let db = TestDb::new().await;
+    let url = format!("{}?sslmode=disable", db.url);
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("weir-coordinator");
+    let base = config(dir.path(), &url, true);
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("kind = \"postgres\"", "kind = \"redshift\"")
+        + &format!(
+            "\n[coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\n[aws]\nendpoint_url = \"{}\"\n",
+            aws_endpoint()
+        );
+    std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
+    std::fs::write(&base, &text).unwrap();
+    let out = weir(&["run", "-c", base.to_str().unwrap()], &AWS_TEST_ENV);
+    assert!(out.status.success(), "{}", show(&out));
+    db.install_redshift_sim(50);
+    let mut expected = std::collections::BTreeSet::new();
+    let mut children = Vec::new();
+    for w in 0..3 {
+        let (input, ids) = orders_input_from(w * 1000, 300);
+        expected.extend(ids);
+        let file = format!("orders-{w}.jsonl");
+        std::fs::write(dir.path().join(&file), input).unwrap();
+        let cfg = dir.path().join(format!("w{w}.toml"));
+        std::fs::write(&cfg, text.replace("orders.jsonl", &file)).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("WEIR_LOG", "warn")
+            .envs(AWS_TEST_ENV);
+        children.push(Background::spawn(cmd));
+    }
+    for child in children {
+        let out = child.wait(std::time::Duration::from_secs(600)).await;
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let ids: std::collections::BTreeSet<String> = db
+        .rows("SELECT order_id FROM orders")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        900
+    );
+    let batches = coordinator_items(&table, "batch#").await;
+    assert_eq!(
+        batches.len() as i64,
+        db.count("SELECT count(*) FROM weir_batches").await,
+        "one registration per ledger batch"
+    );
+    assert!(
+        batches
+            .iter()
+            .all(|b| b["fate"] == "merged" && !b.contains_key("pending")),
+        "every batch merged and out of the pending index: {batches:?}"
+    );
+    let loader = coordinator_items(&table, "loader").await;
+    assert_eq!(loader.len(), 1, "{loader:?}");
+    assert_eq!(loader[0]["owner"], "", "the last loader gave its lease up");
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'weir_staged'")
+            .await,
+        0,
+        "no registry in the warehouse"
+    );
+    assert_eq!(
+        db.rows("SELECT \"partition\" FROM weir_checkpoints WHERE source = 'weir-loader'")
+            .await,
+        vec![vec!["fence".to_string()]],
+        "only the fence in the warehouse"
     );
 }

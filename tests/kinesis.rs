@@ -781,3 +781,84 @@ async fn a_shard_taken_over_is_not_read_any_more() {
     );
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// Two workers on a 4-shard stream with grouped commits and the coordinator in DynamoDB (`[coordinator] kind =
+/// "dynamodb"` on the AWS test server): both hold shard leases there while the stream is written, every record
+/// loads exactly once, and no lease was ever written to the warehouse (its checkpoint rows have never had an
+/// owner); at exit every lease in DynamoDB is given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_in_dynamodb_never_write_the_warehouse() {
+    needs!("leases_in_dynamodb_never_write_the_warehouse": Postgres, Aws, Kinesis, Plugins);
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("weir-leases");
+    let coordinated = |worker: &str| {
+        let path = write_config(dir.path(), &name, &db.url, worker, "");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 2\n\
+             [sink.group_commit.staging]\nkind = \"local\"\ndir = \"{}\"\n\
+             [coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\nendpoint_url = \"{}\"\n",
+            dir.path().join("staged").display(),
+            aws_endpoint()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (a, b) = (coordinated("a"), coordinated("b"));
+    let producer = {
+        let (k, name) = (k.clone(), name.clone());
+        tokio::spawn(async move {
+            for round in 0..24 {
+                put(&k, &name, round * 25..(round + 1) * 25).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let wa = Worker::start(&a);
+    let wb = Worker::start(&b);
+    let mut owners = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(items) = tokio::time::timeout(
+            Duration::from_secs(5),
+            coordinator_items(&table, "lease#kinesis"),
+        )
+        .await
+        else {
+            continue;
+        };
+        owners = items
+            .iter()
+            .map(|i| i["owner"].clone())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if owners.len() == 2 {
+            break;
+        }
+    }
+    producer.await.unwrap();
+    let (oa, ob) = (wa.wait().await, wb.wait().await);
+    assert!(oa.status.success(), "{}", show(&oa));
+    assert!(ob.status.success(), "{}", show(&ob));
+    assert_eq!(
+        owners.len(),
+        2,
+        "both workers held leases in DynamoDB: {owners:?}"
+    );
+    assert_exactly_once(&db, 600).await;
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM weir_checkpoints WHERE source = 'kinesis' AND owner IS NOT NULL"
+        )
+        .await,
+        0,
+        "a lease was written to the warehouse"
+    );
+    let leases = coordinator_items(&table, "lease#kinesis").await;
+    assert_eq!(leases.len(), 4, "{leases:?}");
+    assert!(leases.iter().all(|l| l["owner"].is_empty()), "{leases:?}");
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}

@@ -1059,3 +1059,82 @@ async fn grouped_commits_delete_only_after_the_merge() {
         "staged objects removed once merged"
     );
 }
+
+/// Grouped commits from SQS by two workers coordinated through DynamoDB, with only the DynamoDB endpoint
+/// black-holed for longer than the loader lease while orders keep arriving: while it is cut no message is
+/// deleted before its record's batch merged (deleted messages never outnumber merged records), and the
+/// orders sent during the cut cannot merge at all (their batches cannot register); once the path is back both
+/// workers finish by themselves: every order exactly once, RAW complete, queue drained.
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_outage_acknowledges_nothing_early() {
+    needs!("dynamodb_outage_acknowledges_nothing_early": Postgres, Aws, Plugins);
+    let _heavy = HEAVY.write().await;
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(5).await, aws.bucket().await);
+    let (n, half) = (100usize, 50usize);
+    let lines = orders(n, 5);
+    assert_eq!(aws.send(&queue, &lines[..half]).await.len(), half);
+    let target = aws_endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let front = TcpFront::with_mode(&target, FrontMode::Forward).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("weir-outage");
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 5\nreceivers = 1",
+            batch: "max_records = 5\nmax_wait_ms = 200",
+            retry: "max_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[aws]\n",
+        "[aws]\nread_timeout_secs = 3\nconnect_timeout_secs = 2\nattempt_timeout_secs = 10\n",
+    ) + &format!(
+        "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 2\n\
+             [sink.group_commit.staging]\nkind = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"weir-staged\"\n\
+             [coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\nendpoint_url = \"http://{}\"\n",
+        front.addr
+    );
+    std::fs::write(&config, text).unwrap();
+    let workers = [
+        start_weir(&["run", "-c", config.to_str().unwrap()], &[]),
+        start_weir(&["run", "-c", config.to_str().unwrap()], &[]),
+    ];
+    db.wait_for_batches(1).await;
+    front.set_mode(FrontMode::BlackHole);
+    // Sent after the cut: these orders cannot be registered, so cannot merge, until the path is back.
+    assert_eq!(aws.send(&queue, &lines[half..]).await.len(), n - half);
+    let merged_records = || async {
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await
+    };
+    // Three loader leases and more: every lease held at the cut runs out while it lasts.
+    let cut_until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < cut_until {
+        let (visible, in_flight) = aws.depth(&queue).await;
+        let deleted = n as i64 - visible - in_flight;
+        let merged = merged_records().await;
+        assert!(
+            deleted <= merged,
+            "{deleted} messages deleted, only {merged} records merged"
+        );
+        assert!(
+            merged <= half as i64,
+            "{merged} records merged during the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    front.set_mode(FrontMode::Forward);
+    for worker in workers {
+        let out = worker.wait(Duration::from_secs(240)).await;
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
+    let batches = coordinator_items(&table, "batch#").await;
+    assert!(batches.iter().all(|b| b["fate"] == "merged"), "{batches:?}");
+}

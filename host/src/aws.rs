@@ -102,6 +102,17 @@ impl AwsConfig {
         aws_sdk_kinesis::Client::new(&self.load().await)
     }
 
+    /// A DynamoDB client, at `endpoint_url` when given (else `[aws] endpoint_url` or AWS's own).
+    #[cfg(feature = "dynamodb")]
+    pub async fn dynamodb(&self, endpoint_url: Option<&str>) -> aws_sdk_dynamodb::Client {
+        let sdk = self.load().await;
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        if let Some(url) = endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        aws_sdk_dynamodb::Client::from_conf(config.build())
+    }
+
     /// An SQS client.
     #[cfg(feature = "sqs")]
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {

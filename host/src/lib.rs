@@ -5,12 +5,13 @@
 //!
 //! The crate map — modules, the traits each backend implements, where a new source or sink goes — is
 //! `docs/ARCHITECTURE.md`. Backends are cargo features (`sqs`, `kinesis`, `s3`, `postgres`, `redshift-iam`,
-//! `mongodb`), all on by default.
+//! `mongodb`, `dynamodb`), all on by default.
 
 pub mod admin;
 pub mod aws;
 pub mod config;
 pub mod contract;
+pub mod coordinator;
 pub mod crash;
 #[cfg(feature = "kinesis")]
 pub mod fleet;

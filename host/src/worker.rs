@@ -153,6 +153,7 @@ fn database_options(loaded: &Loaded) -> crate::sink::redshift::RedshiftOptions {
 #[cfg(feature = "postgres")]
 pub async fn open_group(
     loaded: &Loaded,
+    coordination: Option<&Coordination>,
 ) -> Result<Option<(crate::group::GroupCommit, crate::group::loader::Loader)>, SinkError> {
     use crate::config::StagingConfig;
     use crate::group::{GroupCommit, Staging, loader};
@@ -164,18 +165,13 @@ pub async fn open_group(
     let sink = Arc::new(database_sink(loaded)?);
     sink.prepare(&loaded.tables, false).await?;
     sink.prepare_fence().await?;
-    let registry: Arc<crate::sink::redshift::RedshiftSink> = match &loaded.config.coordinator {
-        crate::config::CoordinatorConfig::Sink => sink.clone(),
-        crate::config::CoordinatorConfig::Postgres { url, schema } => {
-            let mut options = database_options(loaded);
-            options.redshift = false;
-            options.schema = schema.clone();
-            options.iam = None;
-            options.stage_fill = crate::config::StageFillConfig::Insert;
-            Arc::new(crate::sink::redshift::RedshiftSink::new(url, options)?)
+    let registry: Arc<dyn crate::sink::group::Registry> = match coordination {
+        Some(c) => c.registry.clone(),
+        None => {
+            sink.prepare_registry().await?;
+            sink.clone()
         }
     };
-    registry.prepare_registry().await?;
     let staging: Arc<dyn Staging> = match &g.staging {
         StagingConfig::Local { dir } => {
             Arc::new(crate::group::staging::LocalStaging::new(dir.clone()))
@@ -213,6 +209,55 @@ pub async fn open_group(
         },
     };
     Ok(Some((group, loader)))
+}
+
+/// A coordinator of its own (`[coordinator] kind = "postgres"` or `"dynamodb"`): the registry of grouped
+/// commits and the partition leases, both outside the warehouse.
+pub struct Coordination {
+    /// The staged-batch registry and the loader lease.
+    pub registry: Arc<dyn crate::sink::group::Registry>,
+    /// Kinesis shard leases.
+    pub leases: Arc<dyn crate::coordinator::LeaseStore>,
+}
+
+/// Opens `[coordinator]` (creating its tables when missing); `None` for `kind = "sink"`.
+pub async fn open_coordination(loaded: &Loaded) -> Result<Option<Coordination>, SinkError> {
+    use crate::config::CoordinatorConfig;
+    match &loaded.config.coordinator {
+        CoordinatorConfig::Sink => Ok(None),
+        #[cfg(feature = "postgres")]
+        CoordinatorConfig::Postgres { url, schema } => {
+            let mut options = database_options(loaded);
+            options.redshift = false;
+            options.schema = schema.clone();
+            options.iam = None;
+            options.stage_fill = crate::config::StageFillConfig::Insert;
+            let db = Arc::new(crate::sink::redshift::RedshiftSink::new(url, options)?);
+            db.prepare_registry().await?;
+            Ok(Some(Coordination {
+                registry: db.clone(),
+                leases: Arc::new(crate::coordinator::CoordinatorLeases(db)),
+            }))
+        }
+        #[cfg(feature = "dynamodb")]
+        CoordinatorConfig::Dynamodb {
+            table,
+            endpoint_url,
+        } => {
+            let client = loaded.config.aws.dynamodb(endpoint_url.as_deref()).await;
+            let db = Arc::new(crate::coordinator::dynamodb::DynamoCoordinator::new(
+                client,
+                table.clone(),
+            ));
+            db.prepare().await?;
+            Ok(Some(Coordination {
+                registry: db.clone(),
+                leases: db,
+            }))
+        }
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("refused by config::check_features"),
+    }
 }
 
 /// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
@@ -417,8 +462,9 @@ pub async fn run(
             }
         })
     };
+    let coordination = open_coordination(loaded).await?;
     #[cfg(feature = "postgres")]
-    let group = open_group(loaded).await?;
+    let group = open_group(loaded, coordination.as_ref()).await?;
     #[cfg(not(feature = "postgres"))]
     let group: Option<(crate::group::GroupCommit, NoLoader)> = None;
     // The loader runs beside the pipelines until they have ended (their last batches need a merge), then gives
@@ -432,7 +478,15 @@ pub async fn run(
         None => (None, None),
     };
     crate::admin::set_ready(true);
-    let summary = run_pipeline(loaded, rule, sink, raw, group, shutdown).await;
+    // With a coordinator of its own, leases live there and checkpoints stay in the warehouse.
+    let coordinator: Arc<dyn crate::sink::Coordinator> = match &coordination {
+        Some(c) => Arc::new(crate::coordinator::SplitCoordinator::new(
+            sink.clone(),
+            c.leases.clone(),
+        )),
+        None => sink.clone(),
+    };
+    let summary = run_pipeline(loaded, rule, (sink, coordinator), raw, group, shutdown).await;
     crate::admin::set_ready(false);
     let _ = stop_loader.send(true);
     if let Some(loader) = loader {
@@ -452,7 +506,7 @@ pub async fn run(
 async fn run_pipeline(
     loaded: &Loaded,
     rule: Arc<RulePlugin>,
-    sink: Arc<dyn Warehouse>,
+    (sink, coordinator): (Arc<dyn Warehouse>, Arc<dyn crate::sink::Coordinator>),
     raw: Arc<dyn RawStore>,
     group: Option<crate::group::GroupCommit>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -460,8 +514,8 @@ async fn run_pipeline(
     let stages = Stages {
         raw,
         rule,
-        sink: sink.clone(),
-        coordinator: sink,
+        sink,
+        coordinator,
         tables: Arc::new(loaded.tables.clone()),
         batch: loaded.config.batch.clone(),
         retry: loaded.config.retry.clone(),

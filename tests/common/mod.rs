@@ -334,6 +334,44 @@ pub async fn aws_sdk_at(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// The items of a DynamoDB coordinator table (`[coordinator] kind = "dynamodb"`) whose `pk` starts with
+/// `prefix` (`lease#kinesis`, `batch#`, `loader`), each as attribute → value text, on the AWS test server.
+pub async fn coordinator_items(table: &str, prefix: &str) -> Vec<BTreeMap<String, String>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let client = aws_sdk_dynamodb::Client::new(&aws_sdk().await);
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .filter_expression("begins_with(pk, :p)")
+            .expression_attribute_values(":p", AttributeValue::S(prefix.into()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan of the coordinator table");
+        for item in out.items.unwrap_or_default() {
+            items.push(
+                item.into_iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            AttributeValue::S(s) | AttributeValue::N(s) => s,
+                            other => format!("{other:?}"),
+                        };
+                        (k, text)
+                    })
+                    .collect(),
+            );
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return items;
+        }
+    }
+}
+
 /// Environment for a `weir` process talking to the local AWS test server.
 pub const AWS_TEST_ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "test"),

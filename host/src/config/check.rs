@@ -166,23 +166,9 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
 /// `[sink.group_commit]`: a PostgreSQL or Redshift sink, and a lease that outlives two intervals.
 fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
     let g = &config.sink.group_commit;
+    check_coordinator(config)?;
     if !g.enabled {
-        if let CoordinatorConfig::Postgres { .. } = config.coordinator {
-            return Err(ConfigError::field(
-                "coordinator.kind",
-                "a coordinator of its own is only used with grouped commits: set `[sink.group_commit] enabled = true` or remove `[coordinator]`",
-            ));
-        }
         return Ok(());
-    }
-    if let CoordinatorConfig::Postgres { url, schema } = &config.coordinator {
-        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            return Err(ConfigError::field(
-                "coordinator.url",
-                "must be a `postgres://user:password@host:5432/db` URL",
-            ));
-        }
-        check_identifier(schema).map_err(|m| ConfigError::field("coordinator.schema", m))?;
     }
     if config.sink.kind == SinkKind::Sqlite {
         return Err(ConfigError::field(
@@ -212,6 +198,47 @@ fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
             "sink.group_commit.staging.bucket",
             "empty; name the bucket staged batches go to",
         ));
+    }
+    Ok(())
+}
+
+/// `[coordinator]`: a coordinator of its own holds Kinesis shard leases and grouped commits' registry, so it
+/// is only accepted where one of them is used.
+fn check_coordinator(config: &Config) -> Result<(), ConfigError> {
+    let used =
+        config.sink.group_commit.enabled || matches!(config.source, SourceConfig::Kinesis { .. });
+    if !used && !matches!(config.coordinator, CoordinatorConfig::Sink) {
+        return Err(ConfigError::field(
+            "coordinator.kind",
+            "a coordinator of its own holds Kinesis shard leases and the grouped commits' registry, and this \
+             configuration has neither: set `[sink.group_commit] enabled = true`, or remove `[coordinator]`",
+        ));
+    }
+    match &config.coordinator {
+        CoordinatorConfig::Sink => {}
+        CoordinatorConfig::Postgres { url, schema } => {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(ConfigError::field(
+                    "coordinator.url",
+                    "must be a `postgres://user:password@host:5432/db` URL",
+                ));
+            }
+            check_identifier(schema).map_err(|m| ConfigError::field("coordinator.schema", m))?;
+        }
+        CoordinatorConfig::Dynamodb { table, .. } => {
+            let valid = (3..=255).contains(&table.len())
+                && table
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !valid {
+                return Err(ConfigError::field(
+                    "coordinator.table",
+                    format!(
+                        "`{table}` is not a DynamoDB table name: 3 to 255 letters, digits, `_`, `-` or `.`"
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -403,6 +430,16 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
             return missing("raw.kind", "mongodb", "mongodb");
         }
         _ => {}
+    }
+    if let CoordinatorConfig::Dynamodb { .. } = config.coordinator
+        && !cfg!(feature = "dynamodb")
+    {
+        return missing("coordinator.kind", "dynamodb", "dynamodb");
+    }
+    if let CoordinatorConfig::Postgres { .. } = config.coordinator
+        && !cfg!(feature = "postgres")
+    {
+        return missing("coordinator.kind", "postgres", "postgres");
     }
     match config.sink.kind {
         SinkKind::Postgres if !cfg!(feature = "postgres") => {

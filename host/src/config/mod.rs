@@ -93,7 +93,7 @@ pub struct Config {
     /// The worker process: admin endpoint and shutdown.
     #[serde(default)]
     pub worker: WorkerConfig,
-    /// `[coordinator]`: where grouped commits keep their registry of staged batches and the loader lease.
+    /// `[coordinator]`: where Kinesis shard leases, the loader lease and the registry of staged batches live.
     #[serde(default)]
     pub coordinator: CoordinatorConfig,
 }

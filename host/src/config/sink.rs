@@ -122,6 +122,15 @@ pub enum CoordinatorConfig {
         #[serde(default = "default_coordinator_schema")]
         schema: String,
     },
+    /// In an Amazon DynamoDB table (conditional writes, as the Kinesis Client Library's lease table): the
+    /// choice for a Redshift fleet on AWS. weir creates the table when it is missing.
+    Dynamodb {
+        /// The table's name.
+        table: String,
+        /// Another DynamoDB endpoint than `[aws] endpoint_url` (a VPC endpoint, a local server in tests).
+        #[serde(default)]
+        endpoint_url: Option<String>,
+    },
 }
 
 fn default_coordinator_schema() -> String {

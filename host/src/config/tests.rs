@@ -144,6 +144,9 @@ fn bad_configs_name_the_field() {
         (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nsse = \"aes\""), "raw"),
         (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\npart_size_bytes = 1000"), "raw.part_size_bytes"),
         (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\ninstances = 0"), "rule.instances"),
+        (GOOD.to_string() + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.kind"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.table"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"postgres\"\nurl = \"mysql://x\"\n", "coordinator.url"),
     ];
     for (text, field) in cases {
         let message = err(&text);

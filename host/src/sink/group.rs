@@ -82,6 +82,25 @@ pub trait Registry: Send + Sync {
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError>;
 }
 
+/// Registration order within one process: strictly increasing even within one microsecond.
+pub fn registration_us() -> i64 {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = crate::record::wall_clock_us();
+    let mut last = LAST.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(
+            last,
+            next,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        ) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// What one grouped merge did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupOutcome {

@@ -250,25 +250,6 @@ impl RedshiftSink {
     }
 }
 
-/// Registration order within one process: strictly increasing even within one microsecond.
-fn registration_us() -> i64 {
-    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    let now = crate::record::wall_clock_us();
-    let mut last = LAST.load(std::sync::atomic::Ordering::SeqCst);
-    loop {
-        let next = now.max(last + 1);
-        match LAST.compare_exchange(
-            last,
-            next,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        ) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
-}
-
 #[async_trait]
 impl Registry for RedshiftSink {
     async fn register(&self, entry: &Registration) -> Result<(), SinkError> {
@@ -286,7 +267,7 @@ impl Registry for RedshiftSink {
                 entry.partition.clone(),
                 entry.key.clone(),
                 entry.bytes.to_string(),
-                registration_us().to_string(),
+                crate::sink::group::registration_us().to_string(),
             ],
         )
         .await?;
