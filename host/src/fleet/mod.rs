@@ -60,6 +60,9 @@ struct Running {
     ended: Arc<AtomicBool>,
     /// Stopped because the lease went to another worker (not idle).
     lost: bool,
+    /// Until when the last claim or renewal that succeeded holds the lease (µs): a shard whose renewals fail
+    /// (the coordinator unreachable) stops once it passes, as another worker may take the lease then.
+    held_until: i64,
 }
 
 /// Lists every shard of a stream (following `NextToken`).
@@ -262,15 +265,36 @@ impl Fleet {
     async fn renew(&mut self, now: i64, expires: i64) {
         let held: Vec<String> = self.running.keys().cloned().collect();
         for shard in held {
-            let renewed = self
+            let held_until = self.running.get(&shard).map_or(0, |r| r.held_until);
+            let renewed = match self
                 .shared
                 .coordinator
-                .claim("kinesis", &self.partition_of(&shard), &self.me, now, expires, None)
+                .claim(
+                    "kinesis",
+                    &self.partition_of(&shard),
+                    &self.me,
+                    now,
+                    expires,
+                    None,
+                )
                 .await
-                .unwrap_or_else(|e| {
+            {
+                Ok(true) => {
+                    if let Some(r) = self.running.get_mut(&shard) {
+                        r.held_until = expires;
+                    }
+                    true
+                }
+                Ok(false) => false,
+                Err(e) if crate::record::wall_clock_us() < held_until => {
                     tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
                     true
-                });
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %shard, error = %e, "the lease ran out unrenewed; stopping the shard");
+                    false
+                }
+            };
             if !renewed {
                 tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
                 if let Some(r) = self.running.get_mut(&shard) {
@@ -397,6 +421,7 @@ impl Fleet {
                 stop,
                 ended,
                 lost: false,
+                held_until: now + self.options.lease.as_micros() as i64,
             },
         );
     }
