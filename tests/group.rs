@@ -180,6 +180,38 @@ async fn killed_at_every_step_loses_and_doubles_nothing() {
     }
 }
 
+/// Three workers, each on a file of 300 orders of its own, with `text` as their configuration (its
+/// `orders.jsonl` replaced by the worker's file): every worker exits 0 and the orders table holds exactly the
+/// union of the three files.
+async fn three_workers_load_their_files(dir: &std::path::Path, text: &str, db: &TestDb) {
+    let mut expected = std::collections::BTreeSet::new();
+    let mut children = Vec::new();
+    for w in 0..3 {
+        let (input, ids) = orders_input_from(w * 1000, 300);
+        expected.extend(ids);
+        let file = format!("orders-{w}.jsonl");
+        std::fs::write(dir.join(&file), input).unwrap();
+        let cfg = dir.join(format!("w{w}.toml"));
+        std::fs::write(&cfg, text.replace("orders.jsonl", &file)).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("WEIR_LOG", "warn")
+            .envs(AWS_TEST_ENV);
+        children.push(Background::spawn(cmd));
+    }
+    for child in children {
+        let out = child.wait(std::time::Duration::from_secs(600)).await;
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let ids: std::collections::BTreeSet<String> = db
+        .rows("SELECT order_id FROM orders")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids, expected);
+}
+
 /// Three workers on three files, one database made Redshift-like (serializable, table locks, slow commits):
 /// every worker exits 0 and the tables hold exactly the union of the three per-file loads.
 #[tokio::test(flavor = "multi_thread")]
@@ -198,31 +230,7 @@ async fn grouped_fleet_on_a_redshift_like_database() {
     let out = weir(&["run", "-c", base.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));
     db.install_redshift_sim(50);
-    let mut expected = std::collections::BTreeSet::new();
-    let mut children = Vec::new();
-    for w in 0..3 {
-        let (input, ids) = orders_input_from(w * 1000, 300);
-        expected.extend(ids);
-        let file = format!("orders-{w}.jsonl");
-        std::fs::write(dir.path().join(&file), input).unwrap();
-        let cfg = dir.path().join(format!("w{w}.toml"));
-        std::fs::write(&cfg, text.replace("orders.jsonl", &file)).unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.args(["run", "-c", cfg.to_str().unwrap()])
-            .env("WEIR_LOG", "warn");
-        children.push(Background::spawn(cmd));
-    }
-    for child in children {
-        let out = child.wait(std::time::Duration::from_secs(600)).await;
-        assert!(out.status.success(), "{}", show(&out));
-    }
-    let ids: std::collections::BTreeSet<String> = db
-        .rows("SELECT order_id FROM orders")
-        .await
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    assert_eq!(ids, expected);
+    three_workers_load_their_files(dir.path(), &text, &db).await;
     assert_eq!(
         db.count(
             "SELECT count(*) FROM weir_batches WHERE records_in <> emitted + dropped + rejected"
@@ -261,32 +269,7 @@ async fn grouped_fleet_coordinated_by_dynamodb() {
     let out = weir(&["run", "-c", base.to_str().unwrap()], &AWS_TEST_ENV);
     assert!(out.status.success(), "{}", show(&out));
     db.install_redshift_sim(50);
-    let mut expected = std::collections::BTreeSet::new();
-    let mut children = Vec::new();
-    for w in 0..3 {
-        let (input, ids) = orders_input_from(w * 1000, 300);
-        expected.extend(ids);
-        let file = format!("orders-{w}.jsonl");
-        std::fs::write(dir.path().join(&file), input).unwrap();
-        let cfg = dir.path().join(format!("w{w}.toml"));
-        std::fs::write(&cfg, text.replace("orders.jsonl", &file)).unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.args(["run", "-c", cfg.to_str().unwrap()])
-            .env("WEIR_LOG", "warn")
-            .envs(AWS_TEST_ENV);
-        children.push(Background::spawn(cmd));
-    }
-    for child in children {
-        let out = child.wait(std::time::Duration::from_secs(600)).await;
-        assert!(out.status.success(), "{}", show(&out));
-    }
-    let ids: std::collections::BTreeSet<String> = db
-        .rows("SELECT order_id FROM orders")
-        .await
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    assert_eq!(ids, expected);
+    three_workers_load_their_files(dir.path(), &text, &db).await;
     assert_eq!(
         db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await,
