@@ -862,3 +862,98 @@ async fn leases_in_dynamodb_never_write_the_warehouse() {
     assert!(leases.iter().all(|l| l["owner"].is_empty()), "{leases:?}");
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// The DynamoDB coordinator cut off (a front that black-holes only the DynamoDB endpoint) from a worker reading
+/// a 2-shard stream: its renewals fail, and once the last renewal that succeeded has run out (read from DynamoDB
+/// itself: every lease item's `expires_us` is past) the worker has stopped both shards — records put from then
+/// on are not loaded while the cut lasts, though the stream and the warehouse are reachable (another worker may
+/// hold those leases now). When the path is back the worker claims the shards again and loads everything once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_coordinator_stops_shards_when_their_leases_run_out() {
+    needs!("a_cut_coordinator_stops_shards_when_their_leases_run_out": Postgres, Aws, Kinesis, Plugins);
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("weir-cut");
+    let target = aws_endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let front = TcpFront::with_mode(&target, FrontMode::Forward).await;
+    let path = write_config(
+        dir.path(),
+        &name,
+        &db.url,
+        "w",
+        "[retry]\nmax_attempts = 1000\ninitial_backoff_ms = 100\nmax_backoff_ms = 500",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("lease_secs = 6", "lease_secs = 3")
+        .replace(
+            "[aws]\n",
+            "[aws]\nread_timeout_secs = 2\nconnect_timeout_secs = 1\nattempt_timeout_secs = 3\n",
+        )
+        + &format!(
+            "\n[coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\nendpoint_url = \"http://{}\"\n",
+            front.addr
+        );
+    std::fs::write(&path, text).unwrap();
+    put(&k, &name, 0..50).await;
+    let worker = Worker::start(&path);
+    db.wait_for_batches(1).await; // the ledger exists from here on
+    let loaded = || async {
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while loaded().await < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first 50 records never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    front.set_mode(FrontMode::BlackHole);
+    // Every lease the worker holds has run out (DynamoDB's own view), and one more renewal period has passed
+    // for the worker to see its failed renewal past the lease's end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let leases = coordinator_items(&table, "lease#kinesis").await;
+        let running_out = leases
+            .iter()
+            .filter(|l| !l["owner"].is_empty())
+            .map(|l| l["expires_us"].parse::<i64>().unwrap())
+            .max();
+        assert_eq!(leases.len(), 2, "{leases:?}");
+        if running_out.is_none_or(|e| e + 1_500_000 < now_us) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leases never ran out: {leases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put(&k, &name, 50..100).await;
+    // A worker still reading would load them within a poll and a batch wait (0.2 + 0.3 s).
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(loaded().await, 50, "records loaded on leases that ran out");
+    }
+    front.set_mode(FrontMode::Forward);
+    let out = worker.wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ran out unrenewed"),
+        "{}",
+        show(&out)
+    );
+    assert_exactly_once(&db, 100).await;
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}

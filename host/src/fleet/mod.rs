@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -56,13 +56,39 @@ pub enum FleetError {
 
 struct Running {
     task: JoinHandle<Result<Summary, PipelineError>>,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     ended: Arc<AtomicBool>,
-    /// Stopped because the lease went to another worker (not idle).
-    lost: bool,
-    /// Until when the last claim or renewal that succeeded holds the lease (µs): a shard whose renewals fail
-    /// (the coordinator unreachable) stops once it passes, as another worker may take the lease then.
-    held_until: i64,
+    /// The shard's hold on its lease, shared with its watchdog.
+    hold: Arc<Hold>,
+}
+
+/// A running shard's hold on its lease.
+struct Hold {
+    /// Until when the last claim or renewal that succeeded holds the lease (µs).
+    until: AtomicI64,
+    /// Stopped because the lease went (or may have gone) to another worker: not idle.
+    lost: AtomicBool,
+}
+
+/// Stops a shard once its lease runs out unrenewed, whatever the rest of the worker is doing (a renewal call
+/// hanging on an unreachable coordinator included): from then on another worker may hold the lease. Ends when
+/// the shard's pipeline has stopped.
+fn watch_lease(hold: Arc<Hold>, stop: Arc<watch::Sender<bool>>, shard: String) {
+    tokio::spawn(async move {
+        loop {
+            let left = hold.until.load(Ordering::SeqCst) - crate::record::wall_clock_us();
+            if left <= 0 {
+                tracing::warn!(shard = %shard, "the lease ran out unrenewed; stopping the shard");
+                hold.lost.store(true, Ordering::SeqCst);
+                let _ = stop.send(true);
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_micros(left as u64)) => {}
+                _ = stop.closed() => return,
+            }
+        }
+    });
 }
 
 /// Lists every shard of a stream (following `NextToken`).
@@ -243,7 +269,7 @@ impl Fleet {
                                 tracing::warn!(shard = %partition, error = %e, "could not checkpoint SHARD_END; retrying")
                             }
                         }
-                    } else if !r.lost {
+                    } else if !r.hold.lost.load(Ordering::SeqCst) {
                         self.idle.insert(shard.clone());
                     }
                 }
@@ -262,10 +288,11 @@ impl Fleet {
     }
 
     /// Renews the lease of every running shard; a shard whose lease was lost stops after its in-flight batch.
+    /// A renewal that fails (the coordinator unreachable) is tried again next round; the shard's watchdog
+    /// ([`watch_lease`]) stops it once its last renewal runs out.
     async fn renew(&mut self, now: i64, expires: i64) {
         let held: Vec<String> = self.running.keys().cloned().collect();
         for shard in held {
-            let held_until = self.running.get(&shard).map_or(0, |r| r.held_until);
             let renewed = match self
                 .shared
                 .coordinator
@@ -280,26 +307,22 @@ impl Fleet {
                 .await
             {
                 Ok(true) => {
-                    if let Some(r) = self.running.get_mut(&shard) {
-                        r.held_until = expires;
+                    if let Some(r) = self.running.get(&shard) {
+                        r.hold.until.fetch_max(expires, Ordering::SeqCst);
                     }
                     true
                 }
                 Ok(false) => false,
-                Err(e) if crate::record::wall_clock_us() < held_until => {
+                Err(e) => {
                     tracing::warn!(shard = %shard, error = %e, "renewing the lease failed; retrying at the next renewal");
                     true
-                }
-                Err(e) => {
-                    tracing::warn!(shard = %shard, error = %e, "the lease ran out unrenewed; stopping the shard");
-                    false
                 }
             };
             if !renewed {
                 tracing::warn!(shard = %shard, "lease lost; stopping the shard after its in-flight batch");
-                if let Some(r) = self.running.get_mut(&shard) {
+                if let Some(r) = self.running.get(&shard) {
+                    r.hold.lost.store(true, Ordering::SeqCst);
                     let _ = r.stop.send(true);
-                    r.lost = true;
                 }
             }
         }
@@ -409,6 +432,12 @@ impl Fleet {
         let reader = ShardReader::new(self.client.clone(), reader_options);
         let ended = reader.ended();
         let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let hold = Arc::new(Hold {
+            until: AtomicI64::new(now + self.options.lease.as_micros() as i64),
+            lost: AtomicBool::new(false),
+        });
+        watch_lease(hold.clone(), stop.clone(), shard.to_string());
         let pipeline = Pipeline {
             source: Box::new(reader),
             stages: self.shared.clone(),
@@ -420,8 +449,7 @@ impl Fleet {
                 task: tokio::spawn(pipeline.run(stop_rx)),
                 stop,
                 ended,
-                lost: false,
-                held_until: now + self.options.lease.as_micros() as i64,
+                hold,
             },
         );
     }
