@@ -88,6 +88,7 @@ proptest! {
             bytes: 0,
             started: std::time::Instant::now(),
             received_us: Vec::new(),
+            fingerprint: None,
         };
         let lines = weir::raw::decode("k", &weir::raw::encode(&batch)).unwrap();
         prop_assert_eq!(lines.len(), records.len());

@@ -49,6 +49,7 @@ fn batch(first: u64, last: u64) -> Batch {
         bytes: 0,
         started: Instant::now(),
         received_us: Vec::new(),
+        fingerprint: None,
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Batch {
     pub started: Instant,
     /// When each record was received, in µs after `started` (for receive-to-commit latency).
     pub received_us: Vec<u32>,
+    /// The input fingerprint to record with this batch's checkpoint (a fingerprinted source's first batch of a
+    /// run, when the stored fingerprint differs): written in the same transaction as the checkpoint, so a
+    /// partition's start writes nothing to the warehouse.
+    pub fingerprint: Option<String>,
 }
 
 impl Batch {

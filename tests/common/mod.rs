@@ -1040,6 +1040,7 @@ pub fn mem_batch(prev: &str, first: usize, n: usize) -> weir::record::Batch {
         bytes: 0,
         started: std::time::Instant::now(),
         received_us: Vec::new(),
+        fingerprint: None,
     }
 }
 

@@ -152,7 +152,8 @@ impl Coordinator for SplitCoordinator {
         let key = (source.to_string(), partition.to_string());
         let known = self.known.lock().expect("not poisoned").contains(&key);
         if !known {
-            // The checkpoint row exists before anyone reads the partition (once per partition and process).
+            // A partition's checkpoint is read once per partition and process before its first claim (a
+            // SQLite sink creates the row then; the warehouse's reads write nothing).
             self.checkpoints.checkpoint(source, partition).await?;
             self.known.lock().expect("not poisoned").insert(key);
         }

@@ -54,6 +54,9 @@ pub struct StagedBatch {
     pub outcomes: Vec<RecordOutcome>,
     rule_digest: String,
     loaded_at_us: i64,
+    /// The input fingerprint the merge records with this batch's checkpoint ([`Batch::fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
 }
 
 impl StagedBatch {
@@ -87,6 +90,7 @@ impl StagedBatch {
             outcomes: load.outcomes.to_vec(),
             rule_digest: load.rule_digest.to_string(),
             loaded_at_us: load.loaded_at_us,
+            fingerprint: load.batch.fingerprint.clone(),
         }
     }
 
@@ -120,6 +124,7 @@ impl StagedBatch {
             records,
             started: Instant::now(),
             received_us: Vec::new(),
+            fingerprint: self.fingerprint.clone(),
         }
     }
 
@@ -216,6 +221,7 @@ mod tests {
             records,
             started: Instant::now(),
             received_us: Vec::new(),
+            fingerprint: None,
         };
         let outcomes = vec![
             RecordOutcome::Emit(vec![CheckedRow {

@@ -158,9 +158,9 @@ impl Pipeline {
             rule_instances,
             group,
         } = stages;
-        let position = start_position(source.as_mut(), coordinator.as_ref(), &retry).await?;
-        source.seek(&position).await?;
-        tracing::info!(source = %source.source(), partition = %source.partition(), checkpoint = %position, "starting");
+        let start = start_position(source.as_mut(), coordinator.as_ref(), &retry).await?;
+        source.seek(&start.position).await?;
+        tracing::info!(source = %source.source(), partition = %source.partition(), checkpoint = %start.position, "starting");
 
         let depth = batch.queue_depth;
         let (to_raw, from_batcher) = mpsc::channel::<Batch>(depth);
@@ -176,7 +176,7 @@ impl Pipeline {
         // Every stage task is aborted when the run ends, however it ends (an early error return drops the
         // guard): a stopped pipeline leaves no reader polling its source.
         let mut stages = StageTasks::default();
-        let batcher = stages.spawn(batcher(source, position, batch, to_raw, shutdown));
+        let batcher = stages.spawn(batcher(source, start, batch, to_raw, shutdown));
         let raw_stage = stages.spawn(raw_stage(raw, retry.clone(), from_batcher, to_rules));
         let rules_stage = stages.spawn(rules_stage(
             rule.clone(),
@@ -258,13 +258,23 @@ impl Drop for StageTasks {
     }
 }
 
+/// Where a partition's batches start: after its checkpoint, and the input fingerprint its first batch
+/// records (when the stored one differs).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Start {
+    pub(crate) position: String,
+    pub(crate) fingerprint: Option<String>,
+}
+
 /// Where the partition starts: its checkpoint (ordered sources), after checking that the input a
-/// fingerprinted source reads is the one the checkpoint was taken on.
+/// fingerprinted source reads is the one the checkpoint was taken on. Reads only: a fingerprint to record
+/// goes with the first batch's commit, so that a partition's start writes nothing (on Redshift every write
+/// transaction is a commit in the cluster-wide queue).
 async fn start_position(
     source: &mut dyn Source,
     coordinator: &dyn Coordinator,
     retry: &RetryConfig,
-) -> Result<String, PipelineError> {
+) -> Result<Start, PipelineError> {
     let source_name = source.source().to_string();
     let partition = source.partition().to_string();
     let position = if source.ordered() {
@@ -280,24 +290,25 @@ async fn start_position(
     } else {
         String::new()
     };
+    let mut start = Start {
+        position,
+        fingerprint: None,
+    };
     if let Some(fingerprint) = source.fingerprint() {
         let row = crate::source::fingerprint_partition(&partition);
         let stored = fingerprint_io(retry, || coordinator.checkpoint(&source_name, &row)).await?;
-        if !position.is_empty() && !stored.is_empty() && !source.same_input(&stored) {
+        if !start.position.is_empty() && !stored.is_empty() && !source.same_input(&stored) {
             return Err(PipelineError::InputChanged {
                 source_name,
                 partition,
-                position,
+                position: start.position,
             });
         }
         if stored != fingerprint {
-            fingerprint_io(retry, || {
-                coordinator.set_checkpoint(&source_name, &row, &stored, &fingerprint)
-            })
-            .await?;
+            start.fingerprint = Some(fingerprint);
         }
     }
-    Ok(position)
+    Ok(start)
 }
 
 /// Reads or writes the input fingerprint kept beside a checkpoint (refusing to resume a checkpoint on other
@@ -378,7 +389,16 @@ mod tests {
         });
         let (tx, mut rx) = mpsc::channel(100);
         let (_stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(batcher(source, "0".into(), limits, tx, shutdown));
+        let task = tokio::spawn(batcher(
+            source,
+            Start {
+                position: "0".into(),
+                fingerprint: None,
+            },
+            limits,
+            tx,
+            shutdown,
+        ));
         let mut out = Vec::new();
         while let Some(b) = rx.recv().await {
             out.push((b.id.clone(), b.prev_position.clone(), b.records.len()));
@@ -511,7 +531,7 @@ mod stop_tests {
             max_wait_ms: 10,
             queue_depth: 1,
         };
-        let task = tokio::spawn(batcher(source, String::new(), limits, tx, shutdown));
+        let task = tokio::spawn(batcher(source, Start::default(), limits, tx, shutdown));
         assert!(rx.recv().await.is_some());
         drop(rx);
         drop(stop); // the sender of the stop channel is gone too

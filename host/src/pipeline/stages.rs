@@ -6,12 +6,12 @@ use super::*;
 /// Groups records into batches by count, bytes and wait time.
 pub(super) async fn batcher(
     mut source: Box<dyn Source>,
-    prev_position: String,
+    start: Start,
     limits: BatchConfig,
     out: mpsc::Sender<Batch>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
-    let result = batches(source.as_mut(), prev_position, limits, out, shutdown).await;
+    let result = batches(source.as_mut(), start, limits, out, shutdown).await;
     source.close().await;
     result
 }
@@ -19,11 +19,15 @@ pub(super) async fn batcher(
 /// The batcher's loop: records into batches of at most `limits`, each sent on once full or `max_wait_ms` old.
 async fn batches(
     source: &mut dyn Source,
-    mut prev_position: String,
+    start: Start,
     limits: BatchConfig,
     out: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
+    let Start {
+        position: mut prev_position,
+        mut fingerprint,
+    } = start;
     let source_name = source.source().to_string();
     let partition = source.partition().to_string();
     let max_wait = Duration::from_millis(limits.max_wait_ms);
@@ -61,6 +65,7 @@ async fn batches(
                         bytes: 0,
                         started: Instant::now(), // monotonic, for latency only
                         received_us: Vec::new(),
+                        fingerprint: fingerprint.take(),
                     });
                     let offset = b.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     b.received_us.push(offset);

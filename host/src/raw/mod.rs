@@ -215,6 +215,7 @@ mod tests {
             bytes: 0,
             started: std::time::Instant::now(),
             received_us: Vec::new(),
+            fingerprint: None,
         }
     }
 

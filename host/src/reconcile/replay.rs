@@ -98,6 +98,7 @@ async fn replay_object(
         bytes: 0,
         started: std::time::Instant::now(),
         received_us: Vec::new(),
+        fingerprint: None,
     };
     batch.bytes = batch.records.iter().map(|r| r.payload.len()).sum();
     let raw_refs: Vec<String> = (1..=lines.len()).map(|n| format!("{key}#{n}")).collect();

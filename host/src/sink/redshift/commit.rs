@@ -177,25 +177,106 @@ pub(super) async fn move_checkpoint(
     batch: &crate::record::Batch,
     loaded_at: &str,
 ) -> Result<bool, SinkError> {
+    let moved = compare_and_set(
+        tx,
+        schema,
+        (&batch.source, &batch.partition),
+        &batch.prev_position,
+        batch.last_position(),
+        loaded_at,
+    )
+    .await?;
+    if moved && let Some(fingerprint) = &batch.fingerprint {
+        // The input fingerprint goes with the partition's first checkpoint of a run (see `Batch::fingerprint`);
+        // the checkpoint's compare-and-set already decided that this transaction owns the partition.
+        let row = crate::source::fingerprint_partition(&batch.partition);
+        let s = quote(schema);
+        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+            (fingerprint, Type::VARCHAR),
+            (&loaded_at, Type::VARCHAR),
+            (&batch.source, Type::VARCHAR),
+            (&row, Type::VARCHAR),
+        ];
+        let updated = tx
+            .execute_typed(
+                traced(&format!(
+                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                     WHERE source = $3 AND \"partition\" = $4"
+                )),
+                &params,
+            )
+            .await
+            .map_err(classify)?;
+        if updated == 0 {
+            insert_checkpoint(tx, schema, &params).await?;
+        }
+    }
+    Ok(moved)
+}
+
+/// The compare-and-set of one checkpoint row, `expected` → `new`. A partition without a row has the empty
+/// checkpoint: its first move inserts the row (so reading a checkpoint never writes). Concurrent first moves
+/// take turns on Redshift (the ledger's lock is taken first); on PostgreSQL the loser's duplicate key is a
+/// conflict, retried, and then refused by the compare-and-set.
+pub(super) async fn compare_and_set(
+    client: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    (source, partition): (&str, &str),
+    expected: &str,
+    new: &str,
+    now: &str,
+) -> Result<bool, SinkError> {
     let s = quote(schema);
-    let last = batch.last_position();
-    let moved = tx
+    let moved = client
         .execute_typed(
             traced(&format!(
                 "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
                  WHERE source = $3 AND \"partition\" = $4 AND position = $5"
             )),
             &[
-                (&last, Type::VARCHAR),
-                (&loaded_at, Type::VARCHAR),
-                (&batch.source, Type::VARCHAR),
-                (&batch.partition, Type::VARCHAR),
-                (&batch.prev_position, Type::VARCHAR),
+                (&new, Type::VARCHAR),
+                (&now, Type::VARCHAR),
+                (&source, Type::VARCHAR),
+                (&partition, Type::VARCHAR),
+                (&expected, Type::VARCHAR),
             ],
         )
         .await
         .map_err(classify)?;
-    Ok(moved == 1)
+    if moved == 1 {
+        return Ok(true);
+    }
+    if !expected.is_empty() {
+        return Ok(false);
+    }
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&new, Type::VARCHAR),
+        (&now, Type::VARCHAR),
+        (&source, Type::VARCHAR),
+        (&partition, Type::VARCHAR),
+    ];
+    Ok(insert_checkpoint(client, schema, &params).await? == 1)
+}
+
+/// Inserts a checkpoint row (`position`, `updated_at`, `source`, `partition`) unless one exists; the rows
+/// inserted.
+pub(super) async fn insert_checkpoint(
+    client: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<u64, SinkError> {
+    let table = format!("{}.weir_checkpoints", quote(schema));
+    client
+        .execute_typed(
+            traced(&format!(
+                "INSERT INTO {table} (source, \"partition\", position, updated_at) \
+                 SELECT $3, $4, $1, CAST($2 AS TIMESTAMPTZ) \
+                 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE source = $3 AND \"partition\" = $4)"
+            )),
+            params,
+        )
+        .await
+        .map_err(classify_conflict)
 }
 
 /// Creates this session's temp stages it has not created yet.

@@ -4,42 +4,28 @@ use super::*;
 #[async_trait]
 impl Coordinator for RedshiftSink {
     async fn checkpoint(&self, source: &str, partition: &str) -> Result<String, SinkError> {
-        let now = sql_timestamp(crate::record::wall_clock_us());
+        // Reads only: a partition without a row has the empty checkpoint, and its first move inserts the row
+        // (`compare_and_set`). On Redshift every write transaction costs a commit in the cluster-wide queue,
+        // so a fleet's start writes nothing.
         let table = format!("{}.weir_checkpoints", quote(&self.schema));
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
         let result = self
             .bounded("database call", async {
-            let params: [(&(dyn ToSql + Sync), Type); 3] =
-                [(&source, Type::VARCHAR), (&partition, Type::VARCHAR), (&now, Type::VARCHAR)];
-            let select = format!("SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2");
-            // Read first: on Redshift every write transaction costs a commit, so the row is inserted only
-            // when it is missing (a fleet's workers all read their checkpoints at start).
-            let rows = conn
-                .client
-                .query_typed(traced(&select), &params[..2])
-                .await
-                .map_err(classify)?;
-            if !rows.is_empty() {
-                return Ok(rows[0].get::<_, String>(0));
-            }
-            conn.client
-                .query_typed(
-                    traced(&format!(
-                        "INSERT INTO {table} (source, \"partition\", position, updated_at) \
-                         SELECT $1, $2, '', CAST($3 AS TIMESTAMPTZ) \
-                         WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE source = $1 AND \"partition\" = $2)"
-                    )),
-                    &params,
-                )
-                .await
-                .map_err(classify)?;
-            let rows = conn
-                .client
-                .query_typed(traced(&select), &params[..2])
-                .await
-                .map_err(classify)?;
-            Ok(rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())
+                let rows = conn
+                    .client
+                    .query_typed(
+                        traced(&format!(
+                            "SELECT position FROM {table} WHERE source = $1 AND \"partition\" = $2"
+                        )),
+                        &[(&source, Type::VARCHAR), (&partition, Type::VARCHAR)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows
+                    .first()
+                    .map(|r| r.get::<_, String>(0))
+                    .unwrap_or_default())
             })
             .await;
         Self::settle(&mut guard, result)
@@ -87,7 +73,7 @@ impl Coordinator for RedshiftSink {
         expires_us: i64,
         steal_from: Option<&str>,
     ) -> Result<bool, SinkError> {
-        self.checkpoint(source, partition).await?;
+        self.ensure_checkpoint_row(source, partition).await?;
         let (now, expires) = (sql_timestamp(now_us), sql_timestamp(expires_us));
         let victim = steal_from.unwrap_or(owner);
         let s = quote(&self.schema);
@@ -157,29 +143,73 @@ impl Coordinator for RedshiftSink {
         new: &str,
     ) -> Result<bool, SinkError> {
         let now = sql_timestamp(crate::record::wall_clock_us());
-        let s = quote(&self.schema);
         let mut guard = self.session().await?;
         let conn = guard.as_mut().expect("connected");
         let result = self
-            .bounded("lease update", async {
-                conn.client
-                    .execute_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                     WHERE source = $3 AND \"partition\" = $4 AND position = $5"
-                )),
-                &[
-                    (&new, Type::VARCHAR),
+            .bounded("checkpoint update", async {
+                let tx = conn.client.transaction().await.map_err(classify)?;
+                let moved =
+                    compare_and_set(&tx, &self.schema, (source, partition), expected, new, &now)
+                        .await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(moved)
+            })
+            .await;
+        Self::settle(&mut guard, result)
+    }
+}
+
+impl RedshiftSink {
+    /// Inserts a partition's checkpoint row (empty) when it has none: a lease lives on that row.
+    pub(super) async fn ensure_checkpoint_row(
+        &self,
+        source: &str,
+        partition: &str,
+    ) -> Result<(), SinkError> {
+        if !self.checkpoint_row_missing(source, partition).await? {
+            return Ok(());
+        }
+        let now = sql_timestamp(crate::record::wall_clock_us());
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self
+            .bounded("database call", async {
+                let tx = conn.client.transaction().await.map_err(classify)?;
+                let params: [(&(dyn ToSql + Sync), Type); 4] = [
+                    (&"", Type::VARCHAR),
                     (&now, Type::VARCHAR),
                     (&source, Type::VARCHAR),
                     (&partition, Type::VARCHAR),
-                    (&expected, Type::VARCHAR),
-                ],
-            )
-                    .await
-                    .map_err(classify)
+                ];
+                insert_checkpoint(&tx, &self.schema, &params).await?;
+                tx.commit().await.map_err(classify)
             })
             .await;
-        Self::settle(&mut guard, result).map(|n| n == 1)
+        match Self::settle(&mut guard, result) {
+            // A concurrent claimer inserted it first.
+            Err(SinkError::Transient(_))
+                if !self.checkpoint_row_missing(source, partition).await? =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a partition has no checkpoint row yet.
+    async fn checkpoint_row_missing(
+        &self,
+        source: &str,
+        partition: &str,
+    ) -> Result<bool, SinkError> {
+        let table = format!("{}.weir_checkpoints", quote(&self.schema));
+        Ok(self
+            .query_text(
+                "database call",
+                format!("SELECT 1 FROM {table} WHERE source = $1 AND \"partition\" = $2"),
+                vec![source.to_string(), partition.to_string()],
+            )
+            .await?
+            .is_empty())
     }
 }

@@ -26,13 +26,13 @@ impl RedshiftSink {
         for ddl in weir_tables_ddl(&self.schema).into_iter().take(1) {
             self.run_simple(&ddl).await?; // weir_checkpoints, which holds the loader lease
         }
-        self.checkpoint(LOADER, "lease").await?;
+        self.ensure_checkpoint_row(LOADER, "lease").await?;
         Ok(())
     }
 
     /// Creates the loader fence's row in the warehouse (the merge transaction moves it).
     pub async fn prepare_fence(&self) -> Result<(), SinkError> {
-        self.checkpoint(LOADER, "fence").await?;
+        self.ensure_checkpoint_row(LOADER, "fence").await?;
         Ok(())
     }
 
@@ -226,7 +226,7 @@ impl RedshiftSink {
     }
 
     /// Runs one statement with text parameters; returns the rows.
-    async fn query_text(
+    pub(super) async fn query_text(
         &self,
         what: &'static str,
         statement: String,

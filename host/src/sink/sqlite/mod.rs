@@ -414,6 +414,22 @@ impl SqliteSink {
         .await
         .map_err(classify)?;
         if moved.rows_affected() == 1 {
+            if let Some(fingerprint) = &batch.fingerprint {
+                // The input fingerprint goes with the partition's first checkpoint of a run.
+                sqlx::query(
+                    r#"INSERT INTO weir_checkpoints (source, "partition", position, updated_at)
+                       VALUES (?, ?, ?, ?)
+                       ON CONFLICT (source, "partition") DO UPDATE SET position = excluded.position,
+                       updated_at = excluded.updated_at"#,
+                )
+                .bind(&batch.source)
+                .bind(crate::source::fingerprint_partition(&batch.partition))
+                .bind(fingerprint)
+                .bind(loaded_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
             return Ok(None);
         }
         // Another worker moved the checkpoint, or this batch committed and its reply was lost.
