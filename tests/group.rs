@@ -102,6 +102,46 @@ async fn grouped_commits_leave_the_per_batch_state() {
     assert_eq!(state(&grouped).await, before);
 }
 
+/// The database refuses one record's row (a CHECK constraint a DBA added to `orders`): the loader's merge
+/// fails on that batch, the guilty record is found and dead-lettered, and everything else merges — the same
+/// final tables, dead letters and ledger as per-batch commits under the same constraint.
+#[tokio::test]
+async fn a_refused_row_isolates_its_record_and_merges_the_rest() {
+    needs!("a_refused_row_isolates_its_record_and_merges_the_rest": Postgres, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let input = std::fs::read(root().join("examples/quickstart/orders.jsonl")).unwrap();
+    for (db, dir, group) in [(&per_batch, &a, false), (&grouped, &b, true)] {
+        let cfg = config(dir.path(), &db.url, group);
+        std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
+        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", show(&out));
+        db.client()
+            .await
+            .batch_execute("ALTER TABLE orders ADD CONSTRAINT no_us_orders CHECK (country <> 'US')")
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("orders.jsonl"), &input).unwrap();
+        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let want = state(&per_batch).await;
+    assert!(
+        want[2]
+            .iter()
+            .any(|r| r[0].ends_with("/2") && r[1] == "sink"),
+        "the per-batch run dead-letters the refused order: {:?}",
+        want[2]
+    );
+    assert_eq!(state(&grouped).await, want);
+    assert_eq!(
+        grouped
+            .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+            .await,
+        vec![vec!["merged".to_string(), "5".to_string()]]
+    );
+}
+
 /// A worker killed at each step of the protocol — after staging a batch (before registering it), after
 /// registering it (before its merge), right after the loader's merge committed (before the registry learns
 /// the fates), after its batch merged (before the acknowledgement) — and run again on more input: the rows
@@ -180,6 +220,85 @@ async fn killed_at_every_step_loses_and_doubles_nothing() {
     }
 }
 
+/// A zombie loader: worker A's loader is held still (by a test stall) after it read its pending batches and
+/// before its merge transaction, until its lease has run out, worker B has become the loader (a newer epoch),
+/// merged A's batches with its own and exited. Let go, A's merge is fenced off by the epoch in the warehouse
+/// and writes nothing; A then takes the lease again and merges the rest. Every order once, every record in
+/// exactly one ledger batch, every registration merged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zombie_loader_is_fenced_off() {
+    needs!("a_zombie_loader_is_fenced_off": Postgres, Plugins);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(config(dir.path(), &db.url, true)).unwrap();
+    let gate = dir.path().join("gate");
+    let mut expected = std::collections::BTreeSet::new();
+    let mut start = |name: &str, first: usize, env: &[(&str, String)]| {
+        let (input, ids) = orders_input_from(first, 40);
+        expected.extend(ids);
+        std::fs::write(dir.path().join(format!("{name}.jsonl")), input).unwrap();
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, text.replace("orders.jsonl", &format!("{name}.jsonl"))).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("WEIR_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Background::spawn(cmd)
+    };
+    let a = start(
+        "a",
+        0,
+        &[("WEIR_PAUSE_BEFORE", format!("merge:1:{}", gate.display()))],
+    );
+    let reached = gate.with_extension("reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's loader never reached its merge"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let b = start("b", 1000, &[]);
+    let out_b = b.wait(std::time::Duration::from_secs(600)).await;
+    assert!(out_b.status.success(), "B: {}", show(&out_b));
+    assert!(
+        db.count("SELECT count(*) FROM weir_batches WHERE batch_id LIKE '%a.jsonl%'")
+            .await
+            > 0,
+        "B, the newer loader, merged the batches A's stalled loader had read"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let out_a = a.wait(std::time::Duration::from_secs(600)).await;
+    assert!(out_a.status.success(), "A: {}", show(&out_a));
+    assert!(
+        String::from_utf8_lossy(&out_a.stderr).contains("fenced"),
+        "A's stale merge was fenced off: {}",
+        show(&out_a)
+    );
+    let ids: std::collections::BTreeSet<String> = db
+        .rows("SELECT order_id FROM orders")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        80,
+        "every record in exactly one ledger batch"
+    );
+    assert_eq!(
+        db.rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<_>>(),
+        vec!["merged".to_string()]
+    );
+}
+
 /// Three workers, each on a file of 300 orders of its own, with `text` as their configuration (its
 /// `orders.jsonl` replaced by the worker's file): every worker exits 0 and the orders table holds exactly the
 /// union of the three files.
@@ -248,7 +367,7 @@ async fn grouped_fleet_on_a_redshift_like_database() {
 /// Three workers on three files into the Redshift-like database, coordinated through DynamoDB (`[coordinator]
 /// kind = "dynamodb"`, the AWS test server): the tables hold exactly the union of the three loads, every
 /// registered batch ends merged in the DynamoDB table, and the warehouse holds neither the registry nor the
-/// loader lease (only the loader's fence, moved by the merges).
+/// loader lease (only the loader's fence, moved by the merges), and the merges were its only write transactions.
 #[tokio::test(flavor = "multi_thread")]
 async fn grouped_fleet_coordinated_by_dynamodb() {
     needs!("grouped_fleet_coordinated_by_dynamodb": Postgres, Aws, Plugins);
@@ -301,5 +420,13 @@ async fn grouped_fleet_coordinated_by_dynamodb() {
             .await,
         vec![vec!["fence".to_string()]],
         "only the fence in the warehouse"
+    );
+    // Every warehouse write transaction of the fleet's run was a merge (one `loaded_at` each): starting three
+    // partitions (their checkpoints, their input fingerprints) and renewing leases wrote nothing.
+    assert_eq!(
+        db.count("SELECT count(*) FROM redshift_sim.commits").await,
+        db.count("SELECT count(DISTINCT loaded_at) FROM weir_batches")
+            .await,
+        "warehouse write transactions against merges"
     );
 }

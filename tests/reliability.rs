@@ -229,6 +229,35 @@ async fn hostile_records_are_dead_lettered_or_stored_verbatim() {
 async fn file_source_survives_random_kill_9() {
     needs!("file_source_survives_random_kill_9": Postgres, Plugins);
     let _serial = SERIAL.lock().await;
+    random_kill_9("").await;
+}
+
+/// The same kill -9 loop with grouped commits (`[sink.group_commit]`, local staging, the registry in the
+/// database): each kill lands wherever the worker and its loader are — staging, registering, inside or right
+/// after a merge, waiting for a fate — and the restarted worker's loader takes the lease over once the killed
+/// one's has run out. The same exact final state. (At most 2 batches per merge, so that a run takes many merges
+/// and the kills, after 1–8 more merged batches, land inside it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn grouped_commits_survive_random_kill_9() {
+    needs!("grouped_commits_survive_random_kill_9": Postgres, Plugins);
+    let _serial = SERIAL.lock().await;
+    random_kill_9(
+        "
+[sink.group_commit]
+enabled = true
+interval_ms = 100
+max_batches = 2
+lease_secs = 2
+[sink.group_commit.staging]
+kind = \"local\"
+dir = \"staged\"
+",
+    )
+    .await;
+}
+
+/// The kill -9 loop over the quickstart on PostgreSQL with `extra` appended to its configuration.
+async fn random_kill_9(extra: &str) {
     let iterations = crash_iterations();
     let n = 300 * iterations;
     let db = TestDb::new().await;
@@ -236,7 +265,8 @@ async fn file_source_survives_random_kill_9() {
     let config = quickstart_postgres_in(dir.path(), &db.url);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("max_records = 4", "max_records = 10");
+        .replace("max_records = 4", "max_records = 10")
+        + extra;
     std::fs::write(&config, text).unwrap();
     let (input, expected_total) = orders_input(n);
     std::fs::write(dir.path().join("orders.jsonl"), input).unwrap();

@@ -33,3 +33,29 @@ impl CrashPoint {
         }
     }
 }
+
+/// A stall injected for recovery tests: `WEIR_PAUSE_BEFORE=merge:N:GATE` makes the loader's N-th merge that
+/// has batches to merge wait, after it read them and before its warehouse transaction, until the file `GATE`
+/// exists; it creates `GATE.reached` when it starts waiting. A test thereby holds a loader still while its
+/// lease runs out and another loader takes over (a zombie loader, made by construction). Unset in production.
+pub async fn pause_before(stage: &str, done: usize) {
+    let Ok(spec) = std::env::var("WEIR_PAUSE_BEFORE") else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (Some(s), Some(n), Some(gate)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    if s != stage || n.parse::<usize>().ok() != Some(done) {
+        return;
+    }
+    let gate = std::path::PathBuf::from(gate);
+    eprintln!(
+        "WEIR_PAUSE_BEFORE: {stage} {done} waits for {}",
+        gate.display()
+    );
+    let _ = std::fs::write(gate.with_extension("reached"), b"");
+    while !gate.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -14,6 +14,9 @@ use crate::rules::validate::{RecordOutcome, RejectStage};
 use crate::schema::TableSpec;
 use crate::sink::SinkError;
 
+/// Merges with batches this process attempted (for the test stall `WEIR_PAUSE_BEFORE=merge:N:…`).
+static MERGE_ATTEMPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// How the loader runs.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
@@ -164,9 +167,18 @@ impl Loader {
         }
         let mut round = Round::default();
         if !chosen.is_empty() {
+            let attempt = MERGE_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            crate::crash::pause_before("merge", attempt).await;
             let decided = self.merge(&mut chosen, epoch).await?;
             match decided {
-                None => round.fenced = true,
+                None => {
+                    tracing::warn!(
+                        epoch,
+                        batches = chosen.len(),
+                        "fenced: a newer loader has merged since this one read its batches; this merge wrote nothing"
+                    );
+                    round.fenced = true
+                }
                 Some(decided) => {
                     committed();
                     for ((entry, _), fate) in chosen.iter().zip(decided) {
