@@ -51,9 +51,14 @@ TOML
   echo "$cfg"
 }
 
-printf '| commits | workers | records | seconds | records/s | × 1 worker | warehouse write transactions | bound: seconds / interval + 5 |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
-for mode in per-batch grouped; do
+# Busy share of the whole machine (every core, workers and database alike) from /proc/stat: "busy idle" jiffies.
+cpu_now() { awk '/^cpu / { idle = $5 + $6; busy = 0; for (i = 2; i <= NF; i++) busy += $i; print busy - idle, idle }' /proc/stat; }
+
+printf '| database | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
+printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+# "plain": per-batch commits on plain PostgreSQL (no redshift-sim), what this machine's cores allow when
+# commits are cheap: the ceiling the Redshift-like runs are read against.
+for mode in plain per-batch grouped; do
   base=
   for workers in 1 2 4; do
     tag="${mode%%-*}$workers"
@@ -61,9 +66,12 @@ for mode in per-batch grouped; do
     coord=$(fresh_db "${tag}c")
     : > "$work/empty.jsonl"
     WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" "$mode" "$coord")" >/dev/null
-    psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
-    psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
+    if [ "$mode" != plain ]; then
+      psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+      psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
+    fi
     pids=()
+    read -r busy0 idle0 <<< "$(cpu_now)"
     start=$(date +%s.%N)
     for ((w = 0; w < workers; w++)); do
       WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/orders-$w.jsonl" "$mode" "$coord")" > "$work/out-$w" 2>&1 &
@@ -71,14 +79,110 @@ for mode in per-batch grouped; do
     done
     for pid in "${pids[@]}"; do wait "$pid" || { echo "a worker failed:" >&2; cat "$work"/out-* >&2; exit 1; }; done
     end=$(date +%s.%N)
+    read -r busy1 idle1 <<< "$(cpu_now)"
+    busy=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f %%", 100 * b / (b + i) }')
     records=$(psql -X -qAt "$url" -c "SELECT coalesce(sum(records_in), 0) FROM weir_batches")
-    commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+    if [ "$mode" = plain ]; then
+      commits=-
+    else
+      commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+    fi
+    database=redshift-sim
+    [ "$mode" = plain ] && database=postgres
     secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
     rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
     base=${base:-$rate}
     bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
-    awk -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v c="$commits" -v bd="$bound" \
-      'BEGIN { printf "| %s | %d | %d | %s | %d | %.2f | %d | %s |\n", m, w, n, s, r, r / b, c, bd }'
+    m=$mode
+    [ "$mode" = plain ] && m=per-batch
+    awk -v d="$database" -v m="$m" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
+      'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", d, m, w, n, s, r, r / b, u, c, bd }'
+    drop_db "$tag"; drop_db "${tag}c"
+  done
+done
+
+# A 4-shard Kinesis stream (kinesalite) holding 4 × RECORDS orders, shared by 1, 2 and 4 workers through leases:
+# per-batch (leases in the warehouse, as without a coordinator) against grouped (leases, registry and loader
+# lease in the PostgreSQL coordinator). Timed from the first worker's start until the ledger holds every record.
+kinesis_config() { # url stream worker mode coordinator-url
+  local cfg="$work/kinesis-$3-$RANDOM.toml"
+  cat > "$cfg" <<TOML
+[source]
+kind = "kinesis"
+stream = "$2"
+initial_position = "trim_horizon"
+worker_id = "$3"
+lease_secs = 6
+renew_secs = 1
+poll_ms = 200
+[raw]
+kind = "local"
+dir = "$work/kraw-$3-$RANDOM"
+[rule]
+plugin = "$root/plugins/dist/orders.wasm"
+TOML
+  sed -n '/^\[sink\]/,/^\[aws\]/p' examples/kinesis-to-redshift/weir.toml | sed '$d' \
+    | sed -e "s|^kind = .*|kind = \"redshift\"|" -e "s|^url = .*|url = \"$1?sslmode=disable\"|" \
+          -e "s|^max_records = .*|max_records = $batch|" -e "s|^max_wait_ms = .*|max_wait_ms = 200|" >> "$cfg"
+  printf '[aws]\nendpoint_url = "%s"\n' "$WEIR_KINESIS_ENDPOINT" >> "$cfg"
+  if [ "$4" = grouped ]; then
+    printf '[sink.group_commit]\nenabled = true\ninterval_ms = %s\n[sink.group_commit.staging]\nkind = "local"\ndir = "%s"\n[coordinator]\nkind = "postgres"\nurl = "%s"\n' \
+      "$interval_ms" "$work/kstaged" "$5" >> "$cfg"
+  fi
+  echo "$cfg"
+}
+create_stream() { # name shards (kinesalite accepts any signature)
+  curl -fsS "$WEIR_KINESIS_ENDPOINT/" -H 'X-Amz-Target: Kinesis_20131202.CreateStream' \
+    -H 'Content-Type: application/x-amz-json-1.1' -H 'X-Amz-Date: 20260101T000000Z' \
+    -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0' \
+    -d "{\"StreamName\":\"$1\",\"ShardCount\":$2}" >/dev/null
+  sleep 1
+}
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test} AWS_REGION=${AWS_REGION:-us-east-1}
+cat "$work"/orders-[0-3].jsonl > "$work/orders-all.jsonl"
+total=$((4 * n))
+echo
+printf '| 4-shard Kinesis stream | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
+printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+for mode in per-batch grouped; do
+  base=
+  for workers in 1 2 4; do
+    tag="k${mode%%-*}$workers"
+    stream="weir-bench-$$-$tag"
+    create_stream "$stream" 4
+    url=$(fresh_db "$tag")
+    coord=$(fresh_db "${tag}c")
+    WEIR_LOG=warn "$weir" produce -c "$(kinesis_config "$url" "$stream" w0 "$mode" "$coord")" "$work/orders-all.jsonl" >/dev/null
+    # The tables first (redshift-sim covers the tables that exist when it is installed): a file run, no records.
+    : > "$work/empty.jsonl"
+    WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" "$mode" "$coord")" >/dev/null
+    psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+    psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
+    pids=()
+    read -r busy0 idle0 <<< "$(cpu_now)"
+    start=$(date +%s.%N)
+    for ((w = 0; w < workers; w++)); do
+      WEIR_LOG=warn "$weir" run -c "$(kinesis_config "$url" "$stream" "w$w" "$mode" "$coord")" > "$work/kout-$w" 2>&1 &
+      pids+=($!)
+    done
+    records=0
+    while [ "$records" -lt "$total" ]; do
+      sleep 0.2
+      records=$(psql -X -qAt "$url" -c "SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a worker exited early:" >&2; cat "$work"/kout-* >&2; exit 1; }; done
+    done
+    end=$(date +%s.%N)
+    read -r busy1 idle1 <<< "$(cpu_now)"
+    commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+    kill -TERM "${pids[@]}"
+    for pid in "${pids[@]}"; do wait "$pid" || true; done
+    busy=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f %%", 100 * b / (b + i) }')
+    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
+    base=${base:-$rate}
+    bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
+    awk -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
+      'BEGIN { printf "| redshift-sim | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", m, w, n, s, r, r / b, u, c, bd }'
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
