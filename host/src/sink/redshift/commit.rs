@@ -123,7 +123,7 @@ impl RedshiftSink {
                 .map_err(classify)?;
             return Ok((!seen.is_empty()).then_some(Commit::Committed));
         }
-        let moved = move_checkpoint(tx, &self.schema, batch, loaded_at).await?;
+        let moved = move_checkpoint(tx, &self.schema, !self.redshift, batch, loaded_at).await?;
         if moved {
             return Ok(None);
         }
@@ -174,12 +174,13 @@ impl RedshiftSink {
 pub(super) async fn move_checkpoint(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
+    postgres: bool,
     batch: &crate::record::Batch,
     loaded_at: &str,
 ) -> Result<bool, SinkError> {
     let moved = compare_and_set(
         tx,
-        schema,
+        (schema, postgres),
         (&batch.source, &batch.partition),
         &batch.prev_position,
         batch.last_position(),
@@ -215,18 +216,28 @@ pub(super) async fn move_checkpoint(
 }
 
 /// The compare-and-set of one checkpoint row, `expected` → `new`. A partition without a row has the empty
-/// checkpoint: its first move inserts the row (so reading a checkpoint never writes). Concurrent first moves
-/// take turns on Redshift (the ledger's lock is taken first); on PostgreSQL the loser's duplicate key is a
-/// conflict, retried, and then refused by the compare-and-set.
+/// checkpoint: its first move inserts the row (so reading a checkpoint never writes). Of concurrent first
+/// moves one inserts and the others are refused: on Redshift they take turns (the ledger's lock is taken
+/// first; where they do not, as on redshift-sim's serializable snapshots, the duplicate key is a conflict,
+/// retried); on the `postgres` kind a move from empty first locks the checkpoints against other writers
+/// (readers go on), so the later one finds the row inserted and is refused.
 pub(super) async fn compare_and_set(
     client: &tokio_postgres::Transaction<'_>,
-    schema: &str,
+    (schema, postgres): (&str, bool),
     (source, partition): (&str, &str),
     expected: &str,
     new: &str,
     now: &str,
 ) -> Result<bool, SinkError> {
     let s = quote(schema);
+    if postgres && expected.is_empty() {
+        client
+            .batch_execute(traced(&format!(
+                "LOCK TABLE {s}.weir_checkpoints IN SHARE ROW EXCLUSIVE MODE"
+            )))
+            .await
+            .map_err(classify)?;
+    }
     let moved = client
         .execute_typed(
             traced(&format!(

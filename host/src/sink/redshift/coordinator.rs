@@ -148,9 +148,15 @@ impl Coordinator for RedshiftSink {
         let result = self
             .bounded("checkpoint update", async {
                 let tx = conn.client.transaction().await.map_err(classify)?;
-                let moved =
-                    compare_and_set(&tx, &self.schema, (source, partition), expected, new, &now)
-                        .await?;
+                let moved = compare_and_set(
+                    &tx,
+                    (&self.schema, !self.redshift),
+                    (source, partition),
+                    expected,
+                    new,
+                    &now,
+                )
+                .await?;
                 tx.commit().await.map_err(classify)?;
                 Ok(moved)
             })

@@ -169,7 +169,7 @@ impl RedshiftSink {
                 fates.push((Fate::Merged, true));
                 continue;
             }
-            let moved = move_checkpoint(tx, &self.schema, b, loaded_at).await?;
+            let moved = move_checkpoint(tx, &self.schema, !self.redshift, b, loaded_at).await?;
             fates.push(if moved {
                 in_ledger.insert(b.id.clone());
                 (Fate::Merged, true)
