@@ -54,6 +54,35 @@ TOML
 # Busy share of the whole machine (every core, workers and database alike) from /proc/stat: "busy idle" jiffies.
 cpu_now() { awk '/^cpu / { idle = $5 + $6; busy = 0; for (i = 2; i <= NF; i++) busy += $i; print busy - idle, idle }' /proc/stat; }
 
+# The tables first (redshift-sim covers the tables that exist when it is installed): a run on an empty file;
+# then redshift-sim, unless MODE is plain.   prepare_db URL MODE COORDINATOR-URL
+prepare_db() {
+  : > "$work/empty.jsonl"
+  WEIR_LOG=warn "$weir" run -c "$(config "$1" "$work/empty.jsonl" "$2" "$3")" >/dev/null
+  if [ "$2" != plain ]; then
+    psql -X -q "$1" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+    psql -X -q "$1" -c "TRUNCATE redshift_sim.commits" >/dev/null
+  fi
+}
+
+# One table row from a run: its database, mode and workers, the records in its ledger, its start and end
+# (seconds since the epoch), the machine's busy/idle jiffies at both ends. Sets base (records/s of the first
+# row of a series) when empty.   report URL DATABASE MODE WORKERS START END BUSY0 IDLE0 BUSY1 IDLE1
+report() {
+  local url=$1 database=$2 mode=$3 workers=$4 start=$5 end=$6 busy0=$7 idle0=$8 busy1=$9 idle1=${10}
+  local records commits busy secs rate bound
+  records=$(psql -X -qAt "$url" -c "SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+  commits=-
+  [ "$database" = redshift-sim ] && commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+  busy=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f %%", 100 * b / (b + i) }')
+  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+  rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
+  base=${base:-$rate}
+  bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
+  awk -v d="$database" -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
+    'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", d, m, w, n, s, r, r / b, u, c, bd }'
+}
+
 printf '| database | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
 printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 # "plain": per-batch commits on plain PostgreSQL (no redshift-sim), what this machine's cores allow when
@@ -64,12 +93,7 @@ for mode in plain per-batch grouped; do
     tag="${mode%%-*}$workers"
     url=$(fresh_db "$tag")
     coord=$(fresh_db "${tag}c")
-    : > "$work/empty.jsonl"
-    WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" "$mode" "$coord")" >/dev/null
-    if [ "$mode" != plain ]; then
-      psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
-      psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
-    fi
+    prepare_db "$url" "$mode" "$coord"
     pids=()
     read -r busy0 idle0 <<< "$(cpu_now)"
     start=$(date +%s.%N)
@@ -80,23 +104,11 @@ for mode in plain per-batch grouped; do
     for pid in "${pids[@]}"; do wait "$pid" || { echo "a worker failed:" >&2; cat "$work"/out-* >&2; exit 1; }; done
     end=$(date +%s.%N)
     read -r busy1 idle1 <<< "$(cpu_now)"
-    busy=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f %%", 100 * b / (b + i) }')
-    records=$(psql -X -qAt "$url" -c "SELECT coalesce(sum(records_in), 0) FROM weir_batches")
     if [ "$mode" = plain ]; then
-      commits=-
+      report "$url" postgres per-batch "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
     else
-      commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+      report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
     fi
-    database=redshift-sim
-    [ "$mode" = plain ] && database=postgres
-    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
-    rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
-    base=${base:-$rate}
-    bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
-    m=$mode
-    [ "$mode" = plain ] && m=per-batch
-    awk -v d="$database" -v m="$m" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
-      'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", d, m, w, n, s, r, r / b, u, c, bd }'
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
@@ -142,7 +154,7 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_
 cat "$work"/orders-[0-3].jsonl > "$work/orders-all.jsonl"
 total=$((4 * n))
 echo
-printf '| 4-shard Kinesis stream | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
+printf '| database (4-shard Kinesis stream) | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
 printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for mode in per-batch grouped; do
   base=
@@ -153,11 +165,7 @@ for mode in per-batch grouped; do
     url=$(fresh_db "$tag")
     coord=$(fresh_db "${tag}c")
     WEIR_LOG=warn "$weir" produce -c "$(kinesis_config "$url" "$stream" w0 "$mode" "$coord")" "$work/orders-all.jsonl" >/dev/null
-    # The tables first (redshift-sim covers the tables that exist when it is installed): a file run, no records.
-    : > "$work/empty.jsonl"
-    WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" "$mode" "$coord")" >/dev/null
-    psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
-    psql -X -q "$url" -c "TRUNCATE redshift_sim.commits" >/dev/null
+    prepare_db "$url" "$mode" "$coord"
     pids=()
     read -r busy0 idle0 <<< "$(cpu_now)"
     start=$(date +%s.%N)
@@ -173,16 +181,9 @@ for mode in per-batch grouped; do
     done
     end=$(date +%s.%N)
     read -r busy1 idle1 <<< "$(cpu_now)"
-    commits=$(psql -X -qAt "$url" -c "SELECT count(*) FROM redshift_sim.commits")
+    report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
     kill -TERM "${pids[@]}"
     for pid in "${pids[@]}"; do wait "$pid" || true; done
-    busy=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f %%", 100 * b / (b + i) }')
-    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
-    rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
-    base=${base:-$rate}
-    bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
-    awk -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
-      'BEGIN { printf "| redshift-sim | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", m, w, n, s, r, r / b, u, c, bd }'
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
@@ -192,9 +193,7 @@ done
 steady=${WEIR_BENCH_STEADY_SECS:-30}
 url=$(fresh_db steady)
 coord=$(fresh_db steadyc)
-: > "$work/empty.jsonl"
-WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/empty.jsonl" grouped "$coord")" >/dev/null
-psql -X -q "$url" -v commit_ms="$commit_ms" -f "$sim" >/dev/null
+prepare_db "$url" grouped "$coord"
 cfg=$(config "$url" - grouped "$coord")
 sed -i "s|^max_wait_ms = .*|max_wait_ms = 100|" "$cfg"
 python3 benches/feed.py "$work/orders-0.jsonl" 1000 "$steady" | WEIR_LOG=warn "$weir" run -c "$cfg" > "$work/steady" 2>&1
