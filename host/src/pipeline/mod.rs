@@ -311,7 +311,7 @@ async fn start_position(
     Ok(start)
 }
 
-/// Reads or writes the input fingerprint kept beside a checkpoint (refusing to resume a checkpoint on other
+/// Reads the input fingerprint kept beside a checkpoint (refusing to resume a checkpoint on other
 /// input than the one it was taken of, a file rewritten in place), with the retry policy.
 async fn fingerprint_io<T, F, Fut>(retry: &RetryConfig, op: F) -> Result<T, PipelineError>
 where
