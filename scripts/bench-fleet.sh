@@ -5,6 +5,8 @@
 # plain PostgreSQL coordinator database). Prints one table; the figures in docs/PERFORMANCE.md come from it.
 #
 #   scripts/bench-fleet.sh [RECORDS] [COMMIT_MS] [BATCH] [INTERVAL_MS]     defaults 20000 250 1000 2000
+# WEIR_BENCH_SECTIONS (default "files kinesis steady") picks the tables; WEIR_BENCH_MODES (default
+# "plain per-batch grouped") the commit modes of the files table.
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,11 +85,14 @@ report() {
     'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", d, m, w, n, s, r, r / b, u, c, bd }'
 }
 
+sections=${WEIR_BENCH_SECTIONS:-files kinesis steady}
+section() { [[ " $sections " == *" $1 "* ]]; }
+if section files; then
 printf '| database | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
 printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 # "plain": per-batch commits on plain PostgreSQL (no redshift-sim), what this machine's cores allow when
 # commits are cheap: the ceiling the Redshift-like runs are read against.
-for mode in plain per-batch grouped; do
+for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped}; do
   base=
   for workers in 1 2 4; do
     tag="${mode%%-*}$workers"
@@ -112,10 +117,12 @@ for mode in plain per-batch grouped; do
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
+fi
 
 # A 4-shard Kinesis stream (kinesalite) holding 4 × RECORDS orders, shared by 1, 2 and 4 workers through leases:
-# per-batch (leases in the warehouse, as without a coordinator) against grouped (leases, registry and loader
-# lease in the PostgreSQL coordinator). Timed from the first worker's start until the ledger holds every record.
+# per-batch against grouped, leases in a PostgreSQL coordinator in both (with leases in the warehouse, renewals
+# and commits update the same rows, and on Redshift's serializable semantics four workers' commits failed after
+# 20 retries of 40001), the registry and loader lease there too when grouped. Timed from the first worker's start until the ledger holds every record.
 kinesis_config() { # url stream worker mode coordinator-url
   local cfg="$work/kinesis-$3-$RANDOM.toml"
   cat > "$cfg" <<TOML
@@ -138,9 +145,10 @@ TOML
           -e "s|^max_records = .*|max_records = $batch|" -e "s|^max_wait_ms = .*|max_wait_ms = 200|" >> "$cfg"
   printf '[aws]\nendpoint_url = "%s"\n' "$WEIR_KINESIS_ENDPOINT" >> "$cfg"
   if [ "$4" = grouped ]; then
-    printf '[sink.group_commit]\nenabled = true\ninterval_ms = %s\n[sink.group_commit.staging]\nkind = "local"\ndir = "%s"\n[coordinator]\nkind = "postgres"\nurl = "%s"\n' \
-      "$interval_ms" "$work/kstaged" "$5" >> "$cfg"
+    printf '[sink.group_commit]\nenabled = true\ninterval_ms = %s\n[sink.group_commit.staging]\nkind = "local"\ndir = "%s"\n' \
+      "$interval_ms" "$work/kstaged" >> "$cfg"
   fi
+  printf '[coordinator]\nkind = "postgres"\nurl = "%s"\n' "$5" >> "$cfg"
   echo "$cfg"
 }
 create_stream() { # name shards (kinesalite accepts any signature)
@@ -150,6 +158,7 @@ create_stream() { # name shards (kinesalite accepts any signature)
     -d "{\"StreamName\":\"$1\",\"ShardCount\":$2}" >/dev/null
   sleep 1
 }
+if section kinesis; then
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test} AWS_REGION=${AWS_REGION:-us-east-1}
 cat "$work"/orders-[0-3].jsonl > "$work/orders-all.jsonl"
 total=$((4 * n))
@@ -187,9 +196,11 @@ for mode in per-batch grouped; do
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
+fi
 
 # Receive-to-commit latency with grouped commits: one worker fed a steady 1,000 records/s on standard input for
 # STEADY_SECS (default 30), batches closing after 100 ms.
+if section steady; then
 steady=${WEIR_BENCH_STEADY_SECS:-30}
 url=$(fresh_db steady)
 coord=$(fresh_db steadyc)
@@ -203,6 +214,7 @@ echo
 printf '| grouped, steady 1,000 records/s for %s s | p50 ms | p99 ms | bound: interval_ms + 2000 |\n|---|---:|---:|---:|\n| 1 worker | %s | %s | %s |\n' \
   "$steady" "${p50:--}" "${p99:--}" "$((interval_ms + 2000))"
 drop_db steady; drop_db steadyc
+fi
 
 echo
 echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores"

@@ -164,11 +164,11 @@ pub async fn open_group(
     }
     let sink = Arc::new(database_sink(loaded)?);
     sink.prepare(&loaded.tables, false).await?;
-    sink.prepare_fence().await?;
+    preparing(|| sink.prepare_fence()).await?;
     let registry: Arc<dyn crate::sink::group::Registry> = match coordination {
         Some(c) => c.registry.clone(),
         None => {
-            sink.prepare_registry().await?;
+            preparing(|| sink.prepare_registry()).await?;
             sink.clone()
         }
     };
@@ -233,7 +233,7 @@ pub async fn open_coordination(loaded: &Loaded) -> Result<Option<Coordination>, 
             options.iam = None;
             options.stage_fill = crate::config::StageFillConfig::Insert;
             let db = Arc::new(crate::sink::redshift::RedshiftSink::new(url, options)?);
-            db.prepare_registry().await?;
+            preparing(|| db.prepare_registry()).await?;
             Ok(Some(Coordination {
                 registry: db.clone(),
                 leases: Arc::new(crate::coordinator::CoordinatorLeases(db)),
@@ -263,20 +263,30 @@ pub async fn open_coordination(loaded: &Loaded) -> Result<Option<Coordination>, 
 /// Opens the sink and prepares its tables (creates missing ones, checks existing ones).
 pub async fn open_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkError> {
     let sink = connect_sink(loaded).await?;
-    // Workers of a fleet start together: two may create the same table at once, and the loser's CREATE fails
-    // (PostgreSQL reports a duplicate catalog entry). Planning again then finds the table.
+    preparing(|| sink.prepare(&loaded.tables, true)).await?;
+    Ok(sink)
+}
+
+/// Runs a step that creates missing tables, again after a failure (a few times, with backoff): workers of a
+/// fleet start together, two may create the same table at once, and the loser's CREATE fails (PostgreSQL
+/// reports a duplicate catalog entry); the next attempt finds the table. A schema mismatch is final.
+async fn preparing<T, F, Fut>(mut step: F) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
+{
     let mut backoff =
         crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(2))
             .with_attempts(5);
     loop {
-        match sink.prepare(&loaded.tables, true).await {
-            Ok(_) => return Ok(sink),
+        match step().await {
+            Ok(done) => return Ok(done),
             Err(e @ SinkError::Schema(_)) => return Err(e),
             Err(e) => {
                 let Some(wait) = backoff.next_delay() else {
                     return Err(e);
                 };
-                tracing::info!(error = %e, attempt = backoff.failures(), "preparing the sink failed; retrying");
+                tracing::info!(error = %e, attempt = backoff.failures(), "preparing tables failed; retrying");
                 tokio::time::sleep(wait).await;
             }
         }
