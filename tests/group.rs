@@ -276,13 +276,7 @@ async fn a_zombie_loader_is_fenced_off() {
         "A's stale merge was fenced off: {}",
         show(&out_a)
     );
-    let ids: std::collections::BTreeSet<String> = db
-        .rows("SELECT order_id FROM orders")
-        .await
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    assert_eq!(ids, expected);
+    assert_eq!(order_ids(&db).await, expected);
     assert_eq!(
         db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await,
@@ -297,6 +291,15 @@ async fn a_zombie_loader_is_fenced_off() {
             .collect::<Vec<_>>(),
         vec!["merged".to_string()]
     );
+}
+
+/// The ids in the orders table.
+async fn order_ids(db: &TestDb) -> std::collections::BTreeSet<String> {
+    db.rows("SELECT order_id FROM orders")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect()
 }
 
 /// Three workers, each on a file of 300 orders of its own, with `text` as their configuration (its
@@ -322,13 +325,7 @@ async fn three_workers_load_their_files(dir: &std::path::Path, text: &str, db: &
         let out = child.wait(std::time::Duration::from_secs(600)).await;
         assert!(out.status.success(), "{}", show(&out));
     }
-    let ids: std::collections::BTreeSet<String> = db
-        .rows("SELECT order_id FROM orders")
-        .await
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    assert_eq!(ids, expected);
+    assert_eq!(order_ids(db).await, expected);
 }
 
 /// Three workers on three files, one database made Redshift-like (serializable, table locks, slow commits):
