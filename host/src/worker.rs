@@ -306,7 +306,11 @@ pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
             missing.join(", ")
         )
     };
-    for warning in sink.warnings() {
+    for warning in sink
+        .warnings()
+        .into_iter()
+        .chain(crate::config::warnings(&loaded.config))
+    {
         text.push_str(&format!("\n  warning: {warning}"));
     }
     Ok(text)
@@ -553,6 +557,9 @@ async fn run_pipeline(
         idle_exit_secs,
     } = &loaded.config.source
     {
+        for warning in crate::config::warnings(&loaded.config) {
+            tracing::warn!("{warning}");
+        }
         let options = crate::fleet::FleetOptions {
             stream: stream.clone(),
             worker_id: worker_id

@@ -109,6 +109,23 @@ pub struct Loaded {
     pub base_dir: PathBuf,
 }
 
+/// What a valid configuration may still get wrong in production, for `weir validate` and the run's log.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if matches!(config.source, SourceConfig::Kinesis { .. })
+        && config.sink.kind == SinkKind::Redshift
+        && matches!(config.coordinator, CoordinatorConfig::Sink)
+    {
+        warnings.push(
+            "Kinesis shard leases are kept in Redshift (`[coordinator]` is the sink): every renewal is a \
+             write transaction in its commit queue, and the renewals and commits of several workers conflict \
+             under serializable isolation; set `[coordinator] kind = \"dynamodb\"` (or `\"postgres\"`)"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
 /// Reads, interpolates, parses and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

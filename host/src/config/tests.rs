@@ -226,3 +226,25 @@ fn kinesis_initial_position() {
         assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
     }
 }
+
+/// Kinesis leases in Redshift are warned about (a fleet's renewals and commits conflict there); with a
+/// coordinator of its own, or on PostgreSQL, nothing is said.
+#[test]
+fn kinesis_leases_in_redshift_are_warned_about() {
+    let kinesis = GOOD.replace(
+        "kind = \"file\"\npath = \"in.jsonl\"",
+        "kind = \"kinesis\"\nstream = \"s\"",
+    );
+    let redshift = kinesis.replace(
+        "kind = \"sqlite\"\npath = \"${DB}\"",
+        "kind = \"redshift\"\nurl = \"postgres://u@h:5439/d\"",
+    );
+    let load = |text: &str| parse(text, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    let w = warnings(&load(&redshift).config);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("[coordinator]"), "{w:?}");
+    let coordinated =
+        redshift.clone() + "[coordinator]\nkind = \"dynamodb\"\ntable = \"weir-coordinator\"\n";
+    assert_eq!(warnings(&load(&coordinated).config), Vec::<String>::new());
+    assert_eq!(warnings(&load(&kinesis).config), Vec::<String>::new());
+}
