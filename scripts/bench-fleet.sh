@@ -6,7 +6,10 @@
 #
 #   scripts/bench-fleet.sh [RECORDS] [COMMIT_MS] [BATCH] [INTERVAL_MS]     defaults 20000 250 1000 2000
 # WEIR_BENCH_SECTIONS (default "files kinesis steady") picks the tables; WEIR_BENCH_MODES (default
-# "plain per-batch grouped") the commit modes of the files table.
+# "plain per-batch grouped") the commit modes of the files table. WEIR_BENCH_WORKER_CPUS (say 0.4) runs each
+# worker in a cgroup of its own limited to that share of one core, as if each had a small instance to itself:
+# on one machine the workers otherwise share its cores with the database, and the table reads the cores, not
+# the fleet (needs a writable cgroup cpu controller, v1 or v2; the database and coordinator are not limited).
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +17,6 @@ cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 n=${1:-20000} commit_ms=${2:-250} batch=${3:-1000} interval_ms=${4:-2000}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 sim="$root/../shared/redshift-sim/install.sql"
 [ -f "$sim" ] || { echo "bench-fleet: $sim is needed (the shared/ folder beside the checkout)" >&2; exit 1; }
 
@@ -23,6 +25,40 @@ scripts/build-plugins.sh >/dev/null
 cargo build --release --locked -p weir --bin weir >&2
 weir="$CARGO_TARGET_DIR/release/weir"
 for w in 0 1 2 3; do python3 benches/gen_orders.py "$n" $((w * 1000000)) > "$work/orders-$w.jsonl"; done
+
+# Per-worker CPU limits (WEIR_BENCH_WORKER_CPUS): one cgroup per worker.
+cap=${WEIR_BENCH_WORKER_CPUS:-}
+cgroups=()
+if [ -n "$cap" ]; then
+  if [ -w /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    cg_root=/sys/fs/cgroup/cpu cg_v=1
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    cg_root=/sys/fs/cgroup cg_v=2
+    echo +cpu > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+  else
+    echo "bench-fleet: WEIR_BENCH_WORKER_CPUS needs a writable cgroup cpu controller" >&2; exit 1
+  fi
+fi
+trap 'for g in "${cgroups[@]}"; do rmdir "$g" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+# Runs a command in the background (its pid in $!), in a cgroup of its own when workers are limited.
+spawn() {
+  if [ -z "$cap" ]; then
+    "$@" &
+    return
+  fi
+  local g="$cg_root/weir-bench-$$-${#cgroups[@]}"
+  local quota
+  quota=$(awk -v c="$cap" 'BEGIN { printf "%d", c * 100000 }')
+  mkdir -p "$g"
+  cgroups+=("$g")
+  if [ "$cg_v" = 1 ]; then
+    echo 100000 > "$g/cpu.cfs_period_us"
+    echo "$quota" > "$g/cpu.cfs_quota_us"
+  else
+    echo "$quota 100000" > "$g/cpu.max"
+  fi
+  (echo "$BASHPID" > "$g/cgroup.procs" && exec "$@") &
+}
 
 bench_db_prefix="weir_fleet_$$"
 # shellcheck source=scripts/bench-db.sh
@@ -37,7 +73,9 @@ config() { # url input mode [coordinator-url]
       -e "s|^path = \"\${WEIR_QUICKSTART_DB:-out/weir.db}\"|url = \"$1?sslmode=disable\"|" \
       -e "s|^max_records = 4|max_records = $batch|" \
       examples/quickstart/weir.toml > "$cfg"
-  if [ "$3" = grouped ]; then
+  if [ "$3" != grouped ]; then
+    printf '[sink.group_commit]\nenabled = false\n' >> "$cfg"
+  else
     cat >> "$cfg" <<TOML
 [sink.group_commit]
 enabled = true
@@ -103,7 +141,8 @@ for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped}; do
     read -r busy0 idle0 <<< "$(cpu_now)"
     start=$(date +%s.%N)
     for ((w = 0; w < workers; w++)); do
-      WEIR_LOG=warn "$weir" run -c "$(config "$url" "$work/orders-$w.jsonl" "$mode" "$coord")" > "$work/out-$w" 2>&1 &
+      cfg=$(config "$url" "$work/orders-$w.jsonl" "$mode" "$coord")
+      WEIR_LOG=warn spawn "$weir" run -c "$cfg" > "$work/out-$w" 2>&1
       pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || { echo "a worker failed:" >&2; cat "$work"/out-* >&2; exit 1; }; done
@@ -147,6 +186,8 @@ TOML
   if [ "$4" = grouped ]; then
     printf '[sink.group_commit]\nenabled = true\ninterval_ms = %s\n[sink.group_commit.staging]\nkind = "local"\ndir = "%s"\n' \
       "$interval_ms" "$work/kstaged" >> "$cfg"
+  else
+    printf '[sink.group_commit]\nenabled = false\n' >> "$cfg"
   fi
   printf '[coordinator]\nkind = "postgres"\nurl = "%s"\n' "$5" >> "$cfg"
   echo "$cfg"
@@ -179,7 +220,8 @@ for mode in per-batch grouped; do
     read -r busy0 idle0 <<< "$(cpu_now)"
     start=$(date +%s.%N)
     for ((w = 0; w < workers; w++)); do
-      WEIR_LOG=warn "$weir" run -c "$(kinesis_config "$url" "$stream" "w$w" "$mode" "$coord")" > "$work/kout-$w" 2>&1 &
+      cfg=$(kinesis_config "$url" "$stream" "w$w" "$mode" "$coord")
+      WEIR_LOG=warn spawn "$weir" run -c "$cfg" > "$work/kout-$w" 2>&1
       pids+=($!)
     done
     records=0
@@ -217,4 +259,4 @@ drop_db steady; drop_db steadyc
 fi
 
 echo
-echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores"
+echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores; workers limited to ${cap:-no limit} CPU each"

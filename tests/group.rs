@@ -234,31 +234,14 @@ async fn a_zombie_loader_is_fenced_off() {
     let gate = dir.path().join("gate");
     let mut expected = std::collections::BTreeSet::new();
     let mut start = |name: &str, first: usize, env: &[(&str, String)]| {
-        let (input, ids) = orders_input_from(first, 40);
-        expected.extend(ids);
-        std::fs::write(dir.path().join(format!("{name}.jsonl")), input).unwrap();
-        let cfg = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&cfg, text.replace("orders.jsonl", &format!("{name}.jsonl"))).unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.args(["run", "-c", cfg.to_str().unwrap()])
-            .env("WEIR_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        Background::spawn(cmd)
+        start_worker(dir.path(), &text, name, (first, &mut expected), env)
     };
     let a = start(
         "a",
         0,
         &[("WEIR_PAUSE_BEFORE", format!("merge:1:{}", gate.display()))],
     );
-    let reached = gate.with_extension("reached");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !reached.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A's loader never reached its merge"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_stall(&gate).await;
     let b = start("b", 1000, &[]);
     let out_b = b.wait(std::time::Duration::from_secs(600)).await;
     assert!(out_b.status.success(), "B: {}", show(&out_b));
@@ -290,6 +273,83 @@ async fn a_zombie_loader_is_fenced_off() {
             .map(|r| r[0].clone())
             .collect::<Vec<_>>(),
         vec!["merged".to_string()]
+    );
+}
+
+/// A worker on a file `{name}.jsonl` of 40 orders from `first` (their ids go to `expected`), configured by
+/// `text`, in the background.
+fn start_worker(
+    dir: &std::path::Path,
+    text: &str,
+    name: &str,
+    (first, expected): (usize, &mut std::collections::BTreeSet<String>),
+    env: &[(&str, String)],
+) -> Background {
+    let (input, ids) = orders_input_from(first, 40);
+    expected.extend(ids);
+    std::fs::write(dir.join(format!("{name}.jsonl")), input).unwrap();
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, text.replace("orders.jsonl", &format!("{name}.jsonl"))).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "-c", cfg.to_str().unwrap()])
+        .env("WEIR_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    Background::spawn(cmd)
+}
+
+/// Waits until a loader stalled by `WEIR_PAUSE_BEFORE=merge:N:{gate}` has reached its stall.
+async fn wait_for_stall(gate: &std::path::Path) {
+    let reached = gate.with_extension("reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loader never reached its merge"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A long merge keeps its loader lease: worker A's loader is held inside its first merge (after reading its
+/// batches, by a test stall) for two and a half lease times while worker B runs beside it. A renews its lease
+/// during the merge, so B never becomes the loader and merges nothing meanwhile (without the renewals B would
+/// take the lease after one lease time and merge A's batches too, and A's merge would be fenced off). Let go, A
+/// merges everything, fenced by nobody; every order once, every record in exactly one ledger batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_merge_keeps_its_loader_lease() {
+    needs!("a_long_merge_keeps_its_loader_lease": Postgres, Plugins);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(config(dir.path(), &db.url, true)).unwrap();
+    let gate = dir.path().join("gate");
+    let mut expected = std::collections::BTreeSet::new();
+    let stall = [("WEIR_PAUSE_BEFORE", format!("merge:1:{}", gate.display()))];
+    let a = start_worker(dir.path(), &text, "a", (0, &mut expected), &stall);
+    wait_for_stall(&gate).await;
+    let b = start_worker(dir.path(), &text, "b", (1000, &mut expected), &[]);
+    // The stall outlasts the lease (lease_secs = 2) well past B's start.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM weir_batches").await,
+        0,
+        "nothing merged while A's merge held the lease"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    for (name, worker) in [("A", a), ("B", b)] {
+        let out = worker.wait(std::time::Duration::from_secs(600)).await;
+        assert!(out.status.success(), "{name}: {}", show(&out));
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("fenced"),
+            "{name}: {}",
+            show(&out)
+        );
+    }
+    assert_eq!(order_ids(&db).await, expected);
+    assert_eq!(
+        db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
+            .await,
+        80,
+        "every record in exactly one ledger batch"
     );
 }
 
@@ -361,23 +421,37 @@ async fn grouped_fleet_on_a_redshift_like_database() {
     );
 }
 
-/// Three workers on three files into the Redshift-like database, coordinated through DynamoDB (`[coordinator]
-/// kind = "dynamodb"`, the AWS test server): the tables hold exactly the union of the three loads, every
-/// registered batch ends merged in the DynamoDB table, and the warehouse holds neither the registry nor the
-/// loader lease (only the loader's fence, moved by the merges), and the merges were its only write transactions.
+/// Three workers on three files into the Redshift-like database as a production Redshift fleet is set up:
+/// coordinated through DynamoDB (`[coordinator] kind = "dynamodb"`, the AWS test server), grouped commits on by
+/// default, the COPY stage fill (Redshift's `COPY` played by tests/common/copy_front.rs) and staging in its
+/// bucket by default. The tables hold exactly the union of the three loads, every registered batch ends merged
+/// in the DynamoDB table, the warehouse holds neither the registry nor the loader lease (only the loader's
+/// fence, moved by the merges), the merges were its only write transactions, and S3 is empty at the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn grouped_fleet_coordinated_by_dynamodb() {
     needs!("grouped_fleet_coordinated_by_dynamodb": Postgres, Aws, Plugins);
     let db = TestDb::new().await;
-    let url = format!("{}?sslmode=disable", db.url);
+    let front = copy_front::CopyFront::start(&db.host_port()).await;
+    let url = format!("{}?sslmode=disable", db.url_via(&front.addr));
     let dir = tempfile::tempdir().unwrap();
     let table = unique("weir-coordinator");
-    let base = config(dir.path(), &url, true);
+    let s3 = s3().await;
+    let bucket = unique("weir-fleet");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let base = config(dir.path(), &url, false);
     let text = std::fs::read_to_string(&base)
         .unwrap()
-        .replace("kind = \"postgres\"", "kind = \"redshift\"")
+        .replace(
+            "kind = \"postgres\"",
+            &format!(
+                "kind = \"redshift\"\nstage_fill = {{ kind = \"copy\", bucket = \"{bucket}\", \
+             iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }}"
+            ),
+        )
+        .replace("max_records = 4", "max_records = 20")
         + &format!(
-            "\n[coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\n[aws]\nendpoint_url = \"{}\"\n",
+            "\n[sink.group_commit]\ninterval_ms = 100\nlease_secs = 10\n\
+             [coordinator]\nkind = \"dynamodb\"\ntable = \"{table}\"\n[aws]\nendpoint_url = \"{}\"\n",
             aws_endpoint()
         );
     std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
@@ -425,5 +499,176 @@ async fn grouped_fleet_coordinated_by_dynamodb() {
         db.count("SELECT count(DISTINCT loaded_at) FROM weir_batches")
             .await,
         "warehouse write transactions against merges"
+    );
+    assert!(front.copies() > 0, "the merges filled their stages by COPY");
+    assert_eq!(
+        keys(&s3, &bucket).await,
+        Vec::<String>::new(),
+        "row files, manifests and staged objects are removed once merged"
+    );
+}
+
+/// An S3 client for the AWS test server.
+async fn s3() -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// The keys left in `bucket`.
+async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    s3.list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
+}
+
+/// Orders changed several times, out of order and across batches: `placed_at` is the version, and two lines
+/// of one order with the same version differ (the later one loaded wins).
+fn versioned_orders() -> String {
+    let mut input = String::new();
+    for (i, (order, minute, qty)) in [
+        (1, 5, 1),
+        (2, 1, 1),
+        (3, 3, 1),
+        (1, 3, 2), // older than the first: loses
+        (2, 1, 2), // same version: the later wins
+        (4, 2, 1),
+        (3, 4, 2),
+        (1, 5, 3), // same version as the first, later: wins
+        (5, 1, 1),
+        (4, 1, 2), // older: loses
+        (2, 0, 3), // older: loses
+        (5, 2, 2),
+        (6, 1, 1),
+        (3, 4, 3), // same version, later: wins
+        (6, 1, 2),
+        (1, 4, 4), // older: loses
+        (7, 1, 1),
+        (5, 9, 3),
+        (7, 1, 2),
+        (4, 7, 3),
+        (8, 1, 1),
+        (8, 2, 2),
+        (2, 4, 4),
+        (6, 0, 3),
+        (9, 1, 1),
+        (9, 1, 2),
+        (3, 1, 4),
+        (8, 2, 3),
+        (9, 3, 3),
+        (1, 6, 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        input.push_str(&format!(
+            r#"{{"order_id": "o-{order}", "placed_at": "2026-11-21T10:{minute:02}:00Z", "currency": "EUR", "note": {i}, "lines": [{{"sku": "S{i}", "qty": {qty}, "unit_price": "1.50"}}]}}"#
+        ));
+        input.push('\n');
+    }
+    input
+}
+
+/// Grouped commits on Redshift by default, with the COPY stage fill (`[sink.stage_fill] kind = "copy"`): the
+/// worker writes each batch's rows to S3 as gzip JSON lines, and the loader merges all eight batches of the
+/// file in one transaction (`max_batches` starts it as soon as they are registered; the interval is ten minutes)
+/// through one manifest per table and Redshift's `COPY` (played by a front that reads the local S3 server,
+/// tests/common/copy_front.rs), keeping the latest row per key by version, then by batch order. The tables
+/// equal a per-batch run's; the staged objects went to the COPY bucket by default; S3 is empty at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn grouped_copy_fill_merges_many_batches_through_one_manifest() {
+    needs!("grouped_copy_fill_merges_many_batches_through_one_manifest": Postgres, Aws, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s3 = s3().await;
+    let bucket = unique("weir-copy");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let front = copy_front::CopyFront::start(&grouped.host_port()).await;
+    let versioned = |text: String| {
+        text.replace(
+            "primary_key = [\"order_id\"]\n",
+            "primary_key = [\"order_id\"]\nversion_column = \"placed_at\"\n",
+        )
+        .replace("max_wait_ms = 250", "max_wait_ms = 60000")
+    };
+    let reference = config(a.path(), &per_batch.url, false);
+    std::fs::write(
+        &reference,
+        versioned(std::fs::read_to_string(&reference).unwrap()),
+    )
+    .unwrap();
+    let url = format!("{}?sslmode=disable", grouped.url_via(&front.addr));
+    let cfg = config(b.path(), &url, false);
+    let text = versioned(std::fs::read_to_string(&cfg).unwrap()).replace(
+        "kind = \"postgres\"",
+        &format!(
+            "kind = \"redshift\"\nstage_fill = {{ kind = \"copy\", bucket = \"{bucket}\", \
+             iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }}"
+        ),
+    ) + &format!(
+        "\n[sink.group_commit]\ninterval_ms = 600000\nlease_secs = 1800\nmax_batches = 8\n\
+         [aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+        aws_endpoint()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    for dir in [&a, &b] {
+        std::fs::write(dir.path().join("orders.jsonl"), versioned_orders()).unwrap();
+    }
+    let out = weir(&["run", "-c", reference.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    // The interval is ten minutes: only `max_batches` can start the merge within the five minutes allowed.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "-c", cfg.to_str().unwrap()])
+        .env("WEIR_LOG", "warn")
+        .envs(AWS_TEST_ENV);
+    let out = Background::spawn(cmd)
+        .wait(std::time::Duration::from_secs(300))
+        .await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("records in: 30 in 8 batches"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        grouped
+            .count("SELECT count(DISTINCT loaded_at) FROM weir_batches")
+            .await,
+        1,
+        "one merge took all eight batches"
+    );
+    assert_eq!(front.copies(), 2, "one COPY per table");
+    assert_eq!(front.files(), 16, "each batch's file of each table");
+    let want = state(&per_batch).await;
+    assert_eq!(state(&grouped).await, want);
+    assert_eq!(
+        want[0].len(),
+        9,
+        "nine orders, each at its newest version: {:?}",
+        want[0]
+    );
+    // The newest version of each (ties: the later line): o-1 at 10:06 (qty 5), o-2 at 10:04 (qty 4), o-3 at
+    // 10:04, its later line (qty 3).
+    assert_eq!(
+        grouped
+            .rows("SELECT order_id, total::text FROM orders WHERE order_id IN ('o-1', 'o-2', 'o-3') ORDER BY 1")
+            .await,
+        [("o-1", "7.50"), ("o-2", "6.00"), ("o-3", "4.50")]
+            .iter()
+            .map(|(o, t)| vec![o.to_string(), t.to_string()])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        keys(&s3, &bucket).await,
+        Vec::<String>::new(),
+        "row files, manifests and staged objects are removed once merged"
     );
 }

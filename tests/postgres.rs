@@ -343,39 +343,103 @@ async fn terminated_backend_is_retried() {
 }
 
 /// Every statement weir sends during a pipeline run is captured (`WEIR_LOG=weir::sql=trace`) and checked for
-/// SQL that Redshift rejects or treats differently.
-#[tokio::test]
+/// SQL that Redshift rejects or treats differently: per-batch commits (`postgres`), grouped commits (the
+/// default on `redshift`), and grouped commits with the COPY stage fill (Redshift's `COPY` from S3 played by
+/// tests/common/copy_front.rs), whose merge ranks the copied rows by version and batch order in SQL.
+#[tokio::test(flavor = "multi_thread")]
 async fn every_statement_is_redshift_safe() {
-    needs!("every_statement_is_redshift_safe": Postgres, Plugins);
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = quickstart_postgres_in(dir.path(), &db.url);
-    let (out, statements) = run_traced(&config);
-    assert!(out.status.success(), "{}", show(&out));
-    for expected in [
-        "CREATE TEMP TABLE",
-        "DELETE FROM \"public\".\"orders\" USING",
-        "UPDATE \"public\".weir_checkpoints",
-    ] {
-        assert!(
-            statements.iter().any(|s| s.contains(expected)),
-            "no {expected:?} among {} statements",
-            statements.len()
-        );
-    }
-    for s in &statements {
-        let upper = s.to_ascii_uppercase();
-        for banned in [
-            "ON CONFLICT",
-            "COPY ",
-            "STDIN",
-            "TRUNCATE",
-            "NOW()",
-            "CURRENT_TIMESTAMP",
-            "GETDATE()",
-            "::",
-        ] {
-            assert!(!upper.contains(banned), "{banned} in {s}");
+    needs!("every_statement_is_redshift_safe": Postgres, Aws, Plugins);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("weir-safe");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let copy_fill = format!(
+        "kind = \"redshift\"\nstage_fill = {{ kind = \"copy\", bucket = \"{bucket}\", \
+         iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }}"
+    );
+    let runs: [(&str, &str, &[&str]); 3] = [
+        (
+            "postgres",
+            "kind = \"postgres\"",
+            &[
+                "CREATE TEMP TABLE",
+                "DELETE FROM \"public\".\"orders\" USING",
+                "UPDATE \"public\".weir_checkpoints",
+            ],
+        ),
+        (
+            "redshift, grouped",
+            "kind = \"redshift\"",
+            &[
+                "INSERT INTO \"public\".weir_staged",
+                "UPDATE \"public\".weir_checkpoints SET position = $1 WHERE source = $2 AND \"partition\" = 'fence'",
+            ],
+        ),
+        (
+            "redshift, grouped, COPY",
+            &copy_fill,
+            &[
+                "COPY \"weir_copy_orders\"",
+                "ROW_NUMBER() OVER (PARTITION BY",
+                "INSERT INTO weir_group_order",
+            ],
+        ),
+    ];
+    for (name, sink, expected) in runs {
+        let db = TestDb::new().await;
+        let front = copy_front::CopyFront::start(&db.host_port()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("{}?sslmode=disable", db.url_via(&front.addr));
+        let config = quickstart_postgres_in(dir.path(), &url);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("kind = \"postgres\"", sink)
+            + &format!(
+                "\n[sink.group_commit]\ninterval_ms = 100\nlease_secs = 2\n[aws]\nendpoint_url = \"{}\"\n\
+                 region = \"us-east-1\"\n",
+                aws_endpoint()
+            );
+        std::fs::write(&config, text).unwrap();
+        let (out, statements) = run_traced(&config);
+        assert!(out.status.success(), "{name}: {}", show(&out));
+        for expected in expected {
+            assert!(
+                statements.iter().any(|s| s.contains(expected)),
+                "{name}: no {expected:?} among {} statements",
+                statements.len()
+            );
+        }
+        for s in &statements {
+            // Outside string literals (an IAM role's ARN holds `::`).
+            let upper: String = s
+                .split('\'')
+                .step_by(2)
+                .collect::<Vec<_>>()
+                .join("''")
+                .to_ascii_uppercase();
+            for banned in [
+                "ON CONFLICT",
+                "COPY ",
+                "STDIN",
+                "TRUNCATE",
+                "NOW()",
+                "CURRENT_TIMESTAMP",
+                "GETDATE()",
+                "::",
+                " WITH ",
+            ] {
+                // Redshift's COPY reads S3 only.
+                let s3_copy = banned == "COPY "
+                    && upper.starts_with("COPY ")
+                    && s.to_ascii_uppercase().contains(" FROM 'S3://");
+                assert!(
+                    s3_copy || !upper.contains(banned),
+                    "{name}: {banned} in {s}"
+                );
+            }
         }
     }
 }
@@ -838,9 +902,13 @@ async fn same_keys_from_concurrent_workers(
                 &format!("path = \"orders.jsonl\"\nname = \"w{w}\""),
             )
             .replace("max_records = 4", "max_records = 25");
+        // Per-batch commits on both kinds (grouped commits, the default on Redshift, have tests of their own).
         std::fs::write(
             &config,
-            format!("{text}\n[retry]\nmax_attempts = 30\ninitial_backoff_ms = 20\nmax_backoff_ms = 500\n"),
+            format!(
+                "{text}\n[retry]\nmax_attempts = 30\ninitial_backoff_ms = 20\nmax_backoff_ms = 500\n\
+                 [sink.group_commit]\nenabled = false\n"
+            ),
         )
         .unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
@@ -901,7 +969,8 @@ async fn concurrent_workers_on_the_same_keys_redshift_like() {
     std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("kind = \"postgres\"", "kind = \"redshift\"");
+        .replace("kind = \"postgres\"", "kind = \"redshift\"")
+        + "\n[sink.group_commit]\nenabled = false\n";
     std::fs::write(&config, text).unwrap();
     let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));

@@ -1061,7 +1061,7 @@ async fn grouped_commits_delete_only_after_the_merge() {
 }
 
 /// Grouped commits from SQS by two workers coordinated through DynamoDB, with only the DynamoDB endpoint
-/// black-holed for longer than the loader lease while orders keep arriving: while it is cut no message is
+/// black-holed for 30 s (fifteen times the loader lease) while orders keep arriving: while it is cut no message is
 /// deleted before its record's batch merged (deleted messages never outnumber merged records), and the
 /// orders sent during the cut cannot merge at all (their batches cannot register); once the path is back both
 /// workers finish by themselves: every order exactly once, RAW complete, queue drained.
@@ -1113,8 +1113,9 @@ async fn dynamodb_outage_acknowledges_nothing_early() {
         db.count("SELECT coalesce(sum(records_in), 0) FROM weir_batches")
             .await
     };
-    // Three loader leases and more: every lease held at the cut runs out while it lasts.
-    let cut_until = std::time::Instant::now() + Duration::from_secs(8);
+    // 30 s, fifteen loader leases: every lease held at the cut runs out while it lasts, and messages come
+    // back visible several times over (visibility 5 s).
+    let cut_until = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < cut_until {
         let (visible, in_flight) = aws.depth(&queue).await;
         let deleted = n as i64 - visible - in_flight;

@@ -159,7 +159,7 @@ pub async fn open_group(
     use crate::group::{GroupCommit, Staging, loader};
     use crate::sink::Sink as _;
     let g = &loaded.config.sink.group_commit;
-    if !g.enabled {
+    if !g.on() {
         return Ok(None);
     }
     let sink = Arc::new(database_sink(loaded)?);
@@ -172,7 +172,7 @@ pub async fn open_group(
             sink.clone()
         }
     };
-    let staging: Arc<dyn Staging> = match &g.staging {
+    let staging: Arc<dyn Staging> = match &g.staging() {
         StagingConfig::Local { dir } => {
             Arc::new(crate::group::staging::LocalStaging::new(dir.clone()))
         }
@@ -189,6 +189,7 @@ pub async fn open_group(
     let group = GroupCommit {
         staging: staging.clone(),
         registry: registry.clone(),
+        warehouse: sink.clone(),
         // Fates are asked for several times per interval, so that a merged batch is acknowledged soon after.
         settle_poll: (interval / 5).clamp(Duration::from_millis(20), Duration::from_secs(1)),
         // Enough for several intervals of batches: staged batches wait slimmed (ids and positions only).
@@ -461,6 +462,9 @@ pub async fn run(
     loaded: &Loaded,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Summary, WorkerError> {
+    for warning in crate::config::warnings(&loaded.config) {
+        tracing::warn!("{warning}");
+    }
     let runtime = runtime(loaded)?;
     let rule = Arc::new(load_rule(&runtime, loaded)?);
     let sink = open_sink(loaded).await?;
@@ -557,9 +561,6 @@ async fn run_pipeline(
         idle_exit_secs,
     } = &loaded.config.source
     {
-        for warning in crate::config::warnings(&loaded.config) {
-            tracing::warn!("{warning}");
-        }
         let options = crate::fleet::FleetOptions {
             stream: stream.clone(),
             worker_id: worker_id

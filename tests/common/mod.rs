@@ -463,7 +463,12 @@ pub fn run_traced(config: &Path) -> (Output, Vec<String>) {
             "-c",
             config.to_str().unwrap(),
         ],
-        &[("WEIR_LOG", "warn,weir::sql=trace")],
+        &[
+            ("WEIR_LOG", "warn,weir::sql=trace"),
+            AWS_TEST_ENV[0],
+            AWS_TEST_ENV[1],
+            AWS_TEST_ENV[2],
+        ],
     );
     let statements = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -1134,3 +1139,4 @@ macro_rules! needs {
         }
     };
 }
+pub mod copy_front;

@@ -167,7 +167,7 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
 fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
     let g = &config.sink.group_commit;
     check_coordinator(config)?;
-    if !g.enabled {
+    if !g.on() {
         return Ok(());
     }
     if config.sink.kind == SinkKind::Sqlite {
@@ -191,7 +191,7 @@ fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if let StagingConfig::S3 { bucket, .. } = &g.staging
+    if let StagingConfig::S3 { bucket, .. } = &g.staging()
         && bucket.is_empty()
     {
         return Err(ConfigError::field(
@@ -206,7 +206,7 @@ fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
 /// is only accepted where one of them is used.
 fn check_coordinator(config: &Config) -> Result<(), ConfigError> {
     let used =
-        config.sink.group_commit.enabled || matches!(config.source, SourceConfig::Kinesis { .. });
+        config.sink.group_commit.on() || matches!(config.source, SourceConfig::Kinesis { .. });
     if !used && !matches!(config.coordinator, CoordinatorConfig::Sink) {
         return Err(ConfigError::field(
             "coordinator.kind",
@@ -462,7 +462,8 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
             not_compiled("sink.stage_fill", "copy", "s3"),
         ));
     }
-    if matches!(config.sink.group_commit.staging, StagingConfig::S3 { .. }) && !cfg!(feature = "s3")
+    if matches!(config.sink.group_commit.staging(), StagingConfig::S3 { .. })
+        && !cfg!(feature = "s3")
     {
         return Err(ConfigError::field(
             "sink.group_commit.staging.kind",

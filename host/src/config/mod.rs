@@ -123,6 +123,25 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
+    let g = &config.sink.group_commit;
+    if g.on() && config.sink.kind == SinkKind::Redshift {
+        if matches!(config.coordinator, CoordinatorConfig::Sink) {
+            warnings.push(
+                "grouped commits register staged batches in Redshift (`[coordinator]` is the sink): each \
+                 registration is a write transaction in its commit queue; for a fleet of workers set \
+                 `[coordinator] kind = \"dynamodb\"` (or `\"postgres\"`)"
+                    .to_string(),
+            );
+        }
+        if let StagingConfig::Local { dir } = g.staging() {
+            warnings.push(format!(
+                "grouped commits stage batches in the local directory {}: every worker of the fleet must run \
+                 on this machine; for workers on several machines set `[sink.group_commit.staging] kind = \"s3\"` \
+                 (or `[sink.stage_fill] kind = \"copy\"`, whose bucket staging then shares)",
+                dir.display()
+            ));
+        }
+    }
     warnings
 }
 
@@ -166,6 +185,12 @@ pub fn parse(
             };
             ConfigError::field(field, hint(&message))
         })?;
+    let (kind, fill, raw) = (
+        config.sink.kind,
+        config.sink.stage_fill.clone(),
+        config.raw.clone(),
+    );
+    config.sink.group_commit.resolve(kind, &fill, &raw);
     let tables = check(&config)?;
     resolve_paths(&mut config, base_dir);
     Ok(Loaded {
@@ -206,7 +231,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(p) = &config.sink.tls_ca_file {
         config.sink.tls_ca_file = Some(join(p));
     }
-    if let StagingConfig::Local { dir } = &mut config.sink.group_commit.staging {
+    if let Some(StagingConfig::Local { dir }) = &mut config.sink.group_commit.staging_config {
         *dir = join(dir);
     }
     match &mut config.raw {

@@ -45,7 +45,7 @@ pub struct SinkConfig {
     #[serde(default = "default_call_timeout_secs")]
     pub call_timeout_secs: u64,
     /// postgres / redshift: grouped commits (`[sink.group_commit]`): workers stage batches and one loader for
-    /// the fleet merges them in one transaction per interval. Off unless `enabled = true`.
+    /// the fleet merges them in one transaction per interval. On by default for `redshift`, off otherwise.
     #[serde(default)]
     pub group_commit: GroupCommitConfig,
     /// The declared tables. Rules may only emit rows for these tables and columns.
@@ -56,9 +56,10 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupCommitConfig {
-    /// Whether workers commit by groups. Default false.
+    /// Whether workers commit by groups. Default: true for `kind = "redshift"`, false for `postgres` (per-batch
+    /// commits have the lowest latency where commits are cheap). Read it through [`GroupCommitConfig::on`].
     #[serde(default)]
-    pub enabled: bool,
+    pub enabled: Option<bool>,
     /// How often the loader merges, in milliseconds. Default 5000.
     #[serde(default = "default_group_interval_ms")]
     pub interval_ms: u64,
@@ -72,20 +73,56 @@ pub struct GroupCommitConfig {
     /// Default 30.
     #[serde(default = "default_group_lease_secs")]
     pub lease_secs: u64,
-    /// Where staged batches wait for the loader. Default `{ kind = "local", dir = "weir-staged" }`.
-    #[serde(default)]
-    pub staging: StagingConfig,
+    /// Where staged batches wait for the loader. Default: S3 under `weir-staged/` in the bucket of
+    /// `[sink.stage_fill]` (COPY), else of an S3 `[raw]` store, else a local directory `weir-staged` (workers on
+    /// one machine only). Read it through [`GroupCommitConfig::staging`] once the configuration is loaded.
+    #[serde(default, rename = "staging")]
+    pub staging_config: Option<StagingConfig>,
+}
+
+impl GroupCommitConfig {
+    /// Whether grouped commits are on (the default for the sink's kind resolved at load).
+    pub fn on(&self) -> bool {
+        self.enabled.unwrap_or(false)
+    }
+
+    /// Where staged batches go (the default resolved at load).
+    pub fn staging(&self) -> StagingConfig {
+        self.staging_config.clone().unwrap_or_default()
+    }
+
+    /// Fills in the defaults that depend on the rest of the configuration: on for Redshift, staging beside
+    /// the data the workers already write to S3.
+    pub(super) fn resolve(
+        &mut self,
+        kind: SinkKind,
+        stage_fill: &StageFillConfig,
+        raw: &RawConfig,
+    ) {
+        self.enabled = Some(self.enabled.unwrap_or(kind == SinkKind::Redshift));
+        if self.staging_config.is_none() {
+            self.staging_config = Some(match (stage_fill, raw) {
+                (StageFillConfig::Copy { bucket, .. }, _) | (_, RawConfig::S3 { bucket, .. }) => {
+                    StagingConfig::S3 {
+                        bucket: bucket.clone(),
+                        prefix: default_staging_prefix(),
+                    }
+                }
+                _ => StagingConfig::default(),
+            });
+        }
+    }
 }
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
         GroupCommitConfig {
-            enabled: false,
+            enabled: None,
             interval_ms: default_group_interval_ms(),
             max_batches: default_group_max_batches(),
             max_bytes: default_group_max_bytes(),
             lease_secs: default_group_lease_secs(),
-            staging: StagingConfig::default(),
+            staging_config: None,
         }
     }
 }

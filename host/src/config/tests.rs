@@ -240,11 +240,82 @@ fn kinesis_leases_in_redshift_are_warned_about() {
         "kind = \"redshift\"\nurl = \"postgres://u@h:5439/d\"",
     );
     let load = |text: &str| parse(text, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
-    let w = warnings(&load(&redshift).config);
+    let leases = |text: &str| -> Vec<String> {
+        warnings(&load(text).config)
+            .into_iter()
+            .filter(|w| w.contains("Kinesis shard leases"))
+            .collect()
+    };
+    let w = leases(&redshift);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("[coordinator]"), "{w:?}");
     let coordinated =
         redshift.clone() + "[coordinator]\nkind = \"dynamodb\"\ntable = \"weir-coordinator\"\n";
-    assert_eq!(warnings(&load(&coordinated).config), Vec::<String>::new());
+    assert_eq!(leases(&coordinated), Vec::<String>::new());
     assert_eq!(warnings(&load(&kinesis).config), Vec::<String>::new());
+}
+
+/// Grouped commits are on by default for Redshift only; staging defaults to the COPY stage fill's bucket,
+/// else an S3 RAW store's bucket, else a local directory (with a warning naming the fix), and a registry kept
+/// in Redshift is warned about.
+#[test]
+fn group_commit_defaults_follow_the_sink() {
+    let sink = |kind: &str| {
+        GOOD.replace(
+            "kind = \"sqlite\"\npath = \"${DB}\"",
+            &format!("kind = \"{kind}\"\nurl = \"postgres://u@h:5439/d\""),
+        )
+    };
+    let load = |text: &str| parse(text, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    assert!(!load(GOOD).config.sink.group_commit.on());
+    assert!(!load(&sink("postgres")).config.sink.group_commit.on());
+    let redshift = load(&sink("redshift"));
+    let g = &redshift.config.sink.group_commit;
+    assert!(g.on());
+    assert!(
+        matches!(g.staging(), StagingConfig::Local { dir } if dir == Path::new("/base/weir-staged")),
+        "{:?}",
+        g.staging()
+    );
+    let w = warnings(&redshift.config);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("registration is a write transaction")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("kind = \"s3\"")),
+        "local staging names the fix: {w:?}"
+    );
+    let off = load(&(sink("redshift") + "[sink.group_commit]\nenabled = false\n"));
+    assert!(!off.config.sink.group_commit.on());
+    assert_eq!(warnings(&off.config), Vec::<String>::new());
+    let s3_raw = sink("redshift").replace(
+        "kind = \"local\"\ndir = \"raw\"",
+        "kind = \"s3\"\nbucket = \"raw-bucket\"",
+    );
+    let staged = load(&s3_raw).config.sink.group_commit.staging();
+    assert!(
+        matches!(&staged, StagingConfig::S3 { bucket, prefix } if bucket == "raw-bucket" && prefix == "weir-staged"),
+        "{staged:?}"
+    );
+    let copy = s3_raw.replace(
+        "url = \"postgres://u@h:5439/d\"",
+        "url = \"postgres://u@h:5439/d\"\nstage_fill = { kind = \"copy\", bucket = \"copy-bucket\", iam_role = \"r\" }",
+    ) + "[coordinator]\nkind = \"dynamodb\"\ntable = \"weir-coordinator\"\n";
+    let loaded = load(&copy);
+    let staged = loaded.config.sink.group_commit.staging();
+    assert!(
+        matches!(&staged, StagingConfig::S3 { bucket, .. } if bucket == "copy-bucket"),
+        "{staged:?}"
+    );
+    assert_eq!(warnings(&loaded.config), Vec::<String>::new());
+    // An explicit staging wins over every default.
+    let explicit =
+        copy + "[sink.group_commit.staging]\nkind = \"s3\"\nbucket = \"mine\"\nprefix = \"p\"\n";
+    let staged = load(&explicit).config.sink.group_commit.staging();
+    assert!(
+        matches!(&staged, StagingConfig::S3 { bucket, prefix } if bucket == "mine" && prefix == "p"),
+        "{staged:?}"
+    );
 }

@@ -17,6 +17,9 @@ use crate::sink::SinkError;
 /// Merges with batches this process attempted (for the test stall `WEIR_PAUSE_BEFORE=merge:N:…`).
 static MERGE_ATTEMPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// How many lease times a merge round may keep renewing the loader lease (two minutes with the default 30 s).
+const ROUND_LEASES: u32 = 4;
+
 /// How the loader runs.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
@@ -60,70 +63,154 @@ pub struct Round {
 }
 
 impl Loader {
-    /// Runs until `stop` becomes true: claims the loader lease every interval and, while holding it, merges.
-    /// Gives the lease up on the way out, so another worker takes over at once.
+    /// Runs until `stop` becomes true: keeps claiming the loader lease and, while holding it, merges once per
+    /// interval — sooner when the pending batches reach `max_batches` or `max_bytes`. Gives the lease up on
+    /// the way out, so another worker takes over at once.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let crash = crate::crash::CrashPoint::from_env("merge");
         let mut merges = 0;
-        let mut holding = false;
+        let mut epoch = None;
+        // The lease is renewed well within its time, but not on every look at the registry: on Redshift
+        // (`[coordinator] kind = "sink"`) every renewal is a write transaction.
+        let renew_every = self.options.interval.min(self.options.lease / 3);
+        // How often the holder looks whether pending work reached a merge's size before the interval is up: a
+        // read of the registry, never more often than every 250 ms (with a short interval, never).
+        let look_every =
+            (self.options.interval / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let interval = self.options.interval;
+        let now = tokio::time::Instant::now;
+        let mut last_claim = now();
+        let mut last_round = now();
+        let mut last_look = now();
+        epoch = self.claim(epoch).await;
         loop {
             if *stop.borrow() {
                 break;
             }
-            let now = crate::record::wall_clock_us();
-            let expires = now + self.options.lease.as_micros() as i64;
-            match self
-                .registry
-                .claim_loader(&self.options.owner, now, expires)
-                .await
+            if last_claim.elapsed() >= renew_every {
+                last_claim = now();
+                epoch = self.claim(epoch).await;
+            }
+            let due = last_round.elapsed() >= interval;
+            let look = last_look.elapsed() >= look_every;
+            if look {
+                last_look = now();
+            }
+            let early = !due && look && epoch.is_some() && self.work_is_waiting().await;
+            if due && epoch.is_none() {
+                last_round = now(); // not the loader: nothing to merge this interval
+            }
+            if let Some(e) = epoch
+                && (due || early)
             {
-                Ok(Some(epoch)) => {
-                    if !holding {
-                        tracing::info!(owner = %self.options.owner, epoch, "holding the loader lease");
+                last_round = tokio::time::Instant::now();
+                let counted = &mut || {
+                    merges += 1;
+                    crate::crash::CrashPoint::check(crash, merges);
+                };
+                let result = self
+                    .round_renewing(e, counted, &mut epoch, renew_every)
+                    .await;
+                last_claim = now();
+                match result {
+                    Ok(r) if r.merged + r.refused > 0 || r.fenced => {
+                        tracing::debug!(
+                            merged = r.merged,
+                            refused = r.refused,
+                            fenced = r.fenced,
+                            "merge round"
+                        )
                     }
-                    holding = true;
-                    match self
-                        .round(epoch, &mut || {
-                            merges += 1;
-                            crate::crash::CrashPoint::check(crash, merges);
-                        })
-                        .await
-                    {
-                        Ok(r) if r.merged + r.refused > 0 || r.fenced => {
-                            tracing::debug!(
-                                merged = r.merged,
-                                refused = r.refused,
-                                fenced = r.fenced,
-                                "merge round"
-                            )
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "merge round failed; retrying next interval")
-                        }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "merge round failed; retrying next interval")
                     }
                 }
-                Ok(None) => holding = false,
-                Err(e) => tracing::warn!(error = %e, "loader lease unreachable; retrying"),
             }
+            // Until the next thing is due: the round, the renewal, a look at the pending work.
+            let next = (last_round + interval)
+                .min(last_claim + renew_every)
+                .min(last_look + look_every);
             tokio::select! {
-                _ = tokio::time::sleep(self.options.interval) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = stop.changed() => {}
             }
         }
-        if holding {
+        if epoch.is_some() {
             // A last merge for what is pending now, then the lease goes to a worker still running.
-            let now = crate::record::wall_clock_us();
-            let expires = now + self.options.lease.as_micros() as i64;
-            if let Ok(Some(epoch)) = self
-                .registry
-                .claim_loader(&self.options.owner, now, expires)
-                .await
-                && let Err(e) = self.round(epoch, &mut || {}).await
+            let mut held = self.claim(epoch).await;
+            if let Some(e) = held
+                && let Err(e) = self
+                    .round_renewing(e, &mut || {}, &mut held, renew_every)
+                    .await
             {
                 tracing::warn!(error = %e, "last merge round failed");
             }
             let _ = self.registry.release_loader(&self.options.owner).await;
+        }
+    }
+
+    /// One merge round under `epoch` that keeps renewing the lease every `renew_every` while it runs, so that
+    /// a long merge (many batches, a slow COPY) is not taken over by another worker merging the same batches
+    /// meanwhile (the fence would keep the data exact, but the work would be done twice). `held` follows the
+    /// renewals. A round that is stuck must not keep the fleet's merges to itself: renewals stop after
+    /// [`ROUND_LEASES`] lease times, and the lease then runs out for another worker to take.
+    async fn round_renewing(
+        &self,
+        epoch: i64,
+        committed: &mut (dyn FnMut() + Send),
+        held: &mut Option<i64>,
+        renew_every: Duration,
+    ) -> Result<Round, SinkError> {
+        // Both go on together: a renewal must not hold the merge still (with the lease in the warehouse, the
+        // renewal waits for the merge's table locks, and the merge for nothing but being polled).
+        let renewals = async {
+            let until = tokio::time::Instant::now() + self.options.lease * ROUND_LEASES;
+            loop {
+                tokio::time::sleep(renew_every).await;
+                if tokio::time::Instant::now() < until {
+                    *held = self.claim(*held).await;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.round(epoch, committed) => r,
+            never = renewals => never,
+        }
+    }
+
+    /// Claims or renews the loader lease: its epoch while this worker holds it. A registry that cannot be
+    /// reached keeps what was held (the lease has not run out before the next renewal; the fence guards a
+    /// merge that comes after it did).
+    async fn claim(&self, held: Option<i64>) -> Option<i64> {
+        let now = crate::record::wall_clock_us();
+        let expires = now + self.options.lease.as_micros() as i64;
+        match self
+            .registry
+            .claim_loader(&self.options.owner, now, expires)
+            .await
+        {
+            Ok(Some(epoch)) => {
+                if held != Some(epoch) {
+                    tracing::info!(owner = %self.options.owner, epoch, "holding the loader lease");
+                }
+                Some(epoch)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "loader lease unreachable; retrying");
+                None
+            }
+        }
+    }
+
+    /// Whether the pending batches have reached a merge's size before its interval is up.
+    async fn work_is_waiting(&self) -> bool {
+        match self.registry.pending_work(self.options.max_batches).await {
+            Ok((batches, bytes)) => {
+                batches >= self.options.max_batches.max(1) || bytes >= self.options.max_bytes
+            }
+            Err(_) => false,
         }
     }
 
@@ -140,18 +227,20 @@ impl Loader {
         })
         .await
         .map_err(|(_, e)| e)?;
-        let mut fates: Vec<(String, Fate)> = Vec::new();
-        let mut chosen: Vec<(Registration, StagedBatch)> = Vec::new();
+        let mut selected: Vec<Registration> = Vec::new();
         let mut bytes = 0u64;
         for entry in pending {
-            if !chosen.is_empty() && bytes + entry.bytes as u64 > self.options.max_bytes {
+            if !selected.is_empty() && bytes + entry.bytes as u64 > self.options.max_bytes {
                 break;
             }
             bytes += entry.bytes.max(0) as u64;
-            let read = retrying(retry, "staging read", || self.staging.get(&entry.key))
-                .await
-                .map_err(|(_, e)| e)?;
-            match read.map(|b| StagedBatch::from_bytes(&b, self.tables.len())) {
+            selected.push(entry);
+        }
+        let reads = self.read_staged(&selected).await?;
+        let mut fates: Vec<(String, Fate)> = Vec::new();
+        let mut chosen: Vec<(Registration, StagedBatch)> = Vec::new();
+        for (entry, read) in selected.into_iter().zip(reads) {
+            match read {
                 Some(Ok(staged)) if staged.id() == entry.batch_id => chosen.push((entry, staged)),
                 other => {
                     // Unreadable: refused, so that its worker reads the partition again from the checkpoint.
@@ -197,16 +286,49 @@ impl Loader {
             // a lifecycle rule removes stragglers.
             let decided: std::collections::HashSet<&str> =
                 fates.iter().map(|(id, _)| id.as_str()).collect();
-            for (entry, _) in chosen
+            let mut row_files = Vec::new();
+            for (entry, staged) in chosen
                 .iter()
                 .filter(|(e, _)| decided.contains(e.batch_id.as_str()))
             {
                 if let Err(e) = self.staging.delete(&entry.key).await {
                     tracing::debug!(error = %e, key = %entry.key, "staged object not deleted");
                 }
+                row_files.extend(staged.row_files().iter().flatten().cloned());
             }
+            self.warehouse.drop_rows(&row_files).await;
         }
         Ok(round)
+    }
+
+    /// The staged objects of `entries`, in order, read several at a time (each an S3 round trip): `None` for
+    /// a missing one, an error for one that is not a staged batch.
+    async fn read_staged(
+        &self,
+        entries: &[Registration],
+    ) -> Result<Vec<Option<Result<StagedBatch, String>>>, SinkError> {
+        const READS_AT_ONCE: usize = 16;
+        let mut out = Vec::with_capacity(entries.len());
+        for wave in entries.chunks(READS_AT_ONCE) {
+            let mut reads = tokio::task::JoinSet::new();
+            for (i, entry) in wave.iter().enumerate() {
+                let (staging, retry) = (self.staging.clone(), self.retry.clone());
+                let (key, tables) = (entry.key.clone(), self.tables.len());
+                reads.spawn(async move {
+                    let read = retrying(&retry, "staging read", || staging.get(&key))
+                        .await
+                        .map_err(|(_, e)| e)?;
+                    Ok::<_, SinkError>((i, read.map(|b| StagedBatch::from_bytes(&b, tables))))
+                });
+            }
+            let mut done = Vec::with_capacity(wave.len());
+            while let Some(joined) = reads.join_next().await {
+                done.push(joined.map_err(|e| SinkError::Transient(format!("staging read: {e}")))??);
+            }
+            done.sort_by_key(|(i, _)| *i);
+            out.extend(done.into_iter().map(|(_, read)| read));
+        }
+        Ok(out)
     }
 
     /// The warehouse transaction, retried; records the database refuses become dead letters (stage `sink`)
@@ -216,6 +338,9 @@ impl Loader {
         chosen: &mut [(Registration, StagedBatch)],
         epoch: i64,
     ) -> Result<Option<Vec<Fate>>, SinkError> {
+        // The workers' row files hold every record's rows; once a record is dead-lettered here, the merge
+        // sends the remaining rows itself.
+        let mut isolated = false;
         loop {
             let batches: Vec<_> = chosen.iter().map(|(_, s)| s.batch()).collect();
             let loads: Vec<_> = chosen
@@ -223,8 +348,13 @@ impl Loader {
                 .zip(&batches)
                 .map(|((_, s), b)| s.load(b, &self.tables))
                 .collect();
+            let files: Vec<&[Option<String>]> = if isolated {
+                Vec::new()
+            } else {
+                chosen.iter().map(|(_, s)| s.row_files()).collect()
+            };
             let result = retrying(&self.retry, "grouped merge", || {
-                self.warehouse.merge_group(&loads, epoch)
+                self.warehouse.merge_group(&loads, &files, epoch)
             })
             .await;
             match result.map_err(|(_, e)| e)? {
@@ -232,6 +362,7 @@ impl Loader {
                 GroupOutcome::Fenced => return Ok(None),
                 GroupOutcome::Refused(refused) => {
                     drop(loads);
+                    isolated = true;
                     for (l, r, reason) in refused {
                         let Some((entry, staged)) = chosen.get_mut(l) else {
                             continue;

@@ -57,6 +57,10 @@ pub struct StagedBatch {
     /// The input fingerprint the merge records with this batch's checkpoint ([`Batch::fingerprint`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fingerprint: Option<String>,
+    /// Per table, where the warehouse's bulk load reads this batch's rows ([`GroupWarehouse::stage_rows`]);
+    /// empty when the merge sends the rows itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    row_files: Vec<Option<String>>,
 }
 
 impl StagedBatch {
@@ -91,7 +95,19 @@ impl StagedBatch {
             rule_digest: load.rule_digest.to_string(),
             loaded_at_us: load.loaded_at_us,
             fingerprint: load.batch.fingerprint.clone(),
+            row_files: Vec::new(),
         }
+    }
+
+    /// The same, with the files [`GroupWarehouse::stage_rows`] wrote for it.
+    pub fn with_row_files(mut self, row_files: Vec<Option<String>>) -> StagedBatch {
+        self.row_files = row_files;
+        self
+    }
+
+    /// Per table, where the warehouse's bulk load reads this batch's rows (empty: from the staged batch).
+    pub fn row_files(&self) -> &[Option<String>] {
+        &self.row_files
     }
 
     /// The batch id.
@@ -168,6 +184,9 @@ impl StagedBatch {
         if bad_table {
             return Err("a row names a table that is not declared".into());
         }
+        if !staged.row_files.is_empty() && staged.row_files.len() != tables {
+            return Err("row files and declared tables differ in number".into());
+        }
         Ok(staged)
     }
 }
@@ -188,6 +207,8 @@ pub struct GroupCommit {
     pub staging: Arc<dyn Staging>,
     /// The registry of staged batches.
     pub registry: Arc<dyn Registry>,
+    /// The warehouse, for the rows it bulk-loads from files of their own ([`GroupWarehouse::stage_rows`]).
+    pub warehouse: Arc<dyn GroupWarehouse>,
     /// How often a worker asks the registry for the fates of its batches.
     pub settle_poll: Duration,
     /// Most registered, unsettled batches per pipeline (`max_batches`): a full window stops reading.

@@ -30,13 +30,23 @@ pub(super) async fn group_sink_stage(
         }
         tokio::select! {
             next = input.recv(), if open && window.len() < group.max_in_flight.max(1) => match next {
-                Some(mut p) => {
+                Some(p) => {
                     let began = Instant::now();
-                    submitted += 1;
+                    // Every batch already waiting goes with it: staged one by one, registered together.
+                    let mut ready = vec![p];
+                    while window.len() + ready.len() < group.max_in_flight.max(1) {
+                        match input.try_recv() {
+                            Ok(more) => ready.push(more),
+                            Err(_) => break,
+                        }
+                    }
                     let crashes = (crash_staged, crash_registered, submitted);
-                    submit(&group, &p, &rule_digest, &tables, &retry, crashes).await?;
-                    slim(&mut p);
-                    window.push_back((p, began));
+                    submit(&group, &ready, &rule_digest, &tables, &retry, crashes).await?;
+                    submitted += ready.len();
+                    for mut p in ready {
+                        slim(&mut p);
+                        window.push_back((p, began));
+                    }
                 }
                 None => open = false,
             },
@@ -90,15 +100,48 @@ fn slim(p: &mut Processed) {
     }
 }
 
-/// Stages one batch (W4) and registers it (W5), each retried; both are idempotent.
+/// Stages each batch (W4), then registers them all (W5), each step retried; both are idempotent. `crashes`
+/// holds the test crash points and the number of batches submitted before these.
 async fn submit(
+    group: &GroupCommit,
+    ready: &[Processed],
+    rule_digest: &str,
+    tables: &[TableSpec],
+    retry: &RetryConfig,
+    (crash_staged, crash_registered, before): (Option<CrashPoint>, Option<CrashPoint>, usize),
+) -> Result<(), PipelineError> {
+    let mut entries = Vec::with_capacity(ready.len());
+    for (i, p) in ready.iter().enumerate() {
+        entries.push(stage(group, p, rule_digest, tables, retry).await?);
+        CrashPoint::check(crash_staged, before + i + 1);
+    }
+    let span =
+        tracing::info_span!("register", batches = entries.len(), first = %entries[0].batch_id);
+    retrying(retry, "registration", || {
+        group.registry.register_many(&entries)
+    })
+    .instrument(span)
+    .await
+    .map_err(|(attempts, e)| PipelineError::Sink {
+        batch: entries[0].batch_id.clone(),
+        attempts,
+        source: e,
+    })?;
+    for n in before + 1..=before + ready.len() {
+        CrashPoint::check(crash_registered, n);
+    }
+    Ok(())
+}
+
+/// Stages one batch (W4): its rows where the warehouse bulk-loads them from (if it does), then the staged
+/// object. Returns its registration.
+async fn stage(
     group: &GroupCommit,
     p: &Processed,
     rule_digest: &str,
     tables: &[TableSpec],
     retry: &RetryConfig,
-    (crash_staged, crash_registered, n): (Option<CrashPoint>, Option<CrashPoint>, usize),
-) -> Result<(), PipelineError> {
+) -> Result<Registration, PipelineError> {
     let span = tracing::info_span!("stage", batch = %p.batch.id, partition = %p.batch.partition);
     let load = Load {
         batch: &p.batch,
@@ -108,7 +151,16 @@ async fn submit(
         rule_digest,
         loaded_at_us: crate::record::wall_clock_us(),
     };
-    let bytes = StagedBatch::of(&load).to_bytes();
+    let failed = |(attempts, e)| PipelineError::Sink {
+        batch: p.batch.id.clone(),
+        attempts,
+        source: e,
+    };
+    let row_files = retrying(retry, "row files", || group.warehouse.stage_rows(&load))
+        .instrument(span.clone())
+        .await
+        .map_err(failed)?;
+    let bytes = StagedBatch::of(&load).with_row_files(row_files).to_bytes();
     let entry = Registration {
         batch_id: p.batch.id.clone(),
         source: p.batch.source.clone(),
@@ -116,22 +168,11 @@ async fn submit(
         key: staged_key(&p.batch.id),
         bytes: bytes.len() as i64,
     };
-    let failed = |(attempts, e)| PipelineError::Sink {
-        batch: p.batch.id.clone(),
-        attempts,
-        source: e,
-    };
     retrying(retry, "staging write", || {
         group.staging.put(&entry.key, bytes.clone())
     })
-    .instrument(span.clone())
+    .instrument(span)
     .await
     .map_err(failed)?;
-    CrashPoint::check(crash_staged, n);
-    retrying(retry, "registration", || group.registry.register(&entry))
-        .instrument(span)
-        .await
-        .map_err(failed)?;
-    CrashPoint::check(crash_registered, n);
-    Ok(())
+    Ok(entry)
 }

@@ -60,8 +60,26 @@ pub trait Registry: Send + Sync {
     /// Registers a staged batch, unless a batch with its id is registered already (a retry).
     async fn register(&self, entry: &Registration) -> Result<(), SinkError>;
 
+    /// Registers several staged batches, in order (each unless registered already). Default: one by one; a
+    /// registry whose every write is expensive (Redshift) registers them in one transaction.
+    async fn register_many(&self, entries: &[Registration]) -> Result<(), SinkError> {
+        for entry in entries {
+            self.register(entry).await?;
+        }
+        Ok(())
+    }
+
     /// Pending batches in registration order, at most `limit`.
     async fn pending(&self, limit: usize) -> Result<Vec<Registration>, SinkError>;
+
+    /// How many batches are pending (counting at most `limit`) and their staged bytes: what starts a merge
+    /// before its interval is up. May lag a moment (it only decides when to look); default: from
+    /// [`Registry::pending`].
+    async fn pending_work(&self, limit: usize) -> Result<(usize, u64), SinkError> {
+        let pending = self.pending(limit).await?;
+        let bytes = pending.iter().map(|r| r.bytes.max(0) as u64).sum();
+        Ok((pending.len(), bytes))
+    }
 
     /// Writes the fates the loader decided, each only over `Pending`.
     async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError>;
@@ -116,6 +134,27 @@ pub enum GroupOutcome {
 /// The loader's warehouse transaction over many batches.
 #[async_trait]
 pub trait GroupWarehouse: Send + Sync {
-    /// Merges `loads` in one transaction fenced by the loader's `epoch`.
-    async fn merge_group(&self, loads: &[Load<'_>], epoch: i64) -> Result<GroupOutcome, SinkError>;
+    /// Merges `loads` in one transaction fenced by the loader's `epoch`. `row_files` is empty, or holds per
+    /// load what [`GroupWarehouse::stage_rows`] wrote for it: the merge then bulk-loads the rows from those
+    /// files instead of sending them itself.
+    async fn merge_group(
+        &self,
+        loads: &[Load<'_>],
+        row_files: &[&[Option<String>]],
+        epoch: i64,
+    ) -> Result<GroupOutcome, SinkError>;
+
+    /// Run by the worker that stages a batch (step W4): writes the batch's rows where the warehouse's bulk load
+    /// reads them (Redshift's `COPY` from S3), per table a file URL or `None` (no rows). Default: nothing; the
+    /// merge sends the rows from the staged batch.
+    async fn stage_rows(&self, load: &Load<'_>) -> Result<Vec<Option<String>>, SinkError> {
+        let _ = load;
+        Ok(Vec::new())
+    }
+
+    /// Removes files [`GroupWarehouse::stage_rows`] wrote, once their batch is decided (best effort: an S3
+    /// lifecycle rule removes what is left).
+    async fn drop_rows(&self, files: &[String]) {
+        let _ = files;
+    }
 }

@@ -398,6 +398,43 @@ impl Registry for DynamoCoordinator {
         .await
     }
 
+    async fn pending_work(&self, limit: usize) -> Result<(usize, u64), SinkError> {
+        // The index alone (it may lag a moment): this only decides when the loader looks.
+        let span = tracing::debug_span!("dynamodb.pending_work", table = %self.table);
+        async {
+            let (mut batches, mut bytes) = (0usize, 0u64);
+            let mut start = None;
+            while batches < limit.max(1) {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(PENDING_INDEX)
+                    .key_condition_expression("#p = :p")
+                    .expression_attribute_names("#p", "pending")
+                    .expression_attribute_names("#b", "bytes")
+                    .expression_attribute_values(":p", s("pending"))
+                    .projection_expression("#b")
+                    .limit(i32::try_from(limit.max(1) - batches).unwrap_or(i32::MAX))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("registry read", &e))?;
+                for item in out.items.unwrap_or_default() {
+                    batches += 1;
+                    bytes += get_n(&item, "bytes").max(0) as u64;
+                }
+                start = out.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+            Ok((batches, bytes))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError> {
         let span =
             tracing::debug_span!("dynamodb.settle", table = %self.table, batches = fates.len());

@@ -103,6 +103,77 @@ where
     }
 }
 
+/// Per table: the batch's COPY data as gzip JSON lines (deduplicated to the latest row per key), `None` for a
+/// table without rows.
+fn copy_data(load: &Load<'_>, specs: &[TableSpec]) -> Vec<Option<Vec<u8>>> {
+    use std::io::Write;
+    let loaded_at = sql_timestamp(load.loaded_at_us);
+    rows_by_table(load, specs.len(), None)
+        .into_iter()
+        .enumerate()
+        .map(|(t, rows)| {
+            if rows.is_empty() {
+                return None;
+            }
+            let sql = TableSql::new("s", &specs[t]);
+            let mut text = String::new();
+            for (row, record_id) in dedupe(rows, &sql.key, sql.version, KeyEquality::Redshift) {
+                let line = stage_json_line(
+                    &specs[t],
+                    &row.cells,
+                    [record_id, &load.batch.id, load.rule_digest],
+                    &loaded_at,
+                );
+                text.push_str(&line);
+                text.push('\n');
+            }
+            // One write: the compressor resets a buffer per write call.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(text.as_bytes()).expect("writing to memory");
+            Some(gz.finish().expect("writing to memory"))
+        })
+        .collect()
+}
+
+/// A batch id as one S3 key segment (characters outside `[A-Za-z0-9-_.]` become `_`).
+fn key_segment(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A COPY manifest listing `urls`, each mandatory (a missing file fails the COPY instead of loading less).
+pub fn copy_manifest(urls: &[&str]) -> String {
+    let entries: Vec<serde_json::Value> = urls
+        .iter()
+        .map(|u| serde_json::json!({"url": u, "mandatory": true}))
+        .collect();
+    serde_json::json!({ "entries": entries }).to_string()
+}
+
+#[cfg(feature = "s3")]
+async fn put_s3(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<(), SinkError> {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| aws_error("S3 PutObject", e))
+}
+
 /// Writes the COPY stage files of a batch: per table with rows, gzip JSON lines (deduplicated to the latest
 /// row per key) and a manifest, under `{prefix}{batch id}/`. Keys depend only on the batch, so a retry rewrites
 /// the same objects. Returns each table's manifest URL (`None` for a table without rows).
@@ -114,63 +185,61 @@ pub async fn write_copy_stage(
     load: &Load<'_>,
     specs: &[TableSpec],
 ) -> Result<Vec<Option<String>>, SinkError> {
-    use std::io::Write;
-    let loaded_at = sql_timestamp(load.loaded_at_us);
-    let folder: String = load
-        .batch
-        .id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let folder = key_segment(&load.batch.id);
     let mut manifests = Vec::with_capacity(specs.len());
-    for (t, rows) in rows_by_table(load, specs.len(), None)
-        .into_iter()
-        .enumerate()
-    {
-        if rows.is_empty() {
+    for (t, data) in copy_data(load, specs).into_iter().enumerate() {
+        let Some(data) = data else {
             manifests.push(None);
             continue;
-        }
-        let sql = TableSql::new("s", &specs[t]);
-        let mut text = String::new();
-        for (row, record_id) in dedupe(rows, &sql.key, sql.version, KeyEquality::Redshift) {
-            let line = stage_json_line(
-                &specs[t],
-                &row.cells,
-                [record_id, &load.batch.id, load.rule_digest],
-                &loaded_at,
-            );
-            text.push_str(&line);
-            text.push('\n');
-        }
-        // One write: the compressor resets a buffer per write call.
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(text.as_bytes()).expect("writing to memory");
-        let data = gz.finish().expect("writing to memory");
+        };
         let data_key = format!("{prefix}{folder}/{}.jsonl.gz", specs[t].name);
         let manifest_key = format!("{prefix}{folder}/{}.manifest", specs[t].name);
-        let manifest = serde_json::json!({"entries": [{"url": format!("s3://{bucket}/{data_key}"), "mandatory": true}]});
-        for (key, body) in [
-            (&data_key, data),
-            (&manifest_key, manifest.to_string().into_bytes()),
-        ] {
-            s3.put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(body.into())
-                .send()
-                .await
-                .map_err(|e| aws_error("S3 PutObject", e))?;
-        }
+        let url = format!("s3://{bucket}/{data_key}");
+        put_s3(s3, bucket, &data_key, data).await?;
+        put_s3(
+            s3,
+            bucket,
+            &manifest_key,
+            copy_manifest(&[&url]).into_bytes(),
+        )
+        .await?;
         manifests.push(Some(format!("s3://{bucket}/{manifest_key}")));
     }
     Ok(manifests)
+}
+
+/// Grouped commits with the COPY fill: a worker writes its batch's rows as COPY data files, one per table with
+/// rows, under `{prefix}{batch id}/{table}-{content digest}.jsonl.gz`. The key names the content, so a file
+/// once written never changes: the loader's manifest lists exactly the files its batches were staged with,
+/// even if a restarted worker stages the same batch again. Returns each table's file URL.
+#[cfg(feature = "s3")]
+pub async fn write_copy_rows(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    load: &Load<'_>,
+    specs: &[TableSpec],
+) -> Result<Vec<Option<String>>, SinkError> {
+    use sha2::Digest;
+    let folder = key_segment(&load.batch.id);
+    let mut urls = Vec::with_capacity(specs.len());
+    for (t, data) in copy_data(load, specs).into_iter().enumerate() {
+        let Some(data) = data else {
+            urls.push(None);
+            continue;
+        };
+        let digest = sha2::Sha256::digest(&data);
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let key = format!("{prefix}{folder}/{}-{hex}.jsonl.gz", specs[t].name);
+        put_s3(s3, bucket, &key, data).await?;
+        urls.push(Some(format!("s3://{bucket}/{key}")));
+    }
+    Ok(urls)
+}
+
+/// `s3://bucket/key` split into bucket and key.
+pub fn split_s3_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("s3://")?.split_once('/')
 }
 
 /// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.

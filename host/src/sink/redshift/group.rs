@@ -56,7 +56,9 @@ impl RedshiftSink {
         &self,
         conn: &mut Conn,
         loads: &[Load<'_>],
+        row_files: &[&[Option<String>]],
         epoch: i64,
+        manifests: &mut Vec<String>,
     ) -> Result<Option<Vec<Fate>>, SinkError> {
         let specs = self
             .tables
@@ -67,6 +69,10 @@ impl RedshiftSink {
             .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
         ensure_stages(conn, &sqls).await?;
+        let copy = self.group_copy(loads, row_files, specs.len());
+        if copy.is_some() {
+            ensure_copy_stages(conn, &sqls).await?;
+        }
         let s = quote(&self.schema);
         let loaded_at = sql_timestamp(crate::record::wall_clock_us());
         let tx = conn.client.transaction().await.map_err(classify)?;
@@ -76,14 +82,14 @@ impl RedshiftSink {
                 .map_err(classify)?;
         }
         // The fence: a loader whose epoch is older than one that committed writes nothing.
-        let epoch = epoch_text(epoch);
+        let fence = epoch_text(epoch);
         let fenced = tx
             .execute_typed(
                 traced(&format!(
                     "UPDATE {s}.weir_checkpoints SET position = $1 WHERE source = $2 AND \"partition\" = 'fence' \
                      AND position <= $1"
                 )),
-                &[(&epoch, Type::VARCHAR), (&LOADER, Type::VARCHAR)],
+                &[(&fence, Type::VARCHAR), (&LOADER, Type::VARCHAR)],
             )
             .await
             .map_err(classify)?
@@ -112,12 +118,39 @@ impl RedshiftSink {
         if !self.redshift {
             lock_targets(&tx, &sqls, &per_table).await?;
         }
-        for (t, rows) in per_table.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
+        if let Some(copy) = &copy {
+            let ordinals: Vec<&str> = loads
+                .iter()
+                .zip(&fates)
+                .filter(|(_, f)| f.1)
+                .map(|(l, _)| l.batch.id.as_str())
+                .collect();
+            fill_group_order(&tx, &ordinals).await?;
+            let files: Vec<&[Option<String>]> = row_files
+                .iter()
+                .zip(&fates)
+                .filter(|(_, f)| f.1)
+                .map(|(files, _)| *files)
+                .collect();
+            for (t, rows) in per_table.iter().enumerate() {
+                if !rows.is_empty() {
+                    let urls: Vec<&str> = files.iter().filter_map(|f| f[t].as_deref()).collect();
+                    let target = (copy, &urls[..], &ordinals[..], epoch);
+                    let manifest = self
+                        .copy_group_table(&tx, &sqls[t], target, &loaded_at)
+                        .await?;
+                    manifests.push(manifest);
+                    self.merge_stage(&tx, &sqls[t]).await?;
+                }
             }
-            fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?;
-            self.merge_stage(&tx, &sqls[t]).await?;
+        } else {
+            for (t, rows) in per_table.into_iter().enumerate() {
+                if rows.is_empty() {
+                    continue;
+                }
+                fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?;
+                self.merge_stage(&tx, &sqls[t]).await?;
+            }
         }
         for load in &accepted {
             write_dead_letters(&tx, &self.schema, load, &loaded_at).await?;
@@ -183,8 +216,225 @@ impl RedshiftSink {
 
 #[async_trait]
 impl GroupWarehouse for RedshiftSink {
-    async fn merge_group(&self, loads: &[Load<'_>], epoch: i64) -> Result<GroupOutcome, SinkError> {
-        self.merge_group_checked(loads, epoch).await
+    async fn merge_group(
+        &self,
+        loads: &[Load<'_>],
+        row_files: &[&[Option<String>]],
+        epoch: i64,
+    ) -> Result<GroupOutcome, SinkError> {
+        self.merge_group_checked(loads, row_files, epoch).await
+    }
+
+    #[cfg(feature = "s3")]
+    async fn stage_rows(&self, load: &Load<'_>) -> Result<Vec<Option<String>>, SinkError> {
+        let StageFillConfig::Copy { bucket, prefix, .. } = &self.stage_fill else {
+            return Ok(Vec::new());
+        };
+        let specs = self
+            .tables
+            .get()
+            .ok_or_else(|| SinkError::Permanent("staging before prepare".into()))?;
+        let s3 = self.aws.s3_from(self.sdk().await);
+        let span = tracing::info_span!("s3.copy_rows", batch = %load.batch.id);
+        write_copy_rows(&s3, bucket, prefix, load, specs)
+            .instrument(span)
+            .await
+    }
+
+    #[cfg(feature = "s3")]
+    async fn drop_rows(&self, files: &[String]) {
+        if files.is_empty() {
+            return;
+        }
+        let s3 = self.aws.s3_from(self.sdk().await);
+        for url in files {
+            if let Some((bucket, key)) = split_s3_url(url)
+                && let Err(e) = s3.delete_object().bucket(bucket).key(key).send().await
+            {
+                tracing::debug!(error = %crate::aws::sdk_error(&e), %url, "row file not deleted");
+            }
+        }
+    }
+}
+
+/// The COPY stage fill of a grouped merge: bucket, key prefix, IAM role and region of the `COPY`.
+struct GroupCopy {
+    bucket: String,
+    prefix: String,
+    role: String,
+    region: String,
+}
+
+/// Creates this session's copy stages and the merge-order table it has not created yet.
+async fn ensure_copy_stages(conn: &mut Conn, sqls: &[TableSql]) -> Result<(), SinkError> {
+    let mut ddl: Vec<(String, String)> = sqls
+        .iter()
+        .map(|sql| (sql.copy_stage.clone(), sql.create_copy_stage()))
+        .collect();
+    ddl.push((
+        GROUP_ORDER.to_string(),
+        format!(
+            "CREATE TEMP TABLE {GROUP_ORDER} (batch_id VARCHAR(1024) NOT NULL, ordinal BIGINT NOT NULL)"
+        ),
+    ));
+    for (name, statement) in ddl {
+        if !conn.staged.contains(&name) {
+            conn.client
+                .batch_execute(traced(&statement))
+                .await
+                .map_err(classify)?;
+            conn.staged.insert(name);
+        }
+    }
+    Ok(())
+}
+
+/// The temp table of a grouped merge's order: accepted batch id → its place in the merge (later wins a key).
+const GROUP_ORDER: &str = "weir_group_order";
+
+/// Empties the merge-order table and fills it with `ids` in order (multi-row INSERTs).
+async fn fill_group_order(
+    tx: &tokio_postgres::Transaction<'_>,
+    ids: &[&str],
+) -> Result<(), SinkError> {
+    tx.batch_execute(traced(&format!("DELETE FROM {GROUP_ORDER}")))
+        .await
+        .map_err(classify)?;
+    let ordinals: Vec<i64> = (0..ids.len() as i64).collect();
+    for (chunk, numbers) in ids
+        .chunks(MAX_ROWS_PER_INSERT)
+        .zip(ordinals.chunks(MAX_ROWS_PER_INSERT))
+    {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(2 * chunk.len());
+        for (id, n) in chunk.iter().zip(numbers) {
+            params.push((id as &(dyn ToSql + Sync), Type::VARCHAR));
+            params.push((n as &(dyn ToSql + Sync), Type::INT8));
+        }
+        tx.query_typed(
+            traced(&format!(
+                "INSERT INTO {GROUP_ORDER} (batch_id, ordinal) VALUES {}",
+                values.join(", ")
+            )),
+            &params,
+        )
+        .await
+        .map_err(classify)?;
+    }
+    Ok(())
+}
+
+impl RedshiftSink {
+    /// The COPY fill for this merge, when the sink fills stages by `COPY` and every batch came with its row
+    /// files; otherwise the merge sends the rows itself (multi-row INSERTs).
+    fn group_copy(
+        &self,
+        loads: &[Load<'_>],
+        row_files: &[&[Option<String>]],
+        tables: usize,
+    ) -> Option<GroupCopy> {
+        let StageFillConfig::Copy {
+            bucket,
+            prefix,
+            iam_role,
+            region,
+        } = &self.stage_fill
+        else {
+            return None;
+        };
+        if row_files.len() != loads.len() || row_files.iter().any(|f| f.len() != tables) {
+            return None;
+        }
+        // A table's file exactly where the batch has rows for it (the files come from the same outcomes).
+        let consistent = loads.iter().zip(row_files).all(|(load, files)| {
+            rows_by_table(load, tables, None)
+                .iter()
+                .zip(files.iter())
+                .all(|(rows, file)| rows.is_empty() == file.is_none())
+        });
+        if !consistent {
+            tracing::warn!("row files do not match their batches' rows; merging with INSERTs");
+            return None;
+        }
+        Some(GroupCopy {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            role: iam_role.clone(),
+            region: region
+                .clone()
+                .or_else(|| self.aws.region.clone())
+                .unwrap_or_else(|| "us-east-1".into()),
+        })
+    }
+
+    /// One table of a grouped merge by COPY: one manifest of the accepted batches' files (`urls`; `ids` are the
+    /// batches in merge order), `COPY` into the copy stage, then the latest row per key into the stage (by
+    /// version, then merge order). Returns the manifest's URL.
+    async fn copy_group_table(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &TableSql,
+        (copy, urls, ids, epoch): (&GroupCopy, &[&str], &[&str], i64),
+        loaded_at: &str,
+    ) -> Result<String, SinkError> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(ids.join("\n").as_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let table = sql
+            .copy_stage
+            .trim_matches('"')
+            .trim_start_matches("weir_copy_");
+        let key = format!("{}merges/{epoch}-{hex}/{table}.manifest", copy.prefix);
+        self.put_manifest(&copy.bucket, &key, urls).await?;
+        let manifest = format!("s3://{}/{key}", copy.bucket);
+        tx.batch_execute(traced(&format!("DELETE FROM {}", sql.copy_stage)))
+            .await
+            .map_err(classify)?;
+        let statement = copy_stage_sql(
+            &sql.copy_stage,
+            &sql.columns,
+            &manifest,
+            &copy.role,
+            &copy.region,
+        );
+        tx.batch_execute(traced(&statement))
+            .await
+            .map_err(classify)?;
+        tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+            .await
+            .map_err(classify)?;
+        let loaded_at = loaded_at.to_string();
+        tx.execute_typed(
+            traced(&sql.rank_into_stage(GROUP_ORDER)),
+            &[(&loaded_at, Type::VARCHAR)],
+        )
+        .await
+        .map_err(classify)?;
+        Ok(manifest)
+    }
+
+    #[cfg(feature = "s3")]
+    async fn put_manifest(&self, bucket: &str, key: &str, urls: &[&str]) -> Result<(), SinkError> {
+        let s3 = self.aws.s3_from(self.sdk().await);
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(copy_manifest(urls).into_bytes().into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error("S3 PutObject", e))
+    }
+
+    #[cfg(not(feature = "s3"))]
+    async fn put_manifest(&self, _: &str, _: &str, _: &[&str]) -> Result<(), SinkError> {
+        Err(SinkError::Permanent(crate::config::not_compiled(
+            "sink.stage_fill",
+            "copy",
+            "s3",
+        )))
     }
 }
 
@@ -193,14 +443,20 @@ impl RedshiftSink {
     async fn merge_group_checked(
         &self,
         loads: &[Load<'_>],
+        row_files: &[&[Option<String>]],
         epoch: i64,
     ) -> Result<GroupOutcome, SinkError> {
         let span = tracing::info_span!("redshift.merge_group", batches = loads.len(), epoch);
         let mut guard = self.session().instrument(span.clone()).await?;
         let conn = guard.as_mut().expect("connected");
+        let mut manifests = Vec::new();
         let result = self
             .bounded("grouped merge", async {
-                match self.merge_group_tx(conn, loads, epoch).instrument(span.clone()).await {
+                let merged = self
+                    .merge_group_tx(conn, loads, row_files, epoch, &mut manifests)
+                    .instrument(span.clone())
+                    .await;
+                match merged {
                     Ok(Some(fates)) => Ok(GroupOutcome::Decided(fates)),
                     Ok(None) => Ok(GroupOutcome::Fenced),
                     Err(SinkError::Data(message)) => {
@@ -222,6 +478,8 @@ impl RedshiftSink {
                 }
             })
             .await;
+        // A manifest serves one attempt (another writes it again under the same key).
+        self.drop_rows(&manifests).await;
         Self::settle(&mut guard, result)
     }
 
@@ -253,25 +511,51 @@ impl RedshiftSink {
 #[async_trait]
 impl Registry for RedshiftSink {
     async fn register(&self, entry: &Registration) -> Result<(), SinkError> {
+        self.register_many(std::slice::from_ref(entry)).await
+    }
+
+    /// One transaction for all of them: on Redshift every write transaction is a commit in the cluster's queue.
+    async fn register_many(&self, entries: &[Registration]) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let s = quote(&self.schema);
-        self.query_text(
-            "registration",
-            format!(
-                "INSERT INTO {s}.weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
-                 SELECT $1, $2, $3, $4, CAST($5 AS BIGINT), CAST($6 AS BIGINT), 'pending' \
-                 WHERE NOT EXISTS (SELECT 1 FROM {s}.weir_staged WHERE batch_id = $1)"
-            ),
-            vec![
-                entry.batch_id.clone(),
-                entry.source.clone(),
-                entry.partition.clone(),
-                entry.key.clone(),
-                entry.bytes.to_string(),
-                crate::sink::group::registration_us().to_string(),
-            ],
-        )
-        .await?;
-        Ok(())
+        let statement = format!(
+            "INSERT INTO {s}.weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
+             SELECT $1, $2, $3, $4, CAST($5 AS BIGINT), CAST($6 AS BIGINT), 'pending' \
+             WHERE NOT EXISTS (SELECT 1 FROM {s}.weir_staged WHERE batch_id = $1)"
+        );
+        let rows: Vec<[String; 6]> = entries
+            .iter()
+            .map(|entry| {
+                [
+                    entry.batch_id.clone(),
+                    entry.source.clone(),
+                    entry.partition.clone(),
+                    entry.key.clone(),
+                    entry.bytes.to_string(),
+                    crate::sink::group::registration_us().to_string(),
+                ]
+            })
+            .collect();
+        let mut guard = self.session().await?;
+        let conn = guard.as_mut().expect("connected");
+        let result = self
+            .bounded("registration", async {
+                let tx = conn.client.transaction().await.map_err(classify)?;
+                for row in &rows {
+                    let binds: Vec<(&(dyn ToSql + Sync), Type)> = row
+                        .iter()
+                        .map(|p| (p as &(dyn ToSql + Sync), Type::VARCHAR))
+                        .collect();
+                    tx.query_typed(traced(&statement), &binds)
+                        .await
+                        .map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)
+            })
+            .await;
+        Self::settle(&mut guard, result)
     }
 
     async fn pending(&self, limit: usize) -> Result<Vec<Registration>, SinkError> {
@@ -297,6 +581,27 @@ impl Registry for RedshiftSink {
                 bytes: r.get(4),
             })
             .collect())
+    }
+
+    async fn pending_work(&self, limit: usize) -> Result<(usize, u64), SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .query_text(
+                "registry read",
+                format!(
+                    "SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM \
+                     (SELECT bytes FROM {s}.weir_staged WHERE fate = 'pending' LIMIT {}) AS waiting",
+                    limit.max(1)
+                ),
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows.first().map_or((0, 0), |r| {
+            (
+                r.get::<_, i64>(0).max(0) as usize,
+                r.get::<_, i64>(1).max(0) as u64,
+            )
+        }))
     }
 
     async fn settle(&self, fates: &[(String, Fate)]) -> Result<(), SinkError> {

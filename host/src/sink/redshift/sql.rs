@@ -83,6 +83,9 @@ pub(super) fn sql_timestamp(us: i64) -> String {
 pub(super) struct TableSql {
     pub(super) target: String,
     pub(super) stage: String,
+    /// Grouped merges with the COPY fill: the temp table COPY loads every batch's rows into, before the latest
+    /// row per key goes to `stage`.
+    pub(super) copy_stage: String,
     /// Declared columns then lineage columns, quoted.
     pub(super) columns: Vec<String>,
     pub(super) types: Vec<ColumnType>,
@@ -102,6 +105,7 @@ impl TableSql {
         TableSql {
             target: format!("{}.{}", quote(schema), quote(&spec.name)),
             stage: quote(&format!("weir_stage_{}", spec.name)),
+            copy_stage: quote(&format!("weir_copy_{}", spec.name)),
             columns,
             types,
             key: spec
@@ -125,6 +129,46 @@ impl TableSql {
 
     pub(super) fn create_stage(&self) -> String {
         format!("CREATE TEMP TABLE {} (LIKE {})", self.stage, self.target)
+    }
+
+    pub(super) fn create_copy_stage(&self) -> String {
+        format!(
+            "CREATE TEMP TABLE {} (LIKE {})",
+            self.copy_stage, self.target
+        )
+    }
+
+    /// From the copy stage into the stage, the latest row per key across the merged batches: the highest
+    /// version first (NULL lowest), then the later batch in merge order (`order`: batch id → ordinal). Each
+    /// worker's file holds one row per key already. Rows of batches missing from `order` are left out. Every
+    /// row takes the merge's load time (`$1`), as the INSERT fill gives it.
+    pub(super) fn rank_into_stage(&self, order: &str) -> String {
+        let loaded_at = LINEAGE_COLUMNS[3];
+        let batch = LINEAGE_COLUMNS[1];
+        let kept: Vec<&String> = self.columns.iter().filter(|c| *c != loaded_at).collect();
+        let inner: Vec<String> = kept.iter().map(|c| format!("c.{c}")).collect();
+        let outer: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+        let partition: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("c.{}", self.columns[*k]))
+            .collect();
+        let mut order_by = Vec::new();
+        if let Some(v) = self.version {
+            order_by.push(format!("c.{} DESC NULLS LAST", self.columns[v]));
+        }
+        order_by.push("o.ordinal DESC".to_string());
+        format!(
+            "INSERT INTO {stage} ({outer}, {loaded_at}) SELECT {outer}, CAST($1 AS TIMESTAMPTZ) FROM \
+             (SELECT {inner}, ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {order_by}) AS weir_rank \
+             FROM {copy} c JOIN {order} o ON c.{batch} = o.batch_id) ranked WHERE weir_rank = 1",
+            stage = self.stage,
+            outer = outer.join(", "),
+            inner = inner.join(", "),
+            partition = partition.join(", "),
+            order_by = order_by.join(", "),
+            copy = self.copy_stage,
+        )
     }
 
     pub(super) fn insert_stage(&self, rows: usize) -> String {
