@@ -6,7 +6,9 @@
 #
 #   scripts/bench-fleet.sh [RECORDS] [COMMIT_MS] [BATCH] [INTERVAL_MS]     defaults 20000 250 1000 2000
 # WEIR_BENCH_SECTIONS (default "files kinesis steady") picks the tables; WEIR_BENCH_MODES (default
-# "plain per-batch grouped") the commit modes of the files table. WEIR_BENCH_WORKER_CPUS (say 0.4) runs each
+# "plain per-batch grouped grouped-copy") the commit modes of the files table: `grouped-copy` is grouped commits
+# with the COPY stage fill, Redshift's `COPY` from S3 played by the example `redshift_copy_front` (a front for
+# PostgreSQL that reads the manifest and files from the local S3 server and inserts their rows). WEIR_BENCH_WORKER_CPUS (say 0.4) runs each
 # worker in a cgroup of its own limited to that share of one core, as if each had a small instance to itself:
 # on one machine the workers otherwise share its cores with the database, and the table reads the cores, not
 # the fleet (needs a writable cgroup cpu controller, v1 or v2; the database and coordinator are not limited).
@@ -22,8 +24,19 @@ sim="$root/../shared/redshift-sim/install.sql"
 
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh >/dev/null
-cargo build --release --locked -p weir --bin weir >&2
+cargo build --release --locked -p weir --bin weir --example redshift_copy_front >&2
 weir="$CARGO_TARGET_DIR/release/weir"
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test} AWS_REGION=${AWS_REGION:-us-east-1}
+# Redshift's COPY from S3, played in front of PostgreSQL (mode grouped-copy), with its bucket on the local S3 server.
+copy_bucket="weir-bench-copy-$$"
+front_pid=
+if [[ " ${WEIR_BENCH_MODES:-grouped-copy} " == *" grouped-copy "* ]]; then
+  curl -fsS -X PUT "$WEIR_AWS_ENDPOINT/$copy_bucket" >/dev/null
+  "$CARGO_TARGET_DIR/release/examples/redshift_copy_front" 127.0.0.1:5432 "$WEIR_AWS_ENDPOINT" > "$work/front" &
+  front_pid=$!
+  for _ in $(seq 1 50); do [ -s "$work/front" ] && break; sleep 0.1; done
+  front_addr=$(head -1 "$work/front")
+fi
 for w in 0 1 2 3; do python3 benches/gen_orders.py "$n" $((w * 1000000)) > "$work/orders-$w.jsonl"; done
 
 # Per-worker CPU limits (WEIR_BENCH_WORKER_CPUS): one cgroup per worker.
@@ -39,7 +52,7 @@ if [ -n "$cap" ]; then
     echo "bench-fleet: WEIR_BENCH_WORKER_CPUS needs a writable cgroup cpu controller" >&2; exit 1
   fi
 fi
-trap 'for g in "${cgroups[@]}"; do rmdir "$g" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+trap '[ -n "$front_pid" ] && kill "$front_pid"; for g in "${cgroups[@]}"; do rmdir "$g" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 # Runs a command in the background (its pid in $!), in a cgroup of its own when workers are limited.
 spawn() {
   if [ -z "$cap" ]; then
@@ -60,20 +73,29 @@ spawn() {
   (echo "$BASHPID" > "$g/cgroup.procs" && exec "$@") &
 }
 
+# WEIR_BENCH_LOG (say `warn,weir::group=debug`) logs the workers at that level and prints their merge rounds.
+log=${WEIR_BENCH_LOG:-warn}
 bench_db_prefix="weir_fleet_$$"
 # shellcheck source=scripts/bench-db.sh
 source scripts/bench-db.sh
 
 config() { # url input mode [coordinator-url]
-  local cfg="$work/weir-$RANDOM.toml"
+  local cfg="$work/weir-$RANDOM.toml" url=$1 fill=
+  if [ "$3" = grouped-copy ]; then
+    url=${url/@127.0.0.1:5432\//@$front_addr/}
+    fill="stage_fill = { kind = \"copy\", bucket = \"$copy_bucket\", iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }"
+  fi
   sed -e "s|^path = \"orders.jsonl\"|path = \"$2\"|" \
       -e "s|^dir = \"out/raw\"|dir = \"$work/raw-$RANDOM\"|" \
       -e "s|^plugin = .*|plugin = \"$root/plugins/dist/orders.wasm\"|" \
-      -e "s|^kind = \"sqlite\"|kind = \"redshift\"|" \
-      -e "s|^path = \"\${WEIR_QUICKSTART_DB:-out/weir.db}\"|url = \"$1?sslmode=disable\"|" \
+      -e "s|^kind = \"sqlite\"|kind = \"redshift\"\n$fill|" \
+      -e "s|^path = \"\${WEIR_QUICKSTART_DB:-out/weir.db}\"|url = \"$url?sslmode=disable\"|" \
       -e "s|^max_records = 4|max_records = $batch|" \
       examples/quickstart/weir.toml > "$cfg"
-  if [ "$3" != grouped ]; then
+  if [ "$3" = grouped-copy ]; then
+    printf '[aws]\nendpoint_url = "%s"\n' "$WEIR_AWS_ENDPOINT" >> "$cfg"
+  fi
+  if [ "${3%-copy}" != grouped ]; then
     printf '[sink.group_commit]\nenabled = false\n' >> "$cfg"
   else
     cat >> "$cfg" <<TOML
@@ -118,7 +140,7 @@ report() {
   secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
   rate=$(awk -v r="$records" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')
   base=${base:-$rate}
-  bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m == "grouped") printf "%.0f", s * 1000 / i + 5; else printf "-" }')
+  bound=$(awk -v s="$secs" -v i="$interval_ms" -v m="$mode" 'BEGIN { if (m ~ /^grouped/) printf "%.0f", s * 1000 / i + 5; else printf "-" }')
   awk -v d="$database" -v m="$mode" -v w="$workers" -v n="$records" -v s="$secs" -v r="$rate" -v b="$base" -v u="$busy" -v c="$commits" -v bd="$bound" \
     'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %.2f | %s | %s | %s |\n", d, m, w, n, s, r, r / b, u, c, bd }'
 }
@@ -130,7 +152,7 @@ printf '| database | commits | workers | records | seconds | records/s | × 1 wo
 printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 # "plain": per-batch commits on plain PostgreSQL (no redshift-sim), what this machine's cores allow when
 # commits are cheap: the ceiling the Redshift-like runs are read against.
-for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped}; do
+for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped grouped-copy}; do
   base=
   for workers in 1 2 4; do
     tag="${mode%%-*}$workers"
@@ -142,7 +164,7 @@ for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped}; do
     start=$(date +%s.%N)
     for ((w = 0; w < workers; w++)); do
       cfg=$(config "$url" "$work/orders-$w.jsonl" "$mode" "$coord")
-      WEIR_LOG=warn spawn "$weir" run -c "$cfg" > "$work/out-$w" 2>&1
+      WEIR_LOG=$log spawn "$weir" run -c "$cfg" > "$work/out-$w" 2>&1
       pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || { echo "a worker failed:" >&2; cat "$work"/out-* >&2; exit 1; }; done
@@ -153,6 +175,7 @@ for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped}; do
     else
       report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
     fi
+    [ -n "${WEIR_BENCH_LOG:-}" ] && grep -h "merge round" "$work"/out-* | sed 's/\x1b\[[0-9;]*m//g' >&2
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
@@ -200,7 +223,6 @@ create_stream() { # name shards (kinesalite accepts any signature)
   sleep 1
 }
 if section kinesis; then
-export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test} AWS_REGION=${AWS_REGION:-us-east-1}
 cat "$work"/orders-[0-3].jsonl > "$work/orders-all.jsonl"
 total=$((4 * n))
 echo
@@ -221,7 +243,7 @@ for mode in per-batch grouped; do
     start=$(date +%s.%N)
     for ((w = 0; w < workers; w++)); do
       cfg=$(kinesis_config "$url" "$stream" "w$w" "$mode" "$coord")
-      WEIR_LOG=warn spawn "$weir" run -c "$cfg" > "$work/kout-$w" 2>&1
+      WEIR_LOG=$log spawn "$weir" run -c "$cfg" > "$work/kout-$w" 2>&1
       pids+=($!)
     done
     records=0

@@ -104,17 +104,48 @@ async fn grouped_commits_leave_the_per_batch_state() {
 
 /// The database refuses one record's row (a CHECK constraint a DBA added to `orders`): the loader's merge
 /// fails on that batch, the guilty record is found and dead-lettered, and everything else merges — the same
-/// final tables, dead letters and ledger as per-batch commits under the same constraint.
-#[tokio::test]
+/// final tables, dead letters and ledger as per-batch commits under the same constraint. Also with the COPY
+/// stage fill on Redshift: the merge loaded from row files is done again with the staged rows themselves,
+/// which finds the record.
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_row_isolates_its_record_and_merges_the_rest() {
-    needs!("a_refused_row_isolates_its_record_and_merges_the_rest": Postgres, Plugins);
-    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    needs!("a_refused_row_isolates_its_record_and_merges_the_rest": Postgres, Aws, Plugins);
+    let (per_batch, grouped, copied) = (
+        TestDb::new().await,
+        TestDb::new().await,
+        TestDb::new().await,
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let input = std::fs::read(root().join("examples/quickstart/orders.jsonl")).unwrap();
-    for (db, dir, group) in [(&per_batch, &a, false), (&grouped, &b, true)] {
-        let cfg = config(dir.path(), &db.url, group);
+    let s3 = s3().await;
+    let bucket = unique("weir-refused");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let front = copy_front::CopyFront::start(&copied.host_port()).await;
+    let copy_config = |dir: &std::path::Path| {
+        let url = format!("{}?sslmode=disable", copied.url_via(&front.addr));
+        let cfg = config(dir, &url, false);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "kind = \"postgres\"",
+            &format!(
+                "kind = \"redshift\"\nstage_fill = {{ kind = \"copy\", bucket = \"{bucket}\", \
+                 iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }}"
+            ),
+        ) + &format!(
+            "\n[sink.group_commit]\ninterval_ms = 100\nlease_secs = 2\n[aws]\nendpoint_url = \"{}\"\n\
+             region = \"us-east-1\"\n",
+            aws_endpoint()
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let configs = [
+        (&per_batch, config(dirs[0].path(), &per_batch.url, false)),
+        (&grouped, config(dirs[1].path(), &grouped.url, true)),
+        (&copied, copy_config(dirs[2].path())),
+    ];
+    for ((db, cfg), dir) in configs.iter().zip(&dirs) {
         std::fs::write(dir.path().join("orders.jsonl"), "").unwrap();
-        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &AWS_TEST_ENV);
         assert!(out.status.success(), "{}", show(&out));
         db.client()
             .await
@@ -122,7 +153,7 @@ async fn a_refused_row_isolates_its_record_and_merges_the_rest() {
             .await
             .unwrap();
         std::fs::write(dir.path().join("orders.jsonl"), &input).unwrap();
-        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+        let out = weir(&["run", "-c", cfg.to_str().unwrap()], &AWS_TEST_ENV);
         assert!(out.status.success(), "{}", show(&out));
     }
     let want = state(&per_batch).await;
@@ -133,13 +164,16 @@ async fn a_refused_row_isolates_its_record_and_merges_the_rest() {
         "the per-batch run dead-letters the refused order: {:?}",
         want[2]
     );
-    assert_eq!(state(&grouped).await, want);
-    assert_eq!(
-        grouped
-            .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
-            .await,
-        vec![vec!["merged".to_string(), "5".to_string()]]
-    );
+    for db in [&grouped, &copied] {
+        assert_eq!(state(db).await, want);
+        assert_eq!(
+            db.rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+                .await,
+            vec![vec!["merged".to_string(), "5".to_string()]]
+        );
+    }
+    assert!(front.copies() > 0, "the COPY was tried first");
+    assert_eq!(keys(&s3, &bucket).await, Vec::<String>::new());
 }
 
 /// A worker killed at each step of the protocol — after staging a batch (before registering it), after

@@ -172,3 +172,41 @@ pub fn error_message(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Deletes `keys` from `bucket` with `DeleteObjects`, a thousand a call (missing keys are no error). Returns the
+/// first failure: a call that failed, or a key S3 could not delete.
+#[cfg(feature = "s3")]
+pub async fn delete_objects(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    keys: &[String],
+) -> Result<(), String> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    for chunk in keys.chunks(1000) {
+        let objects = chunk
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let out = client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&e))?;
+        if let Some(e) = out.errors().first() {
+            return Err(format!(
+                "{}: {}",
+                e.key().unwrap_or_default(),
+                e.message().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -2,10 +2,12 @@
 //! S3: a PostgreSQL wire-protocol front that forwards every message unchanged, except a simple query that is a
 //! `COPY table (columns) FROM 's3://bucket/key.manifest' … FORMAT AS JSON 'auto' GZIP MANIFEST …` statement.
 //! That one it carries out as Redshift would, against the local S3 server: it reads the manifest, reads every
-//! listed gzip JSON-lines file (a missing mandatory file fails the statement), and sends the server, in the
-//! same session and transaction, an `INSERT … SELECT … FROM json_populate_recordset(…)` of those lines, whose
-//! keys are matched to the listed columns by name. Only the test double uses PostgreSQL-only SQL; what weir
-//! sends is Redshift's `COPY`.
+//! listed gzip JSON-lines file (a missing mandatory file fails the statement), matches each line's keys to the
+//! listed columns by name (a missing key is NULL, a nested object or array its JSON text), and loads the rows
+//! in the same session and transaction with PostgreSQL's own bulk load, `COPY … FROM STDIN`, answering the
+//! client as Redshift would (the server's CopyInResponse is swallowed). Only the test double uses
+//! PostgreSQL-only SQL; what weir sends is Redshift's `COPY`. Used by the black-box tests (`tests/common`) and, as the example
+//! `redshift_copy_front`, by the fleet benchmark (scripts/bench-fleet.sh).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,15 +23,11 @@ pub struct CopyFront {
 }
 
 impl CopyFront {
-    /// A front for the PostgreSQL server at `target` (`host:port`), reading S3 at the AWS test server.
-    pub async fn start(target: &str) -> CopyFront {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A front on `listen` (`127.0.0.1:0`: any free port) for the PostgreSQL server at `target` (`host:port`),
+    /// reading S3 through `s3`.
+    pub async fn start_with(listen: &str, target: &str, s3: aws_sdk_s3::Client) -> CopyFront {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&super::aws_sdk().await)
-                .force_path_style(true)
-                .build(),
-        );
         let copies = Arc::new(AtomicUsize::new(0));
         let files = Arc::new(AtomicUsize::new(0));
         let (target, counted, read) = (target.to_string(), copies.clone(), files.clone());
@@ -69,6 +67,9 @@ async fn serve(
     files: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut server = tokio::net::TcpStream::connect(target).await?;
+    // Small messages go at once (without it each extended-protocol message waits out Nagle's delay).
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
     loop {
         let len = client.read_i32().await?;
         let mut body = vec![0u8; (len as usize).saturating_sub(4)];
@@ -87,48 +88,108 @@ async fn serve(
     }
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let down = async move { tokio::io::copy(&mut sr, &mut cw).await.map(|_| ()) };
-    let up = forward_up(&mut cr, &mut sw, s3, copies, files);
+    let swallow = AtomicUsize::new(0);
+    let down = forward_down(&mut sr, &mut cw, &swallow);
+    let up = forward_up(&mut cr, &mut sw, s3, (copies, files), &swallow);
     tokio::select! {
         r = up => r,
         r = down => r,
     }
 }
 
-/// Client to server: every message as it came, a COPY from S3 replaced by its INSERT.
+/// Reads one message: its tag and body.
+async fn read_message(r: &mut tokio::net::tcp::OwnedReadHalf) -> std::io::Result<(u8, Vec<u8>)> {
+    let tag = r.read_u8().await?;
+    let len = r.read_i32().await?;
+    let mut body = vec![0u8; (len as usize).saturating_sub(4)];
+    r.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// One message as bytes on the wire.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 5);
+    m.push(tag);
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Server to client: every message, but the CopyInResponse of a COPY the front started itself.
+async fn forward_down(
+    sr: &mut tokio::net::tcp::OwnedReadHalf,
+    cw: &mut tokio::net::tcp::OwnedWriteHalf,
+    swallow: &AtomicUsize,
+) -> std::io::Result<()> {
+    loop {
+        let (tag, body) = read_message(sr).await?;
+        if tag == b'G'
+            && swallow
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            continue;
+        }
+        cw.write_all(&message(tag, &body)).await?;
+    }
+}
+
+/// Client to server: every message as it came, a COPY from S3 replaced by a COPY from STDIN and its rows.
 async fn forward_up(
     cr: &mut tokio::net::tcp::OwnedReadHalf,
     sw: &mut tokio::net::tcp::OwnedWriteHalf,
     s3: &aws_sdk_s3::Client,
-    copies: &AtomicUsize,
-    files: &AtomicUsize,
+    (copies, files): (&AtomicUsize, &AtomicUsize),
+    swallow: &AtomicUsize,
 ) -> std::io::Result<()> {
     loop {
-        let tag = cr.read_u8().await?;
-        let len = cr.read_i32().await?;
-        let mut body = vec![0u8; (len as usize).saturating_sub(4)];
-        cr.read_exact(&mut body).await?;
-        if tag == b'Q' {
-            let text = String::from_utf8_lossy(&body[..body.len().saturating_sub(1)]).to_string();
-            if let Some(copy) = parse_copy(&text) {
-                let statement = match load(s3, &copy).await {
-                    Ok((lines, n)) => {
-                        copies.fetch_add(1, Ordering::SeqCst);
-                        files.fetch_add(n, Ordering::SeqCst);
-                        insert_statement(&copy, &lines)
+        let (tag, body) = read_message(cr).await?;
+        let copy = (tag == b'Q')
+            .then(|| {
+                parse_copy(&String::from_utf8_lossy(
+                    &body[..body.len().saturating_sub(1)],
+                ))
+            })
+            .flatten();
+        let Some(copy) = copy else {
+            sw.write_all(&message(tag, &body)).await?;
+            continue;
+        };
+        match load(s3, &copy).await {
+            Ok((lines, n)) => {
+                copies.fetch_add(1, Ordering::SeqCst);
+                files.fetch_add(n, Ordering::SeqCst);
+                let mut query =
+                    format!("COPY {} ({}) FROM STDIN", copy.table, copy.columns).into_bytes();
+                query.push(0);
+                swallow.fetch_add(1, Ordering::SeqCst);
+                let mut out = message(b'Q', &query);
+                match copy_text(&copy, &lines) {
+                    Ok(rows) => {
+                        for chunk in rows.chunks(1 << 16) {
+                            out.extend_from_slice(&message(b'd', chunk));
+                        }
+                        out.extend_from_slice(&message(b'c', &[]));
                     }
-                    Err(e) => format!(
-                        "DO $$ BEGIN RAISE EXCEPTION '{}'; END $$",
-                        e.replace('\'', "''").replace('$', "")
-                    ),
-                };
-                body = statement.into_bytes();
-                body.push(0);
+                    // A line that is not a JSON object fails the COPY, as Redshift's would.
+                    Err(e) => {
+                        let mut reason = e.into_bytes();
+                        reason.push(0);
+                        out.extend_from_slice(&message(b'f', &reason));
+                    }
+                }
+                sw.write_all(&out).await?;
+            }
+            Err(e) => {
+                let mut query = format!(
+                    "DO $$ BEGIN RAISE EXCEPTION '{}'; END $$",
+                    e.replace('\'', "''").replace('$', "")
+                )
+                .into_bytes();
+                query.push(0);
+                sw.write_all(&message(b'Q', &query)).await?;
             }
         }
-        sw.write_u8(tag).await?;
-        sw.write_i32(body.len() as i32 + 4).await?;
-        sw.write_all(&body).await?;
     }
 }
 
@@ -226,14 +287,48 @@ async fn get(s3: &aws_sdk_s3::Client, url: &str) -> Result<Vec<u8>, String> {
         .to_vec())
 }
 
-/// The statement PostgreSQL runs for the COPY: the lines as one JSON array, their keys matched to the
-/// listed columns by name.
-fn insert_statement(copy: &CopyStatement, lines: &[String]) -> String {
-    let array = format!("[{}]", lines.join(","));
-    format!(
-        "INSERT INTO {t} ({c}) SELECT {c} FROM json_populate_recordset(NULL::{t}, '{}')",
-        array.replace('\'', "''"),
-        t = copy.table,
-        c = copy.columns,
-    )
+/// The rows in PostgreSQL's COPY text format: per line, the listed columns' values by name (a missing key or
+/// null is `\N`, a string its text, a nested object or array its JSON text), tab-separated and escaped.
+fn copy_text(copy: &CopyStatement, lines: &[String]) -> Result<Vec<u8>, String> {
+    let columns: Vec<String> = copy
+        .columns
+        .split(", ")
+        .map(|c| c.trim_matches('"').to_string())
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        // Values as written (a string's escapes resolved); nothing else is parsed or copied.
+        let row: std::collections::HashMap<
+            std::borrow::Cow<'_, str>,
+            &serde_json::value::RawValue,
+        > = serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        for (i, column) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            let raw = match row.get(column.as_str()) {
+                Some(raw) if raw.get() != "null" => raw.get(),
+                _ => {
+                    out.push_str("\\N");
+                    continue;
+                }
+            };
+            let text: std::borrow::Cow<'_, str> = if raw.starts_with('"') {
+                serde_json::from_str(raw).map_err(|e| format!("bad string: {e}"))?
+            } else {
+                raw.into()
+            };
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c => out.push(c),
+                }
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }

@@ -1140,3 +1140,15 @@ macro_rules! needs {
     };
 }
 pub mod copy_front;
+
+impl copy_front::CopyFront {
+    /// A front for the PostgreSQL server at `target` (`host:port`), reading S3 at the AWS test server.
+    pub async fn start(target: &str) -> copy_front::CopyFront {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&aws_sdk().await)
+                .force_path_style(true)
+                .build(),
+        );
+        copy_front::CopyFront::start_with("127.0.0.1:0", target, s3).await
+    }
+}

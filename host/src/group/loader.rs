@@ -60,6 +60,12 @@ pub struct Round {
     pub refused: usize,
     /// Whether a newer loader fenced this one off.
     pub fenced: bool,
+    /// Time spent reading the registry and the staged objects.
+    pub read: Duration,
+    /// Time spent in the warehouse transaction (retries included).
+    pub merge: Duration,
+    /// Time spent writing the fates and removing what served.
+    pub settle: Duration,
 }
 
 impl Loader {
@@ -118,6 +124,9 @@ impl Loader {
                             merged = r.merged,
                             refused = r.refused,
                             fenced = r.fenced,
+                            read_ms = r.read.as_millis() as u64,
+                            merge_ms = r.merge.as_millis() as u64,
+                            settle_ms = r.settle.as_millis() as u64,
                             "merge round"
                         )
                     }
@@ -222,6 +231,7 @@ impl Loader {
         committed: &mut (dyn FnMut() + Send),
     ) -> Result<Round, SinkError> {
         let retry = &self.retry;
+        let began = std::time::Instant::now();
         let pending = retrying(retry, "registry read", || {
             self.registry.pending(self.options.max_batches)
         })
@@ -236,7 +246,9 @@ impl Loader {
             bytes += entry.bytes.max(0) as u64;
             selected.push(entry);
         }
-        let reads = self.read_staged(&selected).await?;
+        // With row files the merge never needs the rows' cells, unless a value is refused (then read again).
+        let header_only = self.warehouse.loads_row_files();
+        let reads = self.read_staged(&selected, !header_only).await?;
         let mut fates: Vec<(String, Fate)> = Vec::new();
         let mut chosen: Vec<(Registration, StagedBatch)> = Vec::new();
         for (entry, read) in selected.into_iter().zip(reads) {
@@ -254,7 +266,16 @@ impl Loader {
                 }
             }
         }
-        let mut round = Round::default();
+        let mut round = Round {
+            read: began.elapsed(),
+            ..Round::default()
+        };
+        let merging = std::time::Instant::now();
+        if header_only && chosen.iter().any(|(_, s)| s.row_files().is_empty()) {
+            // A batch staged without row files (before the COPY fill was configured): this merge sends every
+            // batch's rows itself.
+            self.read_cells(&mut chosen).await?;
+        }
         if !chosen.is_empty() {
             let attempt = MERGE_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             crate::crash::pause_before("merge", attempt).await;
@@ -276,6 +297,8 @@ impl Loader {
                 }
             }
         }
+        round.merge = merging.elapsed();
+        let settling = std::time::Instant::now();
         round.merged = fates.iter().filter(|f| f.1 == Fate::Merged).count();
         round.refused = fates.iter().filter(|f| f.1 == Fate::Refused).count();
         if !fates.is_empty() {
@@ -286,18 +309,20 @@ impl Loader {
             // a lifecycle rule removes stragglers.
             let decided: std::collections::HashSet<&str> =
                 fates.iter().map(|(id, _)| id.as_str()).collect();
-            let mut row_files = Vec::new();
+            let (mut keys, mut row_files) = (Vec::new(), Vec::new());
             for (entry, staged) in chosen
                 .iter()
                 .filter(|(e, _)| decided.contains(e.batch_id.as_str()))
             {
-                if let Err(e) = self.staging.delete(&entry.key).await {
-                    tracing::debug!(error = %e, key = %entry.key, "staged object not deleted");
-                }
+                keys.push(entry.key.clone());
                 row_files.extend(staged.row_files().iter().flatten().cloned());
+            }
+            if let Err(e) = self.staging.delete_many(&keys).await {
+                tracing::debug!(error = %e, "staged objects not deleted");
             }
             self.warehouse.drop_rows(&row_files).await;
         }
+        round.settle = settling.elapsed();
         Ok(round)
     }
 
@@ -306,6 +331,7 @@ impl Loader {
     async fn read_staged(
         &self,
         entries: &[Registration],
+        cells: bool,
     ) -> Result<Vec<Option<Result<StagedBatch, String>>>, SinkError> {
         const READS_AT_ONCE: usize = 16;
         let mut out = Vec::with_capacity(entries.len());
@@ -318,7 +344,8 @@ impl Loader {
                     let read = retrying(&retry, "staging read", || staging.get(&key))
                         .await
                         .map_err(|(_, e)| e)?;
-                    Ok::<_, SinkError>((i, read.map(|b| StagedBatch::from_bytes(&b, tables))))
+                    let staged = read.map(|b| StagedBatch::from_bytes(&b, tables, cells));
+                    Ok::<_, SinkError>((i, staged))
                 });
             }
             let mut done = Vec::with_capacity(wave.len());
@@ -329,6 +356,29 @@ impl Loader {
             out.extend(done.into_iter().map(|(_, read)| read));
         }
         Ok(out)
+    }
+
+    /// Reads the chosen batches again with their rows' cells, for a merge that sends the rows itself.
+    async fn read_cells(
+        &self,
+        chosen: &mut [(Registration, StagedBatch)],
+    ) -> Result<(), SinkError> {
+        let entries: Vec<Registration> = chosen.iter().map(|(e, _)| e.clone()).collect();
+        for ((entry, staged), read) in chosen
+            .iter_mut()
+            .zip(self.read_staged(&entries, true).await?)
+        {
+            match read {
+                Some(Ok(full)) if full.id() == entry.batch_id => *staged = full,
+                _ => {
+                    return Err(SinkError::Transient(format!(
+                        "staged batch {} could not be read again",
+                        entry.batch_id
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The warehouse transaction, retried; records the database refuses become dead letters (stage `sink`)
@@ -360,6 +410,11 @@ impl Loader {
             match result.map_err(|(_, e)| e)? {
                 GroupOutcome::Decided(fates) => return Ok(Some(fates)),
                 GroupOutcome::Fenced => return Ok(None),
+                GroupOutcome::NeedsRows(_) => {
+                    drop(loads);
+                    self.read_cells(chosen).await?;
+                    isolated = true;
+                }
                 GroupOutcome::Refused(refused) => {
                     drop(loads);
                     isolated = true;

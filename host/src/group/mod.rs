@@ -11,7 +11,7 @@
 pub mod loader;
 pub mod staging;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::Batch;
 use crate::rules::SourceRecord;
 use crate::rules::validate::RecordOutcome;
-use crate::schema::TableSpec;
+use crate::schema::{Cell, TableSpec};
 use crate::sink::Load;
 
 pub use crate::sink::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
@@ -156,22 +156,37 @@ impl StagedBatch {
         }
     }
 
-    /// Gzip JSON.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).expect("a staged batch serializes");
+    /// Gzip JSON in two parts, so that a loader that bulk-loads the rows from their row files parses only the
+    /// first: the batch with its rows' cells left out, then the cells (per record, per row).
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        let mut cells: Vec<Vec<Vec<Cell>>> = Vec::with_capacity(self.outcomes.len());
+        for outcome in &mut self.outcomes {
+            cells.push(match outcome {
+                RecordOutcome::Emit(rows) => rows
+                    .iter_mut()
+                    .map(|r| std::mem::take(&mut r.cells))
+                    .collect(),
+                _ => Vec::new(),
+            });
+        }
+        let mut json = serde_json::to_vec(&self).expect("a staged batch serializes");
+        json.push(b'\n');
+        serde_json::to_writer(&mut json, &cells).expect("cells serialize");
+        // One write: the compressor works per write call.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&json).expect("writing to memory");
         gz.finish().expect("writing to memory")
     }
 
-    /// From gzip JSON; `tables` bounds the table indexes of its rows.
-    pub fn from_bytes(bytes: &[u8], tables: usize) -> Result<StagedBatch, String> {
+    /// From gzip JSON; `tables` bounds the table indexes of its rows. With `cells` false, a batch that has row
+    /// files comes back without its rows' cells (they are not parsed): the merge loads them from the files. (An object of the earlier one-part form holds its cells in the batch itself.)
+    pub fn from_bytes(bytes: &[u8], tables: usize, cells: bool) -> Result<StagedBatch, String> {
         let mut json = Vec::new();
-        flate2::read::GzDecoder::new(bytes)
-            .read_to_end(&mut json)
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut json)
             .map_err(|e| format!("not gzip: {e}"))?;
-        let staged: StagedBatch =
-            serde_json::from_slice(&json).map_err(|e| format!("not a staged batch: {e}"))?;
+        let mut parts = serde_json::Deserializer::from_slice(&json);
+        let mut staged =
+            StagedBatch::deserialize(&mut parts).map_err(|e| format!("not a staged batch: {e}"))?;
         if staged.records.len() != staged.outcomes.len()
             || staged.raw_refs.len() != staged.outcomes.len()
         {
@@ -187,7 +202,33 @@ impl StagedBatch {
         if !staged.row_files.is_empty() && staged.row_files.len() != tables {
             return Err("row files and declared tables differ in number".into());
         }
+        // The one-part form ends here: its cells are in the batch.
+        if (cells || staged.row_files.is_empty()) && parts.end().is_err() {
+            let all = Vec::<Vec<Vec<Cell>>>::deserialize(&mut parts)
+                .map_err(|e| format!("cells: {e}"))?;
+            staged.put_cells(all)?;
+        }
         Ok(staged)
+    }
+
+    /// Puts the cells of the second part back into the rows.
+    fn put_cells(&mut self, all: Vec<Vec<Vec<Cell>>>) -> Result<(), String> {
+        if all.len() != self.outcomes.len() {
+            return Err("cells and outcomes differ in number".into());
+        }
+        for (outcome, cells) in self.outcomes.iter_mut().zip(all) {
+            match outcome {
+                RecordOutcome::Emit(rows) if rows.len() == cells.len() => {
+                    for (row, c) in rows.iter_mut().zip(cells) {
+                        row.cells = c;
+                    }
+                }
+                RecordOutcome::Emit(_) => return Err("cells and rows differ in number".into()),
+                _ if cells.is_empty() => {}
+                _ => return Err("cells for a record without rows".into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -277,7 +318,8 @@ mod tests {
             rule_digest: "d",
             loaded_at_us: 7,
         };
-        let staged = StagedBatch::from_bytes(&StagedBatch::of(&load).to_bytes(), 1).unwrap();
+        let staged =
+            StagedBatch::from_bytes(&StagedBatch::of(&load).into_bytes(), 1, false).unwrap();
         let again = staged.batch();
         let back = staged.load(&again, &[]);
         assert_eq!(back.outcomes, load.outcomes);
@@ -296,8 +338,24 @@ mod tests {
             again.records[0].payload.is_empty(),
             "only rejects keep payload"
         );
-        assert!(StagedBatch::from_bytes(&StagedBatch::of(&load).to_bytes(), 0).is_err());
-        assert!(StagedBatch::from_bytes(b"nope", 1).is_err());
+        assert!(StagedBatch::from_bytes(&StagedBatch::of(&load).into_bytes(), 0, true).is_err());
+        assert!(StagedBatch::from_bytes(b"nope", 1, true).is_err());
+        // With row files, the cells stay behind unless asked for.
+        let with_files = StagedBatch::of(&load).with_row_files(vec![Some("s3://b/k".into())]);
+        let bytes = with_files.clone().into_bytes();
+        let header = StagedBatch::from_bytes(&bytes, 1, false).unwrap();
+        let RecordOutcome::Emit(rows) = &header.outcomes[0] else {
+            panic!("emit")
+        };
+        assert_eq!((rows.len(), rows[0].table, rows[0].cells.len()), (1, 0, 0));
+        assert_eq!(header.row_files(), with_files.row_files());
+        let full = StagedBatch::from_bytes(&bytes, 1, true).unwrap();
+        assert_eq!(full.outcomes, load.outcomes.to_vec());
+        // An object of the one-part form (written before the cells had a part of their own) still reads.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        serde_json::to_writer(&mut gz, &StagedBatch::of(&load)).unwrap();
+        let old = StagedBatch::from_bytes(&gz.finish().unwrap(), 1, false).unwrap();
+        assert_eq!(old.outcomes, load.outcomes.to_vec());
         assert_eq!(staged_key(&batch.id), staged_key("file/in/1-3"));
         assert_ne!(staged_key(&batch.id), staged_key("file/in/1-4"));
     }

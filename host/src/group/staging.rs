@@ -15,6 +15,13 @@ pub trait Staging: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError>;
     /// Removes `key` (nothing happens when it is missing).
     async fn delete(&self, key: &str) -> Result<(), SinkError>;
+    /// Removes every key (best effort; default one by one).
+    async fn delete_many(&self, keys: &[String]) -> Result<(), SinkError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
     /// Where staged objects go, for people.
     fn describe(&self) -> String;
 }
@@ -172,6 +179,16 @@ impl Staging for S3Staging {
                     self.bucket,
                     crate::aws::sdk_error(&e)
                 ))
+            })
+    }
+
+    /// `DeleteObjects`, a thousand keys a call.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), SinkError> {
+        let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        crate::aws::delete_objects(&self.client, &self.bucket, &full)
+            .await
+            .map_err(|e| {
+                SinkError::Transient(format!("staging delete in s3://{}: {e}", self.bucket))
             })
     }
 

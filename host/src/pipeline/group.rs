@@ -160,7 +160,9 @@ async fn stage(
         .instrument(span.clone())
         .await
         .map_err(failed)?;
-    let bytes = StagedBatch::of(&load).with_row_files(row_files).to_bytes();
+    let bytes = StagedBatch::of(&load)
+        .with_row_files(row_files)
+        .into_bytes();
     let entry = Registration {
         batch_id: p.batch.id.clone(),
         source: p.batch.source.clone(),

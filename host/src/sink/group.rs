@@ -129,6 +129,9 @@ pub enum GroupOutcome {
     Fenced,
     /// The database refused these records' rows, as `(load, record, reason)` by index: nothing was written.
     Refused(Vec<(usize, usize, String)>),
+    /// The database refused a value among rows bulk-loaded from row files: nothing was written. Merge again
+    /// with the rows themselves (without row files), which finds the records one by one.
+    NeedsRows(String),
 }
 
 /// The loader's warehouse transaction over many batches.
@@ -143,6 +146,12 @@ pub trait GroupWarehouse: Send + Sync {
         row_files: &[&[Option<String>]],
         epoch: i64,
     ) -> Result<GroupOutcome, SinkError>;
+
+    /// Whether merges load rows from the files [`GroupWarehouse::stage_rows`] writes: the loader then reads
+    /// staged batches without their rows' cells. Default false.
+    fn loads_row_files(&self) -> bool {
+        false
+    }
 
     /// Run by the worker that stages a batch (step W4): writes the batch's rows where the warehouse's bulk load
     /// reads them (Redshift's `COPY` from S3), per table a file URL or `None` (no rows). Default: nothing; the

@@ -61,8 +61,8 @@ impl RedshiftSink {
             }
             self.merge_stage(&tx, &sqls[t]).await?;
         }
-        write_dead_letters(&tx, &self.schema, load, &loaded_at).await?;
-        write_ledger(&tx, &self.schema, load, &loaded_at).await?;
+        write_dead_letters(&tx, &self.schema, &[load], &loaded_at).await?;
+        write_ledgers(&tx, &self.schema, &[load], &loaded_at).await?;
         // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
         self.in_doubt.sending(&batch.id);
         tx.commit().await.map_err(classify)?;
@@ -187,32 +187,46 @@ pub(super) async fn move_checkpoint(
         loaded_at,
     )
     .await?;
-    if moved && let Some(fingerprint) = &batch.fingerprint {
-        // The input fingerprint goes with the partition's first checkpoint of a run (see `Batch::fingerprint`);
-        // the checkpoint's compare-and-set already decided that this transaction owns the partition.
-        let row = crate::source::fingerprint_partition(&batch.partition);
-        let s = quote(schema);
-        let params: [(&(dyn ToSql + Sync), Type); 4] = [
-            (fingerprint, Type::VARCHAR),
-            (&loaded_at, Type::VARCHAR),
-            (&batch.source, Type::VARCHAR),
-            (&row, Type::VARCHAR),
-        ];
-        let updated = tx
-            .execute_typed(
-                traced(&format!(
-                    "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
-                     WHERE source = $3 AND \"partition\" = $4"
-                )),
-                &params,
-            )
-            .await
-            .map_err(classify)?;
-        if updated == 0 {
-            insert_checkpoint(tx, schema, &params).await?;
-        }
+    if moved {
+        record_fingerprint(tx, schema, batch, loaded_at).await?;
     }
     Ok(moved)
+}
+
+/// Records the batch's input fingerprint, if it carries one, beside its partition's checkpoint. It goes with
+/// the partition's first checkpoint of a run (see `Batch::fingerprint`); the checkpoint's compare-and-set has
+/// already decided that this transaction owns the partition.
+pub(super) async fn record_fingerprint(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    batch: &crate::record::Batch,
+    loaded_at: &str,
+) -> Result<(), SinkError> {
+    let Some(fingerprint) = &batch.fingerprint else {
+        return Ok(());
+    };
+    let row = crate::source::fingerprint_partition(&batch.partition);
+    let s = quote(schema);
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (fingerprint, Type::VARCHAR),
+        (&loaded_at, Type::VARCHAR),
+        (&batch.source, Type::VARCHAR),
+        (&row, Type::VARCHAR),
+    ];
+    let updated = tx
+        .execute_typed(
+            traced(&format!(
+                "UPDATE {s}.weir_checkpoints SET position = $1, updated_at = CAST($2 AS TIMESTAMPTZ) \
+                 WHERE source = $3 AND \"partition\" = $4"
+            )),
+            &params,
+        )
+        .await
+        .map_err(classify)?;
+    if updated == 0 {
+        insert_checkpoint(tx, schema, &params).await?;
+    }
+    Ok(())
 }
 
 /// The compare-and-set of one checkpoint row, `expected` → `new`. A partition without a row has the empty
@@ -348,90 +362,6 @@ async fn copy_into_stage(
             .await
             .map_err(classify)?;
     }
-    Ok(())
-}
-
-/// One dead letter per rejected record (replacing an earlier one for the same record).
-pub(super) async fn write_dead_letters(
-    tx: &tokio_postgres::Transaction<'_>,
-    schema: &str,
-    load: &Load<'_>,
-    loaded_at: &str,
-) -> Result<(), SinkError> {
-    let s = quote(schema);
-    let batch = load.batch;
-    for ((record, outcome), raw_ref) in batch.records.iter().zip(load.outcomes).zip(load.raw_refs) {
-        let RecordOutcome::Reject(stage, reason) = outcome else {
-            continue;
-        };
-        let preview = payload_preview(&record.payload);
-        let reason = clean_text(reason, 65_535);
-        tx.query_typed(
-            traced(&format!(
-                "DELETE FROM {s}.weir_dead_letters WHERE record_id = $1"
-            )),
-            &[(&record.id, Type::VARCHAR)],
-        )
-        .await
-        .map_err(classify_conflict)?;
-        tx.query_typed(
-            traced(&format!(
-                "INSERT INTO {s}.weir_dead_letters (record_id, batch_id, raw_ref, stage, reason, payload_preview, at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ))"
-            )),
-            &[
-                (&record.id, Type::VARCHAR),
-                (&batch.id, Type::VARCHAR),
-                (raw_ref, Type::VARCHAR),
-                (&stage.as_str(), Type::VARCHAR),
-                (&reason, Type::VARCHAR),
-                (&preview, Type::VARCHAR),
-                (&loaded_at, Type::VARCHAR),
-            ],
-        )
-        .await
-        .map_err(classify_conflict)?;
-    }
-    Ok(())
-}
-
-/// The batch's ledger row: its positions, RAW object, rule and counts.
-pub(super) async fn write_ledger(
-    tx: &tokio_postgres::Transaction<'_>,
-    schema: &str,
-    load: &Load<'_>,
-    loaded_at: &str,
-) -> Result<(), SinkError> {
-    let s = quote(schema);
-    let batch = load.batch;
-    let c = load.counts();
-    let drop_reasons = c.drop_reasons_json();
-    let n = |v: usize| v as i64;
-    tx.query_typed(
-        traced(&format!(
-            "INSERT INTO {s}.weir_batches (batch_id, source, \"partition\", first_position, last_position, raw_ref, \
-             rule_digest, records_in, emitted, dropped, rejected, rows_out, drop_reasons, loaded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CAST($14 AS TIMESTAMPTZ))"
-        )),
-        &[
-            (&batch.id, Type::VARCHAR),
-            (&batch.source, Type::VARCHAR),
-            (&batch.partition, Type::VARCHAR),
-            (&batch.first_position(), Type::VARCHAR),
-            (&batch.last_position(), Type::VARCHAR),
-            (&load.raw_object(), Type::VARCHAR),
-            (&load.rule_digest, Type::VARCHAR),
-            (&n(c.records_in), Type::INT8),
-            (&n(c.emitted), Type::INT8),
-            (&n(c.dropped), Type::INT8),
-            (&n(c.rejected), Type::INT8),
-            (&n(c.rows_out), Type::INT8),
-            (&drop_reasons, Type::VARCHAR),
-            (&loaded_at, Type::VARCHAR),
-        ],
-    )
-    .await
-    .map_err(classify_conflict)?;
     Ok(())
 }
 

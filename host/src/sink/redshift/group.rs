@@ -152,10 +152,8 @@ impl RedshiftSink {
                 self.merge_stage(&tx, &sqls[t]).await?;
             }
         }
-        for load in &accepted {
-            write_dead_letters(&tx, &self.schema, load, &loaded_at).await?;
-            write_ledger(&tx, &self.schema, load, &loaded_at).await?;
-        }
+        write_dead_letters(&tx, &self.schema, &accepted, &loaded_at).await?;
+        write_ledgers(&tx, &self.schema, &accepted, &loaded_at).await?;
         tx.commit().await.map_err(classify)?;
         Ok(Some(fates.into_iter().map(|f| f.0).collect()))
     }
@@ -190,27 +188,78 @@ impl RedshiftSink {
                 .map_err(classify)?;
             in_ledger.extend(rows.iter().map(|r| r.get::<_, String>(0)));
         }
-        let mut fates = Vec::with_capacity(loads.len());
-        for load in loads {
+        let mut fates: Vec<Option<(Fate, bool)>> = vec![None; loads.len()];
+        // Per partition, its ordered batches still to decide, in registration order.
+        let mut chains: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+        for (i, load) in loads.iter().enumerate() {
             let b = load.batch;
             if in_ledger.contains(&b.id) {
-                fates.push((Fate::Merged, false));
-                continue;
-            }
-            if !b.ordered {
+                fates[i] = Some((Fate::Merged, false));
+            } else if !b.ordered {
                 in_ledger.insert(b.id.clone()); // a batch registered twice merges once
-                fates.push((Fate::Merged, true));
-                continue;
-            }
-            let moved = move_checkpoint(tx, &self.schema, !self.redshift, b, loaded_at).await?;
-            fates.push(if moved {
-                in_ledger.insert(b.id.clone());
-                (Fate::Merged, true)
+                fates[i] = Some((Fate::Merged, true));
             } else {
-                (Fate::Refused, false)
-            });
+                let key = (b.source.as_str(), b.partition.as_str());
+                match chains.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, chain)) => chain.push(i),
+                    None => chains.push((key, vec![i])),
+                }
+            }
         }
-        Ok(fates)
+        for (_, chain) in chains {
+            for (i, accepted) in self.decide_chain(tx, loads, &chain, loaded_at).await? {
+                fates[i] = Some(if accepted {
+                    (Fate::Merged, true)
+                } else {
+                    (Fate::Refused, false)
+                });
+            }
+        }
+        Ok(fates
+            .into_iter()
+            .map(|f| f.expect("every load decided"))
+            .collect())
+    }
+
+    /// The fates of one partition's batches (`chain`, indexes into `loads` in registration order): when they
+    /// follow each other (each one's previous position is the last one's last), one compare-and-set moves the
+    /// checkpoint over all of them — one statement per partition instead of one per batch; otherwise, or when
+    /// it does not move, each batch's own compare-and-set in order decides it, as per-batch commits would.
+    async fn decide_chain(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        loads: &[Load<'_>],
+        chain: &[usize],
+        loaded_at: &str,
+    ) -> Result<Vec<(usize, bool)>, SinkError> {
+        let batches: Vec<&crate::record::Batch> = chain.iter().map(|i| loads[*i].batch).collect();
+        let follows = batches
+            .windows(2)
+            .all(|w| w[1].prev_position == w[0].last_position());
+        if follows && batches.len() > 1 {
+            let (first, last) = (batches[0], batches[batches.len() - 1]);
+            let moved = compare_and_set(
+                tx,
+                (&self.schema, !self.redshift),
+                (&first.source, &first.partition),
+                &first.prev_position,
+                last.last_position(),
+                loaded_at,
+            )
+            .await?;
+            if moved {
+                if let Some(b) = batches.iter().rev().find(|b| b.fingerprint.is_some()) {
+                    record_fingerprint(tx, &self.schema, b, loaded_at).await?;
+                }
+                return Ok(chain.iter().map(|i| (*i, true)).collect());
+            }
+        }
+        let mut decided = Vec::with_capacity(chain.len());
+        for (i, b) in chain.iter().zip(batches) {
+            let moved = move_checkpoint(tx, &self.schema, !self.redshift, b, loaded_at).await?;
+            decided.push((*i, moved));
+        }
+        Ok(decided)
     }
 }
 
@@ -223,6 +272,10 @@ impl GroupWarehouse for RedshiftSink {
         epoch: i64,
     ) -> Result<GroupOutcome, SinkError> {
         self.merge_group_checked(loads, row_files, epoch).await
+    }
+
+    fn loads_row_files(&self) -> bool {
+        cfg!(feature = "s3") && matches!(self.stage_fill, StageFillConfig::Copy { .. })
     }
 
     #[cfg(feature = "s3")]
@@ -247,11 +300,13 @@ impl GroupWarehouse for RedshiftSink {
             return;
         }
         let s3 = self.aws.s3_from(self.sdk().await);
-        for url in files {
-            if let Some((bucket, key)) = split_s3_url(url)
-                && let Err(e) = s3.delete_object().bucket(bucket).key(key).send().await
-            {
-                tracing::debug!(error = %crate::aws::sdk_error(&e), %url, "row file not deleted");
+        let mut by_bucket: HashMap<&str, Vec<String>> = HashMap::new();
+        for (bucket, key) in files.iter().filter_map(|url| split_s3_url(url)) {
+            by_bucket.entry(bucket).or_default().push(key.to_string());
+        }
+        for (bucket, keys) in by_bucket {
+            if let Err(e) = crate::aws::delete_objects(&s3, bucket, &keys).await {
+                tracing::debug!(error = %e, %bucket, "row files not deleted");
             }
         }
     }
@@ -459,6 +514,10 @@ impl RedshiftSink {
                 match merged {
                     Ok(Some(fates)) => Ok(GroupOutcome::Decided(fates)),
                     Ok(None) => Ok(GroupOutcome::Fenced),
+                    Err(SinkError::Data(message)) if !row_files.is_empty() => {
+                        tracing::warn!(parent: &span, error = %message, "the database refused a value among rows loaded from files; merging again with the rows");
+                        Ok(GroupOutcome::NeedsRows(message))
+                    }
                     Err(SinkError::Data(message)) => {
                         tracing::warn!(parent: &span, error = %message, "the database refused a value; isolating the records");
                         let mut guilty = Vec::new();

@@ -48,6 +48,8 @@ mod copy;
 pub use copy::*;
 mod commit;
 use commit::*;
+mod ledger;
+use ledger::*;
 mod group;
 
 /// Most bind parameters in one statement (the protocol's i16 count; Redshift's drivers cap there too).
