@@ -157,6 +157,15 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
             "`kind = \"copy\"` needs Redshift (`[sink] kind = \"redshift\"`); PostgreSQL cannot COPY from S3",
         ));
     }
+    if matches!(config.sink.stage_fill, StageFillConfig::Binary)
+        && config.sink.kind != SinkKind::Postgres
+    {
+        return Err(ConfigError::field(
+            "sink.stage_fill",
+            "`kind = \"binary\"` needs PostgreSQL (`[sink] kind = \"postgres\"`); Redshift has no `COPY FROM \
+             STDIN`: use `kind = \"insert\"` or `kind = \"copy\"` (from S3)",
+        ));
+    }
     if config.sink.connections == 0 {
         return Err(ConfigError::field("sink.connections", "must be at least 1"));
     }

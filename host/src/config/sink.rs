@@ -254,9 +254,13 @@ pub(super) fn default_iam_duration_secs() -> u32 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StageFillConfig {
-    /// Multi-row typed INSERTs (works on Redshift and PostgreSQL).
+    /// The kind's fastest fill that runs everywhere it can: `binary` for `postgres`, `insert` for `redshift`.
     #[default]
+    Auto,
+    /// Multi-row typed INSERTs (works on Redshift and PostgreSQL).
     Insert,
+    /// PostgreSQL only: `COPY … FROM STDIN (FORMAT binary)` of the validated rows.
+    Binary,
     /// Redshift only: gzip JSON lines and a manifest written to S3, then `COPY … FORMAT AS JSON 'auto'`.
     Copy {
         /// The S3 bucket for stage files.

@@ -53,7 +53,8 @@ impl RedshiftSink {
             match &copy {
                 None => {
                     let rows = with_lineage(rows, load);
-                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?
+                    let fill = (load.loaded_at_us, self.binary_fill());
+                    fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, fill).await?
                 }
                 Some((manifests, role, region)) => {
                     copy_into_stage(&tx, &sqls[t], manifests[t].as_deref(), role, region).await?
@@ -77,7 +78,7 @@ impl RedshiftSink {
         specs: &[TableSpec],
     ) -> Result<Option<CopyStage>, SinkError> {
         match &self.stage_fill {
-            StageFillConfig::Insert => Ok(None),
+            StageFillConfig::Auto | StageFillConfig::Insert | StageFillConfig::Binary => Ok(None),
             #[cfg(not(feature = "s3"))]
             StageFillConfig::Copy { .. } => {
                 let _ = (load, specs);
@@ -378,7 +379,6 @@ impl RedshiftSink {
             .iter()
             .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
             .collect();
-        let loaded_at = sql_timestamp(load.loaded_at_us);
         let emitting: Vec<usize> = (0..load.outcomes.len())
             .filter(
                 |i| matches!(load.outcomes[*i], RecordOutcome::Emit(ref rows) if !rows.is_empty()),
@@ -402,7 +402,8 @@ impl RedshiftSink {
                 // The stage and the merge too: a constraint of the target table (CHECK, a unique index
                 // beside the key) refuses a row only when it is merged.
                 let rows = with_lineage(rows, load);
-                let filled = fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await;
+                let fill = (load.loaded_at_us, self.binary_fill());
+                let filled = fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, fill).await;
                 let merged = match filled {
                     Ok(()) => {
                         let mut merged = Ok(());

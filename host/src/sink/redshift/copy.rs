@@ -242,7 +242,6 @@ pub fn split_s3_url(url: &str) -> Option<(&str, &str)> {
     url.strip_prefix("s3://")?.split_once('/')
 }
 
-/// Empties the session's stage of one table and fills it with `rows` (deduplicated by key) in chunks.
 /// Where a staged row comes from: its record, batch and rule (the lineage columns).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Lineage<'a> {
@@ -268,13 +267,14 @@ pub(super) fn with_lineage<'a>(
         .collect()
 }
 
-/// Empties the stage and fills it with multi-row INSERTs of `rows`, the latest per key.
+/// Empties the stage and fills it with `rows`, the latest per key: by binary `COPY` (`binary`, the `postgres`
+/// kind) or by portable multi-row INSERTs in chunks. Every row takes the load time `loaded_at_us`.
 pub(super) async fn fill_stage(
     tx: &tokio_postgres::Transaction<'_>,
     prepared: &mut Statements,
     sql: &TableSql,
     rows: Vec<(&CheckedRow, Lineage<'_>)>,
-    loaded_at: &str,
+    (loaded_at_us, binary): (i64, bool),
 ) -> Result<(), SinkError> {
     tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
         .await
@@ -283,6 +283,10 @@ pub(super) async fn fill_stage(
         return Ok(());
     }
     let rows = dedupe(rows, &sql.key, sql.version, sql.equality);
+    if binary {
+        return super::binary::copy_binary_stage(tx, sql, &rows, loaded_at_us).await;
+    }
+    let loaded_at = &sql_timestamp(loaded_at_us);
     let width = sql.columns.len();
     let mut pending: Vec<Bind> = Vec::new();
     let mut pending_rows = 0;

@@ -74,7 +74,8 @@ impl RedshiftSink {
             ensure_copy_stages(conn, &sqls).await?;
         }
         let s = quote(&self.schema);
-        let loaded_at = sql_timestamp(crate::record::wall_clock_us());
+        let loaded_at_us = crate::record::wall_clock_us();
+        let loaded_at = sql_timestamp(loaded_at_us);
         let tx = conn.client.transaction().await.map_err(classify)?;
         if self.redshift {
             tx.batch_execute(traced(&format!("LOCK TABLE {s}.weir_batches")))
@@ -148,7 +149,8 @@ impl RedshiftSink {
                 if rows.is_empty() {
                     continue;
                 }
-                fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, &loaded_at).await?;
+                let fill = (loaded_at_us, self.binary_fill());
+                fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, fill).await?;
                 self.merge_stage(&tx, &sqls[t]).await?;
             }
         }

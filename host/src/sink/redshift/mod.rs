@@ -44,6 +44,7 @@ mod session;
 use session::*;
 mod sql;
 pub use sql::*;
+mod binary;
 mod copy;
 pub use copy::*;
 mod commit;
@@ -127,7 +128,7 @@ impl Default for RedshiftOptions {
             tls_ca_file: None,
             connections: 2,
             iam: None,
-            stage_fill: StageFillConfig::Insert,
+            stage_fill: StageFillConfig::Auto,
             aws: AwsConfig::default(),
             merge: MergeMode::DeleteInsert,
             connect_timeout: std::time::Duration::from_secs(10),

@@ -208,6 +208,15 @@ impl RedshiftSink {
         })
     }
 
+    /// Whether stages are filled by binary `COPY FROM STDIN` (PostgreSQL only; the `postgres` kind's default).
+    pub(super) fn binary_fill(&self) -> bool {
+        !self.redshift
+            && matches!(
+                self.stage_fill,
+                StageFillConfig::Auto | StageFillConfig::Binary
+            )
+    }
+
     /// How this sink's database compares key values.
     pub(super) fn key_equality(&self) -> KeyEquality {
         if self.redshift {
