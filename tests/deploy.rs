@@ -74,3 +74,48 @@ fn systemd_unit_verifies() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
 }
+
+/// `scripts/dist.sh` ships weir without debug info or symbols, the debug info split beside it and linked by
+/// `.gnu_debuglink`, with SHA-256 sums that check; the shipped binary runs.
+#[test]
+fn dist_ships_a_stripped_binary_and_its_debug_info() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(root().join("scripts/dist.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_weir")])
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let sections = |file: &str| {
+        let out = Command::new("readelf")
+            .args(["-S", "-W"])
+            .arg(out_dir.path().join(file))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shipped = sections("weir");
+    // (`.debug_gdb_scripts` is loaded code for gdb's pretty printers, not debug info.)
+    for gone in [".debug_line", ".debug_info", ".debug_str", ".symtab"] {
+        assert!(!shipped.contains(gone), "{gone} in {shipped}");
+    }
+    assert!(shipped.contains(".gnu_debuglink"), "{shipped}");
+    assert!(sections("weir.debug").contains(".debug_line"));
+    let original = std::fs::metadata(env!("CARGO_BIN_EXE_weir")).unwrap().len();
+    let stripped = std::fs::metadata(out_dir.path().join("weir"))
+        .unwrap()
+        .len();
+    assert!(stripped < original, "{stripped} bytes, from {original}");
+    let sums = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(sums.status.success(), "{}", show(&sums));
+    let version = Command::new(out_dir.path().join("weir"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(version.status.success(), "{}", show(&version));
+}

@@ -706,3 +706,71 @@ async fn grouped_copy_fill_merges_many_batches_through_one_manifest() {
         "row files, manifests and staged objects are removed once merged"
     );
 }
+
+/// Two workers register the same batch at once (a shard re-read by its new owner while the old one registers
+/// it): the registry's unique key refuses the second insert, which must be a conflict to retry — the retry finds
+/// the batch registered — never a refused value that stops the worker. By construction: a third session holds
+/// the same batch id uncommitted until both registrations wait on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn registering_the_same_batch_twice_at_once_is_retried() {
+    use weir::sink::group::{Registration, Registry};
+    use weir::sink::redshift::{RedshiftOptions, RedshiftSink};
+    needs!("registering_the_same_batch_twice_at_once_is_retried": Postgres);
+    let db = TestDb::new().await;
+    let sinks: Vec<RedshiftSink> = (0..2)
+        .map(|_| RedshiftSink::new(&db.url, RedshiftOptions::default()).unwrap())
+        .collect();
+    sinks[0].prepare_registry().await.unwrap();
+    let entry = Registration {
+        batch_id: "kinesis/s/shard-0/1-9".into(),
+        source: "kinesis".into(),
+        partition: "shard-0".into(),
+        key: "staged/x.json.gz".into(),
+        bytes: 10,
+    };
+    let holder = db.client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "INSERT INTO weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
+             VALUES ($1, 'kinesis', 'shard-0', 'staged/x.json.gz', 10, 1, 'pending')",
+            &[&entry.batch_id],
+        )
+        .await
+        .unwrap();
+    let entries = [entry.clone()];
+    let both = async {
+        let (a, b) = tokio::join!(
+            sinks[0].register_many(&entries),
+            sinks[1].register_many(&entries)
+        );
+        [a, b]
+    };
+    let watch = async {
+        // Both registrations wait on the held row's unique key; then the holder commits.
+        loop {
+            let waiting = db
+                .count(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                    db.name
+                ))
+                .await;
+            if waiting == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+    };
+    let (results, ()) = tokio::join!(both, watch);
+    for result in results {
+        if let Err(e) = result {
+            assert!(e.is_transient(), "{e}");
+        }
+    }
+    // The retry finds the batch registered and changes nothing.
+    for s in &sinks {
+        s.register_many(&entries).await.unwrap();
+    }
+    assert_eq!(db.count("SELECT count(*) FROM weir_staged").await, 1);
+}

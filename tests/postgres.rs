@@ -319,7 +319,9 @@ async fn binary_copy_fill_matches_the_insert_fill() {
             Cell::Bool(true),
             Cell::TimestampUs(-62_135_596_800_000_000),
             Cell::TimestampUs(253_402_300_799_999_999),
-            Cell::Json(r#"{"big": 123456789012345678901234567890, "a": [1, 2.5e10, "x\u00e9"]}"#.into()),
+            Cell::Json(
+                r#"{"big": 123456789012345678901234567890, "a": [1, 2.5e10, "x\u00e9"]}"#.into(),
+            ),
         ],
         vec![
             Cell::Text("zéro ✓ 𝄞".into()),

@@ -609,11 +609,14 @@ impl Registry for RedshiftSink {
                         .iter()
                         .map(|p| (p as &(dyn ToSql + Sync), Type::VARCHAR))
                         .collect();
+                    // Two workers registering the same batch at once (a partition re-read by its new owner)
+                    // both pass NOT EXISTS; the second insert then fails on the key: a conflict, whose retry
+                    // finds the batch registered.
                     tx.query_typed(traced(&statement), &binds)
                         .await
-                        .map_err(classify)?;
+                        .map_err(classify_conflict)?;
                 }
-                tx.commit().await.map_err(classify)
+                tx.commit().await.map_err(classify_conflict)
             })
             .await;
         Self::settle(&mut guard, result)
