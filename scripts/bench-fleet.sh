@@ -281,4 +281,6 @@ drop_db steady; drop_db steadyc
 fi
 
 echo
-echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores; workers limited to ${cap:-no limit} CPU each"
+limits="workers not limited"
+[ -n "$cap" ] && limits="workers limited to $cap CPU each"
+echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores; $limits"

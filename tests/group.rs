@@ -774,3 +774,51 @@ async fn registering_the_same_batch_twice_at_once_is_retried() {
     }
     assert_eq!(db.count("SELECT count(*) FROM weir_staged").await, 1);
 }
+
+/// Grouped commits on SQLite (the registry and loader lease in the database file): the same rows, dead letters,
+/// ledger and checkpoints as per-batch commits; every batch registered and merged, staged objects removed; a
+/// second run changes nothing.
+#[tokio::test]
+async fn grouped_commits_on_sqlite_leave_the_per_batch_state() {
+    needs!("grouped_commits_on_sqlite_leave_the_per_batch_state": Plugins);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let per_batch = quickstart_in(a.path());
+    let grouped = quickstart_in(b.path());
+    let mut text = std::fs::read_to_string(&grouped).unwrap();
+    text.push_str(GROUPED);
+    std::fs::write(&grouped, text).unwrap();
+    for config in [&per_batch, &grouped] {
+        let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let snapshot = |dir: std::path::PathBuf| async move {
+        let db = dir.join("out/weir.db");
+        let mut all = Vec::new();
+        for sql in [
+            "SELECT order_id, total, country, _weir_record_id FROM orders ORDER BY 1",
+            "SELECT order_id, line_no, sku, _weir_record_id FROM order_lines ORDER BY 1, 2",
+            "SELECT record_id, stage, reason FROM weir_dead_letters ORDER BY 1",
+            "SELECT batch_id, first_position, last_position, records_in, emitted, dropped, rejected, rows_out \
+             FROM weir_batches ORDER BY 1",
+            "SELECT source, \"partition\", position FROM weir_checkpoints WHERE source <> 'weir-loader' ORDER BY 1, 2",
+        ] {
+            all.push(query(&db, sql).await);
+        }
+        all
+    };
+    let expected = snapshot(a.path().to_path_buf()).await;
+    assert!(!expected[0].is_empty() && !expected[2].is_empty());
+    assert_eq!(snapshot(b.path().to_path_buf()).await, expected);
+    let db = b.path().join("out/weir.db");
+    assert_eq!(
+        query(&db, "SELECT fate, count(*) FROM weir_staged GROUP BY fate").await,
+        [["merged", "5"]]
+    );
+    let left = std::fs::read_dir(b.path().join("staged/staged"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "staged objects are removed once merged");
+    let out = weir(&["run", "-c", grouped.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(snapshot(b.path().to_path_buf()).await, expected);
+}

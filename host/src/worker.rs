@@ -150,7 +150,6 @@ fn database_options(loaded: &Loaded) -> crate::sink::redshift::RedshiftOptions {
 
 /// Grouped commits (`[sink.group_commit] enabled = true`): what the pipelines stage and register through, and
 /// this worker's loader. The sink's tables exist already ([`open_sink`]).
-#[cfg(feature = "postgres")]
 pub async fn open_group(
     loaded: &Loaded,
     coordination: Option<&Coordination>,
@@ -158,19 +157,46 @@ pub async fn open_group(
     use crate::config::StagingConfig;
     use crate::group::{GroupCommit, Staging, loader};
     use crate::sink::Sink as _;
+    use crate::sink::group::{GroupWarehouse, Registry};
     let g = &loaded.config.sink.group_commit;
     if !g.on() {
         return Ok(None);
     }
-    let sink = Arc::new(database_sink(loaded)?);
-    sink.prepare(&loaded.tables, false).await?;
-    preparing(|| sink.prepare_fence()).await?;
-    let registry: Arc<dyn crate::sink::group::Registry> = match coordination {
+    // The loader's warehouse, and the registry it keeps when there is no coordinator of its own.
+    let (sink, own_registry): (Arc<dyn GroupWarehouse>, Arc<dyn Registry>) =
+        match loaded.config.sink.kind {
+            SinkKind::Sqlite => {
+                let path = loaded.config.sink.path.as_ref().expect("checked by config");
+                let sink = Arc::new(SqliteSink::open(path).await?);
+                sink.prepare(&loaded.tables, false).await?;
+                preparing(|| sink.prepare_fence()).await?;
+                if coordination.is_none() {
+                    preparing(|| sink.prepare_registry()).await?;
+                }
+                (sink.clone(), sink)
+            }
+            #[cfg(not(feature = "postgres"))]
+            SinkKind::Postgres | SinkKind::Redshift => {
+                return Err(SinkError::Permanent(crate::config::not_compiled(
+                    "sink.kind",
+                    "postgres/redshift",
+                    "postgres",
+                )));
+            }
+            #[cfg(feature = "postgres")]
+            SinkKind::Postgres | SinkKind::Redshift => {
+                let sink = Arc::new(database_sink(loaded)?);
+                sink.prepare(&loaded.tables, false).await?;
+                preparing(|| sink.prepare_fence()).await?;
+                if coordination.is_none() {
+                    preparing(|| sink.prepare_registry()).await?;
+                }
+                (sink.clone(), sink)
+            }
+        };
+    let registry: Arc<dyn Registry> = match coordination {
         Some(c) => c.registry.clone(),
-        None => {
-            preparing(|| sink.prepare_registry()).await?;
-            sink.clone()
-        }
+        None => own_registry,
     };
     let staging: Arc<dyn Staging> = match &g.staging() {
         StagingConfig::Local { dir } => {
@@ -481,10 +507,7 @@ pub async fn run(
         })
     };
     let coordination = open_coordination(loaded).await?;
-    #[cfg(feature = "postgres")]
     let group = open_group(loaded, coordination.as_ref()).await?;
-    #[cfg(not(feature = "postgres"))]
-    let group: Option<(crate::group::GroupCommit, NoLoader)> = None;
     // The loader runs beside the pipelines until they have ended (their last batches need a merge), then gives
     // its lease up for the workers still running.
     let (stop_loader, loader_stop) = tokio::sync::watch::channel(false);
@@ -589,13 +612,4 @@ async fn run_pipeline(
         stages,
     };
     Ok(pipeline.run(shutdown).await?)
-}
-
-/// Without the `postgres` feature there is no loader (grouped commits need a PostgreSQL or Redshift sink).
-#[cfg(not(feature = "postgres"))]
-struct NoLoader;
-
-#[cfg(not(feature = "postgres"))]
-impl NoLoader {
-    async fn run(self, _stop: tokio::sync::watch::Receiver<bool>) {}
 }

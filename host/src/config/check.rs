@@ -172,18 +172,12 @@ fn check_sink(config: &Config) -> Result<(), ConfigError> {
     check_group_commit(config)
 }
 
-/// `[sink.group_commit]`: a PostgreSQL or Redshift sink, and a lease that outlives two intervals.
+/// `[sink.group_commit]`: sizes of at least one, and a lease that outlives two intervals.
 fn check_group_commit(config: &Config) -> Result<(), ConfigError> {
     let g = &config.sink.group_commit;
     check_coordinator(config)?;
     if !g.on() {
         return Ok(());
-    }
-    if config.sink.kind == SinkKind::Sqlite {
-        return Err(ConfigError::field(
-            "sink.group_commit.enabled",
-            "grouped commits need `kind = \"postgres\"` or `\"redshift\"`; SQLite commits per batch (remove the setting)",
-        ));
     }
     if g.interval_ms == 0 || g.max_batches == 0 || g.max_bytes == 0 {
         return Err(ConfigError::field(

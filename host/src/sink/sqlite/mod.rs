@@ -28,6 +28,7 @@ use crate::rules::validate::RecordOutcome;
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};
 
 mod coordinator;
+mod group;
 mod reader;
 
 /// The SQLite sink.
