@@ -327,6 +327,7 @@ impl RedshiftSink {
             client,
             staged: HashSet::new(),
             prepared: HashMap::new(),
+            analyzed: HashSet::new(),
         })
     }
 
