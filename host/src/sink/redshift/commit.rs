@@ -46,7 +46,6 @@ impl RedshiftSink {
         if !self.redshift {
             lock_targets(&tx, &sqls, &per_table).await?;
         }
-        let mut analyzing = Vec::new();
         for (t, rows) in per_table.into_iter().enumerate() {
             if rows.is_empty() {
                 continue; // nothing to merge: the table is not written, so not locked
@@ -61,21 +60,13 @@ impl RedshiftSink {
                     copy_into_stage(&tx, &sqls[t], manifests[t].as_deref(), role, region).await?
                 }
             }
-            // Batches are alike in size: the stage's statistics from one committed ANALYZE per session keep
-            // the merge's plan (PostgreSQL scales them by the stage's pages); analyzing every batch cost about a
-            // tenth of the server's time.
-            let analyze = !conn.analyzed.contains(&sqls[t].stage);
-            self.merge_stage(&tx, &sqls[t], analyze).await?;
-            if analyze {
-                analyzing.push(sqls[t].stage.clone());
-            }
+            self.merge_stage(&tx, &sqls[t]).await?;
         }
         write_dead_letters(&tx, &self.schema, &[load], &loaded_at).await?;
         write_ledgers(&tx, &self.schema, &[load], &loaded_at).await?;
         // Until COMMIT is answered, nobody knows whether it took effect (a lost reply, a timeout).
         self.in_doubt.sending(&batch.id);
         tx.commit().await.map_err(classify)?;
-        conn.analyzed.extend(analyzing);
         self.in_doubt.settled(&batch.id);
         Ok(Commit::Committed)
     }
@@ -157,11 +148,10 @@ impl RedshiftSink {
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         sql: &TableSql,
-        analyze: bool,
     ) -> Result<(), SinkError> {
         // PostgreSQL plans the merge join from the stage's statistics: without them it assumes a large
         // stage and scans the whole target for every batch. (Redshift has no indexes to choose.)
-        if analyze && !self.redshift {
+        if !self.redshift {
             tx.batch_execute(traced(&format!("ANALYZE {}", sql.stage)))
                 .await
                 .map_err(classify)?;

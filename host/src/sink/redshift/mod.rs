@@ -91,8 +91,6 @@ struct Conn {
     staged: HashSet<String>,
     /// Full-size stage INSERTs prepared in this session, by stage: parsed and planned once, not per chunk.
     prepared: Statements,
-    /// Stages whose statistics a committed `ANALYZE` of this session gave PostgreSQL (per-batch commits).
-    analyzed: HashSet<String>,
 }
 
 type Statements = HashMap<String, tokio_postgres::Statement>;

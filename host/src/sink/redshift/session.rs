@@ -327,7 +327,6 @@ impl RedshiftSink {
             client,
             staged: HashSet::new(),
             prepared: HashMap::new(),
-            analyzed: HashSet::new(),
         })
     }
 
