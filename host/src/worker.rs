@@ -234,6 +234,7 @@ pub async fn open_group(
             max_bytes: g.max_bytes,
             lease: Duration::from_secs(g.lease_secs),
         },
+        prefetched: Default::default(),
     };
     Ok(Some((group, loader)))
 }

@@ -2,6 +2,7 @@
 //! in one warehouse transaction (docs/GROUP-COMMIT.md, steps L1–L4). Every worker runs this loop; all but one
 //! only renew their claim attempts.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub struct Loader {
     pub retry: RetryConfig,
     /// Timing and sizes.
     pub options: LoaderOptions,
+    /// Staged objects of pending batches read while the previous merge ran (the next round takes them
+    /// instead of reading them again). Staged objects do not change once registered.
+    pub prefetched: std::sync::Mutex<HashMap<String, StagedBatch>>,
 }
 
 /// What one merge round did.
@@ -248,7 +252,8 @@ impl Loader {
         }
         // With row files the merge never needs the rows' cells, unless a value is refused (then read again).
         let header_only = self.warehouse.loads_row_files();
-        let reads = self.read_staged(&selected, !header_only).await?;
+        let reads = self.read_selected(&selected, !header_only).await?;
+        let merging_ids: HashSet<String> = selected.iter().map(|e| e.batch_id.clone()).collect();
         let mut fates: Vec<(String, Fate)> = Vec::new();
         let mut chosen: Vec<(Registration, StagedBatch)> = Vec::new();
         for (entry, read) in selected.into_iter().zip(reads) {
@@ -279,7 +284,12 @@ impl Loader {
         if !chosen.is_empty() {
             let attempt = MERGE_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             crate::crash::pause_before("merge", attempt).await;
-            let decided = self.merge(&mut chosen, epoch).await?;
+            // While the warehouse merges, the batches registered meanwhile are read for the next round.
+            let (decided, ()) = tokio::join!(
+                self.merge(&mut chosen, epoch),
+                self.prefetch(&merging_ids, !header_only)
+            );
+            let decided = decided?;
             match decided {
                 None => {
                     tracing::warn!(
@@ -324,6 +334,65 @@ impl Loader {
         }
         round.settle = settling.elapsed();
         Ok(round)
+    }
+
+    /// The staged objects of `selected`, in order: those prefetched during the last merge, the others read now.
+    async fn read_selected(
+        &self,
+        selected: &[Registration],
+        cells: bool,
+    ) -> Result<Vec<Option<Result<StagedBatch, String>>>, SinkError> {
+        let mut cached = std::mem::take(&mut *self.prefetched.lock().expect("prefetch lock"));
+        let missing: Vec<Registration> = selected
+            .iter()
+            .filter(|e| !cached.contains_key(&e.batch_id))
+            .cloned()
+            .collect();
+        let mut read = self.read_staged(&missing, cells).await?.into_iter();
+        Ok(selected
+            .iter()
+            .map(|e| match cached.remove(&e.batch_id) {
+                Some(staged) => Some(Ok(staged)),
+                None => read.next().flatten(),
+            })
+            .collect())
+    }
+
+    /// Best effort: reads the staged objects of the batches pending beside `merging` (those the next round
+    /// will take, within its limits) into [`Loader::prefetched`]. A failure leaves them to be read then.
+    async fn prefetch(&self, merging: &HashSet<String>, cells: bool) {
+        let Ok(pending) = self
+            .registry
+            .pending(self.options.max_batches + merging.len())
+            .await
+        else {
+            return;
+        };
+        let mut next: Vec<Registration> = Vec::new();
+        let mut bytes = 0u64;
+        for entry in pending
+            .into_iter()
+            .filter(|e| !merging.contains(&e.batch_id))
+        {
+            if next.len() >= self.options.max_batches
+                || (!next.is_empty() && bytes + entry.bytes.max(0) as u64 > self.options.max_bytes)
+            {
+                break;
+            }
+            bytes += entry.bytes.max(0) as u64;
+            next.push(entry);
+        }
+        let Ok(reads) = self.read_staged(&next, cells).await else {
+            return;
+        };
+        let mut prefetched = self.prefetched.lock().expect("prefetch lock");
+        for (entry, read) in next.into_iter().zip(reads) {
+            if let Some(Ok(staged)) = read
+                && staged.id() == entry.batch_id
+            {
+                prefetched.insert(entry.batch_id, staged);
+            }
+        }
     }
 
     /// The staged objects of `entries`, in order, read several at a time (each an S3 round trip): `None` for
