@@ -52,7 +52,8 @@ if [ -n "$cap" ]; then
     echo "bench-fleet: WEIR_BENCH_WORKER_CPUS needs a writable cgroup cpu controller" >&2; exit 1
   fi
 fi
-trap '[ -n "$front_pid" ] && kill "$front_pid"; for g in "${cgroups[@]}"; do rmdir "$g" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+# On the way out (an early failure included) no worker or front is left running to load the next bench.
+trap 'pkill -P $$ 2>/dev/null || true; sleep 0.5; for g in "${cgroups[@]}"; do rmdir "$g" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 # Runs a command in the background (its pid in $!), in a cgroup of its own when workers are limited.
 spawn() {
   if [ -z "$cap" ]; then

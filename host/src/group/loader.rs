@@ -51,7 +51,7 @@ pub struct Loader {
     /// Timing and sizes.
     pub options: LoaderOptions,
     /// Staged objects of pending batches read while the previous merge ran (the next round takes them
-    /// instead of reading them again). Staged objects do not change once registered.
+    /// instead of reading them again). A staged object only ever holds its batch, so an early read is as good.
     pub prefetched: std::sync::Mutex<HashMap<String, StagedBatch>>,
 }
 
