@@ -40,6 +40,12 @@ if [ ! -x "$WEIR_CFN_VENV/bin/cfn-lint" ]; then
   echo "==> installing cfn-lint (PyPI) into $WEIR_CFN_VENV"
   python3 -m venv "$WEIR_CFN_VENV" && "$WEIR_CFN_VENV/bin/pip" install -q 'cfn-lint==1.58.0'
 fi
+# binutils (objcopy, readelf): scripts/dist.sh and its test in tests/deploy.rs.
+if ! command -v objcopy >/dev/null 2>&1 || ! command -v readelf >/dev/null 2>&1; then
+  echo "==> installing binutils (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq binutils
+fi
 # Headless Chromium renders the reconcile HTML report in tests/reconcile.rs.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   echo "==> installing chromium (Debian package)"
