@@ -107,15 +107,21 @@ pub async fn connect_sink(loaded: &Loaded) -> Result<Arc<dyn Warehouse>, SinkErr
         }
         #[cfg(not(feature = "postgres"))]
         SinkKind::Postgres | SinkKind::Redshift => {
-            return Err(SinkError::Permanent(crate::config::not_compiled(
-                "sink.kind",
-                "postgres/redshift",
-                "postgres",
-            )));
+            return Err(postgres_not_compiled());
         }
         #[cfg(feature = "postgres")]
         SinkKind::Postgres | SinkKind::Redshift => Arc::new(database_sink(loaded)?),
     })
+}
+
+/// A PostgreSQL or Redshift sink in a build without the `postgres` feature.
+#[cfg(not(feature = "postgres"))]
+fn postgres_not_compiled() -> SinkError {
+    SinkError::Permanent(crate::config::not_compiled(
+        "sink.kind",
+        "postgres/redshift",
+        "postgres",
+    ))
 }
 
 /// The PostgreSQL / Redshift sink of the configuration, not connected yet.
@@ -177,11 +183,7 @@ pub async fn open_group(
             }
             #[cfg(not(feature = "postgres"))]
             SinkKind::Postgres | SinkKind::Redshift => {
-                return Err(SinkError::Permanent(crate::config::not_compiled(
-                    "sink.kind",
-                    "postgres/redshift",
-                    "postgres",
-                )));
+                return Err(postgres_not_compiled());
             }
             #[cfg(feature = "postgres")]
             SinkKind::Postgres | SinkKind::Redshift => {

@@ -8,6 +8,21 @@ use async_trait::async_trait;
 
 use super::{Load, SinkError};
 
+/// The `weir_checkpoints` source of the loader's rows in a SQL registry and warehouse: the lease (`lease`) and
+/// the fence (`fence`).
+pub const LOADER: &str = "weir-loader";
+
+/// An epoch as SQL registries and fences store it: zero-padded, so that text order is number order.
+pub fn epoch_text(epoch: i64) -> String {
+    format!("{:020}", epoch.max(0))
+}
+
+/// The epoch of a loader lease row (`holder`, `position`) read back after a claim by `owner`: `Some` only when
+/// `owner` holds it.
+pub fn held_epoch(holder: &str, position: &str, owner: &str) -> Option<i64> {
+    (holder == owner).then(|| position.parse().ok()).flatten()
+}
+
 /// The fate of a registered batch. Only the loader writes one, and only over `Pending`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {

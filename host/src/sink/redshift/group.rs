@@ -2,15 +2,9 @@
 //! database's own tables (`[coordinator] kind = "sink"`), and the loader's one transaction over many batches.
 
 use super::*;
-use crate::sink::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
-
-/// The `weir_checkpoints` source of the loader's rows: the lease (`lease`) and the fence (`fence`).
-const LOADER: &str = "weir-loader";
-
-/// An epoch as the fence stores it: zero-padded, so that text order is number order.
-fn epoch_text(epoch: i64) -> String {
-    format!("{:020}", epoch.max(0))
-}
+use crate::sink::group::{
+    Fate, GroupOutcome, GroupWarehouse, LOADER, Registration, Registry, epoch_text, held_epoch,
+};
 
 impl RedshiftSink {
     /// Creates the registry's tables (`weir_staged`, and `weir_checkpoints` for the loader lease) when this
@@ -776,11 +770,9 @@ impl Registry for RedshiftSink {
                 vec![LOADER.to_string()],
             )
             .await?;
-        Ok(rows.first().and_then(|r| {
-            (r.get::<_, String>(0) == owner)
-                .then(|| r.get::<_, String>(1).parse::<i64>().ok())
-                .flatten()
-        }))
+        Ok(rows
+            .first()
+            .and_then(|r| held_epoch(r.get(0), r.get(1), owner)))
     }
 
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError> {

@@ -11,16 +11,10 @@ use sqlx::Row as _;
 
 use super::{SqliteSink, classify, upsert_rows, write_dead_letters, write_ledger};
 use crate::schema::format_timestamp_us;
-use crate::sink::group::{Fate, GroupOutcome, GroupWarehouse, Registration, Registry};
+use crate::sink::group::{
+    Fate, GroupOutcome, GroupWarehouse, LOADER, Registration, Registry, epoch_text, held_epoch,
+};
 use crate::sink::{Commit, Load, READ_CHUNK, SinkError};
-
-/// The `source` of the loader's rows in `weir_checkpoints` (lease and fence).
-const LOADER: &str = "weir-loader";
-
-/// Epochs as text that sorts as the number does.
-fn epoch_text(epoch: i64) -> String {
-    format!("{:020}", epoch.max(0))
-}
 
 const STAGED_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS weir_staged (
     batch_id VARCHAR(1024) PRIMARY KEY,
@@ -255,11 +249,7 @@ impl Registry for SqliteSink {
         .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;
-        Ok(row.and_then(|r| {
-            (r.get::<String, _>(0) == owner)
-                .then(|| r.get::<String, _>(1).parse::<i64>().ok())
-                .flatten()
-        }))
+        Ok(row.and_then(|r| held_epoch(r.get(0), r.get(1), owner)))
     }
 
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError> {
