@@ -8,7 +8,9 @@
 # WEIR_BENCH_SECTIONS (default "files kinesis steady") picks the tables; WEIR_BENCH_MODES (default
 # "plain per-batch grouped grouped-copy") the commit modes of the files table: `grouped-copy` is grouped commits
 # with the COPY stage fill, Redshift's `COPY` from S3 played by the example `redshift_copy_front` (a front for
-# PostgreSQL that reads the manifest and files from the local S3 server and inserts their rows). WEIR_BENCH_WORKER_CPUS (say 0.4) runs each
+# PostgreSQL that reads the manifest and files from the local S3 server and inserts their rows);
+# WEIR_BENCH_KINESIS_MODES (default "per-batch grouped grouped-copy") those of the Kinesis table.
+# WEIR_BENCH_WORKER_CPUS (say 0.4) runs each
 # worker in a cgroup of its own limited to that share of one core, as if each had a small instance to itself:
 # on one machine the workers otherwise share its cores with the database, and the table reads the cores, not
 # the fleet (needs a writable cgroup cpu controller, v1 or v2; the database and coordinator are not limited).
@@ -30,7 +32,8 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_
 # Redshift's COPY from S3, played in front of PostgreSQL (mode grouped-copy), with its bucket on the local S3 server.
 copy_bucket="weir-bench-copy-$$"
 front_pid=
-if [[ " ${WEIR_BENCH_MODES:-grouped-copy} " == *" grouped-copy "* ]]; then
+kinesis_modes=${WEIR_BENCH_KINESIS_MODES:-per-batch grouped grouped-copy}
+if [[ " ${WEIR_BENCH_MODES:-grouped-copy} $kinesis_modes " == *" grouped-copy "* ]]; then
   curl -fsS -X PUT "$WEIR_AWS_ENDPOINT/$copy_bucket" >/dev/null
   "$CARGO_TARGET_DIR/release/examples/redshift_copy_front" 127.0.0.1:5432 "$WEIR_AWS_ENDPOINT" > "$work/front" &
   front_pid=$!
@@ -187,11 +190,16 @@ fi
 # and commits update the same rows, and on Redshift's serializable semantics four workers' commits failed after
 # 20 retries of 40001), the registry and loader lease there too when grouped. Timed from the first worker's start until the ledger holds every record.
 kinesis_config() { # url stream worker mode coordinator-url
-  local cfg="$work/kinesis-$3-$RANDOM.toml"
+  local cfg="$work/kinesis-$3-$RANDOM.toml" url=$1 fill=
+  if [ "$4" = grouped-copy ]; then
+    url=${url/@127.0.0.1:5432\//@$front_addr/}
+    fill="stage_fill = { kind = \"copy\", bucket = \"$copy_bucket\", iam_role = \"arn:aws:iam::123456789012:role/weir-copy\" }"
+  fi
   cat > "$cfg" <<TOML
 [source]
 kind = "kinesis"
 stream = "$2"
+endpoint_url = "$WEIR_KINESIS_ENDPOINT"
 initial_position = "trim_horizon"
 worker_id = "$3"
 lease_secs = 6
@@ -204,10 +212,11 @@ dir = "$work/kraw-$3-$RANDOM"
 plugin = "$root/plugins/dist/orders.wasm"
 TOML
   sed -n '/^\[sink\]/,/^\[aws\]/p' examples/kinesis-to-redshift/weir.toml | sed '$d' \
-    | sed -e "s|^kind = .*|kind = \"redshift\"|" -e "s|^url = .*|url = \"$1?sslmode=disable\"|" \
+    | sed -e "s|^kind = .*|kind = \"redshift\"\n$fill|" -e "s|^url = .*|url = \"$url?sslmode=disable\"|" \
           -e "s|^max_records = .*|max_records = $batch|" -e "s|^max_wait_ms = .*|max_wait_ms = 200|" >> "$cfg"
-  printf '[aws]\nendpoint_url = "%s"\n' "$WEIR_KINESIS_ENDPOINT" >> "$cfg"
-  if [ "$4" = grouped ]; then
+  # The stream on the Kinesis server (the source's own endpoint), S3 for the COPY fill on the AWS server.
+  printf '[aws]\nendpoint_url = "%s"\n' "$WEIR_AWS_ENDPOINT" >> "$cfg"
+  if [ "${4%-copy}" = grouped ]; then
     printf '[sink.group_commit]\nenabled = true\ninterval_ms = %s\n[sink.group_commit.staging]\nkind = "local"\ndir = "%s"\n' \
       "$interval_ms" "$work/kstaged" >> "$cfg"
   else
@@ -229,10 +238,10 @@ total=$((4 * n))
 echo
 printf '| database (4-shard Kinesis stream) | commits | workers | records | seconds | records/s | × 1 worker | machine busy | warehouse write transactions | bound: seconds / interval + 5 |\n'
 printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
-for mode in per-batch grouped; do
+for mode in $kinesis_modes; do
   base=
-  for workers in 1 2 4; do
-    tag="k${mode%%-*}$workers"
+  for workers in ${WEIR_BENCH_WORKERS:-1 2 4}; do
+    tag="k${mode//-/}$workers"
     stream="weir-bench-$$-$tag"
     create_stream "$stream" 4
     url=$(fresh_db "$tag")
@@ -256,6 +265,7 @@ for mode in per-batch grouped; do
     end=$(date +%s.%N)
     read -r busy1 idle1 <<< "$(cpu_now)"
     report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
+    [ -n "${WEIR_BENCH_LOG:-}" ] && grep -H "merge round\|took a lease\|lease lost\|claimed" "$work"/kout-* | sed 's/\x1b\[[0-9;]*m//g' >&2
     kill -TERM "${pids[@]}"
     for pid in "${pids[@]}"; do wait "$pid" || true; done
     drop_db "$tag"; drop_db "${tag}c"

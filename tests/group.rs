@@ -102,6 +102,56 @@ async fn grouped_commits_leave_the_per_batch_state() {
     assert_eq!(state(&grouped).await, before);
 }
 
+/// A batch the loader refused (its worker had lost the partition, or a successor was registered before its
+/// predecessor by another worker reading the same shard) is read again later by the partition's owner, from the
+/// checkpoint, under the same batch id. That registration counts: the batch merges. (A refusal used to stick to
+/// the id, so the owner was told "refused" again after every re-read and the partition never moved.)
+#[tokio::test]
+async fn a_refused_batch_registered_again_merges() {
+    needs!("a_refused_batch_registered_again_merges": Postgres, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            config(a.path(), &per_batch.url, false).to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let first = per_batch
+        .rows(
+            "SELECT batch_id, \"partition\" FROM weir_batches ORDER BY first_position::int LIMIT 1",
+        )
+        .await
+        .remove(0);
+    // The grouped run's tables (the registry among them) from a run on an empty file of another name.
+    let path = config(b.path(), &grouped.url, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(b.path().join("empty.jsonl"), "").unwrap();
+    let empty = b.path().join("empty.toml");
+    std::fs::write(&empty, text.replace("orders.jsonl", "empty.jsonl")).unwrap();
+    let out = weir(&["run", "-c", empty.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    grouped
+        .rows(&format!(
+            "INSERT INTO weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
+             VALUES ('{}', 'file', '{}', 'staged/gone', 0, 0, 'refused')",
+            first[0], first[1]
+        ))
+        .await;
+    let out = weir(&["run", "-c", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(state(&grouped).await, state(&per_batch).await);
+    assert_eq!(
+        grouped
+            .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
+            .await,
+        vec![vec!["merged".to_string(), "5".to_string()]]
+    );
+}
+
 /// The database refuses one record's row (a CHECK constraint a DBA added to `orders`): the loader's merge
 /// fails on that batch, the guilty record is found and dead-lettered, and everything else merges — the same
 /// final tables, dead letters and ledger as per-batch commits under the same constraint. Also with the COPY
@@ -821,4 +871,102 @@ async fn grouped_commits_on_sqlite_leave_the_per_batch_state() {
     let out = weir(&["run", "-c", grouped.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(snapshot(b.path().to_path_buf()).await, expected);
+}
+
+/// On SQLite too, a refused batch registered again merges (as `a_refused_batch_registered_again_merges`).
+#[tokio::test]
+async fn a_refused_batch_registered_again_merges_on_sqlite() {
+    needs!("a_refused_batch_registered_again_merges_on_sqlite": Plugins);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let per_batch = quickstart_in(a.path());
+    let out = weir(&["run", "-c", per_batch.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let first = query(
+        &a.path().join("out/weir.db"),
+        "SELECT batch_id, \"partition\" FROM weir_batches ORDER BY CAST(first_position AS INTEGER) LIMIT 1",
+    )
+    .await
+    .remove(0);
+    let grouped = quickstart_in(b.path());
+    let text = std::fs::read_to_string(&grouped).unwrap() + GROUPED;
+    std::fs::write(&grouped, &text).unwrap();
+    std::fs::write(b.path().join("empty.jsonl"), "").unwrap();
+    let empty = b.path().join("empty.toml");
+    std::fs::write(&empty, text.replace("orders.jsonl", "empty.jsonl")).unwrap();
+    let out = weir(&["run", "-c", empty.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let db = b.path().join("out/weir.db");
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO weir_staged (batch_id, source, \"partition\", staged_key, bytes, registered_us, fate) \
+             VALUES ('{}', 'file', '{}', 'staged/gone', 0, 0, 'refused')",
+            first[0], first[1]
+        ),
+    )
+    .await;
+    let out = weir(&["run", "-c", grouped.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        query(&db, "SELECT fate, count(*) FROM weir_staged GROUP BY fate").await,
+        [["merged", "5"]]
+    );
+    assert_eq!(
+        query(&db, "SELECT count(*) FROM weir_batches").await,
+        query(
+            &a.path().join("out/weir.db"),
+            "SELECT count(*) FROM weir_batches"
+        )
+        .await
+    );
+}
+
+/// In the DynamoDB registry a refused batch registered again is pending again, while a pending or merged one
+/// registered again stays as it is (a retry).
+#[tokio::test]
+async fn dynamodb_registry_takes_a_refused_batch_again() {
+    use weir::coordinator::dynamodb::DynamoCoordinator;
+    use weir::group::Fate;
+    use weir::sink::group::{Registration, Registry};
+    needs!("dynamodb_registry_takes_a_refused_batch_again": Aws);
+    let table = format!("weir-registry-{}", std::process::id());
+    let registry = DynamoCoordinator::new(aws_sdk_dynamodb::Client::new(&aws_sdk().await), &table);
+    registry.prepare().await.unwrap();
+    let entry = |n: u32| Registration {
+        batch_id: format!("kinesis/s/shard-0/{n}"),
+        source: "kinesis".into(),
+        partition: "s/shard-0".into(),
+        key: format!("staged/{n}.json.gz"),
+        bytes: 10,
+    };
+    let ids: Vec<String> = (1..=3).map(|n| entry(n).batch_id).collect();
+    registry
+        .register_many(&[entry(1), entry(2), entry(3)])
+        .await
+        .unwrap();
+    registry
+        .settle(&[
+            (ids[0].clone(), Fate::Refused),
+            (ids[1].clone(), Fate::Merged),
+        ])
+        .await
+        .unwrap();
+    registry
+        .register_many(&[entry(1), entry(2), entry(3)])
+        .await
+        .unwrap();
+    let fates = registry.fates(&ids).await.unwrap();
+    assert_eq!(
+        [fates[&ids[0]], fates[&ids[1]], fates[&ids[2]]],
+        [Fate::Pending, Fate::Merged, Fate::Pending]
+    );
+    let pending: Vec<String> = registry
+        .pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.batch_id)
+        .collect();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending.contains(&ids[0]) && pending.contains(&ids[2]));
 }

@@ -175,6 +175,7 @@ async fn assert_exactly_once(db: &TestDb, n: i64) {
 
 /// A 4-shard stream end to end, half of it KPL-aggregated by `weir produce --aggregate`: every record loaded
 /// exactly once, aggregated ones with their sub-sequence number in the record id; one checkpoint per shard.
+/// The stream is reached through `[source] endpoint_url`.
 #[tokio::test(flavor = "multi_thread")]
 async fn four_shards_end_to_end() {
     needs!("four_shards_end_to_end": Postgres, Aws, Kinesis, Plugins);
@@ -182,7 +183,21 @@ async fn four_shards_end_to_end() {
     let db = TestDb::new().await;
     let name = stream(&k, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &name, &db.url, "w1", "");
+    // The stream's endpoint given for the source alone: `[aws] endpoint_url` (RAW, staging) points at a
+    // closed port, so the run works only if `produce` and `run` both take the source's own endpoint.
+    let config = write_config(
+        dir.path(),
+        &name,
+        &db.url,
+        "w1",
+        &format!("endpoint_url = \"{}\"", endpoint()),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("[aws]\nendpoint_url = \"{}\"", endpoint()),
+        "[aws]\nendpoint_url = \"http://127.0.0.1:9\"",
+    );
+    assert!(text.contains("127.0.0.1:9\""));
+    std::fs::write(&config, text).unwrap();
     put(&k, &name, 0..100).await;
     let input = dir.path().join("more.jsonl");
     std::fs::write(&input, (100..200).map(order).collect::<Vec<_>>().join("\n")).unwrap();
@@ -277,6 +292,77 @@ async fn split_keeps_parent_before_children() {
             "{r:?}: a child record loaded before a parent record"
         );
     }
+    let _ = k.delete_stream().stream_name(&name).send().await;
+}
+
+/// Waits (up to a minute) until the lease table shows `want` (owner count per owner, sorted); the last seen.
+async fn wait_for_leases(db: &TestDb, want: &[i64]) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let client = db.client().await;
+    for _ in 0..120 {
+        // The table is there once the first worker has started.
+        let rows = client
+            .query(
+                "SELECT count(*) FROM weir_checkpoints WHERE owner <> '' GROUP BY owner ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+        seen = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    seen
+}
+
+/// Four workers on four shards end with one shard each, also when two of them arrived after the first two
+/// had split the shards two and two. (Live workers are counted from lease owners, so the two newcomers saw a
+/// share of two and no one above it, and stayed idle until a worker at the share gave one to a worker two
+/// short, as the KCL's lease taker does.)
+#[tokio::test(flavor = "multi_thread")]
+async fn late_workers_get_their_share() {
+    needs!("late_workers_get_their_share": Postgres, Aws, Kinesis, Plugins);
+    let k = client().await;
+    let db = TestDb::new().await;
+    let name = stream(&k, 4).await;
+    put(&k, &name, 0..200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |w: &str| {
+        let path = write_config(dir.path(), &name, &db.url, w, "");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("idle_exit_secs = 5", "idle_exit_secs = 600");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = [Worker::start(&config("a")), Worker::start(&config("b"))];
+    let seen = wait_for_leases(&db, &[2, 2]).await;
+    let late = [Worker::start(&config("c")), Worker::start(&config("d"))];
+    let balanced = if seen == [2, 2] {
+        wait_for_leases(&db, &[1, 1, 1, 1]).await
+    } else {
+        seen.clone()
+    };
+    for w in first.iter().chain(&late) {
+        w.signal("-TERM");
+    }
+    let mut outs = Vec::new();
+    for w in first.into_iter().chain(late) {
+        outs.push(w.wait().await);
+    }
+    assert_eq!(seen, [2, 2], "the first two workers should split the shards");
+    assert_eq!(
+        balanced,
+        [1, 1, 1, 1],
+        "every worker should hold one shard\n{}",
+        outs.iter().map(show).collect::<Vec<_>>().join("\n")
+    );
+    for out in &outs {
+        assert!(out.status.success(), "{}", show(out));
+    }
+    assert_exactly_once(&db, 200).await;
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
 

@@ -96,10 +96,15 @@ impl AwsConfig {
 
 #[cfg(feature = "aws")]
 impl AwsConfig {
-    /// A Kinesis client.
+    /// A Kinesis client, at `endpoint_url` when given (else `[aws] endpoint_url` or AWS's own).
     #[cfg(feature = "kinesis")]
-    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
-        aws_sdk_kinesis::Client::new(&self.load().await)
+    pub async fn kinesis(&self, endpoint_url: Option<&str>) -> aws_sdk_kinesis::Client {
+        let sdk = self.load().await;
+        let mut config = aws_sdk_kinesis::config::Builder::from(&sdk);
+        if let Some(url) = endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        aws_sdk_kinesis::Client::from_conf(config.build())
     }
 
     /// A DynamoDB client, at `endpoint_url` when given (else `[aws] endpoint_url` or AWS's own).
@@ -113,10 +118,15 @@ impl AwsConfig {
         aws_sdk_dynamodb::Client::from_conf(config.build())
     }
 
-    /// An SQS client.
+    /// An SQS client, at `endpoint_url` when given (else `[aws] endpoint_url` or AWS's own).
     #[cfg(feature = "sqs")]
-    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.load().await)
+    pub async fn sqs(&self, endpoint_url: Option<&str>) -> aws_sdk_sqs::Client {
+        let sdk = self.load().await;
+        let mut config = aws_sdk_sqs::config::Builder::from(&sdk);
+        if let Some(url) = endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        aws_sdk_sqs::Client::from_conf(config.build())
     }
 
     /// An S3 client with its own endpoint override (path-style addressing, as local servers need).

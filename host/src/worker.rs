@@ -237,6 +237,7 @@ pub async fn open_group(
             lease: Duration::from_secs(g.lease_secs),
         },
         prefetched: Default::default(),
+        cleanup: Default::default(),
     };
     Ok(Some((group, loader)))
 }
@@ -423,9 +424,10 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             max_messages,
             visibility_timeout_secs,
             idle_exit_secs,
+            endpoint_url,
         } => {
             use crate::source::sqs::{SqsOptions, SqsSource};
-            let client = loaded.config.aws.sqs().await;
+            let client = loaded.config.aws.sqs(endpoint_url.as_deref()).await;
             let options = SqsOptions {
                 queue_url: queue_url.clone(),
                 receivers: *receivers,
@@ -585,6 +587,7 @@ async fn run_pipeline(
         renew_secs,
         worker_id,
         idle_exit_secs,
+        endpoint_url,
     } = &loaded.config.source
     {
         let options = crate::fleet::FleetOptions {
@@ -607,7 +610,7 @@ async fn run_pipeline(
                 fresh_pin: false,
             },
         };
-        let client = loaded.config.aws.kinesis().await;
+        let client = loaded.config.aws.kinesis(endpoint_url.as_deref()).await;
         return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
     }
     let pipeline = Pipeline {

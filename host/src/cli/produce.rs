@@ -34,14 +34,22 @@ pub(super) async fn produce(
         }
         #[cfg(feature = "sqs")]
         config::SourceConfig::Sqs { queue_url, .. } => {
-            let client = loaded.config.aws.sqs().await;
+            let client = loaded
+                .config
+                .aws
+                .sqs(loaded.config.source.endpoint_url())
+                .await;
             let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
             println!("sent {sent} messages to {queue_url}");
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "kinesis")]
         config::SourceConfig::Kinesis { stream, .. } => {
-            let client = loaded.config.aws.kinesis().await;
+            let client = loaded
+                .config
+                .aws
+                .kinesis(loaded.config.source.endpoint_url())
+                .await;
             let sent = weir::source::kinesis::put_lines(
                 &client,
                 stream,

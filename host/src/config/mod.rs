@@ -60,6 +60,17 @@ pub enum ConfigError {
     },
 }
 
+/// An endpoint override must be an http(s) URL.
+fn check_endpoint_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        return Ok(());
+    }
+    Err(ConfigError::field(
+        field,
+        format!("`{url}` is not an http(s) URL; use e.g. `http://127.0.0.1:4566`"),
+    ))
+}
+
 impl ConfigError {
     fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Field {

@@ -150,13 +150,8 @@ pub(super) fn check_raw(raw: &RawConfig) -> Result<(), ConfigError> {
                     "must be at least 1 (bytes)",
                 ));
             }
-            if let Some(url) = endpoint_url
-                && !(url.starts_with("https://") || url.starts_with("http://"))
-            {
-                return Err(ConfigError::field(
-                    "raw.endpoint_url",
-                    format!("`{url}` is not an http(s) URL"),
-                ));
+            if let Some(url) = endpoint_url {
+                check_endpoint_url("raw.endpoint_url", url)?;
             }
         }
     }

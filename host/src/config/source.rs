@@ -37,6 +37,10 @@ pub enum SourceConfig {
         /// empty (drain-and-exit jobs); time the queue cannot be reached does not count. Default: never.
         #[serde(default)]
         idle_exit_secs: Option<u64>,
+        /// An SQS endpoint for this source only (a VPC endpoint, a local server); default `[aws]
+        /// endpoint_url`, else AWS.
+        #[serde(default)]
+        endpoint_url: Option<String>,
     },
     /// An Amazon Kinesis data stream: one reader per shard this worker holds the lease of.
     Kinesis {
@@ -68,7 +72,23 @@ pub enum SourceConfig {
         /// reached does not count. Default: never.
         #[serde(default)]
         idle_exit_secs: Option<u64>,
+        /// A Kinesis endpoint for this source only (a VPC endpoint, a local server); default `[aws]
+        /// endpoint_url`, else AWS.
+        #[serde(default)]
+        endpoint_url: Option<String>,
     },
+}
+
+impl SourceConfig {
+    /// The source's own AWS endpoint override, if any.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Sqs { endpoint_url, .. } | SourceConfig::Kinesis { endpoint_url, .. } => {
+                endpoint_url.as_deref()
+            }
+            SourceConfig::File { .. } => None,
+        }
+    }
 }
 
 /// `initial_position` of a Kinesis source: where a shard without checkpoint starts.
@@ -218,6 +238,9 @@ pub(super) fn check_source(
         SourceConfig::Sqs { .. } => check_sqs(source, aws)?,
         SourceConfig::Kinesis { .. } => check_kinesis(source)?,
     }
+    if let Some(url) = source.endpoint_url() {
+        check_endpoint_url("source.endpoint_url", url)?;
+    }
     Ok(())
 }
 
@@ -230,6 +253,7 @@ fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), C
         max_messages,
         visibility_timeout_secs,
         idle_exit_secs,
+        ..
     } = source
     else {
         return Ok(());

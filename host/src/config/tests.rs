@@ -147,6 +147,8 @@ fn bad_configs_name_the_field() {
         (GOOD.to_string() + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.kind"),
         (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.table"),
         (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"postgres\"\nurl = \"mysql://x\"\n", "coordinator.url"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"\nendpoint_url = \"127.0.0.1:4567\""), "source.endpoint_url"),
+        (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &format!("{SQS}\nendpoint_url = \"localhost\"")), "source.endpoint_url"),
     ];
     for (text, field) in cases {
         let message = err(&text);

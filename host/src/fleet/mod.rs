@@ -591,6 +591,31 @@ mod tests {
         let round = plan_round("me", &ready, &balanced, &running, &no_idle);
         assert_eq!((round.share, round.wanted, round.steal), (2, 0, None));
         assert!(round.free.is_empty());
+        // Two workers hold two each and this one none (nor does a fourth): the share is two, and this worker
+        // is two short, so it takes one from a worker at the share. The worker left one short does not take
+        // one back from a worker at the share.
+        let mut two_two: HashMap<_, _> = ["a", "b"].iter().map(|s| lease(s, "w1", false)).collect();
+        two_two.extend(["c", "d"].iter().map(|s| lease(s, "w2", false)));
+        let round = plan_round("me", &ready, &two_two, &none, &no_idle);
+        assert_eq!((round.share, round.wanted), (2, 2));
+        assert!(round.steal.is_some(), "{round:?}");
+        let mut after: HashMap<_, _> = [lease("a", "w1", false), lease("b", "me", false)].into();
+        after.extend(["c", "d"].iter().map(|s| lease(s, "w2", false)));
+        let mine: BTreeMap<String, ()> = [("b".to_string(), ())].into();
+        let round = plan_round("me", &ready, &after, &mine, &no_idle);
+        assert_eq!((round.share, round.wanted, round.steal), (2, 1, None));
+        let round = plan_round(
+            "w1",
+            &ready,
+            &after,
+            &[("a".to_string(), ())].into(),
+            &no_idle,
+        );
+        assert_eq!((round.share, round.wanted, round.steal), (2, 1, None));
+        // The fourth worker (none yet) now sees three owners: share 1, it takes from the one with two.
+        let round = plan_round("w3", &ready, &after, &none, &no_idle);
+        assert_eq!(round.share, 1);
+        assert_eq!(round.steal, Some(("c".to_string(), "w2".to_string())));
         // A shard read until idle is not claimed again.
         let idle: HashSet<String> = ["a".to_string()].into();
         let round = plan_round("me", &ready, &HashMap::new(), &none, &idle);

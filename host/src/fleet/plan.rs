@@ -64,7 +64,7 @@ pub fn plan_round<R>(
     let live = load.len() + 1;
     let share = ready.len().div_ceil(live);
     let wanted = share.saturating_sub(running.len());
-    let free = ready
+    let free: Vec<String> = ready
         .iter()
         .filter(|s| !running.contains_key(*s) && !idle.contains(*s))
         .filter(|s| {
@@ -74,10 +74,16 @@ pub fn plan_round<R>(
         })
         .cloned()
         .collect();
+    // Short of the share by two or more even after the free shards: a worker at exactly the share gives one
+    // too (as the KCL's lease taker does). Live workers are counted from lease owners, so a worker holding
+    // nothing is not in the share yet: four shards held two and two with two workers idle give a share of two
+    // to every worker, and no one is above it. Taking one from a worker at the share leaves it one short,
+    // which never takes from a worker at the share again, so leases do not go back and forth.
+    let short = wanted.saturating_sub(free.len());
     let steal = load
         .iter()
         .max_by_key(|(_, n)| **n)
-        .filter(|(_, n)| **n > share)
+        .filter(|(_, n)| **n > share || (short >= 2 && **n >= share))
         .and_then(|(victim, _)| {
             ready
                 .iter()

@@ -53,6 +53,9 @@ pub struct Loader {
     /// Staged objects of pending batches read while the previous merge ran (the next round takes them
     /// instead of reading them again). A staged object only ever holds its batch, so an early read is as good.
     pub prefetched: std::sync::Mutex<HashMap<String, StagedBatch>>,
+    /// The removal of the last round's staged objects and row files, running behind the next round (at most
+    /// one at a time: a round waits for the previous removal before it starts its own).
+    pub cleanup: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What one merge round did.
@@ -161,6 +164,7 @@ impl Loader {
             }
             let _ = self.registry.release_loader(&self.options.owner).await;
         }
+        self.finish_cleanup().await;
     }
 
     /// One merge round under `epoch` that keeps renewing the lease every `renew_every` while it runs, so that
@@ -327,13 +331,28 @@ impl Loader {
                 keys.push(entry.key.clone());
                 row_files.extend(staged.row_files().iter().flatten().cloned());
             }
-            if let Err(e) = self.staging.delete_many(&keys).await {
-                tracing::debug!(error = %e, "staged objects not deleted");
+            // The removal is cleanup, not part of the round: the next round need not wait for it.
+            let mut cleanup = self.cleanup.lock().await;
+            if let Some(previous) = cleanup.take() {
+                let _ = previous.await;
             }
-            self.warehouse.drop_rows(&row_files).await;
+            let (staging, warehouse) = (self.staging.clone(), self.warehouse.clone());
+            *cleanup = Some(tokio::spawn(async move {
+                if let Err(e) = staging.delete_many(&keys).await {
+                    tracing::debug!(error = %e, "staged objects not deleted");
+                }
+                warehouse.drop_rows(&row_files).await;
+            }));
         }
         round.settle = settling.elapsed();
         Ok(round)
+    }
+
+    /// Waits for the removal of the last round's staged objects, if one is running.
+    pub async fn finish_cleanup(&self) {
+        if let Some(previous) = self.cleanup.lock().await.take() {
+            let _ = previous.await;
+        }
     }
 
     /// The staged objects of `selected`, in order: those prefetched during the last merge, the others read now.

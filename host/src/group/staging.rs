@@ -48,8 +48,12 @@ impl LocalStaging {
 #[async_trait]
 impl Staging for LocalStaging {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
+        // A temporary name of this write's own: two workers may stage the same batch at once (a shard re-read
+        // by its new owner), and a shared name would let one rename the other's file away mid-write.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.dir.join(key);
-        let tmp = path.with_extension("tmp");
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
         let parent = path.parent().expect("keys have a folder").to_path_buf();
         let result = tokio::task::spawn_blocking(move || {
             use std::io::Write;

@@ -72,7 +72,11 @@ pub struct Registration {
 /// The staged batches and their fates, and the loader lease: the coordinator's part of grouped commits.
 #[async_trait]
 pub trait Registry: Send + Sync {
-    /// Registers a staged batch, unless a batch with its id is registered already (a retry).
+    /// Registers a staged batch, unless a batch with its id is registered already and pending or merged (a
+    /// retry). A batch the loader refused may be registered again and is then pending again: a refusal
+    /// answers one attempt (its worker had lost the partition, or registered it before another worker
+    /// registered its predecessor), and the partition's owner reads the same batch again from the checkpoint,
+    /// under the same id; the merge's checkpoint compare-and-set decides it anew.
     async fn register(&self, entry: &Registration) -> Result<(), SinkError>;
 
     /// Registers several staged batches, in order (each unless registered already). Default: one by one; a

@@ -338,13 +338,16 @@ impl Registry for DynamoCoordinator {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
+            // New, or refused before: a refused batch registered again is a new attempt (see
+            // `Registry::register`).
+            .condition_expression("attribute_not_exists(pk) OR fate = :refused")
+            .expression_attribute_values(":refused", s(Fate::Refused.as_str()))
             .send()
             .instrument(span)
             .await;
         match put {
             Ok(_) => Ok(()),
-            // Registered already (a retry): the first registration stands.
+            // Registered already, pending or merged (a retry): the first registration stands.
             Err(e) if condition_failed(&e) => Ok(()),
             Err(e) => Err(self.error("registration", &e)),
         }

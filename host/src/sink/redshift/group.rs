@@ -580,6 +580,13 @@ impl Registry for RedshiftSink {
              SELECT $1, $2, $3, $4, CAST($5 AS BIGINT), CAST($6 AS BIGINT), 'pending' \
              WHERE NOT EXISTS (SELECT 1 FROM {s}.weir_staged WHERE batch_id = $1)"
         );
+        // A refused batch registered again is a new attempt (see `Registry::register`): pending again, staged
+        // anew, in registration order from now.
+        let again = format!(
+            "UPDATE {s}.weir_staged SET fate = 'pending', staged_key = $4, bytes = CAST($5 AS BIGINT), \
+             registered_us = CAST($6 AS BIGINT) WHERE batch_id = $1 AND fate = 'refused' \
+             AND source = $2 AND \"partition\" = $3"
+        );
         let rows: Vec<[String; 6]> = entries
             .iter()
             .map(|entry| {
@@ -606,6 +613,9 @@ impl Registry for RedshiftSink {
                     // Two workers registering the same batch at once (a partition re-read by its new owner)
                     // both pass NOT EXISTS; the second insert then fails on the key: a conflict, whose retry
                     // finds the batch registered.
+                    tx.query_typed(traced(&again), &binds)
+                        .await
+                        .map_err(classify_conflict)?;
                     tx.query_typed(traced(&statement), &binds)
                         .await
                         .map_err(classify_conflict)?;

@@ -146,6 +146,19 @@ impl Registry for SqliteSink {
     async fn register_many(&self, entries: &[Registration]) -> Result<(), SinkError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         for entry in entries {
+            let now = crate::sink::group::registration_us();
+            // A refused batch registered again is a new attempt (see `Registry::register`).
+            sqlx::query(
+                r#"UPDATE weir_staged SET fate = 'pending', staged_key = ?, bytes = ?, registered_us = ?
+                   WHERE batch_id = ? AND fate = 'refused'"#,
+            )
+            .bind(&entry.key)
+            .bind(entry.bytes)
+            .bind(now)
+            .bind(&entry.batch_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
             sqlx::query(
                 r#"INSERT INTO weir_staged (batch_id, source, "partition", staged_key, bytes, registered_us, fate)
                    VALUES (?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT (batch_id) DO NOTHING"#,
@@ -155,7 +168,7 @@ impl Registry for SqliteSink {
             .bind(&entry.partition)
             .bind(&entry.key)
             .bind(entry.bytes)
-            .bind(crate::sink::group::registration_us())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
