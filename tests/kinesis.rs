@@ -352,7 +352,11 @@ async fn late_workers_get_their_share() {
     for w in first.into_iter().chain(late) {
         outs.push(w.wait().await);
     }
-    assert_eq!(seen, [2, 2], "the first two workers should split the shards");
+    assert_eq!(
+        seen,
+        [2, 2],
+        "the first two workers should split the shards"
+    );
     assert_eq!(
         balanced,
         [1, 1, 1, 1],
