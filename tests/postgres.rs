@@ -528,6 +528,11 @@ async fn every_statement_is_redshift_safe() {
             if sink == "kind = \"postgres\"" && s.ends_with("FROM STDIN (FORMAT binary)") {
                 continue;
             }
+            // It empties its temp stages by TRUNCATE (never vacuumed, a stage emptied by DELETE keeps growing);
+            // Redshift's TRUNCATE would commit the merge's transaction.
+            if sink == "kind = \"postgres\"" && s.starts_with("TRUNCATE \"weir_stage_") {
+                continue;
+            }
             // Outside string literals (an IAM role's ARN holds `::`).
             let upper: String = s
                 .split('\'')

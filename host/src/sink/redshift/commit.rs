@@ -21,7 +21,11 @@ impl RedshiftSink {
             .ok_or_else(|| SinkError::Permanent("commit before prepare".into()))?;
         let sqls: Vec<TableSql> = specs
             .iter()
-            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .map(|s| {
+                TableSql::new(&self.schema, s)
+                    .comparing(self.key_equality())
+                    .on_postgres(!self.redshift)
+            })
             .collect();
         ensure_stages(conn, &sqls).await?;
         let loaded_at = sql_timestamp(load.loaded_at_us);
@@ -393,7 +397,11 @@ impl RedshiftSink {
         let specs = self.tables.get().expect("prepared");
         let sqls: Vec<TableSql> = specs
             .iter()
-            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .map(|s| {
+                TableSql::new(&self.schema, s)
+                    .comparing(self.key_equality())
+                    .on_postgres(!self.redshift)
+            })
             .collect();
         let emitting: Vec<usize> = (0..load.outcomes.len())
             .filter(

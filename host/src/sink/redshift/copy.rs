@@ -276,7 +276,7 @@ pub(super) async fn fill_stage(
     rows: Vec<(&CheckedRow, Lineage<'_>)>,
     (loaded_at_us, binary): (i64, bool),
 ) -> Result<(), SinkError> {
-    tx.batch_execute(traced(&format!("DELETE FROM {}", sql.stage)))
+    tx.batch_execute(traced(&sql.empty_stage()))
         .await
         .map_err(classify)?;
     if rows.is_empty() {

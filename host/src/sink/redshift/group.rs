@@ -60,7 +60,11 @@ impl RedshiftSink {
             .ok_or_else(|| SinkError::Permanent("merge before prepare".into()))?;
         let sqls: Vec<TableSql> = specs
             .iter()
-            .map(|s| TableSql::new(&self.schema, s).comparing(self.key_equality()))
+            .map(|s| {
+                TableSql::new(&self.schema, s)
+                    .comparing(self.key_equality())
+                    .on_postgres(!self.redshift)
+            })
             .collect();
         ensure_stages(conn, &sqls).await?;
         let copy = self.group_copy(loads, row_files, specs.len());

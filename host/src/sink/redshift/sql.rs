@@ -94,6 +94,8 @@ pub(super) struct TableSql {
     pub(super) version: Option<usize>,
     /// How the database compares key values.
     pub(super) equality: KeyEquality,
+    /// The `postgres` kind (PostgreSQL-only statements allowed), not Redshift.
+    pub(super) postgres: bool,
 }
 
 impl TableSql {
@@ -118,6 +120,25 @@ impl TableSql {
                 .as_deref()
                 .and_then(|v| spec.column_index(v)),
             equality: KeyEquality::Standard,
+            postgres: false,
+        }
+    }
+
+    /// The same for the `postgres` kind (`true`) or Redshift.
+    pub(super) fn on_postgres(mut self, postgres: bool) -> Self {
+        self.postgres = postgres;
+        self
+    }
+
+    /// Empties the stage before a fill. On PostgreSQL `TRUNCATE`: a temp table is never vacuumed, so a stage
+    /// emptied by `DELETE` keeps every earlier batch's dead rows, and each fill, `ANALYZE` and merge scan of
+    /// it reads more pages as the session goes on (measured: 39k records/s at the start of a 1,000,000-record
+    /// load, 14k at its end). On Redshift `DELETE`: its `TRUNCATE` commits the transaction.
+    pub(super) fn empty_stage(&self) -> String {
+        if self.postgres {
+            format!("TRUNCATE {}", self.stage)
+        } else {
+            format!("DELETE FROM {}", self.stage)
         }
     }
 
