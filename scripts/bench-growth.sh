@@ -12,21 +12,17 @@ cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 n=${1:-1000000}
 work=$(mktemp -d)
-db="weir_bench_growth_$$"
-trap 'rm -rf "$work"; psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+bench_db_prefix="weir_bench_growth_$$"
+# shellcheck source=scripts/bench-db.sh
+source scripts/bench-db.sh
+trap 'rm -rf "$work"; drop_db load >/dev/null 2>&1 || true' EXIT
 
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh >/dev/null
 cargo build --release --locked -p weir --bin weir >&2
 weir="$CARGO_TARGET_DIR/release/weir"
 
-psql -X -q "$WEIR_PG_ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
-url="${WEIR_PG_ADMIN_URL%/*}/$db"
-psql -X -q "$url" >/dev/null <<'SQL'
-CREATE DOMAIN super AS jsonb;
-CREATE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::super $$;
-CREATE FUNCTION json_serialize(super) RETURNS varchar LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT $1::jsonb::text::varchar $$;
-SQL
+url=$(fresh_db load)
 cfg="$work/weir.toml"
 sed -e "s|^path = \"orders.jsonl\"|path = \"-\"\nname = \"growth\"|" \
     -e "s|^dir = \"out/raw\"|dir = \"$work/raw\"|" \

@@ -58,14 +58,7 @@ impl RedshiftSink {
             .tables
             .get()
             .ok_or_else(|| SinkError::Permanent("merge before prepare".into()))?;
-        let sqls: Vec<TableSql> = specs
-            .iter()
-            .map(|s| {
-                TableSql::new(&self.schema, s)
-                    .comparing(self.key_equality())
-                    .on_postgres(!self.redshift)
-            })
-            .collect();
+        let sqls: Vec<TableSql> = specs.iter().map(|s| self.table_sql(s)).collect();
         ensure_stages(conn, &sqls).await?;
         let copy = self.group_copy(loads, row_files, specs.len());
         if copy.is_some() {

@@ -217,6 +217,13 @@ impl RedshiftSink {
             )
     }
 
+    /// The SQL of one declared table for this sink's database.
+    pub(super) fn table_sql(&self, spec: &TableSpec) -> TableSql {
+        TableSql::new(&self.schema, spec)
+            .comparing(self.key_equality())
+            .on_postgres(!self.redshift)
+    }
+
     /// How this sink's database compares key values.
     pub(super) fn key_equality(&self) -> KeyEquality {
         if self.redshift {
