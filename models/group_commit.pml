@@ -2,20 +2,25 @@
  * Grouped commits (docs/GROUP-COMMIT.md), explored exhaustively by spin for small sizes.
  *
  * One ordered partition of R records (positions 1..R), W workers that may hold its lease, L loaders that
- * may hold the loader lease. Workers stage batches and register them with the coordinator; a loader merges
- * every pending batch in one warehouse transaction (checkpoint compare-and-set per batch, ledger row per
- * batch, loader epoch fence), then marks the registry. Any process may crash between any two steps and
- * restart with only what is durable; leases may move at any time (expiry), leaving zombies that keep
- * acting until they notice. FAULTS bounds crashes and lease moves so that the search ends.
+ * may hold the loader lease. Workers stage batches of one or two records and register them with the
+ * coordinator under the batch's id, which is what the implementation derives it from: the partition and the
+ * positions the batch spans (a worker that re-reads the same range produces the same id). Registering an id
+ * that is pending or merged changes nothing (a retry); registering an id that is refused makes it pending
+ * again (W5). A loader merges the pending batches in one warehouse transaction (checkpoint compare-and-set
+ * per batch, ledger row per batch id, loader epoch fence), meeting them in any order, then marks the
+ * registry, over pending only. Any process may crash between any two steps and restart with only what is
+ * durable; leases may move at any time (expiry), leaving zombies that keep acting until they notice.
+ * FAULTS bounds crashes and lease moves so that the search ends.
  *
- * Checked:
+ * Checked (safety, scripts/model-check.sh):
  *   - nothing doubled: no record's rows are merged twice (assert in the loader's transaction);
  *   - no acknowledgement before its merge: a worker acknowledges a record only once its rows are merged
  *     (assert at the acknowledgement);
- *   - nothing lost: every run ends with every record merged exactly once (the Done process; a run that
- *     wedges with records unmerged is an invalid end state).
- *
- * Run: scripts/model-check.sh (spin -a, cc -DSAFETY, ./pan; any error fails).
+ *   - nothing lost: every run that stops ends with every record merged exactly once (the Done process; a
+ *     run that wedges with records unmerged is an invalid end state).
+ * Checked (liveness, with weak fairness): every run merges the whole partition (ltl all_merged) — no
+ * cycle of refusals and re-reads can go on for ever once faults stop (a refusal that stuck to its batch id
+ * was such a cycle: the mutant "refusal sticks to the id" must fail it).
  */
 
 #ifndef R
@@ -30,31 +35,32 @@
 #ifndef FAULTS
 #define FAULTS 2
 #endif
-#ifndef MAXREG
-#define MAXREG 8
-#endif
 #define NONE 255
 
-#define PENDING 0
-#define MERGED 1
-#define REFUSED 2
+/* A batch's id: the positions it spans, prev (exclusive) to last (inclusive). */
+#define NID ((R + 1) * (R + 1))
+#define ID(p, l) ((p) * (R + 1) + (l))
+#define PREV(b) ((b) / (R + 1))
+#define LAST(b) ((b) % (R + 1))
+
+#define ABSENT 0
+#define PENDING 1
+#define MERGED 2
+#define REFUSED 3
 
 /* The warehouse: changed only inside the loader's one atomic transaction. */
 byte ck = 0;                  /* the partition's checkpoint: last position merged */
 byte merged[R + 1];           /* how many times record r's rows were merged */
 byte fence = 0;               /* highest loader epoch that committed */
-bool in_ledger[MAXREG];       /* the ledger holds registry entry i's batch */
+bool in_ledger[NID];          /* the ledger holds batch b */
 
 /* The coordinator (DynamoDB, or the sink's own tables). */
 byte lease_owner = 0;         /* the partition's lease: worker 1..W, 0 = none */
 byte lease_epoch = 0;
 byte loader_owner = 0;        /* the loader lease */
 byte loader_epoch = 0;
-byte nreg = 0;                /* registered staged batches, in registration order */
-byte reg_prev[MAXREG];
-byte reg_last[MAXREG];
-byte reg_state[MAXREG];
-byte npending = 0;            /* registered batches whose fate the registry does not hold yet */
+byte reg_state[NID];          /* the registry: batch id → ABSENT, PENDING, MERGED or REFUSED */
+byte npending = 0;            /* ids in the registry as PENDING */
 
 byte faults = 0;
 
@@ -62,14 +68,15 @@ byte faults = 0;
 #define FAULT (faults < FAULTS)
 
 /* Worker-local: this worker's batch ending at r has a fate in the registry (R ≤ 4). */
-#define DECIDED(r) (r <= R && mine[r] != NONE && reg_state[mine[r]] != PENDING)
+#define DECIDED(r) (r <= R && mine[r] != NONE && (reg_state[mine[r]] == MERGED || reg_state[mine[r]] == REFUSED))
 #define ANY_DECIDED (DECIDED(1) || DECIDED(2) || DECIDED(3) || DECIDED(4))
 
 proctype Worker(byte id) {
     byte pos;        /* next batch starts after this position */
-    byte mine[R + 2];/* registry entry of this worker's batch ending at r */
+    byte mine[R + 2];/* id of this worker's batch ending at r */
     byte r;
-    byte i;
+    byte b;
+    byte last;
 
     /* Claim the lease: free, or taken from another worker whose lease expired (a fault). Waiting here for
        a lease another worker holds is a valid end. */
@@ -87,20 +94,28 @@ end_start:
         do
         :: r <= R + 1 -> mine[r] = NONE; r++
         :: else -> break
-        od
+        od;
+        b = 0; last = 0
     }
     do
-    /* Stage the next batch (one record, files at deterministic keys) and register it. The lease is not
-       checked here: a zombie registers too, and the checkpoint compare-and-set must stop it. */
-    :: pos < R && nreg < MAXREG ->
+    /* Stage the next batch (one or two records, files at deterministic keys) and register it under its id.
+       The lease is not checked here: a zombie registers too, and the checkpoint compare-and-set must stop
+       it. */
+    :: pos < R ->
         atomic {
-            reg_prev[nreg] = pos;
-            reg_last[nreg] = pos + 1;
-            reg_state[nreg] = PENDING;
-            mine[pos + 1] = nreg;
-            nreg++;
-            npending++;
-            pos++
+            if
+            :: last = pos + 1
+            :: pos + 2 <= R -> last = pos + 2
+            fi;
+            b = ID(pos, last);
+            if
+            :: reg_state[b] == ABSENT || reg_state[b] == REFUSED ->   /* W5: a refusal answered one attempt */
+                reg_state[b] = PENDING; npending++
+            :: else -> skip                                            /* pending or merged: a retry */
+            fi;
+            mine[last] = b;
+            pos = last;
+            b = 0; last = 0
         }
     /* Learn a batch's fate from the coordinator. */
     :: atomic {
@@ -109,20 +124,25 @@ end_start:
         do
         :: r <= R && mine[r] != NONE && reg_state[mine[r]] == MERGED ->
             /* Acknowledge (an SQS delete; for Kinesis and files the checkpoint is the acknowledgement). */
-            assert(merged[r] == 1);      /* no acknowledgement before its merge */
+            b = PREV(mine[r]) + 1;
+            do
+            :: b <= r -> assert(merged[b] == 1); b++    /* no acknowledgement before its merge */
+            :: else -> break
+            od;
             mine[r] = NONE;
+            b = 0;
             break
         :: r <= R && mine[r] != NONE && reg_state[mine[r]] == REFUSED ->
             mine[r] = NONE;
             r = NONE;                    /* the checkpoint moved under us: restart from it */
             break
-        :: r <= R && !(mine[r] != NONE && reg_state[mine[r]] != PENDING) -> r++
+        :: r <= R && !DECIDED(r) -> r++
         :: r > R -> break
         od
        }
        if
        :: r == NONE -> goto end_start
-       :: else -> skip
+       :: else -> r = 0
        fi
     /* Crash: local state is lost; the lease stays until it expires (or is claimed again). */
     :: FAULT -> faults++; goto end_start
@@ -133,11 +153,16 @@ end_start:
     od
 }
 
+#define TAKE(b) (reg_state[b] == PENDING && !seen[b])
+
 proctype Loader(byte id) {
     byte epoch;
     byte i;
-    byte results[MAXREG];
-    byte n;
+    byte b;
+    byte c;
+    byte j;
+    byte results[NID];
+    bool seen[NID];
 
 end_start:
     atomic {
@@ -152,57 +177,88 @@ end_start:
     }
 end_merge:
     do
-    /* One warehouse transaction over every pending batch, in registration order. */
+    /* One warehouse transaction over every pending batch, met in any order (the registry's order is the
+       order of registration, which races between workers). */
     :: atomic {
         npending > 0 ->
-        n = nreg;
         i = 0;
         do
-        :: i < MAXREG -> results[i] = NONE; i++
+        :: i < NID -> results[i] = NONE; seen[i] = false; i++
         :: else -> break
         od;
         if
-        :: fence > epoch -> n = 0              /* a newer loader committed: this one is a zombie */
+        :: fence > epoch -> skip               /* a newer loader committed: this one is a zombie */
         :: else ->
             fence = epoch;
-            i = 0;
             do
-            :: i < n && reg_state[i] == PENDING && in_ledger[i] ->
-                results[i] = MERGED; i++       /* merged by an earlier transaction */
-            :: i < n && reg_state[i] == PENDING && !in_ledger[i] && reg_prev[i] == ck ->
-                ck = reg_last[i];              /* checkpoint compare-and-set */
-                merged[reg_last[i]]++;
-                assert(merged[reg_last[i]] == 1);  /* nothing doubled */
-                in_ledger[i] = true;
-                results[i] = MERGED; i++
-            :: i < n && reg_state[i] == PENDING && !in_ledger[i] && reg_prev[i] != ck ->
-                results[i] = REFUSED; i++      /* another batch moved the checkpoint */
-            :: i < n && reg_state[i] != PENDING -> i++
-            :: i >= n -> break
+            :: true ->
+                /* c batches are left; take the j-th of them, for any j */
+                c = 0; b = 0;
+                do
+                :: b < NID && TAKE(b) -> c++; b++
+                :: b < NID && !TAKE(b) -> b++
+                :: else -> break
+                od;
+                if
+                :: c == 0 -> break
+                :: else -> skip
+                fi;
+                j = 0;
+                do
+                :: j + 1 < c -> j++
+                :: true -> break
+                od;
+                b = 0;
+                do
+                :: TAKE(b) && j == 0 -> break
+                :: TAKE(b) && j > 0 -> j--; b++
+                :: !TAKE(b) -> b++
+                od;
+                seen[b] = true;
+                if
+                :: in_ledger[b] -> results[b] = MERGED           /* merged by an earlier transaction */
+                :: !in_ledger[b] && PREV(b) == ck ->             /* checkpoint compare-and-set */
+                    i = PREV(b) + 1;
+                    do
+                    :: i <= LAST(b) -> merged[i]++; assert(merged[i] == 1); i++   /* nothing doubled */
+                    :: else -> break
+                    od;
+                    ck = LAST(b);
+                    in_ledger[b] = true;
+                    results[b] = MERGED
+                :: !in_ledger[b] && PREV(b) != ck ->
+                    results[b] = REFUSED                          /* another batch moved the checkpoint */
+                fi
             od
-        fi
+        fi;
+        i = 0; b = 0; c = 0; j = 0;
+        do
+        :: i < NID -> seen[i] = false; i++
+        :: else -> break
+        od;
+        i = 0
        }
-       /* After the commit, the registry learns each batch's fate, one conditional write at a time; a crash
-          may come between any two. */
-       i = 0;
+       /* After the commit, the registry learns each batch's fate, one conditional write (over pending only)
+          at a time; a crash may come between any two. */
        do
-       :: i < n && results[i] != NONE ->
+       :: i < NID && results[i] != NONE ->
            atomic {
                if
                :: reg_state[i] == PENDING -> reg_state[i] = results[i]; npending--
                :: else -> skip
                fi;
+               results[i] = NONE;
                i++
            }
-       :: i < n && results[i] == NONE -> i++
-       :: i < n && FAULT -> faults++; goto end_start
-       :: i >= n -> break
+       :: i < NID && results[i] == NONE -> i++
+       :: i < NID && FAULT -> faults++; goto end_start
+       :: i >= NID -> i = 0; break
        od
     :: FAULT -> faults++; goto end_start
     od
 }
 
-/* Nothing lost: once every worker and loader has nothing left to do, every record was merged once. */
+/* Nothing lost: once the checkpoint reaches the end, every record was merged once. */
 proctype Done() {
     byte r = 1;
     ck == R;
@@ -211,6 +267,9 @@ proctype Done() {
     :: else -> break
     od
 }
+
+/* Liveness (checked with weak fairness, without SAFETY): every run merges the whole partition. */
+ltl all_merged { <> (ck == R) }
 
 init {
     byte i;
