@@ -33,6 +33,39 @@ fn cloudformation_template_passes_cfn_lint() {
     ] {
         assert!(text.contains(needle), "{needle}");
     }
+    // The binary is verified before it is installed, the AWS CLI the user data calls is installed, and the
+    // compiled-plugin cache is private to the worker's user — in the template and in the stand-alone kit.
+    let user_data =
+        std::fs::read_to_string(root().join("examples/deploy/ec2/user-data.yaml")).unwrap();
+    let unit = std::fs::read_to_string(root().join("examples/deploy/ec2/weir.service")).unwrap();
+    for (name, text, needles) in [
+        (
+            "weir-fleet.yaml",
+            &text,
+            &[
+                "| sha256sum -c - && install -m 0755",
+                "packages: [awscli, curl]",
+                "CacheDirectoryMode=0700",
+            ][..],
+        ),
+        (
+            "user-data.yaml",
+            &user_data,
+            &[
+                "| sha256sum -c - && install -m 0755",
+                "packages: [awscli, curl]",
+            ][..],
+        ),
+        ("weir.service", &unit, &["CacheDirectoryMode=0700"][..]),
+    ] {
+        for needle in needles {
+            assert!(text.contains(needle), "{name} lacks {needle}");
+        }
+        assert!(
+            !text.contains("-o /usr/local/bin/weir &&"),
+            "{name} installs the binary unverified"
+        );
+    }
 }
 
 /// The unit verifies, restarts always, sends SIGTERM and waits longer than the default shutdown grace.
@@ -118,4 +151,155 @@ fn dist_ships_a_stripped_binary_and_its_debug_info() {
         .output()
         .unwrap();
     assert!(version.status.success(), "{}", show(&version));
+}
+
+/// A fleet configuration of the kind the EC2 kit runs, for `weir iam-policy`.
+fn fleet_config(dir: &std::path::Path, source: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{source}\n\
+         [raw]\nkind = \"s3\"\nbucket = \"acme-raw\"\nprefix = \"orders/\"\n\
+         [rule]\nplugin = \"s3://acme-raw/weir-plugins/orders-1a2b3c4d5e6f.wasm\"\nsha256 = \"{}\"\n\
+         [sink]\nkind = \"redshift\"\nurl = \"postgres://weir@analytics.example.com:5439/dev\"\n\
+         iam = {{ cluster_id = \"analytics\" }}\n\
+         stage_fill = {{ kind = \"copy\", bucket = \"acme-raw\", iam_role = \"arn:aws:iam::123456789012:role/copy\" }}\n\
+         [[sink.tables]]\nname = \"orders\"\nprimary_key = [\"order_id\"]\ncolumns = {{ order_id = \"varchar(36)\" }}\n\
+         [coordinator]\nkind = \"dynamodb\"\ntable = \"weir-coordinator\"\n",
+        "ab".repeat(32)
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn iam_policy(cfg: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["iam-policy", "-c", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = weir(&args, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every (action, resource) pair of a policy.
+fn grants(policy: &serde_json::Value) -> Vec<(String, String)> {
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::Array(a) => {
+                a.iter().map(|x| x.as_str().unwrap().to_string()).collect()
+            }
+            other => vec![other.as_str().unwrap().to_string()],
+        }
+    };
+    let mut out = Vec::new();
+    for s in policy["Statement"].as_array().unwrap() {
+        assert_eq!(s["Effect"], "Allow");
+        for a in list(&s["Action"]) {
+            assert!(!a.contains('*'), "wildcard action {a}");
+            for r in list(&s["Resource"]) {
+                out.push((a.clone(), r));
+            }
+        }
+    }
+    out
+}
+
+/// `weir iam-policy` grants exactly what a Kinesis → S3 RAW → Redshift (IAM, COPY fill, grouped commits)
+/// fleet with a DynamoDB coordinator calls, on the resources it names; the kit's template grants at least
+/// every action it lists. An SQS configuration takes its account from the queue URL.
+#[test]
+fn iam_policy_is_least_privilege_and_the_template_grants_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(
+        dir.path(),
+        "[source]\nkind = \"kinesis\"\nstream = \"orders\"",
+    );
+    let missing = weir(&["iam-policy", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("--account-id")
+            || String::from_utf8_lossy(&missing.stderr).contains("--region"),
+        "{}",
+        show(&missing)
+    );
+    let policy = iam_policy(
+        &cfg,
+        &["--account-id", "123456789012", "--region", "eu-west-1"],
+    );
+    let got = grants(&policy);
+    let expect = |action: &str, resource: &str| {
+        assert!(
+            got.contains(&(action.to_string(), resource.to_string())),
+            "{action} on {resource} missing from {got:#?}"
+        );
+    };
+    let stream = "arn:aws:kinesis:eu-west-1:123456789012:stream/orders";
+    for a in [
+        "kinesis:ListShards",
+        "kinesis:GetShardIterator",
+        "kinesis:GetRecords",
+    ] {
+        expect(a, stream);
+    }
+    expect("s3:PutObject", "arn:aws:s3:::acme-raw/orders/*");
+    expect("s3:ListBucket", "arn:aws:s3:::acme-raw");
+    expect("s3:PutObject", "arn:aws:s3:::acme-raw/weir-plugins/*");
+    expect(
+        "s3:GetObject",
+        "arn:aws:s3:::acme-raw/weir-plugins/orders-1a2b3c4d5e6f.wasm",
+    );
+    expect("s3:DeleteObject", "arn:aws:s3:::acme-raw/weir-staged/*");
+    expect("s3:DeleteObject", "arn:aws:s3:::acme-raw/weir-stage/*");
+    expect(
+        "redshift:GetClusterCredentials",
+        "arn:aws:redshift:eu-west-1:123456789012:dbuser:analytics/weir",
+    );
+    expect(
+        "redshift:GetClusterCredentials",
+        "arn:aws:redshift:eu-west-1:123456789012:dbname:analytics/dev",
+    );
+    let table = "arn:aws:dynamodb:eu-west-1:123456789012:table/weir-coordinator";
+    expect("dynamodb:UpdateItem", table);
+    expect("dynamodb:Query", &format!("{table}/index/*"));
+    // Nothing outside the named resources, and no delete where nothing is deleted.
+    for (action, resource) in &got {
+        assert!(
+            resource.contains("acme-raw")
+                || resource.contains(":stream/orders")
+                || resource.contains("analytics")
+                || resource.contains("table/weir-coordinator"),
+            "{action} on {resource}"
+        );
+        if action == "s3:DeleteObject" {
+            assert!(resource.contains("weir-stage"), "{resource}");
+        }
+    }
+    let template =
+        std::fs::read_to_string(root().join("examples/deploy/ec2/weir-fleet.yaml")).unwrap();
+    for (action, _) in &got {
+        assert!(
+            template.contains(&format!("- {action}\n"))
+                || template.contains(&format!("Action: {action}\n")),
+            "the template does not grant {action}"
+        );
+    }
+
+    let sqs = fleet_config(
+        dir.path(),
+        "[source]\nkind = \"sqs\"\nqueue_url = \"https://sqs.us-east-2.amazonaws.com/210987654321/orders\"",
+    );
+    let got = grants(&iam_policy(&sqs, &[]));
+    for a in [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+    ] {
+        assert!(
+            got.contains(&(a.into(), "arn:aws:sqs:us-east-2:210987654321:orders".into())),
+            "{got:#?}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|(_, r)| r == "arn:aws:dynamodb:us-east-2:210987654321:table/weir-coordinator"),
+        "{got:#?}"
+    );
 }

@@ -16,8 +16,10 @@ pub mod crash;
 #[cfg(feature = "kinesis")]
 pub mod fleet;
 pub mod group;
+pub mod iam;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin_fetch;
 pub mod plugin_store;
 pub mod raw;
 pub mod reconcile;
@@ -28,4 +30,6 @@ pub mod scaffold;
 pub mod schema;
 pub mod sink;
 pub mod source;
+#[cfg(any(feature = "postgres", feature = "https-plugins"))]
+pub mod tls;
 pub mod worker;

@@ -78,10 +78,14 @@ pub fn rule_settings(loaded: &Loaded) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Loads the rule of a configuration.
-pub fn load_rule(runtime: &RuleRuntime, loaded: &Loaded) -> Result<RulePlugin, RuleError> {
-    runtime.load(
-        &loaded.config.rule.plugin,
+/// Loads the rule of a configuration: a local file, or a remote plugin fetched (or found in the cache) and
+/// verified against `[rule] sha256` first.
+pub async fn load_rule(runtime: &RuleRuntime, loaded: &Loaded) -> Result<RulePlugin, RuleError> {
+    let fetched = crate::plugin_fetch::fetch(loaded, runtime.cache_dir()).await?;
+    runtime.load_bytes(
+        &fetched.label,
+        &fetched.name,
+        &fetched.wasm,
         rule_limits(loaded),
         rule_settings(loaded),
     )
@@ -497,7 +501,7 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let runtime = runtime(loaded)?;
-    let rule = Arc::new(load_rule(&runtime, loaded)?);
+    let rule = Arc::new(load_rule(&runtime, loaded).await?);
     let sink = open_sink(loaded).await?;
     let raw = open_raw(loaded).await?;
     // The rule goes to the plugin store in the background, so that a store that is unreachable at start (an

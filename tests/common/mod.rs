@@ -1152,3 +1152,35 @@ impl copy_front::CopyFront {
         copy_front::CopyFront::start_with("127.0.0.1:0", target, s3).await
     }
 }
+
+/// A TLS acceptor with a certificate for `localhost` signed by a fresh CA, and the CA's PEM file (written
+/// into `dir`) for the client to trust.
+pub fn tls_acceptor(dir: &Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(
+        tokio_rustls::rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server)),
+        ca_file,
+    )
+}

@@ -67,6 +67,22 @@ pub(crate) enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print the least-privilege IAM policy (JSON) for a configuration: the AWS actions its worker calls, on
+    /// the resources it names.
+    IamPolicy {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The 12-digit AWS account id of the stream, table and cluster (default: from an SQS queue URL).
+        #[arg(long)]
+        account_id: Option<String>,
+        /// Their region (default: `[aws] region`, or the SQS queue URL's).
+        #[arg(long)]
+        region: Option<String>,
+        /// The partition: aws, aws-cn, aws-us-gov.
+        #[arg(long, default_value = "aws")]
+        partition: String,
+    },
     /// Work with rule plugins.
     Plugin {
         #[command(subcommand)]
@@ -241,6 +257,18 @@ pub(crate) enum PluginCommand {
         /// The plugin (.wasm component), rewritten in place.
         plugin: PathBuf,
     },
+    /// Upload a plugin to S3 and print the `[rule]` lines that load it by digest (`plugin`, `sha256`).
+    /// A destination ending in `/` gets `{name}-{digest prefix}.wasm`; an object already at the key with
+    /// other bytes is never overwritten.
+    Publish {
+        /// The plugin (.wasm component).
+        plugin: PathBuf,
+        /// `s3://bucket/prefix/` or `s3://bucket/key.wasm`.
+        destination: String,
+        /// A configuration whose `[aws]` settings (region, endpoint) apply.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -266,6 +294,25 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::Validate { config } => validate_config(&config).await,
+        Command::IamPolicy {
+            config,
+            account_id,
+            region,
+            partition,
+        } => {
+            let loaded = config::load(&config)?;
+            let account = weir::iam::Account {
+                partition,
+                region,
+                account_id,
+            };
+            let policy = weir::iam::policy(&loaded.config, &account).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&policy)?);
+            for note in weir::iam::notes(&loaded.config) {
+                eprintln!("note: {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Produce {
             config,
             input,
@@ -300,13 +347,12 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
             max_differences,
         } => {
             // A dry run is a shadow reconcile with the replay's rule (by default the configured one).
-            let plugin = plugin.unwrap_or_else(|| {
-                config::load(&config)
-                    .map(|l| l.config.rule.plugin)
-                    .unwrap_or_default()
-            });
+            let shadow = match &plugin {
+                Some(p) => reconcile::Shadow::Plugin(p),
+                None => reconcile::Shadow::Configured,
+            };
             let html = html.as_deref();
-            reconcile(&config, &window, Some(&plugin), json, html, max_differences).await
+            reconcile(&config, &window, Some(shadow), json, html, max_differences).await
         }
         Command::Replay {
             config,

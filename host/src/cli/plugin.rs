@@ -1,4 +1,5 @@
-//! `weir plugin test|bench|new|stamp`: a rule on sample input, measured, scaffolded or stamped.
+//! `weir plugin test|bench|new|stamp|publish`: a rule on sample input, measured, scaffolded, stamped or
+//! published to S3.
 
 use super::*;
 
@@ -20,6 +21,11 @@ pub(crate) async fn plugin(command: PluginCommand) -> Result<ExitCode> {
         } => plugin_bench(&plugin, &input, config.as_deref(), secs).await,
         PluginCommand::New { name, lang, dir } => plugin_new(&name, lang, &dir),
         PluginCommand::Stamp { plugin } => plugin_stamp(&plugin),
+        PluginCommand::Publish {
+            plugin,
+            destination,
+            config,
+        } => plugin_publish(&plugin, &destination, config.as_deref()).await,
     }
 }
 
@@ -294,4 +300,102 @@ pub(super) fn plugin_stamp(plugin: &Path) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `weir plugin publish`: the plugin into S3 under a key that names its digest, and the config lines.
+#[cfg(feature = "s3")]
+pub(super) async fn plugin_publish(
+    plugin: &Path,
+    destination: &str,
+    config_path: Option<&Path>,
+) -> Result<ExitCode> {
+    use weir::config::PluginLocation;
+    let wasm = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    if !wasm.starts_with(b"\0asm") {
+        anyhow::bail!("{} is not a WebAssembly file", plugin.display());
+    }
+    match weir::rules::stamped_contract(&wasm) {
+        Some(v) if !weir::rules::contract_compatible(&v) => anyhow::bail!(
+            "{} was built for contract {v}; this weir runs {}: rebuild it before publishing",
+            plugin.display(),
+            weir::rules::CONTRACT_VERSION
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "warning: {} carries no contract stamp (`weir plugin stamp` adds one)",
+            plugin.display()
+        ),
+    }
+    let digest = weir::plugin_fetch::sha256_hex(&wasm);
+    let PluginLocation::S3 { bucket, key } = PluginLocation::parse(destination) else {
+        anyhow::bail!(
+            "{destination}: give an S3 destination, s3://bucket/prefix/ or s3://bucket/key.wasm"
+        );
+    };
+    if bucket.is_empty() {
+        anyhow::bail!("{destination}: the bucket is missing; write s3://bucket/prefix/");
+    }
+    let key = if key.is_empty() || key.ends_with('/') {
+        let name = PluginLocation::Local(plugin.to_path_buf()).name();
+        format!("{key}{name}-{}.wasm", &digest[..12])
+    } else {
+        key
+    };
+    let aws = match config_path {
+        Some(p) => config::load(p)?.config.aws,
+        None => weir::aws::AwsConfig::default(),
+    };
+    let s3 = aws.s3().await;
+    let target = format!("s3://{bucket}/{key}");
+    // An object already at the key: the same bytes are a no-op; other bytes are never replaced (workers
+    // pinned to their digest would stop on their next start).
+    match s3.get_object().bucket(&bucket).key(&key).send().await {
+        Ok(out) => {
+            let there = out.body.collect().await?.into_bytes();
+            let theirs = weir::plugin_fetch::sha256_hex(&there);
+            if theirs != digest {
+                anyhow::bail!(
+                    "{target} already holds another plugin (sha256 {theirs}); publish under another key, \
+                     or end the destination with / to name the object by its digest"
+                );
+            }
+            eprintln!("{target} already holds this plugin");
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+            use base64::Engine as _;
+            let raw: Vec<u8> = (0..digest.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&digest[i..i + 2], 16).expect("hex"))
+                .collect();
+            s3.put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .content_type("application/wasm")
+                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(raw))
+                .body(wasm.clone().into())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("uploading to {target}: {}", weir::aws::sdk_error(&e))
+                })?;
+            eprintln!(
+                "published {} ({} bytes) to {target}",
+                plugin.display(),
+                wasm.len()
+            );
+        }
+        Err(e) => anyhow::bail!("reading {target}: {}", weir::aws::sdk_error(&e)),
+    }
+    println!("# in [rule]:\nplugin = \"{target}\"\nsha256 = \"{digest}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir plugin publish` in a build without S3.
+#[cfg(not(feature = "s3"))]
+pub(super) async fn plugin_publish(
+    _plugin: &Path,
+    _destination: &str,
+    _config_path: Option<&Path>,
+) -> Result<ExitCode> {
+    anyhow::bail!("{}", config::not_compiled("plugin publish", "s3://…", "s3"))
 }

@@ -2,11 +2,19 @@
 
 use super::*;
 
-/// `weir reconcile`, and with `shadow` (a plugin) a shadow run (`weir replay --dry-run`).
+/// The rule of a shadow run (`weir replay --dry-run`).
+pub(super) enum Shadow<'a> {
+    /// `--plugin`.
+    Plugin(&'a Path),
+    /// The configured rule.
+    Configured,
+}
+
+/// `weir reconcile`, and with `shadow` a shadow run (`weir replay --dry-run`).
 pub(super) async fn reconcile(
     path: &Path,
     args: &WindowArgs,
-    shadow: Option<&Path>,
+    shadow: Option<Shadow<'_>>,
     json: bool,
     html: Option<&Path>,
     max_differences: usize,
@@ -20,16 +28,18 @@ pub(super) async fn reconcile(
     let settings = weir::worker::rule_settings(&loaded);
     // The configured rule re-derives its own batches even without a plugin store.
     let configured = weir::worker::load_rule(&runtime, &loaded)
-        .ok()
+        .await
         .map(Arc::new);
     let shadow = match shadow {
-        Some(p) => Some(Arc::new(
+        Some(Shadow::Plugin(p)) => Some(Arc::new(
             runtime
                 .load(p, limits.clone(), settings.clone())
                 .with_context(|| format!("loading {}", p.display()))?,
         )),
+        Some(Shadow::Configured) => Some(configured.as_ref().map_err(clone_err)?.clone()),
         None => None,
     };
+    let configured = configured.ok();
     let store = weir::plugin_store::PluginStore::open(&loaded).await;
     let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, store, configured)?;
     let sink = weir::worker::connect_sink(&loaded).await?;
@@ -91,7 +101,7 @@ pub(super) async fn replay(
         Some(p) => runtime
             .load(p, limits.clone(), settings.clone())
             .with_context(|| format!("loading {}", p.display()))?,
-        None => weir::worker::load_rule(&runtime, &loaded)?,
+        None => weir::worker::load_rule(&runtime, &loaded).await?,
     });
     let sink = weir::worker::open_sink(&loaded).await?;
     let raw = weir::worker::open_raw(&loaded).await?;
@@ -132,4 +142,9 @@ pub(super) async fn replay(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A rule error kept for later, reported now.
+fn clone_err(e: &weir::rules::RuleError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }

@@ -50,7 +50,7 @@ pub(super) async fn validate_config(path: &Path) -> Result<ExitCode> {
     let loaded = config::load(path)?;
     println!("config: ok ({} tables declared)", loaded.tables.len());
     let runtime = weir::worker::runtime(&loaded)?;
-    let rule = weir::worker::load_rule(&runtime, &loaded)?;
+    let rule = weir::worker::load_rule(&runtime, &loaded).await?;
     println!(
         "rule: ok ({}, contract {}, sha256 {})",
         rule.path().display(),

@@ -74,10 +74,46 @@ fn check_rule(r: &RuleConfig) -> Result<(), ConfigError> {
             "must be at least 1 (milliseconds)",
         ));
     }
-    if r.plugin.as_os_str().is_empty() {
+    match &r.plugin {
+        PluginLocation::Local(p) if p.as_os_str().is_empty() => {
+            return Err(ConfigError::field(
+                "rule.plugin",
+                "is empty; give the path of the rule's .wasm file, s3://bucket/key.wasm or https://…",
+            ));
+        }
+        PluginLocation::S3 { bucket, key } if bucket.is_empty() || key.is_empty() => {
+            return Err(ConfigError::field(
+                "rule.plugin",
+                format!("{} names no object; write s3://bucket/key.wasm", r.plugin),
+            ));
+        }
+        PluginLocation::Local(_) => {}
+        PluginLocation::S3 { .. } | PluginLocation::Web(_) if r.sha256.is_none() => {
+            return Err(ConfigError::field(
+                "rule.sha256",
+                format!(
+                    "is required for a plugin fetched from {}: add `sha256 = \"…\"` to [rule] \
+                     (`weir plugin publish` prints it; `sha256sum rule.wasm` computes it)",
+                    r.plugin
+                ),
+            ));
+        }
+        PluginLocation::S3 { .. } | PluginLocation::Web(_) => {}
+    }
+    if let Some(d) = &r.sha256
+        && (d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return Err(ConfigError::field(
-            "rule.plugin",
-            "is empty; give the path of the rule's .wasm file",
+            "rule.sha256",
+            format!(
+                "{d:?} is not a SHA-256 digest; give its 64 hex digits (`sha256sum rule.wasm`)"
+            ),
+        ));
+    }
+    if r.fetch_timeout_secs == 0 {
+        return Err(ConfigError::field(
+            "rule.fetch_timeout_secs",
+            "must be at least 1 (seconds)",
         ));
     }
     Ok(())
@@ -450,6 +486,21 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
         }
         SinkKind::Redshift if !cfg!(feature = "postgres") => {
             return missing("sink.kind", "redshift", "postgres");
+        }
+        _ => {}
+    }
+    match &config.rule.plugin {
+        PluginLocation::S3 { .. } if !cfg!(feature = "s3") => {
+            return Err(ConfigError::field(
+                "rule.plugin",
+                not_compiled("rule.plugin", "s3://…", "s3"),
+            ));
+        }
+        PluginLocation::Web(_) if !cfg!(feature = "https-plugins") => {
+            return Err(ConfigError::field(
+                "rule.plugin",
+                not_compiled("rule.plugin", "https://…", "https-plugins"),
+            ));
         }
         _ => {}
     }

@@ -232,7 +232,12 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             base.join(p)
         }
     };
-    config.rule.plugin = join(&config.rule.plugin);
+    if let PluginLocation::Local(p) = &config.rule.plugin {
+        config.rule.plugin = PluginLocation::Local(join(p));
+    }
+    if let Some(p) = &config.rule.tls_ca_file {
+        config.rule.tls_ca_file = Some(join(p));
+    }
     if let Some(dir) = &config.rule.cache_dir {
         config.rule.cache_dir = Some(join(dir));
     }

@@ -33,8 +33,21 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// The plugin: a WebAssembly component implementing `weir:rules@0.1.0` (relative to the config file).
-    pub plugin: PathBuf,
+    /// The plugin: a WebAssembly component implementing `weir:rules@0.1.0`: a path (relative to the config
+    /// file), `s3://bucket/key.wasm` or `https://…` (fetched once, verified against `sha256`, cached by
+    /// digest in `cache_dir`).
+    pub plugin: PluginLocation,
+    /// The plugin's SHA-256 (64 hex digits). Required for a plugin in S3 or on a web server; checked for a
+    /// local one when given. A mismatch stops the worker before any record is read. `weir plugin publish`
+    /// prints it.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Longest a remote plugin's download may take, in seconds (each attempt; three attempts). Default 60.
+    #[serde(default = "default_fetch_timeout_secs")]
+    pub fetch_timeout_secs: u64,
+    /// PEM certificates trusted for an `https://` plugin besides the public web roots (a private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Settings passed to the rule's `init`. Values are strings.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
@@ -59,6 +72,86 @@ pub struct RuleConfig {
     /// `~/.cache/weir`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+}
+
+pub(super) fn default_fetch_timeout_secs() -> u64 {
+    60
+}
+
+/// Where the rule's component is (`[rule] plugin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginLocation {
+    /// A file (made absolute against the config file's directory at load).
+    Local(PathBuf),
+    /// An object in S3 (`s3://bucket/key`), read with the `[aws]` settings.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// A URL (`https://…`, or `http://…`: the digest guards the bytes either way).
+    Web(String),
+}
+
+impl PluginLocation {
+    /// Reads `plugin = "…"`.
+    pub fn parse(text: &str) -> PluginLocation {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            PluginLocation::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            }
+        } else if text.starts_with("https://") || text.starts_with("http://") {
+            PluginLocation::Web(text.to_string())
+        } else {
+            PluginLocation::Local(PathBuf::from(text))
+        }
+    }
+
+    /// The file, for a local plugin.
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            PluginLocation::Local(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The plugin's name: its file name without `.wasm`.
+    pub fn name(&self) -> String {
+        let file = match self {
+            PluginLocation::Local(p) => {
+                return p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "rule".into());
+            }
+            PluginLocation::S3 { key, .. } => key.as_str(),
+            PluginLocation::Web(url) => url.split(['?', '#']).next().unwrap_or(url),
+        };
+        let last = file.rsplit('/').next().unwrap_or(file);
+        match last.strip_suffix(".wasm").unwrap_or(last) {
+            "" => "rule".into(),
+            name => name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginLocation::Local(p) => write!(f, "{}", p.display()),
+            PluginLocation::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            PluginLocation::Web(url) => f.write_str(url),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(PluginLocation::parse(&String::deserialize(d)?))
+    }
 }
 
 pub(super) fn default_memory_limit_mib() -> u64 {

@@ -144,6 +144,11 @@ fn bad_configs_name_the_field() {
         (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\nsse = \"aes\""), "raw"),
         (GOOD.replace("kind = \"local\"\ndir = \"raw\"", "kind = \"s3\"\nbucket = \"b\"\npart_size_bytes = 1000"), "raw.part_size_bytes"),
         (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\ninstances = 0"), "rule.instances"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"s3://bucket/rule.wasm\""), "rule.sha256"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"https://example.com/rule.wasm\""), "rule.sha256"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"s3://bucket\"\nsha256 = \"00\""), "rule.plugin"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\nsha256 = \"not-hex\""), "rule.sha256"),
+        (GOOD.replace("plugin = \"rule.wasm\"", "plugin = \"rule.wasm\"\nfetch_timeout_secs = 0"), "rule.fetch_timeout_secs"),
         (GOOD.to_string() + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.kind"),
         (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"dynamodb\"\ntable = \"t\"\n", "coordinator.table"),
         (GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", "kind = \"kinesis\"\nstream = \"s\"") + "[coordinator]\nkind = \"postgres\"\nurl = \"mysql://x\"\n", "coordinator.url"),
@@ -319,5 +324,41 @@ fn group_commit_defaults_follow_the_sink() {
     assert!(
         matches!(&staged, StagingConfig::S3 { bucket, prefix } if bucket == "mine" && prefix == "p"),
         "{staged:?}"
+    );
+}
+
+/// `[rule] plugin`: a path (made absolute against the config's directory), an S3 object or a URL (left as
+/// they are), each with the rule's name.
+#[test]
+fn plugin_locations_parse_and_name_the_rule() {
+    assert_eq!(
+        PluginLocation::parse("s3://b/dir/orders.wasm"),
+        PluginLocation::S3 {
+            bucket: "b".into(),
+            key: "dir/orders.wasm".into()
+        }
+    );
+    assert_eq!(
+        PluginLocation::parse("s3://b/dir/orders.wasm").name(),
+        "orders"
+    );
+    assert_eq!(
+        PluginLocation::parse("https://h/x/rule.wasm?sig=1").name(),
+        "rule"
+    );
+    assert_eq!(PluginLocation::parse("https://h/").name(), "rule");
+    let remote = GOOD.replace(
+        "plugin = \"rule.wasm\"",
+        &format!(
+            "plugin = \"s3://bucket/r/rule.wasm\"\nsha256 = \"{}\"",
+            "0f".repeat(32)
+        ),
+    );
+    let l = parse(&remote, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    assert_eq!(l.config.rule.plugin.to_string(), "s3://bucket/r/rule.wasm");
+    let l = parse(GOOD, Path::new("/base"), Path::new("t.toml"), &env).unwrap();
+    assert_eq!(
+        l.config.rule.plugin,
+        PluginLocation::Local(PathBuf::from("/base/rule.wasm"))
     );
 }

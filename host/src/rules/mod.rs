@@ -97,6 +97,27 @@ pub enum RuleError {
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0}")]
     Engine(String),
+    /// The plugin's bytes are not the ones `[rule] sha256` names.
+    #[error(
+        "rule.plugin {location}: its SHA-256 is {actual}, but rule.sha256 is {expected}; \
+         publish the intended plugin again (`weir plugin publish`) or set rule.sha256 to the plugin's digest"
+    )]
+    Digest {
+        /// Where the plugin came from.
+        location: String,
+        /// `[rule] sha256`.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
+    /// A remote plugin could not be fetched.
+    #[error("cannot fetch rule.plugin {location}: {message}")]
+    Fetch {
+        /// Where the plugin is.
+        location: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Per-rule sandbox limits.
@@ -179,7 +200,24 @@ impl RuleRuntime {
             path: path.to_path_buf(),
             source,
         })?;
-        match stamped_contract(&wasm) {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rule".into());
+        self.load_bytes(path, &name, &wasm, limits, settings)
+    }
+
+    /// [`RuleRuntime::load`] of bytes already read (a fetched plugin): `path` names them in errors and
+    /// logs, `name` is the rule's name.
+    pub fn load_bytes(
+        &self,
+        path: &Path,
+        name: &str,
+        wasm: &[u8],
+        limits: RuleLimits,
+        settings: Vec<(String, String)>,
+    ) -> Result<RulePlugin, RuleError> {
+        match stamped_contract(wasm) {
             Some(v) if !contract_compatible(&v) => {
                 return Err(RuleError::Incompatible {
                     path: path.to_path_buf(),
@@ -194,8 +232,8 @@ impl RuleRuntime {
                 "the plugin carries no contract version stamp (`weir plugin stamp` adds one); checking its exports only"
             ),
         }
-        let digest = hex(&Sha256::digest(&wasm));
-        let component = self.compile_cached(path, &wasm, &digest)?;
+        let digest = hex(&Sha256::digest(wasm));
+        let component = self.compile_cached(path, wasm, &digest)?;
         let incompatible = |e: wasmtime::Error| RuleError::Incompatible {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
@@ -205,10 +243,7 @@ impl RuleRuntime {
             .instantiate_pre(&component)
             .map_err(incompatible)?;
         let pre = RulePre::new(pre).map_err(incompatible)?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "rule".into());
+        let name = name.to_string();
         let plugin = RulePlugin {
             pre,
             engine: self.engine.clone(),
@@ -240,20 +275,28 @@ impl RuleRuntime {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
-        let Some(dir) = &self.cache_dir else {
+        let Some(dir) = self.cache_dir.as_deref().filter(|d| private_dir(d)) else {
             return Component::new(&self.engine, wasm).map_err(compile_err);
         };
         let mut h = std::hash::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if file.exists() {
-            // SAFETY: the file was written by `precompile_component` of an engine with the same settings
-            // (its name carries the engine's compatibility hash) into weir's own cache directory.
-            match unsafe { Component::deserialize_file(&self.engine, &file) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached component")
+        // Each compiled entry has its SHA-256 beside it, checked before `deserialize`: a truncated or
+        // altered entry is compiled again instead of being run as machine code.
+        let check = file.with_extension("cwasm.sha256");
+        if let (Ok(bytes), Ok(want)) = (std::fs::read(&file), std::fs::read_to_string(&check)) {
+            if hex(&Sha256::digest(&bytes)) == want.trim() {
+                // SAFETY: the bytes were written by `precompile_component` of an engine with the same
+                // settings (the name carries the engine's compatibility hash) into a cache directory only
+                // this user can write, and they still have the digest recorded when they were written.
+                match unsafe { Component::deserialize(&self.engine, &bytes) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached component")
+                    }
                 }
+            } else {
+                tracing::warn!(file = %file.display(), "cached component does not match its recorded digest; compiling again");
             }
         }
         let started = Instant::now();
@@ -262,16 +305,78 @@ impl RuleRuntime {
             .precompile_component(wasm)
             .map_err(compile_err)?;
         tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
-        let stored = std::fs::create_dir_all(dir).and_then(|()| {
-            let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &file)
-        });
+        let stored = write_atomically(&file, &bytes)
+            .and_then(|()| write_atomically(&check, hex(&Sha256::digest(&bytes)).as_bytes()));
         if let Err(e) = stored {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write the plugin cache; continuing without it");
         }
         // SAFETY: `bytes` was just produced by `precompile_component` on this engine.
         unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(compile_err)
+    }
+
+    /// The cache directory, when it is usable (see [`private_dir`]).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref().filter(|d| private_dir(d))
+    }
+}
+
+/// Writes `bytes` to `file` through a temporary file in the same directory (never a half-written entry).
+pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.unwrap_or_default(),
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Makes `dir` the worker's private cache: created with mode 0700, narrowed to 0700 when it is wider, and
+/// refused (false, with a warning: compiled code and fetched plugins then stay in memory) when another user
+/// owns it — precompiled components are machine code the worker runs, so nobody else may write them.
+pub fn private_dir(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let refuse = |why: String| {
+            tracing::warn!(dir = %dir.display(), "{why}; not using the plugin cache (set [rule] cache_dir or WEIR_CACHE_DIR to a directory of this user's)");
+            false
+        };
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            return refuse(format!("cannot create it: {e}"));
+        }
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) => return refuse(format!("cannot read it: {e}")),
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return refuse(format!(
+                "it belongs to user {} and this worker runs as {me}",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        {
+            return refuse(format!("cannot make it private (0700): {e}"));
+        }
+        true
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir).is_ok()
     }
 }
 

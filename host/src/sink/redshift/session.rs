@@ -473,25 +473,7 @@ impl RedshiftSink {
 pub(super) fn tls_connector(
     ca_file: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SinkError> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let bad =
-            |e: String| SinkError::Permanent(format!("sink.tls_ca_file {}: {e}", path.display()));
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
-        for cert in certs {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SinkError::Permanent(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        crate::tls::client_config(ca_file, "sink.tls_ca_file").map_err(SinkError::Permanent)?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
