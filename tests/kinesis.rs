@@ -546,6 +546,22 @@ async fn three_workers_metrics_and_graceful_sigterm() {
             body.contains("weir_kinesis_millis_behind_latest{shard="),
             "{body}"
         );
+        // Every committed batch has its size counted, and the last commit's age is there.
+        assert_eq!(
+            metric(&body, "weir_batch_records_count", ""),
+            metric(&body, "weir_batches_total", ""),
+            "{body}"
+        );
+        assert_eq!(
+            metric(&body, "weir_batch_records_sum", ""),
+            metric(&body, "weir_records_total", ""),
+            "{body}"
+        );
+        assert!(
+            metric(&body, "weir_seconds_since_last_commit", "") >= 0.0
+                && body.contains("\nweir_seconds_since_last_commit "),
+            "{body}"
+        );
     }
     assert_eq!(
         scraped_records as i64 + first_records,

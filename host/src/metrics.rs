@@ -86,8 +86,23 @@ const STAGE_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// `weir_batch_records` buckets: records per committed batch.
+const RECORD_BUCKETS: [f64; 14] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 50000.0,
+    100000.0, 500000.0,
+];
+
+/// The buckets of a histogram.
+fn buckets(name: &str) -> &'static [f64; 14] {
+    if name == "weir_batch_records" {
+        &RECORD_BUCKETS
+    } else {
+        &STAGE_BUCKETS
+    }
+}
+
 /// What each metric means, and its Prometheus type: the `/metrics` catalogue.
-const CATALOGUE: [(&str, &str, &str); 12] = [
+const CATALOGUE: [(&str, &str, &str); 15] = [
     ("weir_batches_total", "counter", "Batches committed."),
     (
         "weir_records_total",
@@ -136,6 +151,21 @@ const CATALOGUE: [(&str, &str, &str); 12] = [
     ),
     ("weir_up", "gauge", "Always 1: the worker is running."),
     (
+        "weir_seconds_since_last_commit",
+        "gauge",
+        "Seconds since this worker last committed a batch (absent before its first commit): alert when it grows while the source has data.",
+    ),
+    (
+        "weir_retries_total",
+        "counter",
+        "Operations retried after a transient failure, by stage (RAW write, commit, registration, staging write, grouped merge, …).",
+    ),
+    (
+        "weir_batch_records",
+        "histogram",
+        "Records per committed batch.",
+    ),
+    (
         "weir_rule_counter_total",
         "counter",
         "What rules counted with the host's `count` call, by metric name (the first 100 names; later ones as `(other)`).",
@@ -164,6 +194,7 @@ pub struct Registry {
     counters: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), u64>>,
     gauges: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), f64>>,
     histograms: std::sync::Mutex<std::collections::BTreeMap<(String, Labels), SecondsHistogram>>,
+    last_commit: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn key(name: &str, labels: &[(&str, &str)]) -> (String, Labels) {
@@ -232,18 +263,25 @@ impl Registry {
 
     /// Counts one duration of a stage (`weir_stage_seconds{stage=…}`).
     pub fn observe_stage(&self, stage: &str, d: Duration) {
-        let secs = d.as_secs_f64();
+        self.observe("weir_stage_seconds", &[("stage", stage)], d.as_secs_f64());
+    }
+
+    /// Counts one value of a histogram.
+    pub fn observe(&self, name: &str, labels: &[(&str, &str)], value: f64) {
         let mut h = self.histograms.lock().expect("not poisoned");
-        let h = h
-            .entry(key("weir_stage_seconds", &[("stage", stage)]))
-            .or_default();
-        for (i, le) in STAGE_BUCKETS.iter().enumerate() {
-            if secs <= *le {
+        let h = h.entry(key(name, labels)).or_default();
+        for (i, le) in buckets(name).iter().enumerate() {
+            if value <= *le {
                 h.buckets[i] += 1;
             }
         }
         h.count += 1;
-        h.sum += secs;
+        h.sum += value;
+    }
+
+    /// A batch committed now (`weir_seconds_since_last_commit` counts from here).
+    pub fn committed(&self) {
+        *self.last_commit.lock().expect("not poisoned") = Some(std::time::Instant::now());
     }
 
     /// A counter's value (0 when never counted).
@@ -282,6 +320,13 @@ impl Registry {
         let counters = self.counters.lock().expect("not poisoned").clone();
         let gauges = self.gauges.lock().expect("not poisoned").clone();
         let histograms = self.histograms.lock().expect("not poisoned").clone();
+        let mut gauges = gauges;
+        if let Some(at) = *self.last_commit.lock().expect("not poisoned") {
+            gauges.insert(
+                key("weir_seconds_since_last_commit", &[]),
+                at.elapsed().as_secs_f64(),
+            );
+        }
         let mut out = String::new();
         for (name, kind, help) in CATALOGUE {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -299,7 +344,7 @@ impl Registry {
                 }
                 _ => {
                     for ((n, l), h) in histograms.iter().filter(|((n, _), _)| n == name) {
-                        for (i, le) in STAGE_BUCKETS.iter().enumerate() {
+                        for (i, le) in buckets(n).iter().enumerate() {
                             let _ = writeln!(
                                 out,
                                 "{n}_bucket{} {}",
@@ -414,5 +459,24 @@ mod tests {
             r.counter("weir_records_total", &[("outcome", "emitted")]),
             7
         );
+        // Before any commit there is no age; batch sizes have buckets of their own.
+        assert!(
+            !text.contains("\nweir_seconds_since_last_commit "),
+            "{text}"
+        );
+        r.observe("weir_batch_records", &[], 300.0);
+        r.committed();
+        let text = r.render();
+        assert!(
+            text.contains("weir_batch_records_bucket{le=\"500\"} 1\n")
+                && text.contains("weir_batch_records_bucket{le=\"250\"} 0\n"),
+            "{text}"
+        );
+        let age = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_seconds_since_last_commit "))
+            .map(|v| v.parse::<f64>().unwrap())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!((0.0..60.0).contains(&age), "{age}");
     }
 }

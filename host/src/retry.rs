@@ -139,7 +139,7 @@ pub trait Retryable: std::fmt::Display {
 /// Returns the number of attempts with the last error.
 pub async fn retrying<T, E: Retryable, F, Fut>(
     policy: &RetryConfig,
-    what: &str,
+    what: &'static str,
     mut op: F,
 ) -> Result<T, (u32, E)>
 where
@@ -154,6 +154,7 @@ where
             Err(e) if e.is_transient() => match backoff.next_delay() {
                 Some(wait) => {
                     tracing::warn!(attempt, backoff_ms = wait.as_millis() as u64, error = %e, "{what} failed; retrying");
+                    crate::metrics::global().inc("weir_retries_total", &[("stage", what)], 1);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }

@@ -178,6 +178,8 @@ pub(super) fn record_metrics(
     m.observe_stage("load", load);
     m.observe_stage("end_to_end", end_to_end);
     m.inc("weir_batches_total", &[], 1);
+    m.observe("weir_batch_records", &[], outcomes.len() as f64);
+    m.committed();
     let (mut emitted, mut dropped, mut rejected) = (0, 0, 0);
     let mut rows: BTreeMap<&str, u64> = BTreeMap::new();
     let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
