@@ -4,7 +4,14 @@
 # under /var/tmp), JavaScript (componentize-js, pinned, npm under /var/tmp) and C (clang + wasi-libc from Debian,
 # wit-bindgen-cli pinned under /var/tmp). Adds the wasm32-wasip2 target when it is missing. Components not built by a weir SDK are
 # stamped with the contract version (scripts/stamp.py).
+#   scripts/build-plugins.sh --quickstart   only the Rust orders rule (what scripts/quickstart.sh runs)
 set -euo pipefail
+quickstart=
+case "${1:-}" in
+  --quickstart) quickstart=1 ;;
+  "") ;;
+  *) echo "usage: scripts/build-plugins.sh [--quickstart]" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 
@@ -13,6 +20,13 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
+if [ -n "$quickstart" ]; then
+  echo "==> building the orders rule (wasm32-wasip2)"
+  (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked -p orders)
+  mkdir -p "$root/plugins/dist"
+  cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/orders.wasm" "$root/plugins/dist/orders.wasm"
+  exit 0
+fi
 echo "==> building plugins (wasm32-wasip2)"
 (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked)
 (cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked)

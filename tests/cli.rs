@@ -424,3 +424,57 @@ async fn admin_endpoint_caps_connections() {
         show(&out)
     );
 }
+
+/// `[worker] metrics = "emf"`: the run writes CloudWatch Embedded Metric Format lines on stdout (the last
+/// interval's at exit), and their counter changes add up to what the run committed.
+#[tokio::test]
+async fn emf_lines_add_up_to_the_run() {
+    needs!("emf_lines_add_up_to_the_run": Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart_in(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "\n[worker]\nmetrics = \"emf\"\nmetrics_interval_secs = 3600\n";
+    std::fs::write(&cfg, text).unwrap();
+    let db = dir.path().join("weir.db");
+    let out = weir(
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("WEIR_QUICKSTART_DB", db.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!docs.is_empty(), "{}", show(&out));
+    let sum = |name: &str| -> i64 {
+        docs.iter()
+            .filter_map(|d| d.get(name).and_then(|v| v.as_i64()))
+            .sum()
+    };
+    for d in &docs {
+        assert_eq!(
+            d["_aws"]["CloudWatchMetrics"][0]["Namespace"], "weir",
+            "{d}"
+        );
+    }
+    assert_eq!(sum("weir_records_total"), 17, "{}", show(&out));
+    let batches = count(&db, "SELECT count(*) FROM weir_batches").await;
+    assert_eq!(sum("weir_batches_total"), batches);
+    let sizes: i64 = docs
+        .iter()
+        .filter_map(|d| d.get("weir_batch_records"))
+        .flat_map(|h| h["Counts"].as_array().unwrap().clone())
+        .map(|c| c.as_i64().unwrap())
+        .sum();
+    assert_eq!(sizes, batches);
+    assert_eq!(
+        sum("weir_rows_total"),
+        count(
+            &db,
+            "SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM order_lines)"
+        )
+        .await
+    );
+}

@@ -303,3 +303,49 @@ fn iam_policy_is_least_privilege_and_the_template_grants_it() {
         "{got:#?}"
     );
 }
+
+/// The monitoring examples (`examples/monitoring/`): the dashboard is valid JSON, and every metric the alert
+/// rules and the dashboard name is one the worker exports.
+#[test]
+fn monitoring_examples_name_only_exported_metrics() {
+    let dir = root().join("examples/monitoring");
+    let alerts = std::fs::read_to_string(dir.join("weir-alerts.yaml")).unwrap();
+    let dashboard = std::fs::read_to_string(dir.join("weir-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(parsed["panels"].as_array().unwrap().len() >= 10);
+    let exported: Vec<&str> = weir::metrics::names().collect();
+    let mut named = std::collections::BTreeSet::new();
+    for text in [&alerts, &dashboard] {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(at) = text[i..].find("weir_") {
+            let start = i + at;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            named.insert(text[start..end].to_string());
+            i = end;
+        }
+    }
+    for name in &named {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(b)))
+            .unwrap_or(name);
+        assert!(
+            exported.contains(&base),
+            "{name} is not a metric weir exports"
+        );
+    }
+    for needed in [
+        "weir_seconds_since_last_commit",
+        "weir_kinesis_millis_behind_latest",
+        "weir_sqs_oldest_in_flight_seconds",
+        "weir_dead_letters_total",
+        "weir_retries_total",
+    ] {
+        assert!(alerts.contains(needed), "the alerts lack {needed}");
+        assert!(dashboard.contains(needed), "the dashboard lacks {needed}");
+    }
+}

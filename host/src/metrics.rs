@@ -102,7 +102,7 @@ fn buckets(name: &str) -> &'static [f64; 14] {
 }
 
 /// What each metric means, and its Prometheus type: the `/metrics` catalogue.
-const CATALOGUE: [(&str, &str, &str); 15] = [
+const CATALOGUE: [(&str, &str, &str); 16] = [
     ("weir_batches_total", "counter", "Batches committed."),
     (
         "weir_records_total",
@@ -140,6 +140,11 @@ const CATALOGUE: [(&str, &str, &str); 15] = [
         "SQS: received messages not yet deleted.",
     ),
     (
+        "weir_sqs_oldest_in_flight_seconds",
+        "gauge",
+        "SQS: how long the oldest message this worker holds has been in flight (0 when none); updated every quarter visibility timeout.",
+    ),
+    (
         "weir_leases_held",
         "gauge",
         "Kinesis shard leases this worker holds.",
@@ -171,6 +176,11 @@ const CATALOGUE: [(&str, &str, &str); 15] = [
         "What rules counted with the host's `count` call, by metric name (the first 100 names; later ones as `(other)`).",
     ),
 ];
+
+/// The names of every metric the worker exports (histograms also as `_bucket`, `_sum` and `_count` series).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CATALOGUE.iter().map(|(name, _, _)| *name)
+}
 
 /// Distinct `metric` names a rule may create in `weir_rule_counter_total`; later names are counted as `(other)`.
 pub const MAX_RULE_METRICS: usize = 100;
@@ -368,6 +378,109 @@ impl Registry {
     }
 }
 
+/// What [`Registry::emf`] wrote last: counters and histograms go out as the change since then.
+#[derive(Debug, Default)]
+pub struct EmfState {
+    counters: std::collections::BTreeMap<(String, Labels), u64>,
+    histograms: std::collections::BTreeMap<(String, Labels), SecondsHistogram>,
+}
+
+impl Registry {
+    /// CloudWatch Embedded Metric Format: one JSON line per series (namespace `weir`, the labels as
+    /// dimensions): counters as the change since the previous call (unit Count), gauges as their value,
+    /// histograms as the observations since then (`Values` = bucket upper bounds, `Counts`; an observation
+    /// above the last bound is counted at it). Series are bounded like the Prometheus ones.
+    pub fn emf(&self, state: &mut EmfState, timestamp_ms: u64) -> Vec<String> {
+        let counters = self.counters.lock().expect("not poisoned").clone();
+        let gauges = self.gauges.lock().expect("not poisoned").clone();
+        let histograms = self.histograms.lock().expect("not poisoned").clone();
+        let mut gauges = gauges;
+        if let Some(at) = *self.last_commit.lock().expect("not poisoned") {
+            gauges.insert(
+                key("weir_seconds_since_last_commit", &[]),
+                at.elapsed().as_secs_f64(),
+            );
+        }
+        let line = |name: &str, labels: &Labels, unit: &str, value: serde_json::Value| {
+            let mut doc = serde_json::Map::new();
+            let dims: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            doc.insert(
+                "_aws".into(),
+                serde_json::json!({
+                    "Timestamp": timestamp_ms,
+                    "CloudWatchMetrics": [{
+                        "Namespace": "weir",
+                        "Dimensions": [dims],
+                        "Metrics": [{ "Name": name, "Unit": unit }],
+                    }],
+                }),
+            );
+            for (k, v) in labels {
+                doc.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+            doc.insert(name.to_string(), value);
+            serde_json::Value::Object(doc).to_string()
+        };
+        let mut out = Vec::new();
+        for ((name, labels), v) in &counters {
+            let before = state
+                .counters
+                .insert((name.clone(), labels.clone()), *v)
+                .unwrap_or(0);
+            out.push(line(name, labels, "Count", v.saturating_sub(before).into()));
+        }
+        for ((name, labels), v) in &gauges {
+            let unit = if name.ends_with("_seconds") || name.contains("_seconds_") {
+                "Seconds"
+            } else if name.contains("millis") {
+                "Milliseconds"
+            } else {
+                "None"
+            };
+            out.push(line(name, labels, unit, serde_json::json!(v)));
+        }
+        for ((name, labels), h) in &histograms {
+            let before = state
+                .histograms
+                .insert((name.clone(), labels.clone()), h.clone())
+                .unwrap_or_default();
+            let bounds = buckets(name);
+            let (mut values, mut counts) = (Vec::new(), Vec::new());
+            let mut below = 0u64;
+            for (i, le) in bounds.iter().enumerate() {
+                // Prometheus buckets are cumulative: this bucket's own observations since last time.
+                let cumulative = h.buckets[i] - before.buckets[i];
+                let own = cumulative - below;
+                below = cumulative;
+                if own > 0 {
+                    values.push(*le);
+                    counts.push(own);
+                }
+            }
+            let above = (h.count - before.count) - below;
+            if above > 0 {
+                values.push(bounds[bounds.len() - 1]);
+                counts.push(above);
+            }
+            if values.is_empty() {
+                continue;
+            }
+            let unit = if name == "weir_batch_records" {
+                "Count"
+            } else {
+                "Seconds"
+            };
+            out.push(line(
+                name,
+                labels,
+                unit,
+                serde_json::json!({ "Values": values, "Counts": counts }),
+            ));
+        }
+        out
+    }
+}
+
 /// The process's metrics.
 pub fn global() -> &'static Registry {
     static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
@@ -400,6 +513,53 @@ mod tests {
     }
 
     /// The exposition has HELP/TYPE lines, labelled samples and cumulative histogram buckets.
+    /// EMF lines carry counter changes since the previous call, gauges, and the histogram observations since
+    /// then, each with its labels as dimensions.
+    #[test]
+    fn emf_lines_carry_changes() {
+        let r = Registry::default();
+        let mut state = EmfState::default();
+        r.inc("weir_records_total", &[("outcome", "emitted")], 5);
+        r.set("weir_leases_held", &[], 2.0);
+        r.observe("weir_batch_records", &[], 300.0);
+        r.observe("weir_batch_records", &[], 1e9);
+        let parse = |lines: Vec<String>| -> Vec<serde_json::Value> {
+            lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let first = parse(r.emf(&mut state, 1000));
+        let find = |docs: &[serde_json::Value], name: &str| {
+            docs.iter()
+                .find(|d| d.get(name).is_some())
+                .cloned()
+                .unwrap()
+        };
+        let records = find(&first, "weir_records_total");
+        assert_eq!(records["weir_records_total"], 5);
+        assert_eq!(records["outcome"], "emitted");
+        assert_eq!(
+            records["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "outcome"
+        );
+        assert_eq!(records["_aws"]["Timestamp"], 1000);
+        assert_eq!(find(&first, "weir_leases_held")["weir_leases_held"], 2.0);
+        let sizes = find(&first, "weir_batch_records");
+        assert_eq!(
+            sizes["weir_batch_records"]["Values"],
+            serde_json::json!([500.0, 500000.0])
+        );
+        assert_eq!(
+            sizes["weir_batch_records"]["Counts"],
+            serde_json::json!([1, 1])
+        );
+        r.inc("weir_records_total", &[("outcome", "emitted")], 2);
+        let second = parse(r.emf(&mut state, 2000));
+        assert_eq!(find(&second, "weir_records_total")["weir_records_total"], 2);
+        assert!(second.iter().all(|d| d.get("weir_batch_records").is_none()));
+    }
+
     /// A rule's counter names are bounded in number and length.
     #[test]
     fn rule_counters_bounded() {

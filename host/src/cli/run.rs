@@ -16,10 +16,20 @@ pub(super) async fn run(path: &Path) -> Result<ExitCode> {
             })?;
         tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
     }
+    let emf = (loaded.config.worker.metrics == config::MetricsOutput::Emf).then(|| {
+        emf_lines(Duration::from_secs(
+            loaded.config.worker.metrics_interval_secs,
+        ))
+    });
     let grace = Duration::from_secs(loaded.config.worker.shutdown_grace_secs);
     let stopped =
         weir::worker::run_until(&loaded, wait_for_signal(), wait_for_signal(), grace).await;
     let _ = admin_stop.send(true);
+    if let Some((task, state)) = emf {
+        task.abort();
+        // The last interval's changes, so that a short run's counts reach CloudWatch too.
+        write_emf(&mut state.lock().expect("not poisoned"));
+    }
     match stopped? {
         weir::worker::Stopped::Finished(summary) => {
             print!("{}", summary.render());
@@ -30,6 +40,40 @@ pub(super) async fn run(path: &Path) -> Result<ExitCode> {
             Ok(ExitCode::from(130))
         }
     }
+}
+
+/// `[worker] metrics = "emf"`: CloudWatch Embedded Metric Format lines on stdout every `every`.
+fn emf_lines(
+    every: Duration,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<weir::metrics::EmfState>>,
+) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(weir::metrics::EmfState::default()));
+    let shared = state.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            write_emf(&mut shared.lock().expect("not poisoned"));
+        }
+    });
+    (task, state)
+}
+
+fn write_emf(state: &mut weir::metrics::EmfState) {
+    use std::io::Write as _;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let lines = weir::metrics::global().emf(state, now_ms);
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
 }
 
 pub(super) async fn wait_for_signal() {

@@ -42,6 +42,12 @@ fn check_limits(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if config.worker.metrics_interval_secs == 0 {
+        return Err(ConfigError::field(
+            "worker.metrics_interval_secs",
+            "must be at least 1 (seconds)",
+        ));
+    }
     if config.retry.max_attempts == 0 {
         return Err(ConfigError::field(
             "retry.max_attempts",

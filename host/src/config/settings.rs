@@ -14,10 +14,33 @@ pub struct WorkerConfig {
     /// the two-minute EC2 spot interruption notice.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Where metrics go besides `/metrics`: `"prometheus"` (the default: only `/metrics`, with `admin_bind`)
+    /// or `"emf"` (also CloudWatch Embedded Metric Format lines on stdout, every `metrics_interval_secs` and
+    /// once at exit, for the CloudWatch agent or a log subscription).
+    #[serde(default)]
+    pub metrics: MetricsOutput,
+    /// How often EMF lines are written, in seconds. Default 60.
+    #[serde(default = "default_metrics_interval_secs")]
+    pub metrics_interval_secs: u64,
+}
+
+/// `[worker] metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsOutput {
+    /// `/metrics` only.
+    #[default]
+    Prometheus,
+    /// `/metrics`, and CloudWatch Embedded Metric Format lines on stdout.
+    Emf,
 }
 
 pub(super) fn default_shutdown_grace_secs() -> u64 {
     110
+}
+
+pub(super) fn default_metrics_interval_secs() -> u64 {
+    60
 }
 
 impl Default for WorkerConfig {
@@ -25,6 +48,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             admin_bind: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            metrics: MetricsOutput::default(),
+            metrics_interval_secs: default_metrics_interval_secs(),
         }
     }
 }

@@ -70,6 +70,8 @@ struct InFlight {
     visible_at: Instant,
     /// Handed to the pipeline (else still in the channel when the source stops).
     handed: bool,
+    /// When this worker received it.
+    received_at: Instant,
 }
 
 /// State shared by the receivers, the source, the heartbeat and the acker.

@@ -99,6 +99,7 @@ async fn forward(
                     receipt,
                     visible_at: at + shared.visibility,
                     handed: false,
+                    received_at: at,
                 },
             );
         }
@@ -196,6 +197,16 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
                 "weir_sqs_messages_in_flight",
                 &[("queue", &shared.queue)],
                 inflight.len() as f64,
+            );
+            let oldest = inflight
+                .values()
+                .map(|m| now.saturating_duration_since(m.received_at))
+                .max()
+                .unwrap_or_default();
+            crate::metrics::global().set(
+                "weir_sqs_oldest_in_flight_seconds",
+                &[("queue", &shared.queue)],
+                oldest.as_secs_f64(),
             );
             inflight
                 .iter()
