@@ -478,3 +478,16 @@ async fn emf_lines_add_up_to_the_run() {
         .await
     );
 }
+
+/// `weir status` on SQLite: partitions, checkpoints, last commits and the last hour's dead letters.
+#[tokio::test]
+async fn status_shows_partitions_and_dead_letters_on_sqlite() {
+    needs!("status_shows_partitions_and_dead_letters_on_sqlite": Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_in(dir.path());
+    let out = weir(&["run", "-c", config.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let db = dir.path().join("out/weir.db");
+    let batches = count(&db, "SELECT count(*) FROM weir_batches").await;
+    check_quickstart_status(&config, batches);
+}

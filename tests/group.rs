@@ -88,6 +88,13 @@ async fn grouped_commits_leave_the_per_batch_state() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "staged objects are removed once merged");
+    // `weir status` reads the registry: nothing waits for the loader after the run.
+    let cfg = config(b.path(), &grouped.url, true);
+    let status = weir(&["status", "-c", cfg.to_str().unwrap(), "--json"], &[]);
+    assert!(status.status.success(), "{}", show(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["pending_merge"]["batches"], 0, "{status:#}");
+    assert_eq!(status["partitions"][0]["records"], 17, "{status:#}");
     // A second run reads from the checkpoint: nothing new, nothing changed.
     let before = state(&grouped).await;
     let out = weir(

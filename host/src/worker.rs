@@ -246,6 +246,51 @@ pub async fn open_group(
     Ok(Some((group, loader)))
 }
 
+/// The staged-batch registry of a configuration with grouped commits (`None` without them): the
+/// coordinator's, else the sink's own (its table created when missing).
+pub async fn open_registry(
+    loaded: &Loaded,
+    coordination: Option<&Coordination>,
+) -> Result<Option<Arc<dyn crate::sink::group::Registry>>, SinkError> {
+    if !loaded.config.sink.group_commit.on() {
+        return Ok(None);
+    }
+    if let Some(c) = coordination {
+        return Ok(Some(c.registry.clone()));
+    }
+    Ok(Some(match loaded.config.sink.kind {
+        SinkKind::Sqlite => {
+            let path = loaded.config.sink.path.as_ref().expect("checked by config");
+            let sink = Arc::new(SqliteSink::open(path).await?);
+            preparing(|| sink.prepare_registry()).await?;
+            sink
+        }
+        #[cfg(not(feature = "postgres"))]
+        SinkKind::Postgres | SinkKind::Redshift => return Err(postgres_not_compiled()),
+        #[cfg(feature = "postgres")]
+        SinkKind::Postgres | SinkKind::Redshift => {
+            let sink = Arc::new(database_sink(loaded)?);
+            preparing(|| sink.prepare_registry()).await?;
+            sink
+        }
+    }))
+}
+
+/// The coordination of a configuration for reading: the sink's checkpoints, with the leases of
+/// `[coordinator]` when it has one.
+pub fn coordinator_view(
+    sink: Arc<dyn Warehouse>,
+    coordination: Option<&Coordination>,
+) -> Arc<dyn crate::sink::Coordinator> {
+    match coordination {
+        Some(c) => Arc::new(crate::coordinator::SplitCoordinator::new(
+            sink,
+            c.leases.clone(),
+        )),
+        None => sink,
+    }
+}
+
 /// A coordinator of its own (`[coordinator] kind = "postgres"` or `"dynamodb"`): the registry of grouped
 /// commits and the partition leases, both outside the warehouse.
 pub struct Coordination {
@@ -529,13 +574,7 @@ pub async fn run(
     };
     crate::admin::set_ready(true);
     // With a coordinator of its own, leases live there and checkpoints stay in the warehouse.
-    let coordinator: Arc<dyn crate::sink::Coordinator> = match &coordination {
-        Some(c) => Arc::new(crate::coordinator::SplitCoordinator::new(
-            sink.clone(),
-            c.leases.clone(),
-        )),
-        None => sink.clone(),
-    };
+    let coordinator = coordinator_view(sink.clone(), coordination.as_ref());
     let summary = run_pipeline(loaded, rule, (sink, coordinator), raw, group, shutdown).await;
     crate::admin::set_ready(false);
     let _ = stop_loader.send(true);

@@ -1184,3 +1184,41 @@ pub fn tls_acceptor(dir: &Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
         ca_file,
     )
 }
+
+/// `weir status` after the quickstart ran on `config`: one file partition with every batch and record of the
+/// run, its last commit moments ago, and the run's 10 dead letters counted by stage and reason; the table
+/// says the same.
+pub fn check_quickstart_status(config: &Path, batches: i64) {
+    let out = weir(&["status", "-c", config.to_str().unwrap(), "--json"], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["source"], "file", "{status:#}");
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 1, "{status:#}");
+    let p = &partitions[0];
+    assert_eq!(p["batches"], batches, "{status:#}");
+    assert_eq!(p["records"], 17, "{status:#}");
+    assert!(!p["checkpoint"].as_str().unwrap().is_empty(), "{status:#}");
+    let ago = p["last_commit_secs_ago"].as_f64().unwrap();
+    assert!((0.0..600.0).contains(&ago), "{status:#}");
+    let dead = status["dead_letters_last_hour"].as_array().unwrap();
+    let total: i64 = dead.iter().map(|d| d["count"].as_i64().unwrap()).sum();
+    assert_eq!(total, 10, "{status:#}");
+    assert!(
+        dead.iter().any(|d| d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("currency: must be three letters")),
+        "{status:#}"
+    );
+    let table = weir(&["status", "-c", config.to_str().unwrap()], &[]);
+    assert!(table.status.success(), "{}", show(&table));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("partitions:")
+            && text.contains(" ago")
+            && text.contains("dead letters in the last hour:")
+            && text.contains("currency: must be three letters"),
+        "{text}"
+    );
+}

@@ -22,6 +22,9 @@ mod reconcile;
 use reconcile::*;
 mod schema;
 use schema::*;
+mod dead_letters;
+mod status;
+use dead_letters::DeadLettersCommand;
 mod plugin;
 use plugin::*;
 
@@ -66,6 +69,21 @@ pub(crate) enum Command {
         /// The configuration file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Show leases, checkpoints and the last commit per partition, the staged batches waiting for the loader
+    /// and the last hour's dead letters by reason.
+    Status {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead letters of a time range: list them, or export their RAW records.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
     },
     /// Print the least-privilege IAM policy (JSON) for a configuration: the AWS actions its worker calls, on
     /// the resources it names.
@@ -294,6 +312,8 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::Validate { config } => validate_config(&config).await,
+        Command::Status { config, json } => status::status(&config, json).await,
+        Command::DeadLetters { command } => dead_letters::dead_letters(command).await,
         Command::IamPolicy {
             config,
             account_id,

@@ -346,6 +346,68 @@ pub trait SinkReader: Send + Sync {
 
     /// How many rows of `spec` name a batch the ledger does not have.
     async fn rows_without_batch(&self, spec: &TableSpec) -> Result<usize, SinkError>;
+
+    /// Per partition of `source`, from the ledger: batches and records committed, and the last commit.
+    async fn activity(&self, source: &str) -> Result<Vec<PartitionActivity>, SinkError>;
+
+    /// Dead letters written since `since_us`, oldest first, at most `limit`; with `reason`, only those whose
+    /// reason contains it.
+    async fn dead_letter_entries(
+        &self,
+        since_us: i64,
+        reason: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>, SinkError>;
+
+    /// Dead letters written since `since_us`, counted by stage and reason: the `limit` most frequent.
+    async fn dead_letter_counts(
+        &self,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterCount>, SinkError>;
+}
+
+/// A partition's committed work, from the ledger (`weir status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionActivity {
+    /// The partition.
+    pub partition: String,
+    /// Batches committed.
+    pub batches: i64,
+    /// Records those batches read.
+    pub records: i64,
+    /// When the last of them committed, in µs since the epoch.
+    pub last_commit_us: i64,
+}
+
+/// A dead letter with where its record is in RAW (`weir dead-letters`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterEntry {
+    /// The record.
+    pub record_id: String,
+    /// The batch that dead-lettered it.
+    pub batch_id: String,
+    /// Where the record is in RAW (`{object}#{line}`; the object alone for MongoDB RAW).
+    pub raw_ref: String,
+    /// `rule`, `sandbox`, `validate` or `sink`.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// The payload's first bytes, as text.
+    pub payload_preview: String,
+    /// When it was written, in µs since the epoch.
+    pub at_us: i64,
+}
+
+/// Dead letters of one stage and reason (`weir status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterCount {
+    /// `rule`, `sandbox`, `validate` or `sink`.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// How many.
+    pub count: i64,
 }
 
 /// A backend that plays all three roles — every warehouse weir writes today. `Arc<dyn Warehouse>` coerces to

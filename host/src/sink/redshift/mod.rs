@@ -26,9 +26,9 @@ use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
 use super::{
-    Commit, Coordinator, DeadLetterRow, KeyEquality, Lease, LedgerRow, Load, READ_CHUNK, RowFilter,
-    SchemaPlan, Sink, SinkError, SinkReader, StoredRow, clean_text, dedupe, lineage_ddl,
-    payload_preview, quote, rows_by_table,
+    Commit, Coordinator, DeadLetterCount, DeadLetterEntry, DeadLetterRow, KeyEquality, Lease,
+    LedgerRow, Load, PartitionActivity, READ_CHUNK, RowFilter, SchemaPlan, Sink, SinkError,
+    SinkReader, StoredRow, clean_text, dedupe, lineage_ddl, payload_preview, quote, rows_by_table,
 };
 use crate::aws::AwsConfig;
 use crate::config::{IamConfig, MergeMode, StageFillConfig};

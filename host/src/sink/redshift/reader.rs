@@ -3,6 +3,90 @@ use super::*;
 
 #[async_trait]
 impl SinkReader for RedshiftSink {
+    async fn activity(&self, source: &str) -> Result<Vec<PartitionActivity>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .read(
+                format!(
+                    "SELECT \"partition\", CAST(count(*) AS BIGINT), CAST(COALESCE(sum(records_in), 0) AS BIGINT), \
+                     CAST(EXTRACT(EPOCH FROM max(loaded_at)) * 1000000 AS BIGINT) \
+                     FROM {s}.weir_batches WHERE source = $1 GROUP BY \"partition\" ORDER BY \"partition\""
+                ),
+                vec![(source.to_string(), Type::VARCHAR)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PartitionActivity {
+                partition: r.get(0),
+                batches: r.get(1),
+                records: r.get(2),
+                last_commit_us: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn dead_letter_entries(
+        &self,
+        since_us: i64,
+        reason: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .read(
+                format!(
+                    "SELECT record_id, batch_id, raw_ref, stage, reason, payload_preview, \
+                     CAST(EXTRACT(EPOCH FROM at) * 1000000 AS BIGINT) FROM {s}.weir_dead_letters \
+                     WHERE at >= CAST($1 AS TIMESTAMPTZ) AND ($2 = '' OR POSITION($2 IN reason) > 0) \
+                     ORDER BY at, record_id LIMIT {limit}"
+                ),
+                vec![
+                    (sql_timestamp(since_us), Type::VARCHAR),
+                    (reason.unwrap_or("").to_string(), Type::VARCHAR),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetterEntry {
+                record_id: r.get(0),
+                batch_id: r.get(1),
+                raw_ref: r.get(2),
+                stage: r.get(3),
+                reason: r.get(4),
+                payload_preview: r.get(5),
+                at_us: r.get(6),
+            })
+            .collect())
+    }
+
+    async fn dead_letter_counts(
+        &self,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterCount>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .read(
+                format!(
+                    "SELECT stage, reason, CAST(count(*) AS BIGINT) AS n FROM {s}.weir_dead_letters \
+                     WHERE at >= CAST($1 AS TIMESTAMPTZ) GROUP BY stage, reason \
+                     ORDER BY n DESC, stage, reason LIMIT {limit}"
+                ),
+                vec![(sql_timestamp(since_us), Type::VARCHAR)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetterCount {
+                stage: r.get(0),
+                reason: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
     async fn ledger(&self) -> Result<Vec<LedgerRow>, SinkError> {
         let s = quote(&self.schema);
         let rows = self

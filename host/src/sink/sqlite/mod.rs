@@ -20,9 +20,9 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::{
-    Commit, Coordinator, DeadLetterRow, Lease, LedgerRow, Load, READ_CHUNK, RowFilter, SchemaPlan,
-    Sink, SinkError, SinkReader, StoredRow, dedupe, lineage_ddl, payload_preview, quote,
-    rows_by_table,
+    Commit, Coordinator, DeadLetterCount, DeadLetterEntry, DeadLetterRow, Lease, LedgerRow, Load,
+    PartitionActivity, READ_CHUNK, RowFilter, SchemaPlan, Sink, SinkError, SinkReader, StoredRow,
+    dedupe, lineage_ddl, payload_preview, quote, rows_by_table,
 };
 use crate::rules::validate::RecordOutcome;
 use crate::schema::{Cell, ColumnType, LINEAGE_COLUMNS, TableSpec, format_timestamp_us};

@@ -4,6 +4,88 @@ use super::*;
 
 #[async_trait]
 impl SinkReader for SqliteSink {
+    async fn activity(&self, source: &str) -> Result<Vec<PartitionActivity>, SinkError> {
+        // Timestamps are fixed-width RFC 3339 text, so max() is the latest.
+        let rows = sqlx::query(
+            r#"SELECT "partition", count(*), COALESCE(sum(records_in), 0), max(loaded_at)
+               FROM weir_batches WHERE source = ? GROUP BY "partition" ORDER BY "partition""#,
+        )
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .iter()
+            .map(|r| PartitionActivity {
+                partition: r.get(0),
+                batches: r.get(1),
+                records: r.get(2),
+                last_commit_us: chrono::DateTime::parse_from_rfc3339(&r.get::<String, _>(3))
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn dead_letter_entries(
+        &self,
+        since_us: i64,
+        reason: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>, SinkError> {
+        let reason = reason.unwrap_or("");
+        let rows = sqlx::query(
+            r#"SELECT record_id, batch_id, raw_ref, stage, reason, payload_preview, at
+               FROM weir_dead_letters WHERE at >= ? AND (? = '' OR instr(reason, ?) > 0)
+               ORDER BY at, record_id LIMIT ?"#,
+        )
+        .bind(crate::schema::format_timestamp_us(since_us))
+        .bind(reason)
+        .bind(reason)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetterEntry {
+                record_id: r.get(0),
+                batch_id: r.get(1),
+                raw_ref: r.get(2),
+                stage: r.get(3),
+                reason: r.get(4),
+                payload_preview: r.get(5),
+                at_us: chrono::DateTime::parse_from_rfc3339(&r.get::<String, _>(6))
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn dead_letter_counts(
+        &self,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterCount>, SinkError> {
+        let rows = sqlx::query(
+            r#"SELECT stage, reason, count(*) AS n FROM weir_dead_letters WHERE at >= ?
+               GROUP BY stage, reason ORDER BY n DESC, stage, reason LIMIT ?"#,
+        )
+        .bind(crate::schema::format_timestamp_us(since_us))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetterCount {
+                stage: r.get(0),
+                reason: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
     async fn ledger(&self) -> Result<Vec<LedgerRow>, SinkError> {
         let rows = sqlx::query(
             r#"SELECT batch_id, source, "partition", raw_ref, rule_digest, drop_reasons

@@ -1,0 +1,230 @@
+//! `weir status`: what an on-call engineer asks first — who holds which partition and how far it is, when
+//! each partition last committed, what waits for the loader, and what was dead-lettered in the last hour.
+
+use super::*;
+
+/// Reasons of the last hour's dead letters shown (the most frequent).
+const MAX_REASONS: usize = 20;
+/// Longest reason shown in the table, in characters (the JSON has it whole).
+const REASON_CHARS: usize = 100;
+
+#[derive(serde::Serialize)]
+struct Partition {
+    partition: String,
+    owner: String,
+    lease: &'static str,
+    checkpoint: String,
+    batches: i64,
+    records: i64,
+    last_commit: Option<String>,
+    last_commit_secs_ago: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct Pending {
+    batches: usize,
+    bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Status {
+    source: String,
+    sink: String,
+    partitions: Vec<Partition>,
+    pending_merge: Option<Pending>,
+    dead_letters_last_hour: Vec<weir::sink::DeadLetterCount>,
+}
+
+pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
+    let loaded = config::load(path)?;
+    let now_us = weir::record::wall_clock_us();
+    let sink = weir::worker::connect_sink(&loaded).await?;
+    let coordination = weir::worker::open_coordination(&loaded).await?;
+    let registry = weir::worker::open_registry(&loaded, coordination.as_ref()).await?;
+    let coordinator = weir::worker::coordinator_view(sink.clone(), coordination.as_ref());
+    let source = match &loaded.config.source {
+        config::SourceConfig::File { .. } => "file",
+        config::SourceConfig::Sqs { .. } => "sqs",
+        config::SourceConfig::Kinesis { .. } => "kinesis",
+    };
+    // A partition's input fingerprint row is weir's own bookkeeping, not a partition.
+    let fingerprint = weir::source::fingerprint_partition("");
+    let leases: Vec<_> = coordinator
+        .leases(source, now_us)
+        .await?
+        .into_iter()
+        .filter(|l| !l.partition.ends_with(&fingerprint))
+        .collect();
+    let activity = sink.activity(source).await?;
+    let mut partitions: std::collections::BTreeMap<String, Partition> = Default::default();
+    for l in leases {
+        partitions.insert(
+            l.partition.clone(),
+            Partition {
+                partition: l.partition,
+                lease: match (l.owner.is_empty(), l.expired) {
+                    (true, _) => "free",
+                    (false, true) => "expired",
+                    (false, false) => "held",
+                },
+                owner: l.owner,
+                checkpoint: l.position,
+                batches: 0,
+                records: 0,
+                last_commit: None,
+                last_commit_secs_ago: None,
+            },
+        );
+    }
+    for a in activity {
+        let p = partitions
+            .entry(a.partition.clone())
+            .or_insert_with(|| Partition {
+                partition: a.partition.clone(),
+                owner: String::new(),
+                lease: "-",
+                checkpoint: String::new(),
+                batches: 0,
+                records: 0,
+                last_commit: None,
+                last_commit_secs_ago: None,
+            });
+        p.batches = a.batches;
+        p.records = a.records;
+        p.last_commit = Some(weir::schema::format_timestamp_us(a.last_commit_us));
+        p.last_commit_secs_ago = Some((now_us - a.last_commit_us).max(0) as f64 / 1e6);
+    }
+    let pending_merge = match &registry {
+        Some(r) => {
+            let (batches, bytes) = r.pending_work(100_000).await?;
+            Some(Pending { batches, bytes })
+        }
+        None => None,
+    };
+    let status = Status {
+        source: source.to_string(),
+        sink: sink.describe(),
+        partitions: partitions.into_values().collect(),
+        pending_merge,
+        dead_letters_last_hour: sink
+            .dead_letter_counts(now_us - 3_600_000_000, MAX_REASONS)
+            .await?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "source: {}   sink: {}", s.source, s.sink);
+    let _ = writeln!(out, "\npartitions:");
+    let rows: Vec<[String; 7]> = s
+        .partitions
+        .iter()
+        .map(|p| {
+            [
+                p.partition.clone(),
+                if p.owner.is_empty() {
+                    "-".into()
+                } else {
+                    p.owner.clone()
+                },
+                p.lease.to_string(),
+                short(&p.checkpoint, 24),
+                p.batches.to_string(),
+                p.records.to_string(),
+                p.last_commit_secs_ago
+                    .map(|s| format!("{} ago", ago(s)))
+                    .unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "partition",
+            "owner",
+            "lease",
+            "checkpoint",
+            "batches",
+            "records",
+            "last commit",
+        ],
+        &rows,
+    );
+    if let Some(p) = &s.pending_merge {
+        let _ = writeln!(
+            out,
+            "\nwaiting for the loader: {} staged batches, {} bytes",
+            p.batches, p.bytes
+        );
+    }
+    let _ = writeln!(out, "\ndead letters in the last hour:");
+    if s.dead_letters_last_hour.is_empty() {
+        let _ = writeln!(out, "  none");
+    } else {
+        let rows: Vec<[String; 3]> = s
+            .dead_letters_last_hour
+            .iter()
+            .map(|d| {
+                [
+                    d.count.to_string(),
+                    d.stage.clone(),
+                    short(&d.reason, REASON_CHARS),
+                ]
+            })
+            .collect();
+        table(&mut out, &["count", "stage", "reason"], &rows);
+    }
+    out
+}
+
+/// Columns padded to their widest cell.
+fn table<const N: usize>(out: &mut String, head: &[&str; N], rows: &[[String; N]]) {
+    use std::fmt::Write as _;
+    let mut width = head.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    let _ = writeln!(out, "{}", line(head.to_vec()));
+    if rows.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for r in rows {
+        let _ = writeln!(out, "{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+fn short(text: &str, chars: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= chars {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(chars.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+fn ago(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
