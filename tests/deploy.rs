@@ -159,7 +159,8 @@ fn fleet_config(dir: &std::path::Path, source: &str) -> std::path::PathBuf {
         "{source}\n\
          [raw]\nkind = \"s3\"\nbucket = \"acme-raw\"\nprefix = \"orders/\"\n\
          [rule]\nplugin = \"s3://acme-raw/weir-plugins/orders-1a2b3c4d5e6f.wasm\"\nsha256 = \"{}\"\n\
-         [sink]\nkind = \"redshift\"\nurl = \"postgres://weir@analytics.example.com:5439/dev\"\n\
+         settings = {{ key = \"${{ssm:/weir/rule-key}}\" }}\n\
+         [sink]\nkind = \"redshift\"\nurl = \"postgres://weir:${{secretsmanager:prod/redshift#password}}@analytics.example.com:5439/dev\"\n\
          iam = {{ cluster_id = \"analytics\" }}\n\
          stage_fill = {{ kind = \"copy\", bucket = \"acme-raw\", iam_role = \"arn:aws:iam::123456789012:role/copy\" }}\n\
          [[sink.tables]]\nname = \"orders\"\nprimary_key = [\"order_id\"]\ncolumns = {{ order_id = \"varchar(36)\" }}\n\
@@ -256,6 +257,15 @@ fn iam_policy_is_least_privilege_and_the_template_grants_it() {
         "redshift:GetClusterCredentials",
         "arn:aws:redshift:eu-west-1:123456789012:dbname:analytics/dev",
     );
+    // The configuration's secrets, read without fetching them (iam-policy runs before the role exists).
+    expect(
+        "secretsmanager:GetSecretValue",
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/redshift-??????",
+    );
+    expect(
+        "ssm:GetParameter",
+        "arn:aws:ssm:eu-west-1:123456789012:parameter/weir/rule-key",
+    );
     let table = "arn:aws:dynamodb:eu-west-1:123456789012:table/weir-coordinator";
     expect("dynamodb:UpdateItem", table);
     expect("dynamodb:Query", &format!("{table}/index/*"));
@@ -265,7 +275,9 @@ fn iam_policy_is_least_privilege_and_the_template_grants_it() {
             resource.contains("acme-raw")
                 || resource.contains(":stream/orders")
                 || resource.contains("analytics")
-                || resource.contains("table/weir-coordinator"),
+                || resource.contains("table/weir-coordinator")
+                || resource.contains(":secret:prod/redshift-")
+                || resource.ends_with(":parameter/weir/rule-key"),
             "{action} on {resource}"
         );
         if action == "s3:DeleteObject" {
@@ -274,7 +286,11 @@ fn iam_policy_is_least_privilege_and_the_template_grants_it() {
     }
     let template =
         std::fs::read_to_string(root().join("examples/deploy/ec2/weir-fleet.yaml")).unwrap();
-    for (action, _) in &got {
+    // (The template grants the configuration's own parameter; a configuration's secrets are the deployer's.)
+    for (action, _) in got
+        .iter()
+        .filter(|(a, _)| a != "secretsmanager:GetSecretValue")
+    {
         assert!(
             template.contains(&format!("- {action}\n"))
                 || template.contains(&format!("Action: {action}\n")),

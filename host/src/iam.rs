@@ -21,8 +21,9 @@ pub struct Account {
     pub account_id: Option<String>,
 }
 
-/// The policy document of `config`; an error names the missing command-line flag.
-pub fn policy(config: &Config, account: &Account) -> Result<Value, String> {
+/// The policy document of `config`, whose `${secretsmanager:…}` / `${ssm:…}` references are `secrets`; an
+/// error names the missing command-line flag.
+pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<Value, String> {
     let mut p = Policy {
         account: account.clone(),
         statements: Vec::new(),
@@ -182,6 +183,43 @@ pub fn policy(config: &Config, account: &Account) -> Result<Value, String> {
                 "dynamodb:Query",
             ],
             &[arn.clone(), format!("{arn}/index/*")],
+        );
+    }
+    let (mut secret_arns, mut parameter_arns) = (Vec::new(), Vec::new());
+    for r in secrets {
+        if let Some(rest) = r.strip_prefix("secretsmanager:") {
+            let name = rest.split_once('#').map(|(n, _)| n).unwrap_or(rest);
+            // A secret's ARN ends in a random six-character suffix after its name.
+            let arn = if name.starts_with("arn:") {
+                name.to_string()
+            } else {
+                p.arn("secretsmanager", &format!("secret:{name}-??????"))?
+            };
+            if !secret_arns.contains(&arn) {
+                secret_arns.push(arn);
+            }
+        } else if let Some(name) = r.strip_prefix("ssm:") {
+            let arn = p.arn(
+                "ssm",
+                &format!("parameter/{}", name.trim_start_matches('/')),
+            )?;
+            if !parameter_arns.contains(&arn) {
+                parameter_arns.push(arn);
+            }
+        }
+    }
+    if !secret_arns.is_empty() {
+        p.allow(
+            "ConfigurationSecrets",
+            &["secretsmanager:GetSecretValue"],
+            &secret_arns,
+        );
+    }
+    if !parameter_arns.is_empty() {
+        p.allow(
+            "ConfigurationParameters",
+            &["ssm:GetParameter"],
+            &parameter_arns,
         );
     }
     Ok(json!({ "Version": "2012-10-17", "Statement": p.statements }))

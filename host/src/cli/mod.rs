@@ -320,13 +320,14 @@ pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
             region,
             partition,
         } => {
-            let loaded = config::load(&config)?;
+            let (loaded, secrets) = config::load_without_secrets(&config)?;
             let account = weir::iam::Account {
                 partition,
                 region,
                 account_id,
             };
-            let policy = weir::iam::policy(&loaded.config, &account).map_err(anyhow::Error::msg)?;
+            let policy = weir::iam::policy(&loaded.config, &secrets, &account)
+                .map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string_pretty(&policy)?);
             for note in weir::iam::notes(&loaded.config) {
                 eprintln!("note: {note}");

@@ -1,4 +1,5 @@
-//! `${NAME}` and `${NAME:-default}` in string values, replaced from the environment before deserializing.
+//! `${NAME}` and `${NAME:-default}` in string values, replaced from the environment before deserializing;
+//! `${secretsmanager:…}` and `${ssm:…}` from the values [`super::secrets`] fetched.
 
 use super::*;
 
@@ -58,6 +59,15 @@ pub(super) fn interpolate(
                 )
             })?;
             let expr = &after[..end];
+            if secrets::is_secret(expr) {
+                // Resolved before interpolation (config::secrets); the value is never printed.
+                let value = env(expr).ok_or_else(|| {
+                    ConfigError::field(path, format!("`${{{expr}}}` could not be resolved"))
+                })?;
+                out.push_str(&value);
+                rest = &after[end + 1..];
+                continue;
+            }
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),

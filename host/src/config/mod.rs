@@ -27,6 +27,7 @@ pub use settings::*;
 mod interpolate;
 use interpolate::*;
 mod check;
+mod secrets;
 pub use check::not_compiled;
 use check::*;
 
@@ -158,6 +159,33 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 /// Reads, interpolates, parses and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let (text, base_dir) = read(path)?;
+    parse(&text, &base_dir, path, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] without fetching secrets (each `${secretsmanager:…}` / `${ssm:…}` reads as a placeholder), and
+/// the secret references: for `weir iam-policy`, which must work before the role it prints exists.
+pub fn load_without_secrets(path: &Path) -> Result<(Loaded, Vec<String>), ConfigError> {
+    let (text, base_dir) = read(path)?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let refs = secrets::references(&table);
+    let env = |name: &str| {
+        if secrets::is_secret(name) {
+            Some("weir-secret-placeholder".to_string())
+        } else {
+            std::env::var(name).ok()
+        }
+    };
+    let loaded = parse_with(&text, &base_dir, path, &env, false)?;
+    Ok((loaded, refs))
+}
+
+fn read(path: &Path) -> Result<(String, PathBuf), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -167,7 +195,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    parse(&text, &base_dir, path, &|name| std::env::var(name).ok())
+    Ok((text, base_dir))
 }
 
 /// Parses config text; `env` looks up environment variables. Exposed for tests.
@@ -177,13 +205,30 @@ pub fn parse(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
+    parse_with(text, base_dir, path, env, true)
+}
+
+fn parse_with(
+    text: &str,
+    base_dir: &Path,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    fetch_secrets: bool,
+) -> Result<Loaded, ConfigError> {
     let mut table: toml::Table =
         text.parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-    interpolate_table(&mut table, "", env)?;
+    // Secrets first (with the `[aws]` settings), then every `${…}` from them or the environment.
+    let resolved = if fetch_secrets {
+        secrets::resolve(&secrets::references(&table), &table, env)?
+    } else {
+        Default::default()
+    };
+    let lookup = |name: &str| resolved.get(name).cloned().or_else(|| env(name));
+    interpolate_table(&mut table, "", &lookup)?;
     let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();

@@ -1,0 +1,163 @@
+//! AWS-native configuration, through the real `weir` binary against the local AWS server: secrets from
+//! Secrets Manager and SSM Parameter Store in the configuration (never printed), and credentials from a
+//! profile's `credential_process`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A secret (JSON) and a SecureString parameter on the local AWS server; returns their names.
+async fn put_secrets(token: &str, db: &Path, raw: &Path) -> (String, String) {
+    let sdk = aws_sdk().await;
+    let name = unique("weir/test-db");
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .create_secret()
+        .name(&name)
+        .secret_string(
+            serde_json::json!({ "db": { "path": db.display().to_string() }, "token": token })
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let parameter = format!("/{}", unique("weir/raw-dir"));
+    aws_sdk_ssm::Client::new(&sdk)
+        .put_parameter()
+        .name(&parameter)
+        .value(raw.display().to_string())
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    (name, parameter)
+}
+
+/// The quickstart whose SQLite path comes from a JSON field of a Secrets Manager secret, whose RAW directory
+/// is an SSM SecureString, and whose rule gets a secret token as a setting.
+fn secret_config(dir: &Path, secret: &str, parameter: &str, token_ref: &str) -> std::path::PathBuf {
+    let cfg = quickstart_in(dir);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "path = \"${WEIR_QUICKSTART_DB:-out/weir.db}\"",
+            &format!("path = \"${{secretsmanager:{secret}#db.path}}\""),
+        )
+        .replace(
+            "dir = \"out/raw\"",
+            &format!("dir = \"${{ssm:{parameter}}}\""),
+        )
+        .replace(
+            "batch_deadline_ms = 2000",
+            &format!("batch_deadline_ms = 2000\nsettings = {{ note = \"{token_ref}\" }}"),
+        )
+        + &format!(
+            "\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+            aws_endpoint()
+        );
+    assert!(text.contains("secretsmanager:") && text.contains("${ssm:"));
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `${secretsmanager:NAME#path}` and `${ssm:/name}` resolve at start: the run writes its database and RAW
+/// where the secrets say, and the secret token appears nowhere in its output, even at debug level; a
+/// missing secret stops the worker with the reference and the field named.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_from_secrets_manager_and_ssm() {
+    needs!("secrets_from_secrets_manager_and_ssm": Aws, Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let (db, raw) = (
+        dir.path().join("from-secret.db"),
+        dir.path().join("raw-from-ssm"),
+    );
+    let token = unique("s3cr3t-token");
+    let (secret, parameter) = put_secrets(&token, &db, &raw).await;
+    let cfg = secret_config(
+        dir.path(),
+        &secret,
+        &parameter,
+        &format!("${{secretsmanager:{secret}#token}}"),
+    );
+    let mut env = AWS_TEST_ENV.to_vec();
+    env.push(("WEIR_LOG", "debug"));
+    for args in [
+        vec!["validate", "-c", cfg.to_str().unwrap()],
+        vec!["run", "-c", cfg.to_str().unwrap()],
+    ] {
+        let out = weir(&args, &env);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(!show(&out).contains(&token), "the secret was printed");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
+    assert!(
+        raw.join("orders").exists(),
+        "RAW is not under the SSM directory"
+    );
+
+    let missing = secret_config(
+        dir.path(),
+        &secret,
+        &parameter,
+        "${secretsmanager:weir/no-such-secret#token}",
+    );
+    let out = weir(
+        &["validate", "-c", missing.to_str().unwrap()],
+        &AWS_TEST_ENV,
+    );
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("${secretsmanager:weir/no-such-secret#token}") && !err.contains(&token),
+        "{}",
+        show(&out)
+    );
+}
+
+/// A profile whose credentials come from `credential_process` (no keys in the environment) signs the
+/// worker's AWS calls: the process runs, and the run resolves its secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_a_credential_process_profile() {
+    needs!("credentials_from_a_credential_process_profile": Aws, Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let (db, raw) = (dir.path().join("p.db"), dir.path().join("p-raw"));
+    let (secret, parameter) = put_secrets("unused", &db, &raw).await;
+    let cfg = secret_config(dir.path(), &secret, &parameter, "plain");
+    let marker = dir.path().join("process-ran");
+    let script = dir.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho '{{\"Version\": 1, \"AccessKeyId\": \"test\", \"SecretAccessKey\": \"test\"}}'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profiles = dir.path().join("aws-config");
+    std::fs::write(
+        &profiles,
+        format!(
+            "[profile weir-test]\ncredential_process = {}\nregion = us-east-1\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_CONFIG_FILE", &profiles)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("AWS_PROFILE", "weir-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("WEIR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(marker.exists(), "credential_process did not run");
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
+}
