@@ -365,3 +365,163 @@ fn monitoring_examples_name_only_exported_metrics() {
         assert!(dashboard.contains(needed), "the dashboard lacks {needed}");
     }
 }
+
+/// The template installs `weir-lifecycle.sh` and its unit exactly as in the kit (CloudFormation's `${!`
+/// escapes aside), grants the two Auto Scaling actions on the one group, and scales on the source's age.
+#[test]
+fn template_embeds_the_lifecycle_companion() {
+    let kit = root().join("examples/deploy/ec2");
+    let template = std::fs::read_to_string(kit.join("weir-fleet.yaml")).unwrap();
+    for file in ["weir-lifecycle.sh", "weir-lifecycle.service"] {
+        let text = std::fs::read_to_string(kit.join(file)).unwrap();
+        let embedded: String = text
+            .replace("${", "${!")
+            .lines()
+            .map(|l| {
+                if l.is_empty() {
+                    "\n".to_string()
+                } else {
+                    format!("{}{l}\n", " ".repeat(18))
+                }
+            })
+            .collect();
+        assert!(
+            template.contains(&embedded),
+            "the template's {file} differs from the kit's"
+        );
+    }
+    for needle in [
+        "autoscaling:CompleteLifecycleAction",
+        "autoscaling:SetInstanceHealth",
+        "autoScalingGroupName/${AWS::StackName}-weir",
+        "AutoScalingGroupName: !Sub ${AWS::StackName}-weir",
+        "WEIR_GROUP=${AWS::StackName}-weir",
+        "[systemctl, enable, --now, weir-lifecycle]",
+        "MetricName: GetRecords.IteratorAgeMilliseconds",
+        "MetricName: ApproximateAgeOfOldestMessage",
+    ] {
+        assert!(template.contains(needle), "the template lacks {needle}");
+    }
+}
+
+/// `weir-lifecycle.sh` against a stand-in instance metadata service and weir admin endpoint, with `aws` and
+/// `systemctl` recorded: a /readyz that keeps failing reports the instance unhealthy; once the group marks
+/// the instance Terminated, the script stops weir, then completes the lifecycle hook, then exits.
+#[tokio::test]
+async fn lifecycle_companion_drains_then_completes_the_hook() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls.log");
+    for tool in ["aws", "systemctl"] {
+        let path = dir.path().join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{tool} $*\" >> '{}'\nexit 0\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let terminated = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = terminated.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&request).to_string();
+                let mut words = text.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let token_ok = text.contains("X-aws-ec2-metadata-token: tok");
+                let (status, body) = match (method, path) {
+                    ("PUT", "/latest/api/token") => ("200 OK", "tok".to_string()),
+                    ("GET", "/latest/meta-data/instance-id") if token_ok => {
+                        ("200 OK", "i-0abc".into())
+                    }
+                    ("GET", "/latest/meta-data/autoscaling/target-lifecycle-state") if token_ok => {
+                        (
+                            "200 OK",
+                            if state.load(Ordering::SeqCst) {
+                                "Terminated"
+                            } else {
+                                "InService"
+                            }
+                            .into(),
+                        )
+                    }
+                    ("GET", "/readyz") => ("503 Service Unavailable", "stopping".into()),
+                    _ => ("401 Unauthorized", String::new()),
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new("sh")
+        .arg(root().join("examples/deploy/ec2/weir-lifecycle.sh"))
+        .env("WEIR_GROUP", "orders-weir")
+        .env("WEIR_IMDS_URL", &base)
+        .env("WEIR_READYZ_URL", format!("{base}/readyz"))
+        .env("WEIR_CHECK_SECS", "0.1")
+        .env("WEIR_UNHEALTHY_AFTER", "3")
+        .env("WEIR_AWS_CLI", dir.path().join("aws"))
+        .env("WEIR_SYSTEMCTL", dir.path().join("systemctl"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&calls).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !log().contains("set-instance-health") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health report: {}",
+            log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    terminated.store(true, Ordering::SeqCst);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait())
+        .await
+        .expect("the script exits once the hook is completed")
+        .unwrap();
+    assert!(status.success());
+    let log = log();
+    assert!(
+        log.contains(
+            "aws autoscaling set-instance-health --instance-id i-0abc --health-status Unhealthy"
+        ),
+        "{log}"
+    );
+    let stop = log
+        .find("systemctl stop weir.service")
+        .expect("weir stopped");
+    let complete = log
+        .find(
+            "aws autoscaling complete-lifecycle-action --auto-scaling-group-name orders-weir \
+             --lifecycle-hook-name weir-drain --instance-id i-0abc --lifecycle-action-result CONTINUE",
+        )
+        .expect("hook completed");
+    assert!(
+        stop < complete,
+        "the hook completed before weir stopped: {log}"
+    );
+}
