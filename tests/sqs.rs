@@ -996,7 +996,7 @@ async fn black_holed_aws_endpoint_times_out_and_recovers() {
 /// committed (before the registry learns the fates, so before any worker may acknowledge) has deleted
 /// nothing; the next run (its loader takes over once the dead one's lease ran out) finds the merged batches,
 /// deletes every message only after its batch merged, leaves the quickstart's rows, and removes the staged
-/// objects.
+/// objects of every registered batch.
 #[tokio::test]
 async fn grouped_commits_delete_only_after_the_merge() {
     needs!("grouped_commits_delete_only_after_the_merge": Postgres, Aws, Plugins);
@@ -1053,11 +1053,25 @@ async fn grouped_commits_delete_only_after_the_merge() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        staged.key_count(),
-        Some(0),
-        "staged objects removed once merged"
-    );
+    // Every registered batch's staged object is removed once merged. An object the crashed run staged but
+    // had not registered yet (its batch read again differently after the redelivery) may remain: the
+    // protocol leaves those to the bucket's lifecycle rule (docs/GROUP-COMMIT.md, crash W4–W5).
+    let registered: Vec<String> = db
+        .rows("SELECT staged_key FROM weir_staged")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    for object in staged.contents() {
+        let key = object.key().unwrap();
+        assert!(
+            !registered
+                .iter()
+                .any(|k| key == k || key.ends_with(&format!("/{k}"))),
+            "the staged object {key} of a merged batch was not removed"
+        );
+    }
+    assert!(!registered.is_empty());
 }
 
 /// Grouped commits from SQS by two workers coordinated through DynamoDB, with only the DynamoDB endpoint
