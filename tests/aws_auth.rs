@@ -161,3 +161,50 @@ async fn credentials_from_a_credential_process_profile() {
     assert!(marker.exists(), "credential_process did not run");
     assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
 }
+
+/// `[raw] role_arn`: RAW's S3 calls assume that role through STS (the request names it) and are signed with
+/// the temporary credentials it returns, while the rest of the worker keeps its own credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_calls_assume_their_own_role() {
+    needs!("raw_calls_assume_their_own_role": Aws, Plugins);
+    let target = aws_endpoint().trim_start_matches("http://").to_string();
+    // Two fronts in a row before the AWS server: one counts AssumeRole requests for the RAW role, the other
+    // requests signed with temporary (assumed) credentials.
+    let signed = TcpFront::counting(&target, b"Credential=ASIA").await;
+    let assume = TcpFront::counting(&signed.addr, b"role%2Fweir-raw-test").await;
+    let sdk = aws_sdk().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("weir-role-raw");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart_in(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "kind = \"local\"\ndir = \"out/raw\"",
+        &format!(
+            "kind = \"s3\"\nbucket = \"{bucket}\"\nrole_arn = \"arn:aws:iam::123456789012:role/weir-raw-test\""
+        ),
+    ) + &format!(
+        "\n[aws]\nendpoint_url = \"http://{}\"\nregion = \"us-east-1\"\n",
+        assume.addr
+    );
+    assert!(text.contains("weir-raw-test"));
+    std::fs::write(&cfg, text).unwrap();
+    let db = dir.path().join("weir.db");
+    let mut env = AWS_TEST_ENV.to_vec();
+    let db_text = db.display().to_string();
+    env.push(("WEIR_QUICKSTART_DB", &db_text));
+    let out = weir(&["run", "-c", cfg.to_str().unwrap()], &env);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
+    assert!(assume.requests() >= 1, "no AssumeRole for the RAW role");
+    assert!(
+        signed.requests() >= 1,
+        "no call signed with the assumed credentials"
+    );
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert!(listed.key_count().unwrap_or(0) > 0, "RAW is empty");
+}

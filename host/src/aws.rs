@@ -25,6 +25,37 @@ pub struct AwsConfig {
     /// Default 120.
     #[serde(default = "default_attempt_timeout_secs")]
     pub attempt_timeout_secs: u64,
+    /// An IAM role every AWS call assumes (STS `AssumeRole`, credentials renewed before they expire), from
+    /// the credentials of the standard chain. A backend's own `role_arn` (`[source]`, `[raw]`, `[sink.iam]`,
+    /// `[coordinator]`) replaces it for that backend. Default: none.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy requires (cross-account roles), with `role_arn`.
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+/// A backend's own role (`role_arn`, `external_id` in its section).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Role {
+    /// The IAM role this backend's calls assume instead of `[aws] role_arn`.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The external id its trust policy requires.
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+impl AwsConfig {
+    /// These settings with `role` in place of `[aws] role_arn` when the backend names one.
+    pub fn with_role(&self, role: &Role) -> AwsConfig {
+        let mut aws = self.clone();
+        if role.role_arn.is_some() {
+            aws.role_arn = role.role_arn.clone();
+            aws.external_id = role.external_id.clone();
+        }
+        aws
+    }
 }
 
 fn default_connect_timeout_secs() -> u64 {
@@ -45,6 +76,8 @@ impl Default for AwsConfig {
             connect_timeout_secs: default_connect_timeout_secs(),
             read_timeout_secs: default_read_timeout_secs(),
             attempt_timeout_secs: default_attempt_timeout_secs(),
+            role_arn: None,
+            external_id: None,
         }
     }
 }
@@ -63,17 +96,32 @@ pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
 impl AwsConfig {
     /// The SDK configuration.
     pub async fn load(&self) -> aws_config::SdkConfig {
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client());
-        if let Some(region) = &self.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
+        let loader = || {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(http_client());
+            if let Some(region) = &self.region {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            if let Some(url) = &self.endpoint_url {
+                loader = loader.endpoint_url(url.clone());
+            }
+            loader
+                .timeout_config(self.timeouts())
+                .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+        };
+        let sdk = loader().load().await;
+        let Some(role) = &self.role_arn else {
+            return sdk;
+        };
+        // The role's credentials come from STS with the base credentials, renewed before they expire.
+        let mut assume = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+            .session_name("weir")
+            .configure(&sdk);
+        if let Some(id) = &self.external_id {
+            assume = assume.external_id(id.clone());
         }
-        if let Some(url) = &self.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        loader
-            .timeout_config(self.timeouts())
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+        loader()
+            .credentials_provider(assume.build().await)
             .load()
             .await
     }

@@ -234,6 +234,27 @@ pub fn notes(config: &Config) -> Vec<String> {
              template does) or add dynamodb:CreateTable and dynamodb:UpdateTimeToLive on it"
         ));
     }
+    let mut roles: Vec<String> = Vec::new();
+    for arn in [
+        config.aws.role_arn.clone(),
+        config.source.role().role_arn,
+        config.raw.role().role_arn,
+        config.sink.iam.as_ref().and_then(|i| i.role_arn.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !roles.contains(&arn) {
+            roles.push(arn);
+        }
+    }
+    if !roles.is_empty() {
+        notes.push(format!(
+            "the configuration assumes {}: the policy above belongs to those roles (each its own part), and the \
+             worker's own identity needs sts:AssumeRole on them",
+            roles.join(", ")
+        ));
+    }
     if let StageFillConfig::Copy { iam_role, .. } = &config.sink.stage_fill {
         notes.push(format!(
             "Redshift's COPY reads the row files with its own role ({iam_role}): that role needs s3:GetObject \

@@ -38,7 +38,8 @@ impl PluginStore {
     pub async fn open(loaded: &Loaded) -> Option<PluginStore> {
         #[cfg(feature = "s3")]
         let s3 = |bucket: String, prefix: String| async move {
-            let aws = &loaded.config.aws;
+            // Beside RAW by default: with RAW's role.
+            let aws = &loaded.config.aws.with_role(&loaded.config.raw.role());
             let sdk = aws.load().await;
             let client = match &loaded.config.raw {
                 RawConfig::S3 {

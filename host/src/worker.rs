@@ -151,7 +151,13 @@ fn database_options(loaded: &Loaded) -> crate::sink::redshift::RedshiftOptions {
         connections: sink.connections,
         iam: sink.iam.clone(),
         stage_fill: sink.stage_fill.clone(),
-        aws: loaded.config.aws.clone(),
+        aws: match &sink.iam {
+            Some(iam) => loaded.config.aws.with_role(&crate::aws::Role {
+                role_arn: iam.role_arn.clone(),
+                external_id: iam.external_id.clone(),
+            }),
+            None => loaded.config.aws.clone(),
+        },
         merge: sink.merge,
         connect_timeout: std::time::Duration::from_secs(sink.connect_timeout_secs.max(1)),
         call_timeout: std::time::Duration::from_secs(sink.call_timeout_secs.max(1)),
@@ -323,8 +329,14 @@ pub async fn open_coordination(loaded: &Loaded) -> Result<Option<Coordination>, 
         CoordinatorConfig::Dynamodb {
             table,
             endpoint_url,
+            role_arn,
+            external_id,
         } => {
-            let client = loaded.config.aws.dynamodb(endpoint_url.as_deref()).await;
+            let aws = loaded.config.aws.with_role(&crate::aws::Role {
+                role_arn: role_arn.clone(),
+                external_id: external_id.clone(),
+            });
+            let client = aws.dynamodb(endpoint_url.as_deref()).await;
             let db = Arc::new(crate::coordinator::dynamodb::DynamoCoordinator::new(
                 client,
                 table.clone(),
@@ -416,8 +428,9 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
             multipart_threshold_bytes,
             part_size_bytes,
             endpoint_url,
+            ..
         } => {
-            let aws = &loaded.config.aws;
+            let aws = &loaded.config.aws.with_role(&loaded.config.raw.role());
             let sdk = aws.load().await;
             let client = match endpoint_url {
                 Some(url) => aws.s3_at(&sdk, url),
@@ -474,9 +487,15 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             visibility_timeout_secs,
             idle_exit_secs,
             endpoint_url,
+            ..
         } => {
             use crate::source::sqs::{SqsOptions, SqsSource};
-            let client = loaded.config.aws.sqs(endpoint_url.as_deref()).await;
+            let client = loaded
+                .config
+                .aws
+                .with_role(&loaded.config.source.role())
+                .sqs(endpoint_url.as_deref())
+                .await;
             let options = SqsOptions {
                 queue_url: queue_url.clone(),
                 receivers: *receivers,
@@ -631,6 +650,7 @@ async fn run_pipeline(
         worker_id,
         idle_exit_secs,
         endpoint_url,
+        ..
     } = &loaded.config.source
     {
         let options = crate::fleet::FleetOptions {
@@ -653,7 +673,12 @@ async fn run_pipeline(
                 fresh_pin: false,
             },
         };
-        let client = loaded.config.aws.kinesis(endpoint_url.as_deref()).await;
+        let client = loaded
+            .config
+            .aws
+            .with_role(&loaded.config.source.role())
+            .kinesis(endpoint_url.as_deref())
+            .await;
         return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
     }
     let pipeline = Pipeline {

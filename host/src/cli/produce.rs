@@ -37,6 +37,7 @@ pub(super) async fn produce(
             let client = loaded
                 .config
                 .aws
+                .with_role(&loaded.config.source.role())
                 .sqs(loaded.config.source.endpoint_url())
                 .await;
             let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
@@ -48,6 +49,7 @@ pub(super) async fn produce(
             let client = loaded
                 .config
                 .aws
+                .with_role(&loaded.config.source.role())
                 .kinesis(loaded.config.source.endpoint_url())
                 .await;
             let sent = weir::source::kinesis::put_lines(

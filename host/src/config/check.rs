@@ -10,6 +10,7 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     check_features(config)?;
     check_source(&config.source, &config.aws)?;
     check_raw(&config.raw)?;
+    check_roles(config)?;
     if config.sink.tables.is_empty() {
         return Err(ConfigError::field(
             "sink.tables",
@@ -22,6 +23,75 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
         specs.push(spec);
     }
     Ok(specs)
+}
+
+/// Every `role_arn` is an IAM role's ARN, and no `external_id` goes without one.
+fn check_roles(config: &Config) -> Result<(), ConfigError> {
+    let mut roles = vec![(
+        "aws",
+        crate::aws::Role {
+            role_arn: config.aws.role_arn.clone(),
+            external_id: config.aws.external_id.clone(),
+        },
+    )];
+    roles.push(("source", config.source.role()));
+    roles.push(("raw", config.raw.role()));
+    if let Some(iam) = &config.sink.iam {
+        roles.push((
+            "sink.iam",
+            crate::aws::Role {
+                role_arn: iam.role_arn.clone(),
+                external_id: iam.external_id.clone(),
+            },
+        ));
+    }
+    if let CoordinatorConfig::Dynamodb {
+        role_arn,
+        external_id,
+        ..
+    } = &config.coordinator
+    {
+        roles.push((
+            "coordinator",
+            crate::aws::Role {
+                role_arn: role_arn.clone(),
+                external_id: external_id.clone(),
+            },
+        ));
+    }
+    for (section, role) in roles {
+        match (&role.role_arn, &role.external_id) {
+            (None, Some(_)) => {
+                return Err(ConfigError::field(
+                    format!("{section}.external_id"),
+                    "goes with a role: set role_arn beside it, or remove it",
+                ));
+            }
+            (Some(arn), _) if !is_role_arn(arn) => {
+                return Err(ConfigError::field(
+                    format!("{section}.role_arn"),
+                    format!(
+                        "`{arn}` is not an IAM role ARN; write arn:aws:iam::123456789012:role/NAME"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|n| !n.is_empty())
 }
 
 /// `[batch]` and `[retry]` limits.

@@ -38,6 +38,13 @@ pub enum RawConfig {
         /// endpoint_url`, else AWS.
         #[serde(default)]
         endpoint_url: Option<String>,
+        /// An IAM role RAW's S3 calls assume instead of `[aws] role_arn` (a bucket in another
+        /// account).
+        #[serde(default)]
+        role_arn: Option<String>,
+        /// The external id the role's trust policy requires.
+        #[serde(default)]
+        external_id: Option<String>,
     },
     /// A MongoDB collection: one document per record, `_id` = record id.
     Mongodb {
@@ -51,6 +58,23 @@ pub enum RawConfig {
         #[serde(default = "default_mongo_collection")]
         collection: String,
     },
+}
+
+impl RawConfig {
+    /// The S3 store's own IAM role (`role_arn`, `external_id`), when it names one.
+    pub fn role(&self) -> crate::aws::Role {
+        match self {
+            RawConfig::S3 {
+                role_arn,
+                external_id,
+                ..
+            } => crate::aws::Role {
+                role_arn: role_arn.clone(),
+                external_id: external_id.clone(),
+            },
+            _ => crate::aws::Role::default(),
+        }
+    }
 }
 
 pub(super) fn default_mongo_database() -> String {

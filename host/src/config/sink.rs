@@ -167,6 +167,12 @@ pub enum CoordinatorConfig {
         /// Another DynamoDB endpoint than `[aws] endpoint_url` (a VPC endpoint, a local server in tests).
         #[serde(default)]
         endpoint_url: Option<String>,
+        /// An IAM role the coordinator's calls assume instead of `[aws] role_arn`.
+        #[serde(default)]
+        role_arn: Option<String>,
+        /// The external id the role's trust policy requires.
+        #[serde(default)]
+        external_id: Option<String>,
     },
 }
 
@@ -244,6 +250,13 @@ pub struct IamConfig {
     /// Lifetime of the credentials, 900 to 3600 seconds. Default 900.
     #[serde(default = "default_iam_duration_secs")]
     pub duration_secs: u32,
+    /// An IAM role the sink's AWS calls (temporary credentials, COPY stage files) assume instead of
+    /// `[aws] role_arn` (a cluster in another account).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy requires.
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 pub(super) fn default_iam_duration_secs() -> u32 {

@@ -41,6 +41,13 @@ pub enum SourceConfig {
         /// endpoint_url`, else AWS.
         #[serde(default)]
         endpoint_url: Option<String>,
+        /// An IAM role this source's calls assume instead of `[aws] role_arn` (a stream or queue in another
+        /// account).
+        #[serde(default)]
+        role_arn: Option<String>,
+        /// The external id the role's trust policy requires.
+        #[serde(default)]
+        external_id: Option<String>,
     },
     /// An Amazon Kinesis data stream: one reader per shard this worker holds the lease of.
     Kinesis {
@@ -76,10 +83,37 @@ pub enum SourceConfig {
         /// endpoint_url`, else AWS.
         #[serde(default)]
         endpoint_url: Option<String>,
+        /// An IAM role this source's calls assume instead of `[aws] role_arn` (a stream or queue in another
+        /// account).
+        #[serde(default)]
+        role_arn: Option<String>,
+        /// The external id the role's trust policy requires.
+        #[serde(default)]
+        external_id: Option<String>,
     },
 }
 
 impl SourceConfig {
+    /// The source's own IAM role (`role_arn`, `external_id`), when it names one.
+    pub fn role(&self) -> crate::aws::Role {
+        match self {
+            SourceConfig::Sqs {
+                role_arn,
+                external_id,
+                ..
+            }
+            | SourceConfig::Kinesis {
+                role_arn,
+                external_id,
+                ..
+            } => crate::aws::Role {
+                role_arn: role_arn.clone(),
+                external_id: external_id.clone(),
+            },
+            SourceConfig::File { .. } => crate::aws::Role::default(),
+        }
+    }
+
     /// The source's own AWS endpoint override, if any.
     pub fn endpoint_url(&self) -> Option<&str> {
         match self {
