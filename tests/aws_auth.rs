@@ -208,3 +208,108 @@ async fn raw_calls_assume_their_own_role() {
     let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
     assert!(listed.key_count().unwrap_or(0) > 0, "RAW is empty");
 }
+
+/// `weir validate --aws` checks the queue or stream, the buckets and the coordinator table read-only: all
+/// present passes; a missing queue, stream or bucket fails naming the backend and saying it does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_aws_names_what_is_missing() {
+    needs!("validate_aws_names_what_is_missing": Aws, Kinesis, Plugins);
+    let sdk = aws_sdk().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("weir-validate");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let queue_url = aws_sdk_sqs::Client::new(&sdk)
+        .create_queue()
+        .queue_name(unique("weir-validate"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |source: &str, bucket: &str| {
+        let cfg = quickstart_in(dir.path());
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("kind = \"file\"\npath = \"orders.jsonl\"", source)
+            .replace(
+                "kind = \"local\"\ndir = \"out/raw\"",
+                &format!("kind = \"s3\"\nbucket = \"{bucket}\""),
+            )
+            + &format!(
+                "\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+                aws_endpoint()
+            );
+        assert!(text.contains(source) && text.contains(bucket));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let validate = |cfg: &std::path::Path| {
+        weir(
+            &["validate", "--aws", "-c", cfg.to_str().unwrap()],
+            &AWS_TEST_ENV,
+        )
+    };
+
+    let good = write(
+        &format!("kind = \"sqs\"\nqueue_url = \"{queue_url}\""),
+        &bucket,
+    );
+    let out = validate(&good);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("source: SQS queue {queue_url}: ok"))
+            && text.contains(&format!("raw: S3 bucket {bucket}")),
+        "{text}"
+    );
+
+    let no_bucket = write(
+        &format!("kind = \"sqs\"\nqueue_url = \"{queue_url}\""),
+        "weir-no-such-bucket-here",
+    );
+    let out = validate(&no_bucket);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("raw: S3 bucket weir-no-such-bucket-here")
+            && text.contains("FAILED: it does not exist"),
+        "{text}"
+    );
+
+    let missing_queue = queue_url.rsplit_once('/').unwrap().0.to_string() + "/weir-no-such-queue";
+    let no_queue = write(
+        &format!("kind = \"sqs\"\nqueue_url = \"{missing_queue}\""),
+        &bucket,
+    );
+    let out = validate(&no_queue);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "source: SQS queue {missing_queue}: FAILED: it does not exist"
+        )),
+        "{text}"
+    );
+
+    let kinesis =
+        std::env::var("WEIR_KINESIS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4567".into());
+    let no_stream = write(
+        &format!(
+            "kind = \"kinesis\"\nstream = \"weir-no-such-stream\"\nendpoint_url = \"{kinesis}\""
+        ),
+        &bucket,
+    );
+    let out = validate(&no_stream);
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("source: Kinesis stream weir-no-such-stream: FAILED: it does not exist"),
+        "{text}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin_fetch;
 pub mod plugin_store;
+pub mod preflight;
 pub mod raw;
 pub mod reconcile;
 pub mod record;

@@ -69,6 +69,10 @@ pub(crate) enum Command {
         /// The configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also check every AWS backend as the worker will use it (read-only): the queue or stream, the
+        /// buckets, the coordinator table; each failure says what is missing or which permission is.
+        #[arg(long)]
+        aws: bool,
     },
     /// Show leases, checkpoints and the last commit per partition, the staged batches waiting for the loader
     /// and the last hour's dead letters by reason.
@@ -311,7 +315,7 @@ pub(crate) fn init_logging(format: LogFormat) {
 pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
-        Command::Validate { config } => validate_config(&config).await,
+        Command::Validate { config, aws } => validate_config(&config, aws).await,
         Command::Status { config, json } => status::status(&config, json).await,
         Command::DeadLetters { command } => dead_letters::dead_letters(command).await,
         Command::IamPolicy {

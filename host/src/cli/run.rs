@@ -90,7 +90,7 @@ pub(super) async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub(super) async fn validate_config(path: &Path) -> Result<ExitCode> {
+pub(super) async fn validate_config(path: &Path, aws: bool) -> Result<ExitCode> {
     let loaded = config::load(path)?;
     println!("config: ok ({} tables declared)", loaded.tables.len());
     let runtime = weir::worker::runtime(&loaded)?;
@@ -103,5 +103,26 @@ pub(super) async fn validate_config(path: &Path) -> Result<ExitCode> {
     );
     let sink = weir::worker::check_sink(&loaded).await?;
     println!("sink: ok ({})", sink);
-    Ok(ExitCode::SUCCESS)
+    if !aws {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let checks = weir::preflight::check_aws(&loaded).await;
+    let mut failed = 0;
+    for c in &checks {
+        match &c.problem {
+            None => println!("{}: ok", c.what),
+            Some(p) => {
+                failed += 1;
+                println!("{}: FAILED: {p}", c.what);
+            }
+        }
+    }
+    if checks.is_empty() {
+        println!("aws: the configuration uses no AWS backend");
+    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
