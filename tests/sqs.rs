@@ -1153,3 +1153,75 @@ async fn dynamodb_outage_acknowledges_nothing_early() {
     let batches = coordinator_items(&table, "batch#").await;
     assert!(batches.iter().all(|b| b["fate"] == "merged"), "{batches:?}");
 }
+
+/// `/metrics` while messages wait in flight: the loader is held before its first merge (so no message may be
+/// deleted yet), and the worker reports the messages it holds and how long the oldest has been in flight;
+/// let go, the run loads everything and deletes every message.
+#[tokio::test]
+async fn metrics_show_the_oldest_message_in_flight() {
+    needs!("metrics_show_the_oldest_message_in_flight": Postgres, Aws, Plugins);
+    let _light = HEAVY.read().await;
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
+    aws.send(&queue, &quickstart_lines()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            source: "visibility_timeout_secs = 2\nreceivers = 1",
+            batch: "max_records = 5\nmax_wait_ms = 500",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let port = free_port();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 30\n\
+         [worker]\nadmin_bind = \"127.0.0.1:{port}\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let gate = dir.path().join("gate");
+    let stall = format!("merge:1:{}", gate.display());
+    let worker = start_weir(
+        &["run", "-c", config.to_str().unwrap()],
+        &[("WEIR_PAUSE_BEFORE", &stall)],
+    );
+    let reached = gate.with_extension("reached");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loader never reached its merge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Held messages are counted at each visibility heartbeat: wait for one that sees a second of age.
+    let gauge = |body: &str, name: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let body = loop {
+        let (_, body) = admin_get(port, "/metrics");
+        if gauge(&body, "weir_sqs_oldest_in_flight_seconds") >= 1.0 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no aged message in flight: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(gauge(&body, "weir_sqs_messages_in_flight") >= 1.0, "{body}");
+    assert!(
+        body.contains(&format!("queue=\"{}\"", queue.rsplit('/').next().unwrap())),
+        "{body}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let out = worker.wait(Duration::from_secs(120)).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_quickstart_rows(&db).await;
+    assert_eq!(aws.depth(&queue).await, (0, 0));
+}
