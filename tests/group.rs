@@ -333,6 +333,19 @@ async fn a_zombie_loader_is_fenced_off() {
         &[("WEIR_PAUSE_BEFORE", format!("merge:1:{}", gate.display()))],
     );
     wait_for_stall(&gate).await;
+    // `weir status` meanwhile: A's loader holds (or held) the lease, and its batches wait for a merge.
+    let cfg = dir.path().join("a.toml");
+    let status = weir(&["status", "-c", cfg.to_str().unwrap(), "--json"], &[]);
+    assert!(status.status.success(), "{}", show(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        !status["loader"]["owner"].as_str().unwrap().is_empty(),
+        "{status:#}"
+    );
+    assert!(
+        status["pending_merge"]["batches"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
     let b = start("b", 1000, &[]);
     let out_b = b.wait(std::time::Duration::from_secs(600)).await;
     assert!(out_b.status.success(), "B: {}", show(&out_b));

@@ -21,6 +21,13 @@ struct Partition {
 }
 
 #[derive(serde::Serialize)]
+struct Loader {
+    owner: String,
+    lease: &'static str,
+    epoch: String,
+}
+
+#[derive(serde::Serialize)]
 struct Pending {
     batches: usize,
     bytes: u64,
@@ -32,6 +39,7 @@ struct Status {
     sink: String,
     partitions: Vec<Partition>,
     pending_merge: Option<Pending>,
+    loader: Option<Loader>,
     dead_letters_last_hour: Vec<weir::sink::DeadLetterCount>,
 }
 
@@ -62,11 +70,7 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
             l.partition.clone(),
             Partition {
                 partition: l.partition,
-                lease: match (l.owner.is_empty(), l.expired) {
-                    (true, _) => "free",
-                    (false, true) => "expired",
-                    (false, false) => "held",
-                },
+                lease: lease_state(&l.owner, l.expired),
                 owner: l.owner,
                 checkpoint: l.position,
                 batches: 0,
@@ -101,11 +105,27 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         }
         None => None,
     };
+    // The loader lease, where the coordinator keeps it beside the partitions' leases (the sink's own
+    // tables, or a PostgreSQL coordinator).
+    let loader = match &registry {
+        Some(_) => coordinator
+            .leases(weir::sink::group::LOADER, now_us)
+            .await?
+            .into_iter()
+            .find(|l| l.partition == "lease")
+            .map(|l| Loader {
+                lease: lease_state(&l.owner, l.expired),
+                owner: l.owner,
+                epoch: l.position,
+            }),
+        None => None,
+    };
     let status = Status {
         source: source.to_string(),
         sink: sink.describe(),
         partitions: partitions.into_values().collect(),
         pending_merge,
+        loader,
         dead_letters_last_hour: sink
             .dead_letter_counts(now_us - 3_600_000_000, MAX_REASONS)
             .await?,
@@ -163,6 +183,19 @@ fn render(s: &Status) -> String {
             "\nwaiting for the loader: {} staged batches, {} bytes",
             p.batches, p.bytes
         );
+        match &s.loader {
+            Some(l) if !l.owner.is_empty() => {
+                let _ = writeln!(
+                    out,
+                    "loader: {} (lease {}, epoch {})",
+                    l.owner, l.lease, l.epoch
+                );
+            }
+            Some(_) => {
+                let _ = writeln!(out, "loader: none (the lease is free)");
+            }
+            None => {}
+        }
     }
     let _ = writeln!(out, "\ndead letters in the last hour:");
     if s.dead_letters_last_hour.is_empty() {
@@ -207,6 +240,14 @@ fn table<const N: usize>(out: &mut String, head: &[&str; N], rows: &[[String; N]
     }
     for r in rows {
         let _ = writeln!(out, "{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+fn lease_state(owner: &str, expired: bool) -> &'static str {
+    match (owner.is_empty(), expired) {
+        (true, _) => "free",
+        (false, true) => "expired",
+        (false, false) => "held",
     }
 }
 
