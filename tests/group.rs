@@ -990,3 +990,51 @@ async fn dynamodb_registry_takes_a_refused_batch_again() {
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert!(pending.contains(&ids[0]) && pending.contains(&ids[2]));
 }
+
+/// A run killed after registering batches, run again with batches cut at other positions (here a smaller
+/// `max_records`): the loader merges the dead run's batches first, so the new run's first batch finds the
+/// checkpoint moved. The worker reads the partition again from the new checkpoint instead of giving up, and
+/// the result is that of one per-batch run.
+#[tokio::test]
+async fn a_rerun_cut_differently_reads_again_from_the_moved_checkpoint() {
+    needs!("a_rerun_cut_differently_reads_again_from_the_moved_checkpoint": Postgres, Plugins);
+    let (per_batch, grouped) = (TestDb::new().await, TestDb::new().await);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            config(a.path(), &per_batch.url, false).to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let cfg = config(b.path(), &grouped.url, true);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Batches of 4 records, cut by count only (not by time), so that the dead run registers two of them.
+    let four = text.replace("max_wait_ms = 250", "max_wait_ms = 60000");
+    assert_ne!(four, text);
+    std::fs::write(&cfg, &four).unwrap();
+    let out = weir(
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("WEIR_CRASH_AFTER", "registered:2")],
+    );
+    assert!(
+        !out.status.success(),
+        "the crash point aborts: {}",
+        show(&out)
+    );
+    std::fs::write(&cfg, four.replace("max_records = 4", "max_records = 3")).unwrap();
+    let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let (have, want) = (state(&grouped).await, state(&per_batch).await);
+    assert_eq!(have[..3], want[..3], "rows and dead letters");
+    assert_eq!(have[4], want[4], "the checkpoint");
+    assert_eq!(
+        grouped
+            .count("SELECT sum(records_in) FROM weir_batches")
+            .await,
+        17,
+        "every record in exactly one ledger batch"
+    );
+}

@@ -681,9 +681,25 @@ async fn run_pipeline(
             .await;
         return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
     }
-    let pipeline = Pipeline {
-        source: open_source(loaded).await?,
-        stages,
-    };
-    Ok(pipeline.run(shutdown).await?)
+    // A partition whose checkpoint moved under this worker (with grouped commits: the loader merged first a
+    // batch an earlier, crashed run had registered, cut at other positions than this run's) is read again
+    // from the new checkpoint, as a fleet worker claims a shard again (docs/GROUP-COMMIT.md, W6). Bounded:
+    // another live worker on the same partition keeps moving it.
+    let mut moved = 0;
+    loop {
+        let pipeline = Pipeline {
+            source: open_source(loaded).await?,
+            stages: stages.clone(),
+        };
+        match pipeline.run(shutdown.clone()).await {
+            Err(e @ crate::pipeline::PipelineError::NotOwner { .. }) if moved < MAX_REREADS => {
+                moved += 1;
+                tracing::warn!(error = %e, "reading the partition again from its new checkpoint");
+            }
+            done => return Ok(done?),
+        }
+    }
 }
+
+/// How many times one run reads a partition again after its checkpoint moved under it.
+const MAX_REREADS: usize = 3;
