@@ -401,19 +401,6 @@ fn start_worker(
     Background::spawn(cmd)
 }
 
-/// Waits until a loader stalled by `WEIR_PAUSE_BEFORE=merge:N:{gate}` has reached its stall.
-async fn wait_for_stall(gate: &std::path::Path) {
-    let reached = gate.with_extension("reached");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !reached.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the loader never reached its merge"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// A long merge keeps its loader lease: worker A's loader is held inside its first merge (after reading its
 /// batches, by a test stall) for two and a half lease times while worker B runs beside it. A renews its lease
 /// during the merge, so B never becomes the loader and merges nothing meanwhile (without the renewals B would

@@ -992,6 +992,31 @@ async fn black_holed_aws_endpoint_times_out_and_recovers() {
     assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
 }
 
+/// The quickstart's messages in a new queue (visibility 2 s, one receiver, batches of 5) loaded into a new
+/// database, with `grouped(bucket)` appended to the configuration: the AWS helpers, the database, the queue
+/// URL, the bucket and the configuration file.
+async fn grouped_quickstart(
+    dir: &Path,
+    grouped: impl Fn(&str) -> String,
+) -> (Aws, TestDb, String, String, PathBuf) {
+    let aws = aws().await;
+    let db = TestDb::new().await;
+    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
+    aws.send(&queue, &quickstart_lines()).await;
+    let config = write_config(
+        dir,
+        &Setup {
+            source: "visibility_timeout_secs = 2\nreceivers = 1",
+            batch: "max_records = 5\nmax_wait_ms = 500",
+            ..setup(&queue, &bucket, &db.url)
+        },
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&grouped(&bucket));
+    std::fs::write(&config, text).unwrap();
+    (aws, db, queue, bucket, config)
+}
+
 /// Grouped commits from SQS, staged in S3: a worker whose loader is killed right after its first merge
 /// committed (before the registry learns the fates, so before any worker may acknowledge) has deleted
 /// nothing; the next run (its loader takes over once the dead one's lease ran out) finds the merged batches,
@@ -1001,25 +1026,14 @@ async fn black_holed_aws_endpoint_times_out_and_recovers() {
 async fn grouped_commits_delete_only_after_the_merge() {
     needs!("grouped_commits_delete_only_after_the_merge": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
-    let aws = aws().await;
-    let db = TestDb::new().await;
-    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
-    aws.send(&queue, &quickstart_lines()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            source: "visibility_timeout_secs = 2\nreceivers = 1",
-            batch: "max_records = 5\nmax_wait_ms = 500",
-            ..setup(&queue, &bucket, &db.url)
-        },
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 2\n\
-         [sink.group_commit.staging]\nkind = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"weir-staged\"\n"
-    ));
-    std::fs::write(&config, text).unwrap();
+    let (aws, db, queue, bucket, config) = grouped_quickstart(dir.path(), |bucket| {
+        format!(
+            "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 2\n\
+             [sink.group_commit.staging]\nkind = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"weir-staged\"\n"
+        )
+    })
+    .await;
 
     let crashed = run_weir(&config, &[("WEIR_CRASH_AFTER", "merge:1")]).await;
     assert!(!crashed.status.success(), "{}", show(&crashed));
@@ -1161,41 +1175,23 @@ async fn dynamodb_outage_acknowledges_nothing_early() {
 async fn metrics_show_the_oldest_message_in_flight() {
     needs!("metrics_show_the_oldest_message_in_flight": Postgres, Aws, Plugins);
     let _light = HEAVY.read().await;
-    let aws = aws().await;
-    let db = TestDb::new().await;
-    let (queue, bucket) = (aws.queue(2).await, aws.bucket().await);
-    aws.send(&queue, &quickstart_lines()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            source: "visibility_timeout_secs = 2\nreceivers = 1",
-            batch: "max_records = 5\nmax_wait_ms = 500",
-            ..setup(&queue, &bucket, &db.url)
-        },
-    );
     let port = free_port();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 30\n\
-         [worker]\nadmin_bind = \"127.0.0.1:{port}\"\n"
-    ));
-    std::fs::write(&config, text).unwrap();
+    let (aws, db, queue, _, config) = grouped_quickstart(dir.path(), |_| {
+        format!(
+            "\n[sink.group_commit]\nenabled = true\ninterval_ms = 200\nlease_secs = 30\n\
+             [worker]\nadmin_bind = \"127.0.0.1:{port}\"\n"
+        )
+    })
+    .await;
     let gate = dir.path().join("gate");
     let stall = format!("merge:1:{}", gate.display());
     let worker = start_weir(
         &["run", "-c", config.to_str().unwrap()],
         &[("WEIR_PAUSE_BEFORE", &stall)],
     );
-    let reached = gate.with_extension("reached");
+    wait_for_stall(&gate).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !reached.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the loader never reached its merge"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // Held messages are counted at each visibility heartbeat: wait for one that sees a second of age.
     let gauge = |body: &str, name: &str| -> f64 {
         body.lines()

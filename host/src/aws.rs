@@ -47,6 +47,14 @@ pub struct Role {
 }
 
 impl AwsConfig {
+    /// `[aws] role_arn` and `external_id`.
+    pub fn role(&self) -> Role {
+        Role {
+            role_arn: self.role_arn.clone(),
+            external_id: self.external_id.clone(),
+        }
+    }
+
     /// These settings with `role` in place of `[aws] role_arn` when the backend names one.
     pub fn with_role(&self, role: &Role) -> AwsConfig {
         let mut aws = self.clone();

@@ -236,13 +236,19 @@ pub fn notes(config: &Config) -> Vec<String> {
     }
     let mut roles: Vec<String> = Vec::new();
     for arn in [
-        config.aws.role_arn.clone(),
-        config.source.role().role_arn,
-        config.raw.role().role_arn,
-        config.sink.iam.as_ref().and_then(|i| i.role_arn.clone()),
+        config.aws.role(),
+        config.source.role(),
+        config.raw.role(),
+        config
+            .sink
+            .iam
+            .as_ref()
+            .map(|i| i.role())
+            .unwrap_or_default(),
+        config.coordinator.role(),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|r| r.role_arn)
     {
         if !roles.contains(&arn) {
             roles.push(arn);

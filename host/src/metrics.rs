@@ -189,6 +189,13 @@ pub const MAX_RULE_METRIC_BYTES: usize = 64;
 
 type Labels = Vec<(String, String)>;
 
+/// Counters, gauges and histograms at one moment ([`Registry::snapshot`]).
+type Snapshot = (
+    std::collections::BTreeMap<(String, Labels), u64>,
+    std::collections::BTreeMap<(String, Labels), f64>,
+    std::collections::BTreeMap<(String, Labels), SecondsHistogram>,
+);
+
 /// A Prometheus histogram of seconds.
 #[derive(Debug, Clone, Default)]
 struct SecondsHistogram {
@@ -289,6 +296,20 @@ impl Registry {
         h.sum += value;
     }
 
+    /// Every series now, with the age of the last commit among the gauges (it is computed when read).
+    fn snapshot(&self) -> Snapshot {
+        let counters = self.counters.lock().expect("not poisoned").clone();
+        let mut gauges = self.gauges.lock().expect("not poisoned").clone();
+        let histograms = self.histograms.lock().expect("not poisoned").clone();
+        if let Some(at) = *self.last_commit.lock().expect("not poisoned") {
+            gauges.insert(
+                key("weir_seconds_since_last_commit", &[]),
+                at.elapsed().as_secs_f64(),
+            );
+        }
+        (counters, gauges, histograms)
+    }
+
     /// A batch committed now (`weir_seconds_since_last_commit` counts from here).
     pub fn committed(&self) {
         *self.last_commit.lock().expect("not poisoned") = Some(std::time::Instant::now());
@@ -327,16 +348,7 @@ impl Registry {
                 format!("{{{}}}", parts.join(","))
             }
         }
-        let counters = self.counters.lock().expect("not poisoned").clone();
-        let gauges = self.gauges.lock().expect("not poisoned").clone();
-        let histograms = self.histograms.lock().expect("not poisoned").clone();
-        let mut gauges = gauges;
-        if let Some(at) = *self.last_commit.lock().expect("not poisoned") {
-            gauges.insert(
-                key("weir_seconds_since_last_commit", &[]),
-                at.elapsed().as_secs_f64(),
-            );
-        }
+        let (counters, gauges, histograms) = self.snapshot();
         let mut out = String::new();
         for (name, kind, help) in CATALOGUE {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -391,16 +403,7 @@ impl Registry {
     /// histograms as the observations since then (`Values` = bucket upper bounds, `Counts`; an observation
     /// above the last bound is counted at it). Series are bounded like the Prometheus ones.
     pub fn emf(&self, state: &mut EmfState, timestamp_ms: u64) -> Vec<String> {
-        let counters = self.counters.lock().expect("not poisoned").clone();
-        let gauges = self.gauges.lock().expect("not poisoned").clone();
-        let histograms = self.histograms.lock().expect("not poisoned").clone();
-        let mut gauges = gauges;
-        if let Some(at) = *self.last_commit.lock().expect("not poisoned") {
-            gauges.insert(
-                key("weir_seconds_since_last_commit", &[]),
-                at.elapsed().as_secs_f64(),
-            );
-        }
+        let (counters, gauges, histograms) = self.snapshot();
         let line = |name: &str, labels: &Labels, unit: &str, value: serde_json::Value| {
             let mut doc = serde_json::Map::new();
             let dims: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();

@@ -144,16 +144,12 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
     if let CoordinatorConfig::Dynamodb {
         table,
         endpoint_url,
-        role_arn,
-        external_id,
+        ..
     } = &config.coordinator
     {
         let client = config
             .aws
-            .with_role(&crate::aws::Role {
-                role_arn: role_arn.clone(),
-                external_id: external_id.clone(),
-            })
+            .with_role(&config.coordinator.role())
             .dynamodb(endpoint_url.as_deref())
             .await;
         let r = client.describe_table().table_name(table).send().await;

@@ -152,10 +152,7 @@ fn database_options(loaded: &Loaded) -> crate::sink::redshift::RedshiftOptions {
         iam: sink.iam.clone(),
         stage_fill: sink.stage_fill.clone(),
         aws: match &sink.iam {
-            Some(iam) => loaded.config.aws.with_role(&crate::aws::Role {
-                role_arn: iam.role_arn.clone(),
-                external_id: iam.external_id.clone(),
-            }),
+            Some(iam) => loaded.config.aws.with_role(&iam.role()),
             None => loaded.config.aws.clone(),
         },
         merge: sink.merge,
@@ -329,13 +326,12 @@ pub async fn open_coordination(loaded: &Loaded) -> Result<Option<Coordination>, 
         CoordinatorConfig::Dynamodb {
             table,
             endpoint_url,
-            role_arn,
-            external_id,
+            ..
         } => {
-            let aws = loaded.config.aws.with_role(&crate::aws::Role {
-                role_arn: role_arn.clone(),
-                external_id: external_id.clone(),
-            });
+            let aws = loaded
+                .config
+                .aws
+                .with_role(&loaded.config.coordinator.role());
             let client = aws.dynamodb(endpoint_url.as_deref()).await;
             let db = Arc::new(crate::coordinator::dynamodb::DynamoCoordinator::new(
                 client,

@@ -1222,3 +1222,16 @@ pub fn check_quickstart_status(config: &Path, batches: i64) {
         "{text}"
     );
 }
+
+/// Waits until a loader stalled by `WEIR_PAUSE_BEFORE=merge:N:{gate}` has reached its stall.
+pub async fn wait_for_stall(gate: &std::path::Path) {
+    let reached = gate.with_extension("reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loader never reached its merge"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -20,6 +20,22 @@ struct Partition {
     last_commit_secs_ago: Option<f64>,
 }
 
+impl Partition {
+    /// A partition neither leased nor committed yet (as far as known).
+    fn new(partition: String) -> Partition {
+        Partition {
+            partition,
+            owner: String::new(),
+            lease: "-",
+            checkpoint: String::new(),
+            batches: 0,
+            records: 0,
+            last_commit: None,
+            last_commit_secs_ago: None,
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct Loader {
     owner: String,
@@ -66,33 +82,17 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
     let activity = sink.activity(source).await?;
     let mut partitions: std::collections::BTreeMap<String, Partition> = Default::default();
     for l in leases {
-        partitions.insert(
-            l.partition.clone(),
-            Partition {
-                partition: l.partition,
-                lease: lease_state(&l.owner, l.expired),
-                owner: l.owner,
-                checkpoint: l.position,
-                batches: 0,
-                records: 0,
-                last_commit: None,
-                last_commit_secs_ago: None,
-            },
-        );
+        let p = partitions
+            .entry(l.partition.clone())
+            .or_insert_with(|| Partition::new(l.partition));
+        p.lease = lease_state(&l.owner, l.expired);
+        p.owner = l.owner;
+        p.checkpoint = l.position;
     }
     for a in activity {
         let p = partitions
             .entry(a.partition.clone())
-            .or_insert_with(|| Partition {
-                partition: a.partition.clone(),
-                owner: String::new(),
-                lease: "-",
-                checkpoint: String::new(),
-                batches: 0,
-                records: 0,
-                last_commit: None,
-                last_commit_secs_ago: None,
-            });
+            .or_insert_with(|| Partition::new(a.partition.clone()));
         p.batches = a.batches;
         p.records = a.records;
         p.last_commit = Some(weir::schema::format_timestamp_us(a.last_commit_us));

@@ -27,38 +27,21 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
 
 /// Every `role_arn` is an IAM role's ARN, and no `external_id` goes without one.
 fn check_roles(config: &Config) -> Result<(), ConfigError> {
-    let mut roles = vec![(
-        "aws",
-        crate::aws::Role {
-            role_arn: config.aws.role_arn.clone(),
-            external_id: config.aws.external_id.clone(),
-        },
-    )];
-    roles.push(("source", config.source.role()));
-    roles.push(("raw", config.raw.role()));
-    if let Some(iam) = &config.sink.iam {
-        roles.push((
+    let roles = [
+        ("aws", config.aws.role()),
+        ("source", config.source.role()),
+        ("raw", config.raw.role()),
+        (
             "sink.iam",
-            crate::aws::Role {
-                role_arn: iam.role_arn.clone(),
-                external_id: iam.external_id.clone(),
-            },
-        ));
-    }
-    if let CoordinatorConfig::Dynamodb {
-        role_arn,
-        external_id,
-        ..
-    } = &config.coordinator
-    {
-        roles.push((
-            "coordinator",
-            crate::aws::Role {
-                role_arn: role_arn.clone(),
-                external_id: external_id.clone(),
-            },
-        ));
-    }
+            config
+                .sink
+                .iam
+                .as_ref()
+                .map(|i| i.role())
+                .unwrap_or_default(),
+        ),
+        ("coordinator", config.coordinator.role()),
+    ];
     for (section, role) in roles {
         match (&role.role_arn, &role.external_id) {
             (None, Some(_)) => {

@@ -259,6 +259,33 @@ pub struct IamConfig {
     pub external_id: Option<String>,
 }
 
+impl IamConfig {
+    /// The sink's own IAM role (`role_arn`, `external_id`), when it names one.
+    pub fn role(&self) -> crate::aws::Role {
+        crate::aws::Role {
+            role_arn: self.role_arn.clone(),
+            external_id: self.external_id.clone(),
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// The DynamoDB coordinator's own IAM role (`role_arn`, `external_id`), when it names one.
+    pub fn role(&self) -> crate::aws::Role {
+        match self {
+            CoordinatorConfig::Dynamodb {
+                role_arn,
+                external_id,
+                ..
+            } => crate::aws::Role {
+                role_arn: role_arn.clone(),
+                external_id: external_id.clone(),
+            },
+            _ => crate::aws::Role::default(),
+        }
+    }
+}
+
 pub(super) fn default_iam_duration_secs() -> u32 {
     900
 }

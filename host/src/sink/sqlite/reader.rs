@@ -20,9 +20,7 @@ impl SinkReader for SqliteSink {
                 partition: r.get(0),
                 batches: r.get(1),
                 records: r.get(2),
-                last_commit_us: chrono::DateTime::parse_from_rfc3339(&r.get::<String, _>(3))
-                    .map(|t| t.timestamp_micros())
-                    .unwrap_or(0),
+                last_commit_us: stored_us(&r.get::<String, _>(3)),
             })
             .collect())
     }
@@ -55,9 +53,7 @@ impl SinkReader for SqliteSink {
                 stage: r.get(3),
                 reason: r.get(4),
                 payload_preview: r.get(5),
-                at_us: chrono::DateTime::parse_from_rfc3339(&r.get::<String, _>(6))
-                    .map(|t| t.timestamp_micros())
-                    .unwrap_or(0),
+                at_us: stored_us(&r.get::<String, _>(6)),
             })
             .collect())
     }
@@ -223,4 +219,11 @@ impl SinkReader for SqliteSink {
             .get(0);
         Ok(n as usize)
     }
+}
+
+/// A timestamp as this sink stores it ([`format_timestamp_us`]), in µs since the epoch (0 when unreadable).
+fn stored_us(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .unwrap_or(0)
 }
