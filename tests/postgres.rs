@@ -201,6 +201,7 @@ fn load<'a>(b: &'a (Batch, Vec<RecordOutcome>, Vec<String>), tables: &'a [TableS
         tables,
         rule_digest: "d",
         loaded_at_us: 1_795_256_970_000_000,
+        redrive: None,
     }
 }
 
@@ -1283,4 +1284,137 @@ async fn dead_letters_list_and_export_on_postgres() {
         .unwrap()
         .into_bytes();
     assert_eq!(String::from_utf8_lossy(&object), exported);
+}
+
+/// `weir dead-letters redrive` after a fix (a wider key column, a larger memory cap), on PostgreSQL and on
+/// SQLite: a dry run writes nothing; the redrive loads what now emits and drops what the rule now drops,
+/// removing their dead letters, leaves alone a newer row of the same key (loaded after the dead-lettered
+/// record), keeps the dead letter of a record rejected again, and `weir reconcile` finds nothing wrong
+/// afterwards; a second redrive changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_redrive_after_a_fix() {
+    needs!("dead_letters_redrive_after_a_fix": Postgres, Plugins);
+    let db = TestDb::new().await;
+    for sink in [
+        format!("kind = \"postgres\"\nurl = \"{}\"", db.url),
+        "kind = \"sqlite\"\npath = \"weir.db\"".to_string(),
+    ] {
+        let postgres = sink.contains("postgres");
+        let dir = tempfile::tempdir().unwrap();
+        let config = misbehave_config(dir.path(), &sink, "", "[batch]\nmax_records = 3");
+        let cfg = config.to_str().unwrap();
+        let (a, c) = ("a".repeat(70), "c".repeat(70));
+        // Batch 1: b loads, a's key is too long for varchar(64), `alloc` passes the 64 MiB cap; batch 2: c's
+        // key is too long, `nope` is no command, e loads.
+        std::fs::write(
+            dir.path().join("input.txt"),
+            format!("ok:b\nver:{a}:5\nalloc\nver:{c}:1\nnope\nok:e\n"),
+        )
+        .unwrap();
+        let out = weir(&["run", "-c", cfg], &[]);
+        assert!(out.status.success(), "{}", show(&out));
+        let dead = || {
+            let out = weir(&["dead-letters", "list", "-c", cfg, "--json"], &[]);
+            assert!(out.status.success(), "{}", show(&out));
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        assert_eq!(dead(), 4, "{sink}");
+
+        // The fix: the key column widened (in the config and the table), the memory cap raised.
+        let fixed = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("varchar(64)", "varchar(128)")
+            .replace("[rule]\n", "[rule]\nmemory_limit_mib = 1024\n")
+            .replace("input.txt", "second.txt");
+        std::fs::write(&config, fixed).unwrap();
+        if postgres {
+            db.client()
+                .await
+                .batch_execute("ALTER TABLE t ALTER COLUMN id TYPE varchar(128)")
+                .await
+                .unwrap();
+        } else {
+            // SQLite changes a column's declared type by rebuilding the table.
+            let file = dir.path().join("weir.db");
+            let ddl = query(&file, "SELECT sql FROM sqlite_master WHERE name = 't'").await;
+            let wide = ddl[0][0]
+                .replacen("\"t\"", "\"t_wide\"", 1)
+                .replace("VARCHAR(64)", "VARCHAR(128)");
+            assert!(
+                wide.contains("t_wide") && wide.contains("VARCHAR(128)"),
+                "{wide}"
+            );
+            execute(
+                &file,
+                &format!(
+                    "{wide}; INSERT INTO t_wide SELECT * FROM t; DROP TABLE t; \
+                     ALTER TABLE t_wide RENAME TO t"
+                ),
+            )
+            .await;
+        }
+        // A newer record of a's key loads after the fix.
+        std::fs::write(dir.path().join("second.txt"), format!("ver:{a}:7\n")).unwrap();
+        let out = weir(&["run", "-c", cfg], &[]);
+        assert!(out.status.success(), "{sink}: {}", show(&out));
+
+        let redrive = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec!["dead-letters", "redrive", "-c", cfg, "--json"];
+            args.extend_from_slice(extra);
+            let out = weir(&args, &[]);
+            assert!(out.status.success(), "{}", show(&out));
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)))
+        };
+        let rows = || async {
+            let sql = "SELECT id, CAST(n AS VARCHAR(16)) FROM t ORDER BY id";
+            if postgres {
+                db.rows(sql).await
+            } else {
+                query(&dir.path().join("weir.db"), sql).await
+            }
+        };
+        let before = rows().await;
+        let dry = redrive(&["--dry-run"]);
+        assert_eq!(
+            (&dry["selected"], &dry["emitted"], &dry["dropped"]),
+            (&4.into(), &2.into(), &1.into()),
+            "{dry}"
+        );
+        assert_eq!(dry["rejected"], serde_json::json!({"unknown command": 1}));
+        assert_eq!(dead(), 4, "a dry run writes nothing");
+        assert_eq!(rows().await, before);
+
+        let done = redrive(&[]);
+        assert_eq!(
+            (&done["emitted"], &done["dropped"], &done["rows_kept"]),
+            (&2.into(), &1.into(), &1.into()),
+            "{done}"
+        );
+        assert_eq!(done["rejected"], serde_json::json!({"unknown command": 1}));
+        let want = |id: &str, n: &str| vec![id.to_string(), n.to_string()];
+        let loaded = vec![want(&a, "7"), want("b", "1"), want(&c, "1"), want("e", "1")];
+        assert_eq!(rows().await, loaded, "{sink}");
+        assert_eq!(dead(), 1, "only `nope` is still a dead letter");
+        let out = weir(&["reconcile", "-c", cfg], &[]);
+        assert!(out.status.success(), "{}", show(&out));
+
+        let again = redrive(&[]);
+        assert_eq!(
+            (&again["selected"], &again["emitted"], &again["dropped"]),
+            (&1.into(), &0.into(), &0.into()),
+            "{again}"
+        );
+        assert_eq!(rows().await, loaded);
+        assert_eq!(dead(), 1);
+        if postgres {
+            db.client()
+                .await
+                .batch_execute(
+                    "DROP TABLE t; DELETE FROM weir_checkpoints; DELETE FROM weir_batches; \
+                     DELETE FROM weir_dead_letters",
+                )
+                .await
+                .unwrap();
+        }
+    }
 }

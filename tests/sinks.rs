@@ -62,6 +62,7 @@ fn load<'a>(f: &'a Fixture, tables: &'a [TableSpec]) -> Load<'a> {
         tables,
         rule_digest: "d",
         loaded_at_us: 1_795_256_970_000_000,
+        redrive: None,
     }
 }
 
@@ -145,6 +146,8 @@ async fn conformance(w: Arc<dyn Warehouse>) {
         .unwrap();
     assert_eq!(by_key.len(), 1);
 
+    redrive(&*sink, &*reader, &tables, &one).await;
+
     // Coordinator: leases by compare-and-set.
     let (now, later) = (1_000_000_i64, 2_000_000_i64);
     assert!(
@@ -215,6 +218,93 @@ async fn conformance(w: Arc<dyn Warehouse>) {
         coordinator.checkpoint("kinesis", "s/1").await.unwrap(),
         "SHARD_END"
     );
+}
+
+/// A dead-letter redrive: a redriven record replaces the row of a record that committed before its own
+/// batch, or one this run wrote, and never the row of a record that committed later; the dead letters of
+/// records that now emit go in the same transaction.
+async fn redrive(sink: &dyn Sink, reader: &dyn SinkReader, tables: &[TableSpec], one: &Fixture) {
+    // One batch later than `one` and `two`, with a record rejected.
+    let three = fixture("5", 6, &[("d", 4), ("bad2", -1)]);
+    let base = 1_795_256_970_000_000;
+    let mut three_load = load(&three, tables);
+    three_load.loaded_at_us = base + 10;
+    assert_eq!(sink.commit(&three_load).await.unwrap(), Commit::Committed);
+    // `record`, dead-lettered by `original`, redriven by run `run` with `rows`, at `at`.
+    let redriven = |run: u32, original: &Fixture, record: usize, rows: &[(&str, i64)]| {
+        let mut batch = mem_batch("", record, 1);
+        batch.id = format!("redrive-{run}/{}", original.batch.id);
+        batch.ordered = false;
+        let row = |(id, n): &(&str, i64)| CheckedRow {
+            table: 0,
+            cells: vec![Cell::Text(id.to_string()), Cell::Int(*n)],
+        };
+        Fixture {
+            batch,
+            outcomes: vec![RecordOutcome::Emit(rows.iter().map(row).collect())],
+            raw_refs: vec![format!("k{record}#1")],
+        }
+    };
+    let commit = async |f: &Fixture, original: &Fixture, pattern: &str, at: i64| {
+        let mut l = load(f, tables);
+        l.loaded_at_us = at;
+        l.redrive = Some(weir::sink::Redrive {
+            original_batch: &original.batch.id,
+            run_pattern: pattern,
+        });
+        sink.commit(&l).await.unwrap()
+    };
+    // Run 1, in original order: record 3 (of `one`) gives a = 99 (held by record 4 of `two`, which committed
+    // no earlier than `one`: kept) and e = 7 (new); record 7 (of `three`) gives b = 50 (held by record 2 of
+    // `one`, which committed before `three`: replaced) and e = 8 (written by this run: replaced).
+    let r3 = redriven(1, one, 3, &[("a", 99), ("e", 7)]);
+    let r7 = redriven(1, &three, 7, &[("b", 50), ("e", 8)]);
+    assert_eq!(
+        commit(&r3, one, "redrive-1/%", base + 20).await,
+        Commit::Committed
+    );
+    assert_eq!(
+        commit(&r7, &three, "redrive-1/%", base + 30).await,
+        Commit::Committed
+    );
+    // Run 2 redrives record 3 again: e is now held by a record of another run that committed later.
+    let again = redriven(2, one, 3, &[("a", 99), ("e", 7)]);
+    assert_eq!(
+        commit(&again, one, "redrive-2/%", base + 40).await,
+        Commit::Committed
+    );
+    let keys: Vec<Vec<String>> = ["a", "b", "e"]
+        .iter()
+        .map(|k| vec![k.to_string()])
+        .collect();
+    let mut rows = reader
+        .stored_rows(&tables[0], &RowFilter::Keys(keys))
+        .await
+        .unwrap();
+    rows.sort_by(|x, y| x.cells.cmp(&y.cells));
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let cells: Vec<&str> = r.cells.iter().map(|c| c.as_deref().unwrap()).collect();
+            (cells.join("="), r.record_id.clone())
+        })
+        .collect();
+    let want = |kv: &str, record: &str| (kv.to_string(), record.to_string());
+    assert_eq!(
+        got,
+        [
+            want("a=10", "mem/p/4"),
+            want("b=50", "mem/p/7"),
+            want("e=8", "mem/p/7")
+        ]
+    );
+    // Records 3 and 7 emit now: their dead letters are gone.
+    let batches = [one.batch.id.clone(), three.batch.id.clone()];
+    let dead = reader
+        .dead_letters(&RowFilter::BatchIds(batches.to_vec()))
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
 }
 
 #[tokio::test]

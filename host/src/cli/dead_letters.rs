@@ -1,5 +1,6 @@
-//! `weir dead-letters list|export`: the dead letters of a time range (and reason), and their RAW records
-//! written out — to a file, stdout or S3 — for a rule fix to be tried on (`weir plugin test --input`).
+//! `weir dead-letters list|export|redrive`: the dead letters of a time range (and reason); their RAW records
+//! written out — to a file, stdout or S3 — for a rule fix to be tried on (`weir plugin test --input`); and,
+//! once the fixed rule is deployed, those records loaded through it.
 
 use super::*;
 
@@ -52,6 +53,18 @@ pub(crate) enum DeadLettersCommand {
         #[arg(long, value_enum, default_value = "records")]
         format: ExportFormat,
     },
+    /// Run the RAW records of the selected dead letters through the configured rule again and load what it
+    /// now emits (idempotent; a newer row of the same key is never replaced; the ledger records each batch).
+    Redrive {
+        #[command(flatten)]
+        selection: Selection,
+        /// Run the rule and report what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(super) async fn dead_letters(command: DeadLettersCommand) -> Result<ExitCode> {
@@ -82,7 +95,98 @@ pub(super) async fn dead_letters(command: DeadLettersCommand) -> Result<ExitCode
             to,
             format,
         } => export(&selection, &to, format).await,
+        DeadLettersCommand::Redrive {
+            selection,
+            dry_run,
+            json,
+        } => redrive(&selection, dry_run, json).await,
     }
+}
+
+async fn redrive(s: &Selection, dry: bool, json: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    let (loaded, entries) = select(s).await?;
+    let runtime = weir::worker::runtime(&loaded)?;
+    let limits = weir::worker::rule_limits(&loaded);
+    let settings = weir::worker::rule_settings(&loaded);
+    let rule = Arc::new(weir::worker::load_rule(&runtime, &loaded).await?);
+    let sink = weir::worker::open_sink(&loaded).await?;
+    let raw = weir::worker::open_raw(&loaded).await?;
+    if !dry {
+        // Reconcile finds the rule of every ledger row by digest.
+        weir::worker::store_rule(&loaded, &rule, 5).await?;
+    }
+    let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, None, None)?;
+    let window = weir::reconcile::Window::default();
+    let run = weir::reconcile::Run {
+        raw: &*raw,
+        sink: &*sink,
+        reader: &*sink,
+        tables: &loaded.tables,
+        max_rows: loaded.config.rule.max_rows_per_record,
+        rules: &rules,
+        shadow: None,
+        window: &window,
+        max_differences: 0,
+        group_records: 0,
+        rule_instances: loaded.config.rule.instances,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let done =
+        weir::reconcile::redrive(&run, rule.clone(), &loaded.config.retry, &entries, dry).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (verb, now) = if dry {
+        ("would redrive", "would")
+    } else {
+        ("redrove", "now")
+    };
+    println!(
+        "{verb} {} of {} dead letters from {} RAW objects through rule {} into {}",
+        done.selected - done.not_found,
+        done.selected,
+        done.objects,
+        rule.digest(),
+        sink.describe()
+    );
+    println!(
+        "  {:>8}  {now} emit rows (dead letter removed)",
+        done.emitted
+    );
+    println!(
+        "  {:>8}  {now} dropped by the rule (dead letter removed)",
+        done.dropped
+    );
+    println!(
+        "  {:>8}  rejected again (dead letter kept, with the new reason)",
+        done.still_rejected()
+    );
+    for (reason, n) in &done.rejected {
+        println!("  {n:>8}    {reason}");
+    }
+    if done.rows_kept > 0 {
+        println!(
+            "  {:>8}  rows not written: a record that committed later holds their key (declare the table's \
+             version_column to order rows by a field instead)",
+            done.rows_kept
+        );
+    }
+    if done.not_found > 0 {
+        println!(
+            "  {:>8}  records not found in RAW (left as dead letters): {}{}",
+            done.not_found,
+            done.not_found_ids.join(", "),
+            if done.not_found > done.not_found_ids.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn select(s: &Selection) -> Result<(config::Loaded, Vec<weir::sink::DeadLetterEntry>)> {

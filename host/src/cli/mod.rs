@@ -84,7 +84,8 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The dead letters of a time range: list them, or export their RAW records.
+    /// The dead letters of a time range: list them, export their RAW records, or redrive them through the
+    /// configured rule.
     DeadLetters {
         #[command(subcommand)]
         command: DeadLettersCommand,

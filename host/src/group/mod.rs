@@ -153,6 +153,7 @@ impl StagedBatch {
             tables,
             rule_digest: &self.rule_digest,
             loaded_at_us: self.loaded_at_us,
+            redrive: None,
         }
     }
 
@@ -317,6 +318,7 @@ mod tests {
             tables: &[],
             rule_digest: "d",
             loaded_at_us: 7,
+            redrive: None,
         };
         let staged =
             StagedBatch::from_bytes(&StagedBatch::of(&load).into_bytes(), 1, false).unwrap();

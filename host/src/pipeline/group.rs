@@ -150,6 +150,7 @@ async fn stage(
         tables,
         rule_digest,
         loaded_at_us: crate::record::wall_clock_us(),
+        redrive: None,
     };
     let failed = |(attempts, e)| PipelineError::Sink {
         batch: p.batch.id.clone(),

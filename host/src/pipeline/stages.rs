@@ -194,6 +194,7 @@ pub(super) async fn sink_stage(
                 tables: &tables,
                 rule_digest: &rule_digest,
                 loaded_at_us,
+                redrive: None,
             };
             match retrying(&retry, "commit", || sink.commit(&load))
                 .instrument(span.clone())

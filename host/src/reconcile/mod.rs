@@ -1,4 +1,5 @@
-//! RAW against final data: `weir reconcile`, `weir replay` and shadow runs (`weir replay --dry-run`).
+//! RAW against final data: `weir reconcile`, `weir replay`, shadow runs (`weir replay --dry-run`) and
+//! dead-letter redrives (`weir dead-letters redrive`).
 //!
 //! Reconcile streams the RAW objects of a window one group at a time (bounded memory), re-runs the rule version
 //! that loaded each batch (found by digest in the plugin store) on the RAW records, and compares the expected
@@ -34,8 +35,10 @@ mod compare;
 use compare::*;
 mod html;
 pub use html::*;
+mod redrive;
 mod replay;
 pub use crate::raw::window::{HOUR_MS, Window, WindowError, key_hour_ms};
+pub use redrive::*;
 pub use replay::*;
 
 /// A reconcile or replay failure (not a finding: findings go into the [`Report`]).

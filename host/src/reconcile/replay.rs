@@ -78,7 +78,6 @@ async fn replay_object(
     first: Option<&LedgerRow>,
     run_id: i64,
 ) -> Result<usize, ReconcileError> {
-    let instances = run.rule_instances;
     let lines = run.raw.get(key).await?;
     let (source, partition) = match first {
         Some(l) => (l.source.clone(), l.partition.clone()),
@@ -87,25 +86,27 @@ async fn replay_object(
     let original = first
         .map(|l| l.batch_id.clone())
         .unwrap_or_else(|| key.to_string());
-    let mut batch = crate::record::Batch {
-        id: format!("replay-{run_id}/{original}"),
+    let batch = unordered_batch(
+        format!("replay-{run_id}/{original}"),
         source,
         partition,
-        prev_position: String::new(),
-        ordered: false,
-        positions: lines.iter().map(|l| l.position.clone()).collect(),
-        records: lines.iter().map(source_record).collect(),
-        bytes: 0,
-        started: std::time::Instant::now(),
-        received_us: Vec::new(),
-        fingerprint: None,
-    };
-    batch.bytes = batch.records.iter().map(|r| r.payload.len()).sum();
+        lines.iter(),
+    );
     let raw_refs: Vec<String> = (1..=lines.len()).map(|n| format!("{key}#{n}")).collect();
-    let tables = run.tables.to_vec();
-    let max_rows = run.max_rows;
+    let outcomes = run_rule(run, rule, batch).await?;
+    commit_outcomes(run, rule, retry, &outcomes.0, &raw_refs, outcomes.1, None).await?;
+    Ok(lines.len())
+}
+
+/// Runs `rule` over the batch's records as the worker does (checked outcomes); gives the batch back.
+pub(super) async fn run_rule(
+    run: &Run<'_>,
+    rule: &Arc<RulePlugin>,
+    batch: crate::record::Batch,
+) -> Result<(crate::record::Batch, Vec<RecordOutcome>), ReconcileError> {
+    let (tables, max_rows, instances) = (run.tables.to_vec(), run.max_rows, run.rule_instances);
     let r = rule.clone();
-    let (batch, mut outcomes) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let o = crate::rules::validate::run_checked(
             &r,
             &batch.id,
@@ -117,18 +118,32 @@ async fn replay_object(
         (batch, o)
     })
     .await
-    .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))?;
+    .map_err(|e| ReconcileError::Rule(format!("rule run: {e}")))
+}
+
+/// Commits a batch's outcomes as one unordered batch (no checkpoint), retried; records whose rows the sink
+/// refuses become dead letters and the rest commit. Returns the outcomes as committed.
+pub(super) async fn commit_outcomes(
+    run: &Run<'_>,
+    rule: &Arc<RulePlugin>,
+    retry: &crate::config::RetryConfig,
+    batch: &crate::record::Batch,
+    raw_refs: &[String],
+    mut outcomes: Vec<RecordOutcome>,
+    redrive: Option<crate::sink::Redrive<'_>>,
+) -> Result<Vec<RecordOutcome>, ReconcileError> {
     loop {
         let load = crate::sink::Load {
-            batch: &batch,
-            raw_refs: &raw_refs,
+            batch,
+            raw_refs,
             outcomes: &outcomes,
             tables: run.tables,
             rule_digest: rule.digest(),
             loaded_at_us: crate::record::wall_clock_us(),
+            redrive,
         };
         match crate::retry::retrying(retry, "replay commit", || run.sink.commit(&load)).await {
-            Ok(_) => break,
+            Ok(_) => return Ok(outcomes),
             Err((_, SinkError::Rejected(refused))) => {
                 for (i, reason) in refused {
                     outcomes[i] = RecordOutcome::Reject(validate::RejectStage::Sink, reason);
@@ -137,5 +152,27 @@ async fn replay_object(
             Err((_, e)) => return Err(e.into()),
         }
     }
-    Ok(lines.len())
+}
+
+/// A batch of RAW lines to load again: unordered (no checkpoint moves), its id given.
+pub(super) fn unordered_batch<'l>(
+    id: String,
+    source: String,
+    partition: String,
+    lines: impl Iterator<Item = &'l RawLine> + Clone,
+) -> crate::record::Batch {
+    let records: Vec<SourceRecord> = lines.clone().map(source_record).collect();
+    crate::record::Batch {
+        id,
+        source,
+        partition,
+        prev_position: String::new(),
+        ordered: false,
+        positions: lines.map(|l| l.position.clone()).collect(),
+        bytes: records.iter().map(|r| r.payload.len()).sum(),
+        records,
+        started: std::time::Instant::now(),
+        received_us: Vec::new(),
+        fingerprint: None,
+    }
 }

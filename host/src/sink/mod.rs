@@ -82,6 +82,24 @@ pub struct Load<'a> {
     pub rule_digest: &'a str,
     /// Commit time bound from the client (µs since the epoch), never the database's clock.
     pub loaded_at_us: i64,
+    /// Set for a dead-letter redrive (`weir dead-letters redrive`), `None` for every other load.
+    pub redrive: Option<Redrive<'a>>,
+}
+
+/// How a redrive's rows and dead letters differ from a first load's.
+///
+/// A redriven record arrived long ago; other records may have written its keys since. In a table with a
+/// version column the version decides, as always. In a table without one, a stored row is replaced only
+/// when the batch that wrote it first committed before the record's own original batch (as if the record
+/// had loaded then), or when this very redrive run wrote it (its records go in their original order), or
+/// when the row is the record's own (a redrive run again): an older record never replaces a newer one.
+/// Records that now emit or drop lose their dead letter in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Redrive<'a> {
+    /// The batch that first loaded (and dead-lettered) the records.
+    pub original_batch: &'a str,
+    /// The `LIKE` pattern of this run's batch ids (`redrive-{run}/%`).
+    pub run_pattern: &'a str,
 }
 
 impl Load<'_> {
@@ -288,6 +306,13 @@ pub trait Sink: Send + Sync {
     /// Things about the sink's set-up a person should fix (a plaintext connection over the network).
     fn warnings(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// `weir validate --aws`: whether the warehouse can read the files its bulk load will give it (a
+    /// Redshift `COPY` with the configured role, tried on a one-row file and rolled back). `Ok(None)`: no
+    /// bulk load from files is configured; `Ok(Some(what))`: it worked.
+    async fn check_bulk_load(&self) -> Result<Option<String>, SinkError> {
+        Ok(None)
     }
 }
 

@@ -57,6 +57,19 @@ impl RedshiftSink {
                     copy_into_stage(&tx, &sqls[t], manifests[t].as_deref(), role, region).await?
                 }
             }
+            if let (Some(redrive), Some(guard)) =
+                (load.redrive, sqls[t].redrive_guard(&self.schema))
+            {
+                tx.query_typed(
+                    traced(&guard),
+                    &[
+                        (&redrive.original_batch, Type::VARCHAR),
+                        (&redrive.run_pattern, Type::VARCHAR),
+                    ],
+                )
+                .await
+                .map_err(classify_conflict)?;
+            }
             self.merge_stage(&tx, &sqls[t]).await?;
         }
         write_dead_letters(&tx, &self.schema, &[load], &loaded_at).await?;

@@ -6,7 +6,7 @@ use super::*;
 
 /// The dead letters of every rejected record of `loads`, replacing earlier ones of the same records (one
 /// `DELETE … IN` and multi-row `INSERT`s); a record rejected twice (an SQS redelivery in two batches) keeps
-/// its later dead letter.
+/// its later dead letter. A redrive also deletes the dead letters of its records that now emit or drop.
 pub(super) async fn write_dead_letters(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
@@ -16,12 +16,17 @@ pub(super) async fn write_dead_letters(
     let s = quote(schema);
     let mut letters: Vec<[String; 7]> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
+    // A redrive's records that now emit or drop lose their dead letter.
+    let mut cleared: Vec<String> = Vec::new();
     for load in loads {
         let batch = load.batch;
         for ((record, outcome), raw_ref) in
             batch.records.iter().zip(load.outcomes).zip(load.raw_refs)
         {
             let RecordOutcome::Reject(stage, reason) = outcome else {
+                if load.redrive.is_some() {
+                    cleared.push(record.id.clone());
+                }
                 continue;
             };
             let letter = [
@@ -42,11 +47,12 @@ pub(super) async fn write_dead_letters(
             }
         }
     }
-    for chunk in letters.chunks(READ_CHUNK) {
+    let replaced: Vec<&String> = letters.iter().map(|l| &l[0]).chain(&cleared).collect();
+    for chunk in replaced.chunks(READ_CHUNK) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let params: Vec<(&(dyn ToSql + Sync), Type)> = chunk
             .iter()
-            .map(|l| (&l[0] as &(dyn ToSql + Sync), Type::VARCHAR))
+            .map(|id| (*id as &(dyn ToSql + Sync), Type::VARCHAR))
             .collect();
         tx.query_typed(
             traced(&format!(

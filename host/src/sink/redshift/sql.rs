@@ -255,6 +255,25 @@ impl TableSql {
         )
     }
 
+    /// A redrive's stage rows that must not replace the stored row of their key leave the stage first (see
+    /// [`crate::sink::Redrive`]): where another record's row is held, written by a batch that did not commit
+    /// before the record's original batch (`$1`) and is not of this run (`$2`, a `LIKE` pattern). `None` for
+    /// a versioned table: its version guard decides.
+    pub(super) fn redrive_guard(&self, schema: &str) -> Option<String> {
+        if self.version.is_some() {
+            return None;
+        }
+        let (t, st, s) = (&self.target, &self.stage, quote(schema));
+        let (record, batch) = (LINEAGE_COLUMNS[0], LINEAGE_COLUMNS[1]);
+        Some(format!(
+            "DELETE FROM {st} USING {t}, {s}.weir_batches holder, {s}.weir_batches original \
+             WHERE {on} AND {t}.{record} <> {st}.{record} AND {t}.{batch} NOT LIKE $2 \
+             AND holder.batch_id = {t}.{batch} AND original.batch_id = $1 \
+             AND holder.loaded_at >= original.loaded_at",
+            on = self.key_match()
+        ))
+    }
+
     pub(super) fn merge(&self) -> [String; 2] {
         let on = self.key_match();
         let cols = self.columns.join(", ");

@@ -221,8 +221,10 @@ impl SqliteSink {
         )
     }
 
-    /// `INSERT … VALUES (…), … ON CONFLICT (key) DO UPDATE …` for `rows` rows (SQLite's own upsert).
-    fn upsert_sql(spec: &TableSpec, rows: usize) -> String {
+    /// `INSERT … VALUES (…), … ON CONFLICT (key) DO UPDATE …` for `rows` rows (SQLite's own upsert). A
+    /// `redrive` statement takes two more parameters after the rows' (see [`crate::sink::Redrive`]): this
+    /// run's batch-id pattern and the original batch.
+    fn upsert_sql(spec: &TableSpec, rows: usize, redrive: bool) -> String {
         let mut names: Vec<String> = spec.columns.iter().map(|(c, _)| quote(c)).collect();
         names.extend(LINEAGE_COLUMNS.iter().map(|c| c.to_string()));
         let marks = format!("({})", vec!["?"; names.len()].join(", "));
@@ -242,6 +244,16 @@ impl SqliteSink {
             .as_deref()
             .and_then(|v| spec.column_index(v).map(|i| (quote(v), spec.columns[i].1)))
         {
+            None if redrive => {
+                let t = quote(&spec.name);
+                let (record, batch) = (LINEAGE_COLUMNS[0], LINEAGE_COLUMNS[1]);
+                format!(
+                    " WHERE {t}.{record} = excluded.{record} OR {t}.{batch} LIKE ? OR NOT EXISTS \
+                     (SELECT 1 FROM weir_batches holder, weir_batches original \
+                     WHERE holder.batch_id = {t}.{batch} AND original.batch_id = ? \
+                     AND holder.loaded_at >= original.loaded_at)"
+                )
+            }
             None => String::new(),
             Some((v, ty)) => {
                 let t = quote(&spec.name);
@@ -343,7 +355,7 @@ impl Sink for SqliteSink {
         let _ = self.upserts.set(
             tables
                 .iter()
-                .map(|t| Arc::from(Self::upsert_sql(t, ROWS_PER_UPSERT)))
+                .map(|t| Arc::from(Self::upsert_sql(t, ROWS_PER_UPSERT, false)))
                 .collect(),
         );
         Ok(if create { Vec::new() } else { plan.new_tables })
@@ -470,10 +482,11 @@ async fn upsert_rows(
             .and_then(|v| spec.column_index(v));
         let rows = dedupe(rows, &key, version, crate::sink::KeyEquality::Standard);
         for chunk in rows.chunks(ROWS_PER_UPSERT) {
-            let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT {
+            let redrive = load.redrive.filter(|_| version.is_none());
+            let sql: Arc<str> = if chunk.len() == ROWS_PER_UPSERT && redrive.is_none() {
                 upserts[t].clone()
             } else {
-                Arc::from(SqliteSink::upsert_sql(spec, chunk.len()))
+                Arc::from(SqliteSink::upsert_sql(spec, chunk.len(), redrive.is_some()))
             };
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (row, record_id) in chunk {
@@ -486,13 +499,17 @@ async fn upsert_rows(
                     .bind(load.rule_digest)
                     .bind(loaded_at);
             }
+            if let Some(r) = redrive {
+                q = q.bind(r.run_pattern).bind(r.original_batch);
+            }
             q.execute(&mut *tx).await.map_err(classify)?;
         }
     }
     Ok(())
 }
 
-/// One dead letter per rejected record (replacing an earlier one for the same record).
+/// One dead letter per rejected record (replacing an earlier one for the same record); a redrive's records
+/// that now emit or drop lose theirs.
 async fn write_dead_letters(
     tx: &mut sqlx::SqliteConnection,
     load: &Load<'_>,
@@ -501,6 +518,14 @@ async fn write_dead_letters(
     let batch = load.batch;
     for ((record, outcome), raw_ref) in batch.records.iter().zip(load.outcomes).zip(load.raw_refs) {
         let RecordOutcome::Reject(stage, reason) = outcome else {
+            if load.redrive.is_some() {
+                // A redriven record that now emits or drops is no longer a dead letter.
+                sqlx::query("DELETE FROM weir_dead_letters WHERE record_id = ?")
+                    .bind(&record.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
             continue;
         };
         sqlx::query(
