@@ -313,3 +313,111 @@ async fn validate_aws_names_what_is_missing() {
         "{text}"
     );
 }
+
+/// With IAM enforcement on — a local AWS server of its own, started with `INITIAL_NO_AUTH_ACTION_COUNT` so that
+/// every call after the set-up is authenticated and authorized against IAM policies — two users: one allowed
+/// everything on S3, one whose policy also denies `s3:PutObject`. `weir validate --aws` fails as the second,
+/// on the RAW bucket and the plugin store, naming the denied permission, and passes as the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_aws_names_a_denied_permission() {
+    needs!("validate_aws_names_a_denied_permission": Aws, Plugins);
+    let venv = std::env::var("WEIR_MOTO_VENV").unwrap_or_else(|_| "/var/tmp/weir-moto".into());
+    let moto = Path::new(&venv).join("bin");
+    assert!(
+        moto.join("moto_server").exists(),
+        "no moto server in {venv} (scripts/services.sh installs it)"
+    );
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // The set-up below makes exactly these calls; enforcement starts with the next one.
+    const SETUP_CALLS: &str = "7";
+    let mut cmd = std::process::Command::new(moto.join("moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_CALLS);
+    let _server = Background::spawn(cmd);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let bucket = unique("weir-iam");
+    // boto3 comes with moto: two users with their keys and policies, and the bucket (7 calls).
+    let setup = format!(
+        r#"
+import boto3, json
+kw = dict(endpoint_url="{endpoint}", region_name="us-east-1",
+          aws_access_key_id="setup", aws_secret_access_key="setup")
+iam = boto3.client("iam", **kw)
+allow = {{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}}
+deny = {{"Effect": "Deny", "Action": "s3:PutObject", "Resource": "*"}}
+keys = {{}}
+for user, statements in (("allowed", [allow]), ("denied", [allow, deny])):
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="s3",
+        PolicyDocument=json.dumps({{"Version": "2012-10-17", "Statement": statements}}))
+    keys[user] = [key["AccessKeyId"], key["SecretAccessKey"]]
+boto3.client("s3", **kw).create_bucket(Bucket="{bucket}")
+print(json.dumps(keys))
+"#
+    );
+    let out = std::process::Command::new(moto.join("python"))
+        .args(["-c", &setup])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let keys: std::collections::HashMap<String, [String; 2]> =
+        serde_json::from_slice(&out.stdout).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = quickstart_in(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "kind = \"local\"\ndir = \"out/raw\"",
+        &format!("kind = \"s3\"\nbucket = \"{bucket}\"\nsse = \"s3\""),
+    ) + &format!("\n[aws]\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let validate_as = |user: &str| {
+        let [id, secret] = &keys[user];
+        weir(
+            &["validate", "--aws", "-c", cfg.to_str().unwrap()],
+            &[
+                ("AWS_ACCESS_KEY_ID", id.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+                ("AWS_CONFIG_FILE", "/nonexistent"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+        )
+    };
+    // Denied first: the plugin store does not hold the rule yet, so storing it needs s3:PutObject too.
+    let out = validate_as("denied");
+    assert!(!out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let raw_line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("raw: S3 bucket {bucket}")))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        raw_line.contains(&format!(
+            "FAILED: permission denied: this identity needs s3:PutObject on s3://{bucket}/"
+        )) && raw_line.contains("weir-validate/probe.txt"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("rule.store:") && l.contains("FAILED: permission denied")),
+        "{text}"
+    );
+
+    let out = validate_as("allowed");
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("raw: S3 bucket {bucket}")) && l.ends_with(": ok"))
+            && text.contains(&format!(
+                "rule.store: plugin store s3://{bucket}/weir-plugins/: ok"
+            )),
+        "{text}"
+    );
+}

@@ -762,6 +762,23 @@ async fn grouped_copy_fill_merges_many_batches_through_one_manifest() {
         Vec::<String>::new(),
         "row files, manifests and staged objects are removed once merged"
     );
+    // `weir validate --aws` tries the COPY with the configured role on a probe file of its own, rolled back.
+    let out = weir(
+        &["validate", "--aws", "-c", cfg.to_str().unwrap()],
+        &AWS_TEST_ENV,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with(&format!("sink.stage_fill: COPY from s3://{bucket}/"))
+                && l.ends_with(
+                    "with IAM_ROLE arn:aws:iam::123456789012:role/weir-copy (region us-east-1): ok"
+                )
+        ),
+        "{text}"
+    );
+    assert_eq!(front.copies(), 3, "the probe went through COPY");
 }
 
 /// Two workers register the same batch at once (a shard re-read by its new owner while the old one registers

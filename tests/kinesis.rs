@@ -1063,3 +1063,70 @@ async fn a_cut_coordinator_stops_shards_when_their_leases_run_out() {
     assert_exactly_once(&db, 100).await;
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
+
+/// `stream_arn` (a stream in another account, shared by its resource policy): with the ARN alone in the
+/// config, `weir produce` and `weir run` name the stream by ARN in every call — never by name — and every
+/// record loads exactly once. Against the local AWS server's Kinesis (kinesalite predates `StreamARN`),
+/// through two counting fronts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_named_by_arn() {
+    needs!("a_stream_named_by_arn": Postgres, Aws, Plugins);
+    let k = aws_sdk_kinesis::Client::new(&aws_sdk().await);
+    let name = unique("weir-arn");
+    k.create_stream()
+        .stream_name(&name)
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&k, &name).await;
+    let arn = k
+        .describe_stream_summary()
+        .stream_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary()
+        .unwrap()
+        .stream_arn()
+        .to_string();
+    put(&k, &name, 0..40).await;
+    let aws = aws_endpoint();
+    let by_name = TcpFront::counting(aws.trim_start_matches("http://"), b"\"StreamName\"").await;
+    let by_arn = TcpFront::counting(&by_name.addr, b"\"StreamARN\"").await;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &name,
+        &db.url,
+        "w1",
+        &format!("endpoint_url = \"http://{}\"", by_arn.addr),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &format!("stream = \"{name}\""),
+            &format!("stream_arn = \"{arn}\""),
+        )
+        .replace(&endpoint(), &aws);
+    assert!(!text.contains("\nstream =") && text.contains(&arn));
+    std::fs::write(&config, text).unwrap();
+    let input = dir.path().join("more.jsonl");
+    std::fs::write(&input, (40..80).map(order).collect::<Vec<_>>().join("\n")).unwrap();
+    let produced = weir(
+        &[
+            "produce",
+            "-c",
+            config.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+        &AWS_TEST_ENV,
+    );
+    assert!(produced.status.success(), "{}", show(&produced));
+    let out = Worker::start(&config).wait().await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_exactly_once(&db, 80).await;
+    assert!(by_arn.requests() > 0, "no call named the stream by ARN");
+    assert_eq!(by_name.requests(), 0, "a call named the stream by name");
+}

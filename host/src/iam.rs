@@ -58,8 +58,13 @@ pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<
                 &[arn],
             );
         }
-        SourceConfig::Kinesis { stream, .. } => {
-            let arn = p.arn("kinesis", &format!("stream/{stream}"))?;
+        SourceConfig::Kinesis {
+            stream, stream_arn, ..
+        } => {
+            let arn = match stream_arn {
+                Some(arn) => arn.clone(),
+                None => p.arn("kinesis", &format!("stream/{stream}"))?,
+            };
             p.allow(
                 "ReadTheStream",
                 &[

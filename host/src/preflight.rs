@@ -1,6 +1,8 @@
-//! `weir validate --aws`: every AWS backend of a configuration checked the way the worker will use it,
-//! read-only (nothing is written or deleted), each failure saying whether the resource is missing or which
-//! permission the worker's identity lacks.
+//! `weir validate --aws`: every AWS backend of a configuration checked the way the worker will use it, each
+//! failure saying whether the resource is missing or which permission the worker's identity lacks. Nothing
+//! is read from or deleted in the data: the only writes are one small probe object per bucket (always the
+//! same key, `{prefix}weir-validate/probe.txt`, with the configured encryption), because only a write shows
+//! that a bucket is writable with that encryption.
 
 #[cfg_attr(
     not(all(
@@ -57,6 +59,7 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
         #[cfg(feature = "kinesis")]
         SourceConfig::Kinesis {
             stream,
+            stream_arn,
             endpoint_url,
             ..
         } => {
@@ -65,7 +68,12 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
                 .with_role(&config.source.role())
                 .kinesis(endpoint_url.as_deref())
                 .await;
-            let r = client.list_shards().stream_name(stream).send().await;
+            let r = client
+                .list_shards()
+                .set_stream_name(crate::source::kinesis::by_name(stream, stream_arn))
+                .set_stream_arn(stream_arn.clone())
+                .send()
+                .await;
             checks.push(verdict(
                 format!("source: Kinesis stream {stream}"),
                 r.map(|_| ()).map_err(|e| crate::aws::sdk_error(&e)),
@@ -76,69 +84,8 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
         _ => {}
     }
     #[cfg(feature = "s3")]
-    {
-        let mut buckets: Vec<(
-            String,
-            String,
-            String,
-            crate::aws::AwsConfig,
-            Option<String>,
-        )> = Vec::new();
-        if let RawConfig::S3 {
-            bucket,
-            prefix,
-            endpoint_url,
-            ..
-        } = &config.raw
-        {
-            buckets.push((
-                "raw".into(),
-                bucket.clone(),
-                prefix.clone(),
-                config.aws.with_role(&config.raw.role()),
-                endpoint_url.clone(),
-            ));
-        }
-        if config.sink.group_commit.on()
-            && let StagingConfig::S3 { bucket, prefix } = config.sink.group_commit.staging()
-        {
-            buckets.push((
-                "sink.group_commit.staging".into(),
-                bucket,
-                format!("{}/", prefix.trim_end_matches('/')),
-                config.aws.clone(),
-                None,
-            ));
-        }
-        if let StageFillConfig::Copy { bucket, prefix, .. } = &config.sink.stage_fill {
-            buckets.push((
-                "sink.stage_fill".into(),
-                bucket.clone(),
-                prefix.clone(),
-                config.aws.clone(),
-                None,
-            ));
-        }
-        for (field, bucket, prefix, aws, endpoint) in buckets {
-            let sdk = aws.load().await;
-            let client = match &endpoint {
-                Some(url) => aws.s3_at(&sdk, url),
-                None => aws.s3_from(&sdk),
-            };
-            let r = client
-                .list_objects_v2()
-                .bucket(&bucket)
-                .prefix(&prefix)
-                .max_keys(1)
-                .send()
-                .await;
-            checks.push(verdict(
-                format!("{field}: S3 bucket {bucket}, prefix {prefix:?}"),
-                r.map(|_| ()).map_err(|e| crate::aws::sdk_error(&e)),
-                "s3:ListBucket on the bucket (and s3:PutObject, s3:GetObject on the prefix)",
-                &format!("create the bucket, or fix {field}"),
-            ));
-        }
+    for b in buckets(loaded) {
+        checks.push(check_bucket(b).await);
     }
     #[cfg(feature = "dynamodb")]
     if let CoordinatorConfig::Dynamodb {
@@ -215,4 +162,169 @@ fn verdict(what: String, result: Result<(), String>, permission: &str, fix: &str
         }
     });
     Check { what, problem }
+}
+
+/// A bucket a worker writes to.
+#[cfg(feature = "s3")]
+struct Bucket {
+    /// The config field that names it.
+    field: &'static str,
+    bucket: String,
+    /// The key prefix, empty or ending with `/`.
+    prefix: String,
+    aws: crate::aws::AwsConfig,
+    endpoint: Option<String>,
+    /// Server-side encryption and its KMS key (RAW's `sse`, `kms_key_id`).
+    sse: Option<(aws_sdk_s3::types::ServerSideEncryption, Option<String>)>,
+}
+
+/// Every bucket the configuration's worker writes to: RAW, grouped-commit staging, the COPY stage fill.
+#[cfg(feature = "s3")]
+fn buckets(loaded: &Loaded) -> Vec<Bucket> {
+    use aws_sdk_s3::types::ServerSideEncryption;
+    let config = &loaded.config;
+    let folder = |p: &str| {
+        if p.is_empty() || p.ends_with('/') {
+            p.to_string()
+        } else {
+            format!("{p}/")
+        }
+    };
+    let mut buckets = Vec::new();
+    if let RawConfig::S3 {
+        bucket,
+        prefix,
+        endpoint_url,
+        sse,
+        kms_key_id,
+        ..
+    } = &config.raw
+    {
+        let sse = match sse {
+            crate::config::Sse::None => None,
+            crate::config::Sse::S3 => Some((ServerSideEncryption::Aes256, None)),
+            crate::config::Sse::Kms => Some((ServerSideEncryption::AwsKms, kms_key_id.clone())),
+        };
+        buckets.push(Bucket {
+            field: "raw",
+            bucket: bucket.clone(),
+            prefix: folder(prefix),
+            aws: config.aws.with_role(&config.raw.role()),
+            endpoint: endpoint_url.clone(),
+            sse,
+        });
+    }
+    if config.sink.group_commit.on()
+        && let StagingConfig::S3 { bucket, prefix } = config.sink.group_commit.staging()
+    {
+        buckets.push(Bucket {
+            field: "sink.group_commit.staging",
+            bucket,
+            prefix: folder(&prefix),
+            aws: config.aws.clone(),
+            endpoint: None,
+            sse: None,
+        });
+    }
+    if let StageFillConfig::Copy { bucket, prefix, .. } = &config.sink.stage_fill {
+        buckets.push(Bucket {
+            field: "sink.stage_fill",
+            bucket: bucket.clone(),
+            prefix: folder(prefix),
+            aws: config.aws.clone(),
+            endpoint: None,
+            sse: None,
+        });
+    }
+    buckets
+}
+
+/// A bucket is there and listable under its prefix, and a probe object can be written with its encryption.
+#[cfg(feature = "s3")]
+async fn check_bucket(b: Bucket) -> Check {
+    let sdk = b.aws.load().await;
+    let client = match &b.endpoint {
+        Some(url) => b.aws.s3_at(&sdk, url),
+        None => b.aws.s3_from(&sdk),
+    };
+    let what = format!("{}: S3 bucket {}, prefix {:?}", b.field, b.bucket, b.prefix);
+    let fix = format!("create the bucket, or fix {}", b.field);
+    let listed = client
+        .list_objects_v2()
+        .bucket(&b.bucket)
+        .prefix(&b.prefix)
+        .max_keys(1)
+        .send()
+        .await;
+    if let Err(e) = listed {
+        return verdict(
+            what,
+            Err(crate::aws::sdk_error(&e)),
+            "s3:ListBucket on the bucket",
+            &fix,
+        );
+    }
+    let key = format!("{}weir-validate/probe.txt", b.prefix);
+    let (sse, kms_key) = b.sse.clone().unzip();
+    let put = client
+        .put_object()
+        .bucket(&b.bucket)
+        .key(&key)
+        .body(b"weir validate --aws".to_vec().into())
+        .set_server_side_encryption(sse)
+        .set_ssekms_key_id(kms_key.flatten())
+        .send()
+        .await;
+    let object = format!("s3://{}/{key}", b.bucket);
+    let permission = match &b.sse {
+        Some((aws_sdk_s3::types::ServerSideEncryption::AwsKms, kms)) => format!(
+            "s3:PutObject on {object} and kms:GenerateDataKey on {}",
+            kms.as_deref().unwrap_or("the account's aws/s3 key"),
+        ),
+        _ => format!("s3:PutObject on {object}"),
+    };
+    verdict(
+        what,
+        put.map(|_| ()).map_err(|e| crate::aws::sdk_error(&e)),
+        &permission,
+        &fix,
+    )
+}
+
+/// The plugin store in S3 holds the rule (written there now if missing, as a worker does at start).
+pub async fn check_plugin_store(loaded: &Loaded, rule: &crate::rules::RulePlugin) -> Option<Check> {
+    let store = crate::plugin_store::PluginStore::open(loaded).await?;
+    if matches!(store, crate::plugin_store::PluginStore::Dir(_)) {
+        return None;
+    }
+    let what = format!("rule.store: plugin store {}", store.describe());
+    let result = match std::fs::read(rule.path()) {
+        Ok(wasm) => store.put(rule.digest(), &wasm, 1).await,
+        Err(e) => Err(format!("reading {}: {e}", rule.path().display())),
+    };
+    Some(verdict(
+        what,
+        result,
+        &format!(
+            "s3:GetObject and s3:PutObject on {}{}.wasm",
+            store.describe(),
+            rule.digest()
+        ),
+        "create the bucket, or fix rule.store",
+    ))
+}
+
+/// The warehouse can bulk-load from the configured files (a COPY with the stage fill's role).
+pub async fn check_bulk_load(sink: &dyn crate::sink::Sink) -> Option<Check> {
+    match sink.check_bulk_load().await {
+        Ok(None) => None,
+        Ok(Some(what)) => Some(Check {
+            what: format!("sink.stage_fill: {what}"),
+            problem: None,
+        }),
+        Err(e) => Some(Check {
+            what: "sink.stage_fill: COPY".into(),
+            problem: Some(e.to_string()),
+        }),
+    }
 }

@@ -637,6 +637,7 @@ async fn run_pipeline(
     #[cfg(feature = "kinesis")]
     if let SourceConfig::Kinesis {
         stream,
+        stream_arn,
         initial_position,
         initial_timestamp,
         max_records_per_call,
@@ -658,6 +659,7 @@ async fn run_pipeline(
             renew: Duration::from_secs(*renew_secs),
             reader: crate::source::kinesis::ShardOptions {
                 stream: stream.clone(),
+                stream_arn: stream_arn.clone(),
                 shard: String::new(),
                 initial: crate::config::InitialPosition::from_config(
                     *initial_position,

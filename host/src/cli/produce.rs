@@ -45,7 +45,9 @@ pub(super) async fn produce(
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "kinesis")]
-        config::SourceConfig::Kinesis { stream, .. } => {
+        config::SourceConfig::Kinesis {
+            stream, stream_arn, ..
+        } => {
             let client = loaded
                 .config
                 .aws
@@ -55,6 +57,7 @@ pub(super) async fn produce(
             let sent = weir::source::kinesis::put_lines(
                 &client,
                 stream,
+                stream_arn.as_deref(),
                 &lines,
                 key_field,
                 aggregate.max(1),

@@ -106,7 +106,10 @@ pub(super) async fn validate_config(path: &Path, aws: bool) -> Result<ExitCode> 
     if !aws {
         return Ok(ExitCode::SUCCESS);
     }
-    let checks = weir::preflight::check_aws(&loaded).await;
+    let mut checks = weir::preflight::check_aws(&loaded).await;
+    checks.extend(weir::preflight::check_plugin_store(&loaded, &rule).await);
+    let sink = weir::worker::connect_sink(&loaded).await?;
+    checks.extend(weir::preflight::check_bulk_load(&*sink).await);
     let mut failed = 0;
     for c in &checks {
         match &c.problem {

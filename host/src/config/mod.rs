@@ -247,6 +247,7 @@ fn parse_with(
         config.raw.clone(),
     );
     config.sink.group_commit.resolve(kind, &fill, &raw);
+    config.source.name_the_stream();
     let tables = check(&config)?;
     resolve_paths(&mut config, base_dir);
     Ok(Loaded {

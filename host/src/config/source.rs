@@ -51,8 +51,13 @@ pub enum SourceConfig {
     },
     /// An Amazon Kinesis data stream: one reader per shard this worker holds the lease of.
     Kinesis {
-        /// The stream name.
+        /// The stream name. May be left out when `stream_arn` is given.
+        #[serde(default)]
         stream: String,
+        /// The stream's ARN, for a stream in another account shared through its resource policy: every call
+        /// then names the stream by ARN (`arn:aws:kinesis:{region}:{account}:stream/{name}`).
+        #[serde(default)]
+        stream_arn: Option<String>,
         /// Where a shard without checkpoint starts: `"trim_horizon"` (oldest kept), `"latest"` or
         /// `"at_timestamp"` (with `initial_timestamp`). Default `"trim_horizon"`.
         #[serde(default)]
@@ -353,6 +358,7 @@ fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), C
 fn check_kinesis(source: &SourceConfig) -> Result<(), ConfigError> {
     let SourceConfig::Kinesis {
         stream,
+        stream_arn,
         initial_position,
         initial_timestamp,
         max_records_per_call,
@@ -365,10 +371,33 @@ fn check_kinesis(source: &SourceConfig) -> Result<(), ConfigError> {
     else {
         return Ok(());
     };
-    if stream.is_empty() || stream.contains('/') {
+    if let Some(arn) = stream_arn {
+        match stream_name_of_arn(arn) {
+            None => {
+                return Err(ConfigError::field(
+                    "source.stream_arn",
+                    format!(
+                        "{arn:?} is not a Kinesis stream ARN; write \
+                         `arn:aws:kinesis:{{region}}:{{account}}:stream/{{name}}`"
+                    ),
+                ));
+            }
+            Some(name) if !stream.is_empty() && stream != name => {
+                return Err(ConfigError::field(
+                    "source.stream",
+                    format!(
+                        "{stream:?} is not the stream source.stream_arn names ({name:?}); leave \
+                         source.stream out"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    } else if stream.is_empty() || stream.contains('/') {
         return Err(ConfigError::field(
             "source.stream",
-            "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`",
+            "must be the stream's name (not its ARN), e.g. `stream = \"orders\"`; for a stream in \
+             another account set source.stream_arn instead",
         ));
     }
     InitialPosition::from_config(*initial_position, *initial_timestamp)?;
@@ -401,4 +430,38 @@ fn check_kinesis(source: &SourceConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// The stream name an ARN `arn:{partition}:kinesis:{region}:{account}:stream/{name}` ends with.
+pub fn stream_name_of_arn(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [scheme, partition, service, region, account, resource] = parts[..] else {
+        return None;
+    };
+    let name = resource.strip_prefix("stream/")?;
+    let ok = scheme == "arn"
+        && partition.starts_with("aws")
+        && service == "kinesis"
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && !name.contains('/');
+    ok.then_some(name)
+}
+
+impl SourceConfig {
+    /// A Kinesis source configured by `stream_arn` alone takes the stream's name from it.
+    pub(super) fn name_the_stream(&mut self) {
+        if let SourceConfig::Kinesis {
+            stream,
+            stream_arn: Some(arn),
+            ..
+        } = self
+            && stream.is_empty()
+            && let Some(name) = stream_name_of_arn(arn)
+        {
+            *stream = name.to_string();
+        }
+    }
 }

@@ -237,6 +237,54 @@ fn kinesis_initial_position() {
     }
 }
 
+/// `stream_arn` names a stream in another account: the name comes from it; a malformed ARN, or a
+/// `stream` naming another stream, fails naming the field.
+#[test]
+fn kinesis_stream_arn() {
+    let kinesis = |lines: &str| {
+        let source = format!("kind = \"kinesis\"\n{lines}");
+        let text = GOOD.replace("kind = \"file\"\npath = \"in.jsonl\"", &source);
+        parse(&text, Path::new("/base"), Path::new("t.toml"), &env)
+    };
+    let arn = "arn:aws:kinesis:eu-west-1:210987654321:stream/orders";
+    match kinesis(&format!("stream_arn = \"{arn}\""))
+        .unwrap()
+        .config
+        .source
+    {
+        SourceConfig::Kinesis {
+            stream, stream_arn, ..
+        } => assert_eq!(
+            (stream.as_str(), stream_arn.as_deref()),
+            ("orders", Some(arn))
+        ),
+        _ => panic!("kinesis source expected"),
+    }
+    assert!(kinesis(&format!("stream = \"orders\"\nstream_arn = \"{arn}\"")).is_ok());
+    for (lines, field) in [
+        (
+            "stream_arn = \"arn:aws:sqs:eu-west-1:210987654321:orders\"",
+            "source.stream_arn",
+        ),
+        (
+            "stream_arn = \"arn:aws:kinesis:eu-west-1:2109:stream/orders\"",
+            "source.stream_arn",
+        ),
+        (
+            "stream = \"other\"\nstream_arn = \"arn:aws:kinesis:eu-west-1:210987654321:stream/orders\"",
+            "source.stream",
+        ),
+        (
+            "stream = \"arn:aws:kinesis:eu-west-1:210987654321:stream/orders\"",
+            "stream_arn",
+        ),
+        ("initial_position = \"latest\"", "source.stream"),
+    ] {
+        let e = kinesis(lines).unwrap_err().to_string();
+        assert!(e.contains(field), "{lines}: {e}");
+    }
+}
+
 /// Kinesis leases in Redshift are warned about (a fleet's renewals and commits conflict there); with a
 /// coordinator of its own, or on PostgreSQL, nothing is said.
 #[test]

@@ -95,13 +95,17 @@ fn watch_lease(hold: Arc<Hold>, stop: Arc<watch::Sender<bool>>, shard: String) {
 pub async fn list_shards(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
+    stream_arn: &Option<String>,
 ) -> Result<Vec<ShardInfo>, SourceError> {
     let mut shards = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let req = match &token {
             Some(t) => client.list_shards().next_token(t),
-            None => client.list_shards().stream_name(stream),
+            None => client
+                .list_shards()
+                .set_stream_name(crate::source::kinesis::by_name(stream, stream_arn))
+                .set_stream_arn(stream_arn.clone()),
         };
         let out = req.send().await.map_err(|e| SourceError::Io {
             source_name: format!("kinesis stream {stream}"),
@@ -206,7 +210,13 @@ impl Fleet {
         // 3. Shards and leases. A failure of the stream or the lease table skips the rest of this round (no
         //    new shards): the leases held were renewed above, and every commit stays fenced by the checkpoint
         //    compare-and-set.
-        let shards = match list_shards(&self.client, &self.options.stream).await {
+        let shards = match list_shards(
+            &self.client,
+            &self.options.stream,
+            &self.options.reader.stream_arn,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "listing shards failed; retrying at the next renewal");

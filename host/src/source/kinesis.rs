@@ -70,6 +70,8 @@ pub use crate::config::InitialPosition;
 pub struct ShardOptions {
     /// The stream name.
     pub stream: String,
+    /// The stream's ARN, when calls name it so (a stream in another account).
+    pub stream_arn: Option<String>,
     /// The shard id.
     pub shard: String,
     /// Where to start without checkpoint.
@@ -169,7 +171,8 @@ impl ShardReader {
         let mut req = self
             .client
             .get_shard_iterator()
-            .stream_name(&self.options.stream)
+            .set_stream_name(by_name(&self.options.stream, &self.options.stream_arn))
+            .set_stream_arn(self.options.stream_arn.clone())
             .shard_id(&self.options.shard);
         req = match &self.last {
             Some((seq, None)) => req
@@ -242,6 +245,7 @@ impl ShardReader {
             .client
             .get_records()
             .shard_iterator(iterator)
+            .set_stream_arn(self.options.stream_arn.clone())
             .limit(self.options.max_records_per_call)
             .send()
             .await
@@ -432,6 +436,7 @@ impl Source for ShardReader {
 pub async fn put_lines(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
+    stream_arn: Option<&str>,
     lines: &[Vec<u8>],
     key_field: &str,
     aggregate: usize,
@@ -480,7 +485,8 @@ pub async fn put_lines(
         loop {
             let out = client
                 .put_records()
-                .stream_name(stream)
+                .set_stream_name(by_name(stream, &stream_arn.map(str::to_string)))
+                .set_stream_arn(stream_arn.map(str::to_string))
                 .set_records(Some(pending.clone()))
                 .send()
                 .await
@@ -506,4 +512,9 @@ pub async fn put_lines(
         }
     }
     Ok(users.len())
+}
+
+/// The `StreamName` of a call: none when the stream is named by ARN (a call names it one way only).
+pub fn by_name(stream: &str, arn: &Option<String>) -> Option<String> {
+    arn.is_none().then(|| stream.to_string())
 }

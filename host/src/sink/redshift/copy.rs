@@ -319,3 +319,84 @@ pub(super) async fn fill_stage(
     }
     Ok(())
 }
+
+impl RedshiftSink {
+    /// With the COPY stage fill: writes a one-row gzip JSON file and its manifest under the fill's prefix
+    /// (always the same two keys), then `COPY`s it into a temporary table with the fill's role, in a
+    /// transaction that is rolled back. This is what a load does, so it fails the same way: a role Redshift
+    /// cannot assume or that cannot read the bucket, a region that is not the bucket's.
+    pub(super) async fn probe_copy(&self) -> Result<Option<String>, SinkError> {
+        #[cfg(not(feature = "s3"))]
+        return Ok(None);
+        #[cfg(feature = "s3")]
+        {
+            let StageFillConfig::Copy {
+                bucket,
+                prefix,
+                iam_role,
+                region,
+            } = &self.stage_fill
+            else {
+                return Ok(None);
+            };
+            let s3 = self.aws.s3_from(self.sdk().await);
+            let data_key = format!("{prefix}weir-validate/probe.jsonl.gz");
+            let manifest_key = format!("{prefix}weir-validate/probe.manifest");
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(b"{\"x\": \"ok\"}\n")
+                .expect("writing to memory");
+            let data = gz.finish().expect("writing to memory");
+            put_s3(&s3, bucket, &data_key, data).await?;
+            let url = format!("s3://{bucket}/{data_key}");
+            put_s3(
+                &s3,
+                bucket,
+                &manifest_key,
+                copy_manifest(&[&url]).into_bytes(),
+            )
+            .await?;
+            let manifest = format!("s3://{bucket}/{manifest_key}");
+            let region = region
+                .clone()
+                .or_else(|| self.aws.region.clone())
+                .unwrap_or_else(|| "us-east-1".into());
+            let mut conn = self.connect().await?;
+            let tx = conn.client.transaction().await.map_err(classify)?;
+            tx.batch_execute(traced(
+                "CREATE TEMP TABLE weir_validate_copy (x VARCHAR(16))",
+            ))
+            .await
+            .map_err(classify)?;
+            let copy = copy_stage_sql(
+                "weir_validate_copy",
+                &["x".to_string()],
+                &manifest,
+                iam_role,
+                &region,
+            );
+            tx.batch_execute(traced(&copy)).await.map_err(|e| {
+                SinkError::Permanent(format!(
+                    "COPY from {manifest} with IAM_ROLE {iam_role} failed: {} (the role must be associated \
+                     with the cluster or workgroup, trust redshift.amazonaws.com and may s3:GetObject on \
+                     the prefix; sink.stage_fill.region must be the bucket's)",
+                    classify(e)
+                ))
+            })?;
+            let rows = tx
+                .query_one(traced("SELECT count(*) FROM weir_validate_copy"), &[])
+                .await
+                .map_err(classify)?;
+            let n: i64 = rows.get(0);
+            tx.rollback().await.map_err(classify)?;
+            if n != 1 {
+                return Err(SinkError::Permanent(format!(
+                    "COPY from {manifest} loaded {n} rows instead of 1"
+                )));
+            }
+            Ok(Some(format!(
+                "COPY from s3://{bucket}/{prefix} with IAM_ROLE {iam_role} (region {region})"
+            )))
+        }
+    }
+}

@@ -250,6 +250,10 @@ impl Sink for RedshiftSink {
         self.plaintext_warning().into_iter().collect()
     }
 
+    async fn check_bulk_load(&self) -> Result<Option<String>, SinkError> {
+        self.bounded("copy check", self.probe_copy()).await
+    }
+
     fn describe(&self) -> String {
         let host = self
             .config
