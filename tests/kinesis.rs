@@ -966,6 +966,41 @@ async fn leases_in_dynamodb_never_write_the_warehouse() {
     let leases = coordinator_items(&table, "lease#kinesis").await;
     assert_eq!(leases.len(), 4, "{leases:?}");
     assert!(leases.iter().all(|l| l["owner"].is_empty()), "{leases:?}");
+    // `weir status` reads the shards' leases and the loader's from DynamoDB: four shards, all released, and
+    // a loader lease with the epoch of the last loader, released too.
+    let status = weir(
+        &["status", "-c", a.to_str().unwrap(), "--json"],
+        &AWS_TEST_ENV,
+    );
+    assert!(status.status.success(), "{}", show(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4, "{status:#}");
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["lease"] == "free" && p["records"].as_i64() > Some(0)),
+        "{status:#}"
+    );
+    let loader = &status["loader"];
+    assert_eq!(
+        (&loader["owner"], &loader["lease"]),
+        (&"".into(), &"free".into()),
+        "{status:#}"
+    );
+    assert!(
+        loader["epoch"].as_str().unwrap().parse::<i64>().unwrap() > 0,
+        "{status:#}"
+    );
+    // Every shard was read to its tip: nothing behind (the lag is measured in `a_stream_named_by_arn`:
+    // kinesalite always answers 0 for an open shard).
+    assert!(partitions.iter().all(|p| p["lag_ms"] == 0), "{status:#}");
+    // Released leases keep no time; the loader's too.
+    assert!(
+        partitions.iter().all(|p| p["lease_expires_at"].is_null()),
+        "{status:#}"
+    );
+    assert!(loader["expires_at"].is_null(), "{status:#}");
     let _ = k.delete_stream().stream_name(&name).send().await;
 }
 
@@ -1127,6 +1162,29 @@ async fn a_stream_named_by_arn() {
     let out = Worker::start(&config).wait().await;
     assert!(out.status.success(), "{}", show(&out));
     assert_exactly_once(&db, 80).await;
+    // `weir status` reads each shard's lag from its checkpoint (by ARN too): nothing behind after the run;
+    // two records put on one shard at least 50 ms apart put that shard at least 50 ms behind.
+    let status = || {
+        let out = weir(
+            &["status", "-c", config.to_str().unwrap(), "--json"],
+            &AWS_TEST_ENV,
+        );
+        assert!(out.status.success(), "{}", show(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lags: Vec<i64> = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["lag_ms"].as_i64().unwrap_or_else(|| panic!("{v:#}")))
+            .collect();
+        lags
+    };
+    assert_eq!(status(), [0, 0]);
+    put(&k, &name, 1000..1001).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    put(&k, &name, 1010..1011).await; // the same partition key, so the same shard
+    let lags = status();
+    assert!(lags.iter().any(|l| *l >= 50), "{lags:?}");
     assert!(by_arn.requests() > 0, "no call named the stream by ARN");
     assert_eq!(by_name.requests(), 0, "a call named the stream by name");
 }

@@ -240,21 +240,7 @@ pub fn notes(config: &Config) -> Vec<String> {
         ));
     }
     let mut roles: Vec<String> = Vec::new();
-    for arn in [
-        config.aws.role(),
-        config.source.role(),
-        config.raw.role(),
-        config
-            .sink
-            .iam
-            .as_ref()
-            .map(|i| i.role())
-            .unwrap_or_default(),
-        config.coordinator.role(),
-    ]
-    .into_iter()
-    .filter_map(|r| r.role_arn)
-    {
+    for arn in config.roles().into_iter().filter_map(|(_, r)| r.role_arn) {
         if !roles.contains(&arn) {
             roles.push(arn);
         }

@@ -13,11 +13,15 @@ struct Partition {
     partition: String,
     owner: String,
     lease: &'static str,
+    /// Until when the lease holds (RFC 3339), while someone holds it.
+    lease_expires_at: Option<String>,
     checkpoint: String,
     batches: i64,
     records: i64,
     last_commit: Option<String>,
     last_commit_secs_ago: Option<f64>,
+    /// Kinesis: how far the checkpoint is behind the tip of the shard (`MillisBehindLatest`).
+    lag_ms: Option<i64>,
 }
 
 impl Partition {
@@ -27,11 +31,13 @@ impl Partition {
             partition,
             owner: String::new(),
             lease: "-",
+            lease_expires_at: None,
             checkpoint: String::new(),
             batches: 0,
             records: 0,
             last_commit: None,
             last_commit_secs_ago: None,
+            lag_ms: None,
         }
     }
 }
@@ -40,6 +46,8 @@ impl Partition {
 struct Loader {
     owner: String,
     lease: &'static str,
+    /// Until when its holder has it (RFC 3339; none while released).
+    expires_at: Option<String>,
     epoch: String,
 }
 
@@ -86,6 +94,8 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
             .entry(l.partition.clone())
             .or_insert_with(|| Partition::new(l.partition));
         p.lease = lease_state(&l.owner, l.expired);
+        p.lease_expires_at = (l.expires_us > 0 && !l.owner.is_empty())
+            .then(|| weir::schema::format_timestamp_us(l.expires_us));
         p.owner = l.owner;
         p.checkpoint = l.position;
     }
@@ -98,6 +108,8 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         p.last_commit = Some(weir::schema::format_timestamp_us(a.last_commit_us));
         p.last_commit_secs_ago = Some((now_us - a.last_commit_us).max(0) as f64 / 1e6);
     }
+    #[cfg(feature = "kinesis")]
+    kinesis_lag(&loaded, &mut partitions).await;
     let pending_merge = match &registry {
         Some(r) => {
             let (batches, bytes) = r.pending_work(100_000).await?;
@@ -105,19 +117,15 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         }
         None => None,
     };
-    // The loader lease, where the coordinator keeps it beside the partitions' leases (the sink's own
-    // tables, or a PostgreSQL coordinator).
+    // The loader lease, wherever the registry keeps it (the sink's tables, PostgreSQL or DynamoDB).
     let loader = match &registry {
-        Some(_) => coordinator
-            .leases(weir::sink::group::LOADER, now_us)
-            .await?
-            .into_iter()
-            .find(|l| l.partition == "lease")
-            .map(|l| Loader {
-                lease: lease_state(&l.owner, l.expired),
-                owner: l.owner,
-                epoch: l.position,
-            }),
+        Some(r) => r.loader().await?.map(|l| Loader {
+            lease: lease_state(&l.owner, l.expires_us < now_us),
+            expires_at: (l.expires_us > 0 && !l.owner.is_empty())
+                .then(|| weir::schema::format_timestamp_us(l.expires_us)),
+            owner: l.owner,
+            epoch: l.epoch,
+        }),
         None => None,
     };
     let status = Status {
@@ -143,7 +151,7 @@ fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source: {}   sink: {}", s.source, s.sink);
     let _ = writeln!(out, "\npartitions:");
-    let rows: Vec<[String; 7]> = s
+    let rows: Vec<[String; 8]> = s
         .partitions
         .iter()
         .map(|p| {
@@ -161,6 +169,9 @@ fn render(s: &Status) -> String {
                 p.last_commit_secs_ago
                     .map(|s| format!("{} ago", ago(s)))
                     .unwrap_or_else(|| "never".into()),
+                p.lag_ms
+                    .map(|ms| ago(ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -174,6 +185,7 @@ fn render(s: &Status) -> String {
             "batches",
             "records",
             "last commit",
+            "behind",
         ],
         &rows,
     );
@@ -187,8 +199,11 @@ fn render(s: &Status) -> String {
             Some(l) if !l.owner.is_empty() => {
                 let _ = writeln!(
                     out,
-                    "loader: {} (lease {}, epoch {})",
-                    l.owner, l.lease, l.epoch
+                    "loader: {} (lease {} until {}, epoch {})",
+                    l.owner,
+                    l.lease,
+                    l.expires_at.as_deref().unwrap_or("-"),
+                    l.epoch
                 );
             }
             Some(_) => {
@@ -267,5 +282,40 @@ fn ago(secs: f64) -> String {
         0..=119 => format!("{s} s"),
         120..=7199 => format!("{} min", s / 60),
         _ => format!("{} h", s / 3600),
+    }
+}
+
+/// Each Kinesis shard's lag behind the tip of the shard, read from its checkpoint. A shard Kinesis does not
+/// answer for keeps no lag, and the reason goes to stderr: status shows what it can.
+#[cfg(feature = "kinesis")]
+async fn kinesis_lag(
+    loaded: &config::Loaded,
+    partitions: &mut std::collections::BTreeMap<String, Partition>,
+) {
+    let config::SourceConfig::Kinesis {
+        stream,
+        stream_arn,
+        endpoint_url,
+        ..
+    } = &loaded.config.source
+    else {
+        return;
+    };
+    let client = loaded
+        .config
+        .aws
+        .with_role(&loaded.config.source.role())
+        .kinesis(endpoint_url.as_deref())
+        .await;
+    for p in partitions.values_mut() {
+        let Some(shard) = p.partition.strip_prefix(&format!("{stream}/")) else {
+            continue;
+        };
+        match weir::source::kinesis::shard_lag(&client, stream, stream_arn, shard, &p.checkpoint)
+            .await
+        {
+            Ok(lag) => p.lag_ms = lag,
+            Err(e) => eprintln!("{}: lag unknown: {e}", p.partition),
+        }
     }
 }

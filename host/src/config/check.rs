@@ -27,22 +27,7 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
 
 /// Every `role_arn` is an IAM role's ARN, and no `external_id` goes without one.
 fn check_roles(config: &Config) -> Result<(), ConfigError> {
-    let roles = [
-        ("aws", config.aws.role()),
-        ("source", config.source.role()),
-        ("raw", config.raw.role()),
-        (
-            "sink.iam",
-            config
-                .sink
-                .iam
-                .as_ref()
-                .map(|i| i.role())
-                .unwrap_or_default(),
-        ),
-        ("coordinator", config.coordinator.role()),
-    ];
-    for (section, role) in roles {
+    for (section, role) in config.roles() {
         match (&role.role_arn, &role.external_id) {
             (None, Some(_)) => {
                 return Err(ConfigError::field(

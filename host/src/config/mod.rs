@@ -110,6 +110,22 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
 }
 
+impl Config {
+    /// Every section's IAM role, by section (`aws`, `source`, `raw`, `sink.iam`, `coordinator`).
+    pub fn roles(&self) -> [(&'static str, crate::aws::Role); 5] {
+        [
+            ("aws", self.aws.role()),
+            ("source", self.source.role()),
+            ("raw", self.raw.role()),
+            (
+                "sink.iam",
+                self.sink.iam.as_ref().map(|i| i.role()).unwrap_or_default(),
+            ),
+            ("coordinator", self.coordinator.role()),
+        ]
+    }
+}
+
 /// A loaded, checked configuration with paths resolved.
 #[derive(Debug, Clone)]
 pub struct Loaded {

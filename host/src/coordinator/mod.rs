@@ -26,6 +26,8 @@ pub struct Holder {
     pub owner: String,
     /// Whether the lease has run out.
     pub expired: bool,
+    /// Until when the lease holds, µs since the epoch (0: no lease time recorded).
+    pub expires_us: i64,
 }
 
 /// Partition leases by compare-and-set: the lease half of [`Coordinator`].
@@ -64,6 +66,7 @@ impl LeaseStore for CoordinatorLeases {
                 partition: l.partition,
                 owner: l.owner,
                 expired: l.expired,
+                expires_us: l.expires_us,
             })
             .collect())
     }
@@ -121,6 +124,7 @@ impl Coordinator for SplitCoordinator {
                 Lease {
                     owner: String::new(),
                     expired: true,
+                    expires_us: 0,
                     ..row
                 },
             );
@@ -133,9 +137,11 @@ impl Coordinator for SplitCoordinator {
                     position: String::new(),
                     owner: String::new(),
                     expired: true,
+                    expires_us: 0,
                 });
             lease.owner = holder.owner;
             lease.expired = holder.expired;
+            lease.expires_us = holder.expires_us;
         }
         Ok(merged.into_values().collect())
     }
@@ -199,6 +205,7 @@ mod tests {
                     partition: p.clone(),
                     owner: o.clone(),
                     expired: *e < now_us,
+                    expires_us: *e,
                 })
                 .collect())
         }
@@ -255,6 +262,7 @@ mod tests {
                     position: pos.clone(),
                     owner: "stale".into(),
                     expired: false,
+                    expires_us: 0,
                 })
                 .collect())
         }
@@ -327,6 +335,7 @@ mod tests {
                 position: "7".into(),
                 owner: "a".into(),
                 expired: false,
+                expires_us: 110,
             }]
         );
         split.release("kinesis", "s/0", "a").await.unwrap();

@@ -566,6 +566,7 @@ mod tests {
                 position: String::new(),
                 owner: owner.into(),
                 expired,
+                expires_us: 0,
             },
         )
     }

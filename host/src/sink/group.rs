@@ -117,6 +117,20 @@ pub trait Registry: Send + Sync {
 
     /// Gives the loader lease up, so that another worker takes it at once.
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError>;
+
+    /// The loader lease as it stands (`weir status`); `None` before any worker claimed it.
+    async fn loader(&self) -> Result<Option<LoaderLease>, SinkError>;
+}
+
+/// The loader lease, as `weir status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderLease {
+    /// Its holder (empty: released).
+    pub owner: String,
+    /// Until when it holds, µs since the epoch (0: released).
+    pub expires_us: i64,
+    /// The epoch of its holder (a new one per holder).
+    pub epoch: String,
 }
 
 /// Registration order within one process: strictly increasing even within one microsecond.

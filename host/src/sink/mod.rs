@@ -192,6 +192,8 @@ pub struct Lease {
     pub owner: String,
     /// Whether the lease has run out.
     pub expired: bool,
+    /// Until when the lease holds, µs since the epoch (0: no lease time recorded).
+    pub expires_us: i64,
 }
 
 /// A ledger row, as reconcile and replay read it.

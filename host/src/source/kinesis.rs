@@ -518,3 +518,54 @@ pub async fn put_lines(
 pub fn by_name(stream: &str, arn: &Option<String>) -> Option<String> {
     arn.is_none().then(|| stream.to_string())
 }
+
+/// How far a shard's checkpoint is behind the tip of the shard, in milliseconds (`weir status`): one
+/// `GetShardIterator` from the checkpoint (as a reader resuming there would open it) and one `GetRecords` of
+/// at most one record, whose `MillisBehindLatest` answers. A shard read to its end is 0 behind; `None`
+/// when Kinesis does not say. Counts against the shard's 5 reads per second like any reader's call.
+pub async fn shard_lag(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    stream_arn: &Option<String>,
+    shard: &str,
+    checkpoint: &str,
+) -> Result<Option<i64>, String> {
+    if checkpoint == SHARD_END {
+        return Ok(Some(0));
+    }
+    let mut req = client
+        .get_shard_iterator()
+        .set_stream_name(by_name(stream, stream_arn))
+        .set_stream_arn(stream_arn.clone())
+        .shard_id(shard);
+    req = match (pinned_start(checkpoint), checkpoint.is_empty()) {
+        (Some(ms), _) => req
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(ms)),
+        (None, true) => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        (None, false) => {
+            let (seq, sub) = parse_position(checkpoint);
+            // Inside an aggregate the record holding the rest of it is read again.
+            let kind = match sub {
+                Some(_) => ShardIteratorType::AtSequenceNumber,
+                None => ShardIteratorType::AfterSequenceNumber,
+            };
+            req.shard_iterator_type(kind).starting_sequence_number(seq)
+        }
+    };
+    let iterator = req
+        .send()
+        .await
+        .map_err(|e| crate::aws::sdk_error(&e))?
+        .shard_iterator
+        .ok_or("no shard iterator")?;
+    let out = client
+        .get_records()
+        .shard_iterator(iterator)
+        .limit(1)
+        .set_stream_arn(stream_arn.clone())
+        .send()
+        .await
+        .map_err(|e| crate::aws::sdk_error(&e))?;
+    Ok(out.millis_behind_latest)
+}

@@ -29,7 +29,7 @@ mod table;
 
 use super::{Holder, LeaseStore};
 use crate::sink::SinkError;
-use crate::sink::group::{Fate, Registration, Registry};
+use crate::sink::group::{Fate, LoaderLease, Registration, Registry};
 
 /// The sparse index of pending batches.
 pub const PENDING_INDEX: &str = "weir-pending";
@@ -261,10 +261,12 @@ impl LeaseStore for DynamoCoordinator {
             .iter()
             .map(|item| {
                 let owner = get_s(item, "owner");
+                let expires_us = get_n(item, "expires_us");
                 Holder {
                     partition: get_s(item, "sk"),
-                    expired: owner.is_empty() || get_n(item, "expires_us") < now_us,
+                    expired: owner.is_empty() || expires_us < now_us,
                     owner,
+                    expires_us,
                 }
             })
             .collect())
@@ -558,6 +560,19 @@ impl Registry for DynamoCoordinator {
         }
         .instrument(span)
         .await
+    }
+
+    async fn loader(&self) -> Result<Option<LoaderLease>, SinkError> {
+        let span = tracing::debug_span!("dynamodb.loader", table = %self.table);
+        let item = self
+            .get("loader lease", key("loader".into(), "lease"))
+            .instrument(span)
+            .await?;
+        Ok(item.map(|item| LoaderLease {
+            owner: get_s(&item, "owner"),
+            expires_us: get_n(&item, "expires_us"),
+            epoch: get_n(&item, "epoch").to_string(),
+        }))
     }
 
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError> {

@@ -43,7 +43,8 @@ impl Coordinator for RedshiftSink {
                 .query_typed(
                     traced(&format!(
                         "SELECT \"partition\", position, COALESCE(owner, ''), \
-                         CASE WHEN lease_expires_at IS NULL OR lease_expires_at < CAST($2 AS TIMESTAMPTZ) THEN 1 ELSE 0 END \
+                         CASE WHEN lease_expires_at IS NULL OR lease_expires_at < CAST($2 AS TIMESTAMPTZ) THEN 1 ELSE 0 END, \
+                         CAST(COALESCE(EXTRACT(EPOCH FROM lease_expires_at) * 1000000, 0) AS BIGINT) \
                          FROM {s}.weir_checkpoints WHERE source = $1"
                     )),
                     &[(&source, Type::VARCHAR), (&now, Type::VARCHAR)],
@@ -57,6 +58,7 @@ impl Coordinator for RedshiftSink {
                     position: r.get(1),
                     owner: r.get(2),
                     expired: r.get::<_, i32>(3) == 1,
+                    expires_us: r.get(4),
                 })
                 .collect())
             })

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::sink::group::{
-    Fate, GroupOutcome, GroupWarehouse, LOADER, Registration, Registry, epoch_text, held_epoch,
+    Fate, GroupOutcome, GroupWarehouse, LOADER, LoaderLease, Registration, Registry, epoch_text,
+    held_epoch,
 };
 
 impl RedshiftSink {
@@ -733,6 +734,26 @@ impl Registry for RedshiftSink {
             }
         }
         Ok(out)
+    }
+
+    async fn loader(&self) -> Result<Option<LoaderLease>, SinkError> {
+        let s = quote(&self.schema);
+        let rows = self
+            .query_text(
+                "loader lease",
+                format!(
+                    "SELECT COALESCE(owner, ''), position, \
+                     CAST(COALESCE(EXTRACT(EPOCH FROM lease_expires_at) * 1000000, 0) AS BIGINT) \
+                     FROM {s}.weir_checkpoints WHERE source = $1 AND \"partition\" = 'lease'"
+                ),
+                vec![LOADER.to_string()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| LoaderLease {
+            owner: r.get(0),
+            epoch: r.get(1),
+            expires_us: r.get(2),
+        }))
     }
 
     async fn claim_loader(

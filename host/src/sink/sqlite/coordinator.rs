@@ -31,7 +31,8 @@ impl Coordinator for SqliteSink {
         let now = format_timestamp_us(now_us);
         let rows = sqlx::query(
             r#"SELECT "partition", position, COALESCE(owner, ''),
-                 CASE WHEN lease_expires_at IS NULL OR lease_expires_at < ? THEN 1 ELSE 0 END
+                 CASE WHEN lease_expires_at IS NULL OR lease_expires_at < ? THEN 1 ELSE 0 END,
+                 COALESCE(lease_expires_at, '')
                FROM weir_checkpoints WHERE source = ?"#,
         )
         .bind(&now)
@@ -46,6 +47,7 @@ impl Coordinator for SqliteSink {
                 position: r.get(1),
                 owner: r.get(2),
                 expired: r.get::<i64, _>(3) == 1,
+                expires_us: super::reader::stored_us(&r.get::<String, _>(4)),
             })
             .collect())
     }

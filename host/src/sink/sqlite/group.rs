@@ -12,7 +12,8 @@ use sqlx::Row as _;
 use super::{SqliteSink, classify, upsert_rows, write_dead_letters, write_ledger};
 use crate::schema::format_timestamp_us;
 use crate::sink::group::{
-    Fate, GroupOutcome, GroupWarehouse, LOADER, Registration, Registry, epoch_text, held_epoch,
+    Fate, GroupOutcome, GroupWarehouse, LOADER, LoaderLease, Registration, Registry, epoch_text,
+    held_epoch,
 };
 use crate::sink::{Commit, Load, READ_CHUNK, SinkError};
 
@@ -263,6 +264,29 @@ impl Registry for SqliteSink {
         .await
         .map_err(classify)?;
         Ok(row.and_then(|r| held_epoch(r.get(0), r.get(1), owner)))
+    }
+
+    async fn loader(&self) -> Result<Option<LoaderLease>, SinkError> {
+        let row = sqlx::query(
+            r#"SELECT COALESCE(owner, ''), position, COALESCE(lease_expires_at, '')
+               FROM weir_checkpoints WHERE source = ? AND "partition" = 'lease'"#,
+        )
+        .bind(LOADER)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(row.map(|r| {
+            let expires: String = r.get(2);
+            LoaderLease {
+                owner: r.get(0),
+                expires_us: if expires.is_empty() {
+                    0
+                } else {
+                    super::reader::stored_us(&expires)
+                },
+                epoch: r.get(1),
+            }
+        }))
     }
 
     async fn release_loader(&self, owner: &str) -> Result<(), SinkError> {

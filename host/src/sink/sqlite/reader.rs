@@ -222,7 +222,7 @@ impl SinkReader for SqliteSink {
 }
 
 /// A timestamp as this sink stores it ([`format_timestamp_us`]), in µs since the epoch (0 when unreadable).
-fn stored_us(text: &str) -> i64 {
+pub(super) fn stored_us(text: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_micros())
         .unwrap_or(0)
