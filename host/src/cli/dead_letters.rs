@@ -104,37 +104,19 @@ pub(super) async fn dead_letters(command: DeadLettersCommand) -> Result<ExitCode
 }
 
 async fn redrive(s: &Selection, dry: bool, json: bool) -> Result<ExitCode> {
-    use std::io::IsTerminal;
     use std::sync::Arc;
     let (loaded, entries) = select(s).await?;
     let runtime = weir::worker::runtime(&loaded)?;
     let limits = weir::worker::rule_limits(&loaded);
     let settings = weir::worker::rule_settings(&loaded);
     let rule = Arc::new(weir::worker::load_rule(&runtime, &loaded).await?);
-    let sink = weir::worker::open_sink(&loaded).await?;
-    let raw = weir::worker::open_raw(&loaded).await?;
-    if !dry {
-        // Reconcile finds the rule of every ledger row by digest.
-        weir::worker::store_rule(&loaded, &rule, 5).await?;
-    }
-    let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, None, None)?;
+    let store = (!dry).then_some(&*rule);
+    let target = super::LoadTarget::open(&loaded, runtime, limits, settings, store).await?;
     let window = weir::reconcile::Window::default();
-    let run = weir::reconcile::Run {
-        raw: &*raw,
-        sink: &*sink,
-        reader: &*sink,
-        tables: &loaded.tables,
-        max_rows: loaded.config.rule.max_rows_per_record,
-        rules: &rules,
-        shadow: None,
-        window: &window,
-        max_differences: 0,
-        group_records: 0,
-        rule_instances: loaded.config.rule.instances,
-        progress: std::io::stderr().is_terminal(),
-    };
+    let run = target.run(&loaded, &window);
     let done =
         weir::reconcile::redrive(&run, rule.clone(), &loaded.config.retry, &entries, dry).await?;
+    let sink = &target.sink;
     if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
         return Ok(ExitCode::SUCCESS);

@@ -2,6 +2,57 @@
 
 use super::*;
 
+/// What `weir replay` and `weir dead-letters redrive` load through: the sink (tables prepared), RAW, and
+/// the rule versions reconcile would use.
+pub(super) struct LoadTarget {
+    pub(super) sink: std::sync::Arc<dyn weir::sink::Warehouse>,
+    raw: std::sync::Arc<dyn weir::raw::RawStore>,
+    rules: weir::plugin_store::StoredRules,
+}
+
+impl LoadTarget {
+    /// Opens the configuration's sink and RAW; `store`: keeps that rule in the plugin store first (reconcile
+    /// finds the rule of every ledger row by digest).
+    pub(super) async fn open(
+        loaded: &config::Loaded,
+        runtime: RuleRuntime,
+        limits: RuleLimits,
+        settings: Vec<(String, String)>,
+        store: Option<&weir::rules::RulePlugin>,
+    ) -> Result<LoadTarget> {
+        let sink = weir::worker::open_sink(loaded).await?;
+        let raw = weir::worker::open_raw(loaded).await?;
+        if let Some(rule) = store {
+            weir::worker::store_rule(loaded, rule, 5).await?;
+        }
+        let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, None, None)?;
+        Ok(LoadTarget { sink, raw, rules })
+    }
+
+    /// A run over `window` that commits through the sink.
+    pub(super) fn run<'a>(
+        &'a self,
+        loaded: &'a config::Loaded,
+        window: &'a weir::reconcile::Window,
+    ) -> weir::reconcile::Run<'a> {
+        use std::io::IsTerminal;
+        weir::reconcile::Run {
+            raw: &*self.raw,
+            sink: &*self.sink,
+            reader: &*self.sink,
+            tables: &loaded.tables,
+            max_rows: loaded.config.rule.max_rows_per_record,
+            rules: &self.rules,
+            shadow: None,
+            window,
+            max_differences: 0,
+            group_records: 0,
+            rule_instances: loaded.config.rule.instances,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
 /// The rule of a shadow run (`weir replay --dry-run`).
 pub(super) enum Shadow<'a> {
     /// `--plugin`.
@@ -91,7 +142,6 @@ pub(super) async fn replay(
     window: &weir::reconcile::Window,
     plugin: Option<&Path>,
 ) -> Result<ExitCode> {
-    use std::io::IsTerminal;
     use std::sync::Arc;
     let loaded = config::load(path)?;
     let runtime = weir::worker::runtime(&loaded)?;
@@ -103,25 +153,14 @@ pub(super) async fn replay(
             .with_context(|| format!("loading {}", p.display()))?,
         None => weir::worker::load_rule(&runtime, &loaded).await?,
     });
-    let sink = weir::worker::open_sink(&loaded).await?;
-    let raw = weir::worker::open_raw(&loaded).await?;
-    weir::worker::store_rule(&loaded, &rule, 5).await?;
-    let rules = weir::plugin_store::StoredRules::new(runtime, limits, settings, None, None)?;
-    let run = weir::reconcile::Run {
-        raw: &*raw,
-        sink: &*sink,
-        reader: &*sink,
-        tables: &loaded.tables,
-        max_rows: loaded.config.rule.max_rows_per_record,
-        rules: &rules,
-        shadow: None,
-        window,
-        max_differences: 0,
-        group_records: 0,
-        rule_instances: loaded.config.rule.instances,
-        progress: std::io::stderr().is_terminal(),
-    };
-    let done = weir::reconcile::replay(&run, rule.clone(), &loaded.config.retry).await?;
+    let target = LoadTarget::open(&loaded, runtime, limits, settings, Some(&rule)).await?;
+    let done = weir::reconcile::replay(
+        &target.run(&loaded, window),
+        rule.clone(),
+        &loaded.config.retry,
+    )
+    .await?;
+    let sink = &target.sink;
     println!(
         "replayed {} records from {} RAW objects, in the order they first committed, through rule {} into {}",
         done.records,
