@@ -379,6 +379,21 @@ async fn sqs_to_s3_raw_to_postgres() {
         MESSAGES
     );
     assert_eq!(aws.depth(&queue).await, (0, 0));
+    // `weir status` shows the queue's backlog: empty now; two messages sent since wait.
+    let status = || {
+        let out = weir(
+            &["status", "-c", config.to_str().unwrap(), "--json"],
+            &AWS_TEST_ENV,
+        );
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["queue"].clone()
+    };
+    assert_eq!(
+        status(),
+        serde_json::json!({"waiting": 0, "in_flight": 0, "delayed": 0})
+    );
+    aws.send(&queue, &quickstart_lines()[..2]).await;
+    assert_eq!(status()["waiting"], 2);
 }
 
 /// A sink stalled for 3× the visibility timeout (its table locked) causes no redelivery: the heartbeat keeps

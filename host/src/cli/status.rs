@@ -51,6 +51,17 @@ struct Loader {
     epoch: String,
 }
 
+/// An SQS source's queue, as SQS counts it (approximate).
+#[derive(serde::Serialize)]
+struct Queue {
+    /// Messages waiting to be received.
+    waiting: i64,
+    /// Received by a worker and not yet deleted (in flight).
+    in_flight: i64,
+    /// Sent with a delay that has not run out.
+    delayed: i64,
+}
+
 #[derive(serde::Serialize)]
 struct Pending {
     batches: usize,
@@ -62,6 +73,8 @@ struct Status {
     source: String,
     sink: String,
     partitions: Vec<Partition>,
+    /// SQS: the queue's backlog (what a lag is for a queue).
+    queue: Option<Queue>,
     pending_merge: Option<Pending>,
     loader: Option<Loader>,
     dead_letters_last_hour: Vec<weir::sink::DeadLetterCount>,
@@ -132,6 +145,7 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         source: source.to_string(),
         sink: sink.describe(),
         partitions: partitions.into_values().collect(),
+        queue: sqs_backlog(&loaded).await,
         pending_merge,
         loader,
         dead_letters_last_hour: sink
@@ -189,6 +203,13 @@ fn render(s: &Status) -> String {
         ],
         &rows,
     );
+    if let Some(q) = &s.queue {
+        let _ = writeln!(
+            out,
+            "\nqueue: {} waiting, {} in flight, {} delayed (approximate)",
+            q.waiting, q.in_flight, q.delayed
+        );
+    }
     if let Some(p) = &s.pending_merge {
         let _ = writeln!(
             out,
@@ -318,4 +339,53 @@ async fn kinesis_lag(
             Err(e) => eprintln!("{}: lag unknown: {e}", p.partition),
         }
     }
+}
+
+/// An SQS source's backlog (`GetQueueAttributes`); `None` for other sources, or with the reason on stderr
+/// when SQS does not answer.
+async fn sqs_backlog(loaded: &config::Loaded) -> Option<Queue> {
+    #[cfg(feature = "sqs")]
+    if let config::SourceConfig::Sqs {
+        queue_url,
+        endpoint_url,
+        ..
+    } = &loaded.config.source
+    {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let client = loaded
+            .config
+            .aws
+            .with_role(&loaded.config.source.role())
+            .sqs(endpoint_url.as_deref())
+            .await;
+        let out = client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await;
+        return match out {
+            Ok(out) => {
+                let n = |a: A| {
+                    out.attributes()
+                        .and_then(|m| m.get(&a))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                Some(Queue {
+                    waiting: n(A::ApproximateNumberOfMessages),
+                    in_flight: n(A::ApproximateNumberOfMessagesNotVisible),
+                    delayed: n(A::ApproximateNumberOfMessagesDelayed),
+                })
+            }
+            Err(e) => {
+                eprintln!("{queue_url}: backlog unknown: {}", weir::aws::sdk_error(&e));
+                None
+            }
+        };
+    }
+    let _ = loaded;
+    None
 }

@@ -56,7 +56,13 @@ fn statement_shapes() {
     );
     assert!(!table_ddl("s", &keyed, false).contains("DISTKEY"));
     assert!(ddl.contains(r#""shipping" SUPER"#) && ddl.contains("PRIMARY KEY (\"order_id\")"));
-    for statement in [t.create_stage(), t.insert_stage(3), delete, ddl]
+    // A redrive's guard: portable DELETE … USING over the target and the ledger, binds for the values.
+    let guard = t.redrive_guard("public").expect("an unversioned table");
+    assert_eq!(
+        guard,
+        r#"DELETE FROM "weir_stage_orders" USING "public"."orders", "public".weir_batches holder, "public".weir_batches original WHERE "public"."orders"."order_id" = "weir_stage_orders"."order_id" AND "public"."orders"._weir_record_id <> "weir_stage_orders"._weir_record_id AND "public"."orders"._weir_batch_id NOT LIKE $2 AND holder.batch_id = "public"."orders"._weir_batch_id AND original.batch_id = $1 AND holder.loaded_at >= original.loaded_at"#
+    );
+    for statement in [t.create_stage(), t.insert_stage(3), delete, ddl, guard]
         .iter()
         .chain(&weir_tables_ddl("s"))
     {
@@ -203,6 +209,8 @@ fn versioned_merge_statements() {
         insert.contains("WHERE NOT EXISTS (SELECT 1 FROM \"public\".\"orders\" WHERE"),
         "{insert}"
     );
+    // A redrive adds nothing to a versioned table's merge: the version decides.
+    assert_eq!(t.redrive_guard("public"), None);
 }
 
 /// Duplicate keys in one batch keep the latest row only.
