@@ -162,6 +162,105 @@ async fn credentials_from_a_credential_process_profile() {
     assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
 }
 
+/// A profile from `aws sso login` (its token in the SSO cache, no keys anywhere) signs the worker's AWS calls:
+/// the SDK trades the cached token for role credentials at the SSO portal — a stand-in here, reached through
+/// `AWS_ENDPOINT_URL_SSO` — and the run resolves its secrets with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_an_sso_login_profile() {
+    use std::io::{Read, Write};
+    needs!("credentials_from_an_sso_login_profile": Aws, Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let (db, raw) = (dir.path().join("p.db"), dir.path().join("p-raw"));
+    let (secret, parameter) = put_secrets("unused", &db, &raw).await;
+    let cfg = secret_config(dir.path(), &secret, &parameter, "plain");
+    // The portal: `GET /federation/credentials?role_name=…&account_id=…` with the bearer token, answered with
+    // role credentials the local AWS server accepts; the requests it saw are kept.
+    let portal = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = portal.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in portal.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&request).to_lowercase());
+            let expires_ms = (weir::record::wall_clock_us() / 1000) + 3_600_000;
+            let body = format!(
+                r#"{{"roleCredentials": {{"accessKeyId": "test", "secretAccessKey": "test", "sessionToken": "t", "expiration": {expires_ms}}}}}"#
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    // What `aws sso login` leaves: the profile, and the token cached under the SHA-1 of the start URL.
+    let home = dir.path().join("home");
+    let cache = home.join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let start_url = "https://weir-test.awsapps.com/start";
+    let sha1 = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s '{start_url}' | sha1sum")])
+        .output()
+        .unwrap();
+    let sha1 = String::from_utf8_lossy(&sha1.stdout)[..40].to_string();
+    let expires_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    std::fs::write(
+        cache.join(format!("{sha1}.json")),
+        serde_json::json!({
+            "startUrl": start_url,
+            "region": "us-east-1",
+            "accessToken": "the-sso-token",
+            "expiresAt": expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let profiles = dir.path().join("aws-config");
+    std::fs::write(
+        &profiles,
+        format!(
+            "[profile weir-sso]\nsso_start_url = {start_url}\nsso_region = us-east-1\n\
+             sso_account_id = 123456789012\nsso_role_name = WeirDev\nregion = us-east-1\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("HOME", &home)
+        .env("AWS_CONFIG_FILE", &profiles)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("AWS_PROFILE", "weir-sso")
+        .env("AWS_ENDPOINT_URL_SSO", format!("http://127.0.0.1:{port}"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("WEIR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("get /federation/credentials?")
+                && r.contains("role_name=weirdev")
+                && r.contains("x-amz-sso_bearer_token: the-sso-token")),
+        "{seen:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 5);
+}
+
 /// `[raw] role_arn`: RAW's S3 calls assume that role through STS (the request names it) and are signed with
 /// the temporary credentials it returns, while the rest of the worker keeps its own credentials.
 #[tokio::test(flavor = "multi_thread")]
