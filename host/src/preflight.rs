@@ -33,16 +33,8 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
     let config = &loaded.config;
     match &config.source {
         #[cfg(feature = "sqs")]
-        SourceConfig::Sqs {
-            queue_url,
-            endpoint_url,
-            ..
-        } => {
-            let client = config
-                .aws
-                .with_role(&config.source.role())
-                .sqs(endpoint_url.as_deref())
-                .await;
+        SourceConfig::Sqs { queue_url, .. } => {
+            let client = config.source_sqs().await;
             let r = client
                 .get_queue_attributes()
                 .queue_url(queue_url)
@@ -58,16 +50,9 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
         }
         #[cfg(feature = "kinesis")]
         SourceConfig::Kinesis {
-            stream,
-            stream_arn,
-            endpoint_url,
-            ..
+            stream, stream_arn, ..
         } => {
-            let client = config
-                .aws
-                .with_role(&config.source.role())
-                .kinesis(endpoint_url.as_deref())
-                .await;
+            let client = config.source_kinesis().await;
             let r = client
                 .list_shards()
                 .set_stream_name(crate::source::kinesis::by_name(stream, stream_arn))

@@ -482,16 +482,10 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             max_messages,
             visibility_timeout_secs,
             idle_exit_secs,
-            endpoint_url,
             ..
         } => {
             use crate::source::sqs::{SqsOptions, SqsSource};
-            let client = loaded
-                .config
-                .aws
-                .with_role(&loaded.config.source.role())
-                .sqs(endpoint_url.as_deref())
-                .await;
+            let client = loaded.config.source_sqs().await;
             let options = SqsOptions {
                 queue_url: queue_url.clone(),
                 receivers: *receivers,
@@ -646,7 +640,6 @@ async fn run_pipeline(
         renew_secs,
         worker_id,
         idle_exit_secs,
-        endpoint_url,
         ..
     } = &loaded.config.source
     {
@@ -671,12 +664,7 @@ async fn run_pipeline(
                 fresh_pin: false,
             },
         };
-        let client = loaded
-            .config
-            .aws
-            .with_role(&loaded.config.source.role())
-            .kinesis(endpoint_url.as_deref())
-            .await;
+        let client = loaded.config.source_kinesis().await;
         return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
     }
     // A partition whose checkpoint moved under this worker (with grouped commits: the loader merged first a

@@ -34,12 +34,7 @@ pub(super) async fn produce(
         }
         #[cfg(feature = "sqs")]
         config::SourceConfig::Sqs { queue_url, .. } => {
-            let client = loaded
-                .config
-                .aws
-                .with_role(&loaded.config.source.role())
-                .sqs(loaded.config.source.endpoint_url())
-                .await;
+            let client = loaded.config.source_sqs().await;
             let sent = weir::source::sqs::send_lines(&client, queue_url, &lines, group_id).await?;
             println!("sent {sent} messages to {queue_url}");
             Ok(ExitCode::SUCCESS)
@@ -48,12 +43,7 @@ pub(super) async fn produce(
         config::SourceConfig::Kinesis {
             stream, stream_arn, ..
         } => {
-            let client = loaded
-                .config
-                .aws
-                .with_role(&loaded.config.source.role())
-                .kinesis(loaded.config.source.endpoint_url())
-                .await;
+            let client = loaded.config.source_kinesis().await;
             let sent = weir::source::kinesis::put_lines(
                 &client,
                 stream,

@@ -314,20 +314,12 @@ async fn kinesis_lag(
     partitions: &mut std::collections::BTreeMap<String, Partition>,
 ) {
     let config::SourceConfig::Kinesis {
-        stream,
-        stream_arn,
-        endpoint_url,
-        ..
+        stream, stream_arn, ..
     } = &loaded.config.source
     else {
         return;
     };
-    let client = loaded
-        .config
-        .aws
-        .with_role(&loaded.config.source.role())
-        .kinesis(endpoint_url.as_deref())
-        .await;
+    let client = loaded.config.source_kinesis().await;
     for p in partitions.values_mut() {
         let Some(shard) = p.partition.strip_prefix(&format!("{stream}/")) else {
             continue;
@@ -345,19 +337,9 @@ async fn kinesis_lag(
 /// when SQS does not answer.
 async fn sqs_backlog(loaded: &config::Loaded) -> Option<Queue> {
     #[cfg(feature = "sqs")]
-    if let config::SourceConfig::Sqs {
-        queue_url,
-        endpoint_url,
-        ..
-    } = &loaded.config.source
-    {
+    if let config::SourceConfig::Sqs { queue_url, .. } = &loaded.config.source {
         use aws_sdk_sqs::types::QueueAttributeName as A;
-        let client = loaded
-            .config
-            .aws
-            .with_role(&loaded.config.source.role())
-            .sqs(endpoint_url.as_deref())
-            .await;
+        let client = loaded.config.source_sqs().await;
         let out = client
             .get_queue_attributes()
             .queue_url(queue_url)

@@ -124,6 +124,20 @@ impl Config {
             ("coordinator", self.coordinator.role()),
         ]
     }
+
+    /// The SQS client of the source: its own endpoint and role, else `[aws]`'s.
+    #[cfg(feature = "sqs")]
+    pub async fn source_sqs(&self) -> aws_sdk_sqs::Client {
+        let aws = self.aws.with_role(&self.source.role());
+        aws.sqs(self.source.endpoint_url()).await
+    }
+
+    /// The Kinesis client of the source: its own endpoint and role, else `[aws]`'s.
+    #[cfg(feature = "kinesis")]
+    pub async fn source_kinesis(&self) -> aws_sdk_kinesis::Client {
+        let aws = self.aws.with_role(&self.source.role());
+        aws.kinesis(self.source.endpoint_url()).await
+    }
 }
 
 /// A loaded, checked configuration with paths resolved.
