@@ -318,6 +318,28 @@ fn iam_policy_is_least_privilege_and_the_template_grants_it() {
             .any(|(_, r)| r == "arn:aws:dynamodb:us-east-2:210987654321:table/weir-coordinator"),
         "{got:#?}"
     );
+
+    // A stream in another account (`stream_arn`): the grants name that stream, not one in this account.
+    let shared = "arn:aws:kinesis:eu-west-1:210987654321:stream/orders";
+    let cross = fleet_config(
+        dir.path(),
+        &format!("[source]\nkind = \"kinesis\"\nstream_arn = \"{shared}\""),
+    );
+    let got = grants(&iam_policy(
+        &cross,
+        &["--account-id", "123456789012", "--region", "eu-west-1"],
+    ));
+    for a in [
+        "kinesis:ListShards",
+        "kinesis:GetShardIterator",
+        "kinesis:GetRecords",
+    ] {
+        assert!(got.contains(&(a.into(), shared.into())), "{got:#?}");
+    }
+    assert!(
+        !got.iter().any(|(_, r)| r.contains("123456789012:stream/")),
+        "{got:#?}"
+    );
 }
 
 /// The monitoring examples (`examples/monitoring/`): the dashboard is valid JSON, and every metric the alert
