@@ -271,12 +271,7 @@ async fn raw_calls_assume_their_own_role() {
     // requests signed with temporary (assumed) credentials.
     let signed = TcpFront::counting(&target, b"Credential=ASIA").await;
     let assume = TcpFront::counting(&signed.addr, b"role%2Fweir-raw-test").await;
-    let sdk = aws_sdk().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3().await;
     let bucket = unique("weir-role-raw");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -314,11 +309,7 @@ async fn raw_calls_assume_their_own_role() {
 async fn validate_aws_names_what_is_missing() {
     needs!("validate_aws_names_what_is_missing": Aws, Kinesis, Plugins);
     let sdk = aws_sdk().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3().await;
     let bucket = unique("weir-validate");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let queue_url = aws_sdk_sqs::Client::new(&sdk)

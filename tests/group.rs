@@ -599,15 +599,6 @@ async fn grouped_fleet_coordinated_by_dynamodb() {
     );
 }
 
-/// An S3 client for the AWS test server.
-async fn s3() -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
 /// The keys left in `bucket`.
 async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     s3.list_objects_v2()

@@ -10,14 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 
-async fn s3() -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
 /// The quickstart in `dir` with `[rule]`'s plugin line replaced by `rule_lines`, a cache of its own and
 /// the AWS test server.
 fn config_with(dir: &Path, rule_lines: &str) -> PathBuf {

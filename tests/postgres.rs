@@ -446,11 +446,7 @@ async fn terminated_backend_is_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_statement_is_redshift_safe() {
     needs!("every_statement_is_redshift_safe": Postgres, Aws, Plugins);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3().await;
     let bucket = unique("weir-safe");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let copy_fill = format!(
@@ -850,11 +846,7 @@ async fn iam_credentials_for_each_connection() {
 async fn copy_stage_files_in_s3() {
     needs!("copy_stage_files_in_s3": Aws);
     use std::io::Read;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3().await;
     let bucket = format!("weir-stage-{}", std::process::id());
     s3.create_bucket()
         .bucket(&bucket)
@@ -1257,11 +1249,7 @@ async fn dead_letters_list_and_export_on_postgres() {
         );
     }
 
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3().await;
     let bucket = unique("weir-dead");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     dl(&[

@@ -28,11 +28,7 @@ async fn aws() -> Aws {
     let sdk = aws_sdk().await;
     Aws {
         sqs: aws_sdk_sqs::Client::new(&sdk),
-        s3: aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(true)
-                .build(),
-        ),
+        s3: s3().await,
     }
 }
 

@@ -317,6 +317,15 @@ pub async fn aws_sdk() -> aws_config::SdkConfig {
     aws_sdk_at(&aws_endpoint()).await
 }
 
+/// An S3 client for the local AWS test server (path-style addressing, as it serves buckets).
+pub async fn s3() -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws_sdk().await)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
 /// SDK settings for a local AWS-protocol server at `endpoint`, with static test credentials.
 pub async fn aws_sdk_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -1144,12 +1153,7 @@ pub mod copy_front;
 impl copy_front::CopyFront {
     /// A front for the PostgreSQL server at `target` (`host:port`), reading S3 at the AWS test server.
     pub async fn start(target: &str) -> copy_front::CopyFront {
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&aws_sdk().await)
-                .force_path_style(true)
-                .build(),
-        );
-        copy_front::CopyFront::start_with("127.0.0.1:0", target, s3).await
+        copy_front::CopyFront::start_with("127.0.0.1:0", target, s3().await).await
     }
 }
 
