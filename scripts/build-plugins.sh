@@ -28,11 +28,16 @@ if [ -n "$quickstart" ]; then
   exit 0
 fi
 echo "==> building plugins (wasm32-wasip2)"
+mkdir -p "$root/plugins/dist"
+# The Rust rules against contract 0.1 first (the SDK's contract-0-1 feature), as orders-v01 and misbehave-v01:
+# the host runs both versions, and the suites and benches compare them.
+(cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked -p orders --features contract-0-1)
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/orders.wasm" "$root/plugins/dist/orders-v01.wasm"
+(cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked -p misbehave --features contract-0-1)
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/misbehave.wasm" "$root/plugins/dist/misbehave-v01.wasm"
 (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked)
 (cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked)
-
-mkdir -p "$root/plugins/dist"
-for name in orders misbehave; do
+for name in orders misbehave hostile; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$name.wasm" "$root/plugins/dist/$name.wasm"
 done
 # Python: componentize-py bundles CPython and the app into a component.
@@ -43,21 +48,25 @@ if [ ! -x "$py_venv/bin/componentize-py" ]; then
   "$py_venv/bin/pip" install -q 'componentize-py==0.25.0'
 fi
 contract=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/wit/rules.wit")
-# A Python component is rebuilt only when its sources or the contract change.
-build_py() { # name source-folder
+# A Python component is rebuilt only when its sources or the contract change. The one helper builds either
+# contract version, by the wit folder it is given: wit/v0.2 (packed rows) or wit (0.1).
+build_py() { # name source-folder wit-folder
   local out="$root/plugins/dist/$1.wasm"
-  local src
-  src=$(cat "$root"/plugins/python/weir_rule/*.py "$root/$2"/*.py "$root/wit/rules.wit" | sha256sum | cut -c1-16)
+  local src version
+  version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/$3/rules.wit")
+  src=$(cat "$root"/plugins/python/weir_rule/*.py "$root/$2"/*.py "$root/$3/rules.wit" | sha256sum | cut -c1-16)
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
-    echo "==> building $2 (componentize-py)"
-    (cd "$root" && "$py_venv/bin/componentize-py" -d wit -w rule componentize app \
+    echo "==> building $2 against weir:rules@$version (componentize-py)"
+    (cd "$root" && "$py_venv/bin/componentize-py" -d "$3" -w rule componentize app \
        -p plugins/python -p "$2" -o "$out" >/dev/null)
-    python3 "$root/scripts/stamp.py" "$contract" "$out"
+    python3 "$root/scripts/stamp.py" "$version" "$out"
     echo "$src" > "$out.src"
   fi
 }
-build_py orders-py plugins/orders-py
-build_py misbehave-py tests/plugins/misbehave-py
+build_py orders-py plugins/orders-py wit/v0.2
+build_py orders-py-v01 plugins/orders-py wit
+# The sandbox suite's Python rule writes contract 0.1's WIT values itself.
+build_py misbehave-py tests/plugins/misbehave-py wit
 
 # JavaScript: componentize-js (StarlingMonkey) through plugins/js/build.mjs.
 js_dir=${WEIR_JS_PLUGINS_DIR:-/var/tmp/weir-js-plugins}

@@ -18,7 +18,7 @@ fn validate_good_config() {
     assert!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("rule: ok") && text.contains("contract weir:rules@0.1.0"),
+        text.contains("rule: ok") && text.contains(&format!("contract {}", weir::rules::CONTRACT)),
         "{text}"
     );
     assert!(text.contains("tables match"), "{text}");
@@ -177,8 +177,8 @@ fn schema_plan_and_apply_sqlite() {
     );
 }
 
-/// Plugins built with the SDK carry the contract version; a plugin stamped for another version is refused
-/// with a message naming both versions.
+/// Plugins built with the SDK carry the contract version (0.2 by default, 0.1 with its `contract-0-1`
+/// feature); a plugin stamped for another version is refused with a message naming the versions.
 #[test]
 fn contract_version_stamp() {
     needs!("contract_version_stamp": Plugins);
@@ -187,9 +187,14 @@ fn contract_version_stamp() {
         weir::rules::stamped_contract(&orders).as_deref(),
         Some(weir::rules::CONTRACT_VERSION)
     );
+    let v01 = std::fs::read(plugin("orders-v01")).unwrap();
+    assert_eq!(
+        weir::rules::stamped_contract(&v01).as_deref(),
+        Some(weir::rules::CONTRACT_VERSIONS[0])
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = quickstart_in(dir.path());
-    let needle = b"weir-contract0.1.0";
+    let needle = b"weir-contract0.2.0";
     let at = orders
         .windows(needle.len())
         .position(|w| w == needle)
@@ -208,7 +213,7 @@ fn contract_version_stamp() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("contract version 9.1.0") && err.contains("version 0.1.0"),
+        err.contains("contract version 9.2.0") && err.contains("versions 0.1.0 and 0.2.0"),
         "{err}"
     );
 }
@@ -318,10 +323,16 @@ fn plugin_new_builds_and_passes_plugin_test() {
             outcomes[0]["rows"][0]["cells"]["greeting"], "Hello, Ada!",
             "{lang}"
         );
+        // Rust and Python projects build contract 0.2; the JavaScript and C helpers, 0.1.
         let stamped = std::fs::read(&wasm).unwrap();
+        let version = if lang == "rust" || lang == "python" {
+            weir::rules::CONTRACT_VERSION
+        } else {
+            weir::rules::CONTRACT_VERSIONS[0]
+        };
         assert_eq!(
             weir::rules::stamped_contract(&stamped).as_deref(),
-            Some(weir::rules::CONTRACT_VERSION),
+            Some(version),
             "{lang}"
         );
     }

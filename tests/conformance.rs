@@ -1,5 +1,5 @@
-//! One conformance suite for the orders rule in every language: the same input through each language's plugin
-//! gives identical outcomes — the same rows cell by cell, the same drops, and rejects of the same category
+//! One conformance suite for the orders rule in every language and both contract versions: the same input
+//! through each plugin gives identical outcomes — the same rows cell by cell, the same drops, and rejects of the same category
 //! (the field a reason names, the text before its first `:`; the wording of parser messages may differ).
 
 mod common;
@@ -7,10 +7,13 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// The orders rule in each language, as built by scripts/build-plugins.sh.
-const LANGUAGES: [(&str, &str); 4] = [
+/// The orders rule in each language, as built by scripts/build-plugins.sh. The reference is the Rust rule on
+/// contract 0.2 (packed rows); the same source on contract 0.1 and the other languages (0.1) must agree with it.
+const LANGUAGES: [(&str, &str); 6] = [
     ("Rust", "orders"),
+    ("Rust on contract 0.1", "orders-v01"),
     ("Python", "orders-py"),
+    ("Python on contract 0.1", "orders-py-v01"),
     ("JavaScript", "orders-js"),
     ("C", "orders-c"),
 ];

@@ -50,6 +50,13 @@ async fn guilty_records_only() {
     guilty_records_only_with("misbehave", 32).await;
 }
 
+/// The same with the Rust plugin built against contract 0.1 (one WIT value per cell): the host runs both.
+#[tokio::test]
+async fn guilty_records_only_on_contract_0_1() {
+    needs!("guilty_records_only_on_contract_0_1": Plugins);
+    guilty_records_only_with("misbehave-v01", 32).await;
+}
+
 /// The same with the plugin written in Python (a larger memory cap: the interpreter itself needs ~40 MiB).
 #[tokio::test]
 async fn guilty_records_only_in_python() {
@@ -206,4 +213,115 @@ async fn clocks_and_random_are_deterministic() {
     let out = weir(&["replay", "-c", cfg.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(keys().await, first, "a replay writes the same keys");
+}
+
+/// Counts the bytes the calling thread holds on the heap, and the most it held since [`reset_peak`]: the host's
+/// allocations during one rule call, whatever other tests do meanwhile.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static HELD: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn moved(delta: isize) {
+        let _ = HELD.try_with(|h| {
+            h.set(h.get() + delta);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(h.get())));
+        });
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counters only observe.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            moved(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            moved(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            moved(layout.size() as isize);
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            moved(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Starts a measurement; returns the bytes held now.
+    pub fn reset_peak() -> isize {
+        let held = HELD.with(Cell::get);
+        PEAK.with(|p| p.set(held));
+        held
+    }
+
+    /// The most bytes held since [`reset_peak`].
+    pub fn peak() -> isize {
+        PEAK.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
+
+/// A contract 0.2 rule returns one buffer inside its own linear memory, so its size is bounded by the memory cap;
+/// what the host decodes from it is bounded too. The hostile component (`tests/plugins/hostile`, written against
+/// the WIT without the SDK) fills its memory with the output that costs a host most per byte — rows of a
+/// 1,000-column table with every cell but the key NULL, one byte each in the buffer and a whole cell each once
+/// decoded: 12 MB of buffer would be 390 MB of rows. The host holds at most 6 × the 16 MiB cap during the call
+/// and dead-letters both records with the reason.
+#[test]
+fn a_hostile_component_cannot_make_the_host_allocate_without_bound() {
+    use weir::rules::{RuleLimits, RuleRuntime, SourceRecord};
+    use weir::schema::{ColumnType, TableSpec};
+    needs!("a_hostile_component_cannot_make_the_host_allocate_without_bound": Plugins);
+    let cap: usize = 16 << 20;
+    let mut columns = vec![("id".to_string(), ColumnType::Varchar(8))];
+    columns.extend((1..1000).map(|i| (format!("c{i}"), ColumnType::Integer)));
+    let mut limits = RuleLimits::new(cap, std::time::Duration::from_secs(60));
+    limits.tables = std::sync::Arc::new(vec![TableSpec::new(
+        "wide".into(),
+        columns,
+        vec!["id".into()],
+    )]);
+    let runtime = RuleRuntime::new(None).unwrap();
+    let settings = vec![("rows".to_string(), "6000".to_string())];
+    let rule = runtime.load(&plugin("hostile"), limits, settings).unwrap();
+    let records: Vec<SourceRecord> = (1..=2)
+        .map(|i| SourceRecord {
+            id: format!("file/hostile/{i}"),
+            partition_key: "hostile".into(),
+            arrived_at_ms: 0,
+            attributes: vec![],
+            payload: b"{}".to_vec(),
+        })
+        .collect();
+    let before = heap::reset_peak();
+    let out = rule.process("hostile", &records);
+    let grew = (heap::peak() - before) as usize;
+    assert!(
+        grew <= 6 * cap,
+        "the host held {} MiB during the call, more than 6 × the {} MiB cap",
+        grew >> 20,
+        cap >> 20
+    );
+    // It did decode past the cap's worth: the bound is what stopped it, not a small output.
+    assert!(grew > cap, "the host held only {} MiB", grew >> 20);
+    for o in &out {
+        let Err(reason) = o else {
+            panic!("not rejected: {o:?}")
+        };
+        assert!(
+            reason.contains("rule output decodes to more than 64 MiB"),
+            "{reason}"
+        );
+    }
+    assert_eq!(out.len(), 2);
 }

@@ -19,7 +19,9 @@ pub enum Lang {
 }
 
 const WIT: &str = include_str!("../../wit/rules.wit");
+const WIT_0_2: &str = include_str!("../../wit/v0.2/rules.wit");
 const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
+const SDK_PACK: &str = include_str!("../../plugins/weir-rule/src/pack.rs");
 const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
 const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
@@ -189,15 +191,25 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang) -> Result<(PathBuf, Vec<S
         Lang::Js => js_project(name),
         Lang::C => c_project(name),
     };
-    files.insert(0, ("wit/rules.wit".into(), WIT.into()));
+    // Rust and Python rules build contract 0.2 (packed rows; the Rust SDK reads it from wit/v0.2, as in this
+    // repository); the JavaScript and C helpers still build 0.1.
+    let (wit, text, contract) = match lang {
+        Lang::Rust => (
+            "wit/v0.2/rules.wit",
+            WIT_0_2,
+            crate::rules::CONTRACT_VERSION,
+        ),
+        Lang::Python => ("wit/rules.wit", WIT_0_2, crate::rules::CONTRACT_VERSION),
+        Lang::Js | Lang::C => ("wit/rules.wit", WIT, crate::rules::CONTRACT_VERSIONS[0]),
+    };
+    files.insert(0, (wit.into(), text.into()));
     files.push(("sample.jsonl".into(), SAMPLE.into()));
     files.push((
         "README.md".into(),
         format!(
-            "# {name}\n\nA weir rule. Build and try it:\n\n```sh\n{}\n```\n\n`wit/rules.wit` is the contract \
-             (weir:rules@{}); edit the rule, declare its tables in `weir.toml`.\n",
+            "# {name}\n\nA weir rule. Build and try it:\n\n```sh\n{}\n```\n\n`{wit}` is the contract \
+             (weir:rules@{contract}); edit the rule, declare its tables in `weir.toml`.\n",
             commands.join("\n"),
-            crate::rules::CONTRACT_VERSION
         ),
     ));
     for (path, text) in files {
@@ -260,10 +272,15 @@ edition = "2024"
 [dependencies]
 wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
 serde_json = { version = "1", features = ["preserve_order"] }
+
+[features]
+# Build against contract 0.1 (needs wit/rules.wit of weir:rules@0.1.0), for hosts older than 0.2.
+contract-0-1 = []
 "#
             .into(),
         ),
         ("sdk/weir-rule/src/lib.rs".into(), SDK_LIB.into()),
+        ("sdk/weir-rule/src/pack.rs".into(), SDK_PACK.into()),
         ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
         ("src/lib.rs".into(), RUST_RULE.into()),
     ]);

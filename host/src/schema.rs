@@ -279,34 +279,89 @@ pub fn format_timestamp_us(us: i64) -> String {
     }
 }
 
+/// A cell value borrowed from wherever the rule put it: a 0.1 WIT [`Value`] or a 0.2 packed buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Boolean(bool),
+    /// An integer.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// Decimal text.
+    Decimal(&'a str),
+    /// Text.
+    Text(&'a str),
+    /// Microseconds since the Unix epoch, UTC.
+    TimestampUs(i64),
+    /// JSON text.
+    Json(&'a str),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Null => ValueRef::Null,
+            Value::Boolean(b) => ValueRef::Boolean(*b),
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Float(x) => ValueRef::Float(*x),
+            Value::Decimal(s) => ValueRef::Decimal(s),
+            Value::Text(s) => ValueRef::Text(s),
+            Value::TimestampUs(us) => ValueRef::TimestampUs(*us),
+            Value::Json(s) => ValueRef::Json(s),
+        }
+    }
+}
+
+impl ValueRef<'_> {
+    /// The kind of the value, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ValueRef::Null => "null",
+            ValueRef::Boolean(_) => "boolean",
+            ValueRef::Integer(_) => "integer",
+            ValueRef::Float(_) => "float",
+            ValueRef::Decimal(_) => "decimal",
+            ValueRef::Text(_) => "text",
+            ValueRef::TimestampUs(_) => "timestamp",
+            ValueRef::Json(_) => "json",
+        }
+    }
+}
+
 /// Checks `value` against `ty`; the error says what is wrong (the caller adds table and column).
 pub fn check_value(ty: ColumnType, value: &Value) -> Result<Cell, String> {
-    let got = || value_kind(value);
+    check_value_ref(ty, value.into())
+}
+
+/// [`check_value`] of a borrowed value: the one set of checks for rules of every contract version.
+pub fn check_value_ref(ty: ColumnType, value: ValueRef<'_>) -> Result<Cell, String> {
+    use ValueRef as V;
     match (ty, value) {
-        (_, Value::Null) => Ok(Cell::Null),
-        (ColumnType::Boolean, Value::Boolean(b)) => Ok(Cell::Bool(*b)),
-        (ColumnType::SmallInt, Value::Integer(i)) => {
-            range(*i, i16::MIN as i64, i16::MAX as i64, ty)
-        }
-        (ColumnType::Integer, Value::Integer(i)) => range(*i, i32::MIN as i64, i32::MAX as i64, ty),
-        (ColumnType::BigInt, Value::Integer(i)) => Ok(Cell::Int(*i)),
-        (ColumnType::Real | ColumnType::Double, Value::Float(x)) => {
+        (_, V::Null) => Ok(Cell::Null),
+        (ColumnType::Boolean, V::Boolean(b)) => Ok(Cell::Bool(b)),
+        (ColumnType::SmallInt, V::Integer(i)) => range(i, i16::MIN as i64, i16::MAX as i64, ty),
+        (ColumnType::Integer, V::Integer(i)) => range(i, i32::MIN as i64, i32::MAX as i64, ty),
+        (ColumnType::BigInt, V::Integer(i)) => Ok(Cell::Int(i)),
+        (ColumnType::Real | ColumnType::Double, V::Float(x)) => {
             if !x.is_finite() {
                 return Err(format!("{x} is not a finite number"));
             }
             if ty == ColumnType::Real && x.abs() > f32::MAX as f64 {
                 return Err(format!("{x} is out of range for real"));
             }
-            Ok(Cell::Float(*x))
+            Ok(Cell::Float(x))
         }
-        (ColumnType::Real | ColumnType::Double, Value::Integer(i)) => Ok(Cell::Float(*i as f64)),
-        (ColumnType::Decimal { precision, scale }, Value::Decimal(s)) => {
+        (ColumnType::Real | ColumnType::Double, V::Integer(i)) => Ok(Cell::Float(i as f64)),
+        (ColumnType::Decimal { precision, scale }, V::Decimal(s)) => {
             normalize_decimal(s, precision, scale).map(Cell::Decimal)
         }
-        (ColumnType::Decimal { precision, scale }, Value::Integer(i)) => {
+        (ColumnType::Decimal { precision, scale }, V::Integer(i)) => {
             normalize_decimal(&i.to_string(), precision, scale).map(Cell::Decimal)
         }
-        (ColumnType::Varchar(n), Value::Text(s)) => {
+        (ColumnType::Varchar(n), V::Text(s)) => {
             if s.len() > n as usize {
                 return Err(format!(
                     "text is {} UTF-8 bytes, longer than varchar({n})",
@@ -316,18 +371,18 @@ pub fn check_value(ty: ColumnType, value: &Value) -> Result<Cell, String> {
             if s.contains('\0') {
                 return Err("text contains a NUL character".into());
             }
-            Ok(Cell::Text(s.clone()))
+            Ok(Cell::Text(s.to_string()))
         }
-        (ColumnType::Timestamp | ColumnType::TimestampTz, Value::TimestampUs(us)) => {
+        (ColumnType::Timestamp | ColumnType::TimestampTz, V::TimestampUs(us)) => {
             // Years 1..=9999 are what both databases accept.
             const MIN: i64 = -62_135_596_800_000_000;
             const MAX: i64 = 253_402_300_799_999_999;
-            if !(MIN..=MAX).contains(us) {
+            if !(MIN..=MAX).contains(&us) {
                 return Err(format!("timestamp {us} µs is outside years 1 to 9999"));
             }
-            Ok(Cell::TimestampUs(*us))
+            Ok(Cell::TimestampUs(us))
         }
-        (ColumnType::Super, Value::Json(s)) => {
+        (ColumnType::Super, V::Json(s)) => {
             if s.len() > 16 * 1024 * 1024 {
                 return Err(format!(
                     "JSON is {} bytes, more than the 16 MiB a super value holds",
@@ -336,9 +391,9 @@ pub fn check_value(ty: ColumnType, value: &Value) -> Result<Cell, String> {
             }
             serde_json::from_str::<serde::de::IgnoredAny>(s)
                 .map_err(|e| format!("not valid JSON: {e}"))?;
-            Ok(Cell::Json(s.clone()))
+            Ok(Cell::Json(s.to_string()))
         }
-        _ => Err(format!("expected {ty}, got {}", got())),
+        _ => Err(format!("expected {ty}, got {}", value.kind())),
     }
 }
 
@@ -352,16 +407,7 @@ fn range(i: i64, min: i64, max: i64, ty: ColumnType) -> Result<Cell, String> {
 
 /// The kind of a value, for messages.
 pub fn value_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Boolean(_) => "boolean",
-        Value::Integer(_) => "integer",
-        Value::Float(_) => "float",
-        Value::Decimal(_) => "decimal",
-        Value::Text(_) => "text",
-        Value::TimestampUs(_) => "timestamp",
-        Value::Json(_) => "json",
-    }
+    ValueRef::from(value).kind()
 }
 
 /// Checks a plain decimal string (`-12.5`) against `decimal(p,s)` and pads it to the scale (`-12.50`).

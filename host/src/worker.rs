@@ -64,6 +64,8 @@ pub fn rule_limits(loaded: &Loaded) -> RuleLimits {
     RuleLimits {
         memory_bytes: (r.memory_limit_mib as usize) << 20,
         deadline: Duration::from_millis(r.batch_deadline_ms),
+        max_rows_per_record: r.max_rows_per_record,
+        tables: std::sync::Arc::new(loaded.tables.clone()),
     }
 }
 

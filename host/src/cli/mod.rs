@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use weir::config;
 use weir::rules::validate::{self, RecordOutcome};
-use weir::rules::{Outcome, RuleLimits, RuleRuntime, SourceRecord, Value};
+use weir::rules::{Outcome, RuleLimits, RuleOutput, RuleRuntime, SourceRecord, Value};
 use weir::source::Source as _;
 use weir::source::file::FileSource;
 

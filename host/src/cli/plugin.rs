@@ -31,14 +31,10 @@ pub(crate) async fn plugin(command: PluginCommand) -> Result<ExitCode> {
 
 /// The rule limits and settings of an optional configuration (defaults: 64 MiB, 2 s).
 pub(super) fn rule_setup(loaded: Option<&config::Loaded>) -> (RuleLimits, Vec<(String, String)>) {
-    let mut limits = RuleLimits {
-        memory_bytes: 64 << 20,
-        deadline: Duration::from_secs(2),
-    };
+    let mut limits = RuleLimits::new(64 << 20, Duration::from_secs(2));
     let mut settings = Vec::new();
     if let Some(l) = loaded {
-        limits.memory_bytes = (l.config.rule.memory_limit_mib as usize) << 20;
-        limits.deadline = Duration::from_millis(l.config.rule.batch_deadline_ms);
+        limits = weir::worker::rule_limits(l);
         settings = l
             .config
             .rule
@@ -86,7 +82,7 @@ first compile: {:.2} s; warm start (cached, to the first outcome): {:.0} ms
 ",
             plugin.display(),
             &rule.digest()[..12],
-            weir::rules::CONTRACT_VERSION,
+            rule.contract().version(),
             first_compile.as_secs_f64(),
             warm.as_secs_f64() * 1000.0
         );
@@ -131,6 +127,13 @@ pub(super) async fn plugin_test(
     }
     let runtime = RuleRuntime::new(RuleRuntime::default_cache_dir())?;
     let rule = runtime.load(plugin, limits, settings)?;
+    if loaded.is_none() && rule.contract() == weir::rules::Contract::V0_2 {
+        anyhow::bail!(
+            "{} implements contract weir:rules@0.2.0, whose rules get the declared tables from the worker's \
+             configuration: pass it with --config weir.toml",
+            plugin.display()
+        );
+    }
     let mut source = FileSource::open(input, None)
         .await
         .context("opening the input")?;
@@ -146,37 +149,62 @@ pub(super) async fn plugin_test(
 
     let mut shown = Vec::with_capacity(records.len());
     for (record, raw) in records.iter().zip(raw) {
-        // With a configuration, the host's checks apply exactly as in a pipeline run.
-        let verdict = loaded
-            .as_ref()
-            .map(|l| validate::check(raw.clone(), &l.tables, l.config.rule.max_rows_per_record));
-        let entry = match (raw, verdict) {
-            (_, Some(RecordOutcome::Reject(stage, reason))) => {
-                serde_json::json!({"id": record.id, "outcome": "reject", "stage": stage.as_str(), "reason": reason})
-            }
-            (Err(reason), _) => {
-                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "sandbox", "reason": reason})
-            }
-            (Ok(Outcome::Reject(reason)), _) => {
-                serde_json::json!({"id": record.id, "outcome": "reject", "stage": "rule", "reason": reason})
-            }
-            (Ok(Outcome::Drop(reason)), _) => {
-                serde_json::json!({"id": record.id, "outcome": "drop", "reason": reason})
-            }
-            (Ok(Outcome::Emit(rows)), _) => {
-                let rows: Vec<_> = rows
-                    .iter()
-                    .map(|r| {
-                        let cells: serde_json::Map<String, serde_json::Value> = r
-                            .cells
-                            .iter()
-                            .map(|(k, v)| (k.clone(), value_json(v)))
-                            .collect();
-                        serde_json::json!({"table": r.table, "cells": cells})
-                    })
-                    .collect();
-                serde_json::json!({"id": record.id, "outcome": "emit", "rows": rows})
-            }
+        // With a configuration, the host's checks apply exactly as in a pipeline run, and emitted rows are
+        // shown as they would be loaded (NULL columns left out), whatever the contract version.
+        let entry = match loaded.as_ref() {
+            Some(l) => match validate::check(raw, &l.tables, l.config.rule.max_rows_per_record) {
+                RecordOutcome::Reject(stage, reason) => {
+                    serde_json::json!({"id": record.id, "outcome": "reject", "stage": stage.as_str(), "reason": reason})
+                }
+                RecordOutcome::Drop(reason) => {
+                    serde_json::json!({"id": record.id, "outcome": "drop", "reason": reason})
+                }
+                RecordOutcome::Emit(rows) => {
+                    let rows: Vec<_> = rows
+                        .iter()
+                        .map(|r| {
+                            let t = &l.tables[r.table];
+                            let cells: serde_json::Map<String, serde_json::Value> = t
+                                .columns
+                                .iter()
+                                .zip(&r.cells)
+                                .filter(|(_, c)| **c != weir::schema::Cell::Null)
+                                .map(|((k, _), c)| (k.clone(), cell_json(c)))
+                                .collect();
+                            serde_json::json!({"table": t.name, "cells": cells})
+                        })
+                        .collect();
+                    serde_json::json!({"id": record.id, "outcome": "emit", "rows": rows})
+                }
+            },
+            None => match raw {
+                Err(reason) => {
+                    serde_json::json!({"id": record.id, "outcome": "reject", "stage": "sandbox", "reason": reason})
+                }
+                Ok(RuleOutput::Checked(_)) => {
+                    unreachable!("a 0.2 rule is refused without a configuration")
+                }
+                Ok(RuleOutput::Wit(Outcome::Reject(reason))) => {
+                    serde_json::json!({"id": record.id, "outcome": "reject", "stage": "rule", "reason": reason})
+                }
+                Ok(RuleOutput::Wit(Outcome::Drop(reason))) => {
+                    serde_json::json!({"id": record.id, "outcome": "drop", "reason": reason})
+                }
+                Ok(RuleOutput::Wit(Outcome::Emit(rows))) => {
+                    let rows: Vec<_> = rows
+                        .iter()
+                        .map(|r| {
+                            let cells: serde_json::Map<String, serde_json::Value> = r
+                                .cells
+                                .iter()
+                                .map(|(k, v)| (k.clone(), value_json(v)))
+                                .collect();
+                            serde_json::json!({"table": r.table, "cells": cells})
+                        })
+                        .collect();
+                    serde_json::json!({"id": record.id, "outcome": "emit", "rows": rows})
+                }
+            },
         };
         shown.push(entry);
     }
@@ -186,6 +214,20 @@ pub(super) async fn plugin_test(
         print!("{}", outcome_table(&shown));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A checked cell as `plugin test` shows it: like [`value_json`] of the value that made it.
+fn cell_json(c: &weir::schema::Cell) -> serde_json::Value {
+    use weir::schema::Cell;
+    match c {
+        Cell::Null => serde_json::Value::Null,
+        Cell::Bool(b) => (*b).into(),
+        Cell::Int(i) => (*i).into(),
+        Cell::Float(x) => (*x).into(),
+        Cell::Decimal(s) | Cell::Text(s) => s.clone().into(),
+        Cell::TimestampUs(us) => weir::schema::format_timestamp_us(*us).into(),
+        Cell::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
+    }
 }
 
 pub(super) fn value_json(v: &Value) -> serde_json::Value {
@@ -291,12 +333,13 @@ pub(super) fn plugin_stamp(plugin: &Path) -> Result<ExitCode> {
     if let Some(v) = weir::rules::stamped_contract(&wasm) {
         println!("{}: already stamped with contract {v}", plugin.display());
     } else {
-        std::fs::write(plugin, weir::rules::stamp(&wasm))
+        let stamped = weir::rules::stamp(&wasm);
+        std::fs::write(plugin, &stamped)
             .with_context(|| format!("writing {}", plugin.display()))?;
         println!(
             "{}: stamped with contract {}",
             plugin.display(),
-            weir::rules::CONTRACT_VERSION
+            weir::rules::stamped_contract(&stamped).unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -315,10 +358,10 @@ pub(super) async fn plugin_publish(
         anyhow::bail!("{} is not a WebAssembly file", plugin.display());
     }
     match weir::rules::stamped_contract(&wasm) {
-        Some(v) if !weir::rules::contract_compatible(&v) => anyhow::bail!(
+        Some(v) if weir::rules::contract_compatible(&v).is_none() => anyhow::bail!(
             "{} was built for contract {v}; this weir runs {}: rebuild it before publishing",
             plugin.display(),
-            weir::rules::CONTRACT_VERSION
+            weir::rules::CONTRACT_VERSIONS.join(" and ")
         ),
         Some(_) => {}
         None => eprintln!(

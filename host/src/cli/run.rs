@@ -96,9 +96,9 @@ pub(super) async fn validate_config(path: &Path, aws: bool) -> Result<ExitCode> 
     let runtime = weir::worker::runtime(&loaded)?;
     let rule = weir::worker::load_rule(&runtime, &loaded).await?;
     println!(
-        "rule: ok ({}, contract {}, sha256 {})",
+        "rule: ok ({}, contract weir:rules@{}, sha256 {})",
         rule.path().display(),
-        weir::rules::CONTRACT,
+        rule.contract().version(),
         rule.digest()
     );
     let sink = weir::worker::check_sink(&loaded).await?;

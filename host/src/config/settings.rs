@@ -191,7 +191,8 @@ pub(super) fn default_instances() -> usize {
     cores()
 }
 
-pub(super) fn default_max_rows_per_record() -> usize {
+/// `[rule] max_rows_per_record` when unset.
+pub fn default_max_rows_per_record() -> usize {
     10_000
 }
 

@@ -8,19 +8,24 @@
 //!   `InstancePre`.
 //! - Each instance lives in its own `Store` with a linear-memory cap; each call gets a deadline. Healthy
 //!   instances are reused across batches; an instance that trapped is thrown away.
+//! - Two contract versions load side by side, picked by the plugin's stamp (or, unstamped, by its exports):
+//!   `weir:rules@0.1.0` returns one WIT value per cell, checked by [`validate::check`]; `weir:rules@0.2.0`
+//!   gets the declared tables at `init` and returns one packed buffer per call, decoded and checked in one
+//!   pass by [`packed`], with what the host builds from it bounded by a multiple of the memory cap.
 //! - [`RulePlugin::process`] never fails a batch because of one record: when a call traps, runs past its
 //!   deadline, hits the memory cap or returns the wrong number of outcomes, the batch is split in halves and
 //!   re-run on fresh instances until the guilty records are isolated; those are rejected with the reason and
 //!   the others get their normal outcome.
 
 use crate::contract as bindings;
+pub mod packed;
 mod stderr;
 pub mod validate;
 pub mod world;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -28,29 +33,57 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::schema::{ColumnType, TableSpec};
+use bindings::v0_2;
 use bindings::weir::rules::host::Level;
 pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
 use bindings::{Rule, RulePre};
 use stderr::GuestOutput;
+use validate::RecordOutcome;
 
 mod stamp;
 pub use stamp::*;
 mod limits;
 use limits::*;
 
-/// The contract version, written once: `wit/rules.wit`'s `package` line and every guest SDK are checked
-/// against it by `tests::one_contract_version`.
+/// The newest contract version, written once: `wit/v0.2/rules.wit`'s `package` line and the SDKs that build
+/// it are checked against it by `tests::one_contract_version`.
 macro_rules! contract_version {
     () => {
-        "0.1.0"
+        "0.2.0"
     };
 }
 
-/// The contract version this host implements.
+/// The newest contract version this host implements (it also runs [`CONTRACT_0_1`] plugins).
 pub const CONTRACT: &str = concat!("weir:rules@", contract_version!());
 
 /// The contract version of [`CONTRACT`], as plugins stamp it.
 pub const CONTRACT_VERSION: &str = contract_version!();
+
+/// The first contract, `wit/rules.wit`: still loaded, and still what the Python, JavaScript and C SDKs build.
+pub const CONTRACT_0_1: &str = "weir:rules@0.1.0";
+
+/// The contract versions this host runs, oldest first.
+pub const CONTRACT_VERSIONS: [&str; 2] = ["0.1.0", CONTRACT_VERSION];
+
+/// A contract version this host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `weir:rules@0.1.x`: one WIT value per cell.
+    V0_1,
+    /// `weir:rules@0.2.x`: packed rows.
+    V0_2,
+}
+
+impl Contract {
+    /// The version, as plugins stamp it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => CONTRACT_VERSIONS[0],
+            Contract::V0_2 => CONTRACT_VERSIONS[1],
+        }
+    }
+}
 
 /// How often the epoch advances; deadlines are rounded up to this.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -77,8 +110,8 @@ pub enum RuleError {
     },
     /// The component does not implement this host's contract.
     #[error(
-        "plugin {path} does not implement the {CONTRACT} contract this weir supports: {message}. \
-         Rebuild it against the wit/ folder of this weir version"
+        "plugin {path} does not implement a contract this weir supports ({CONTRACT_0_1} or {CONTRACT}): \
+         {message}. Rebuild it against the wit/ folder of this weir version"
     )]
     Incompatible {
         /// The file.
@@ -120,13 +153,30 @@ pub enum RuleError {
     },
 }
 
-/// Per-rule sandbox limits.
+/// Per-rule sandbox limits, and the tables a rule's rows are checked against.
 #[derive(Debug, Clone)]
 pub struct RuleLimits {
     /// Linear-memory cap of one instance, in bytes.
     pub memory_bytes: usize,
     /// Deadline of one call.
     pub deadline: Duration,
+    /// Most rows one record may emit.
+    pub max_rows_per_record: usize,
+    /// The declared tables: a 0.2 rule gets them at `init`, and its packed rows are decoded and checked
+    /// against them as they are read. (0.1 outcomes are checked later, by [`validate::check`].)
+    pub tables: Arc<Vec<TableSpec>>,
+}
+
+impl RuleLimits {
+    /// Limits without declared tables (a 0.2 rule then can emit no row).
+    pub fn new(memory_bytes: usize, deadline: Duration) -> Self {
+        RuleLimits {
+            memory_bytes,
+            deadline,
+            max_rows_per_record: crate::config::default_max_rows_per_record(),
+            tables: Arc::default(),
+        }
+    }
 }
 
 /// The process-wide runtime. Cheap to share by reference; create one.
@@ -169,6 +219,8 @@ impl RuleRuntime {
         .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
         linker.allow_shadowing(false);
         Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
+        v0_2::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuleError::Engine(format!("{e:#}")))?;
         Ok(RuleRuntime {
             engine,
@@ -217,21 +269,27 @@ impl RuleRuntime {
         limits: RuleLimits,
         settings: Vec<(String, String)>,
     ) -> Result<RulePlugin, RuleError> {
-        match stamped_contract(wasm) {
-            Some(v) if !contract_compatible(&v) => {
-                return Err(RuleError::Incompatible {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "the plugin was built for contract version {v}, this weir runs version {CONTRACT_VERSION}"
-                    ),
-                });
+        let stamped = match stamped_contract(wasm) {
+            Some(v) => match contract_compatible(&v) {
+                Some(c) => Some(c),
+                None => {
+                    return Err(RuleError::Incompatible {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "the plugin was built for contract version {v}, this weir runs versions {}",
+                            CONTRACT_VERSIONS.join(" and ")
+                        ),
+                    });
+                }
+            },
+            None => {
+                tracing::warn!(
+                    plugin = %path.display(),
+                    "the plugin carries no contract version stamp (`weir plugin stamp` adds one); checking its exports only"
+                );
+                None
             }
-            Some(_) => {}
-            None => tracing::warn!(
-                plugin = %path.display(),
-                "the plugin carries no contract version stamp (`weir plugin stamp` adds one); checking its exports only"
-            ),
-        }
+        };
         let digest = hex(&Sha256::digest(wasm));
         let component = self.compile_cached(path, wasm, &digest)?;
         let incompatible = |e: wasmtime::Error| RuleError::Incompatible {
@@ -242,10 +300,35 @@ impl RuleRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(incompatible)?;
-        let pre = RulePre::new(pre).map_err(incompatible)?;
+        // The stamp picks the version; an unstamped plugin is whichever its exports fit.
+        let pre = match stamped {
+            Some(Contract::V0_1) => Pre::V0_1(RulePre::new(pre).map_err(incompatible)?),
+            Some(Contract::V0_2) => Pre::V0_2(v0_2::RulePre::new(pre).map_err(incompatible)?),
+            None => match v0_2::RulePre::new(pre.clone()) {
+                Ok(p) => Pre::V0_2(p),
+                Err(_) => Pre::V0_1(RulePre::new(pre).map_err(incompatible)?),
+            },
+        };
+        let tables = limits
+            .tables
+            .iter()
+            .map(|t| v0_2::weir::rules::types::Table {
+                name: t.name.clone(),
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|(name, ty)| v0_2::weir::rules::types::Column {
+                        name: name.clone(),
+                        type_: wit_column_type(*ty),
+                    })
+                    .collect(),
+                key: t.primary_key.clone(),
+            })
+            .collect();
         let name = name.to_string();
         let plugin = RulePlugin {
             pre,
+            tables,
             engine: self.engine.clone(),
             digest,
             name,
@@ -424,6 +507,25 @@ impl WasiView for HostState {
 }
 
 impl bindings::weir::rules::types::Host for HostState {}
+impl v0_2::weir::rules::types::Host for HostState {}
+
+impl v0_2::weir::rules::host::Host for HostState {
+    fn log(&mut self, level: v0_2::weir::rules::host::Level, message: String) {
+        use v0_2::weir::rules::host::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        bindings::weir::rules::host::Host::log(self, level, message)
+    }
+
+    fn count(&mut self, metric: String, delta: u64) {
+        bindings::weir::rules::host::Host::count(self, metric, delta)
+    }
+}
 
 impl bindings::weir::rules::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
@@ -443,15 +545,51 @@ impl bindings::weir::rules::host::Host for HostState {
     }
 }
 
+/// A column type as contract 0.2 names it.
+fn wit_column_type(ty: ColumnType) -> v0_2::weir::rules::types::ColumnType {
+    use v0_2::weir::rules::types::ColumnType as W;
+    match ty {
+        ColumnType::SmallInt => W::Smallint,
+        ColumnType::Integer => W::Integer,
+        ColumnType::BigInt => W::Bigint,
+        ColumnType::Decimal { precision, scale } => W::Decimal((precision, scale)),
+        ColumnType::Real => W::Real,
+        ColumnType::Double => W::Double,
+        ColumnType::Boolean => W::Boolean,
+        ColumnType::Varchar(n) => W::Varchar(n),
+        ColumnType::Timestamp => W::Timestamp,
+        ColumnType::TimestampTz => W::Timestamptz,
+        ColumnType::Super => W::Super,
+    }
+}
+
+/// A plugin ready to instantiate, by contract version.
+enum Pre {
+    V0_1(RulePre<HostState>),
+    V0_2(v0_2::RulePre<HostState>),
+}
+
+/// The `process` export of a live instance, by contract version.
+enum Bound {
+    V0_1(Rule),
+    /// 0.2's `process`, called with the host's one source-record type (0.2's record has the same shape).
+    V0_2(wasmtime::component::Func),
+}
+
 /// One live instance in its own store.
 struct Instance {
     store: Store<HostState>,
-    rule: Rule,
+    rule: Bound,
 }
+
+/// 0.2's `process` as the host calls it.
+type PackedProcess<'a> = wasmtime::component::TypedFunc<(&'a [SourceRecord],), (Vec<u8>,)>;
 
 /// A loaded plugin. `process` is blocking: call it from a blocking thread.
 pub struct RulePlugin {
-    pre: RulePre<HostState>,
+    pre: Pre,
+    /// The declared tables as 0.2's `init` takes them.
+    tables: Vec<v0_2::weir::rules::types::Table>,
     engine: Engine,
     digest: String,
     name: String,
@@ -464,8 +602,18 @@ pub struct RulePlugin {
     peak_memory: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// The result of running one record through the rule, before validation.
-pub type RawOutcome = Result<Outcome, String>;
+/// What the rule returned for one record.
+#[derive(Debug, Clone)]
+pub enum RuleOutput {
+    /// A contract 0.1 outcome, still to be checked ([`validate::check`]).
+    Wit(Outcome),
+    /// A contract 0.2 outcome, decoded from the packed buffer and already checked against the declared
+    /// tables.
+    Checked(RecordOutcome),
+}
+
+/// The result of running one record through the rule: its output, or why the sandbox failed it.
+pub type RawOutcome = Result<RuleOutput, String>;
 
 impl RulePlugin {
     /// The largest linear memory any instance of this plugin has reached, in bytes.
@@ -481,6 +629,14 @@ impl RulePlugin {
     /// The plugin's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The contract version the plugin implements.
+    pub fn contract(&self) -> Contract {
+        match self.pre {
+            Pre::V0_1(_) => Contract::V0_1,
+            Pre::V0_2(_) => Contract::V0_2,
+        }
     }
 
     fn instantiate(&self, batch_id: &str) -> Result<Instance, String> {
@@ -514,11 +670,32 @@ impl RulePlugin {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
-        let rule = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.describe(&mut store, e))?;
-        match rule.call_init(&mut store, &self.settings) {
+        let (rule, init) = match &self.pre {
+            Pre::V0_1(pre) => {
+                let rule = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let init = rule.call_init(&mut store, &self.settings);
+                (Bound::V0_1(rule), init)
+            }
+            Pre::V0_2(pre) => {
+                let instance = pre
+                    .instance_pre()
+                    .instantiate(&mut store)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let rule = v0_2::Rule::new(&mut store, &instance)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let process = instance
+                    .get_func(&mut store, "process")
+                    .ok_or_else(|| "the rule exports no `process`".to_string())?;
+                process
+                    .typed::<(&[SourceRecord],), (Vec<u8>,)>(&store)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let init = rule.call_init(&mut store, &self.tables, &self.settings);
+                (Bound::V0_2(process), init)
+            }
+        };
+        match init {
             Ok(Ok(())) => Ok(Instance { store, rule }),
             Ok(Err(message)) => Err(message),
             Err(e) => Err(self.describe(&mut store, e)),
@@ -584,12 +761,45 @@ impl RulePlugin {
     }
 
     /// One call on one instance; `Err` is a failure of the whole call.
-    fn call(&self, batch_id: &str, records: &[SourceRecord]) -> Result<Vec<Outcome>, String> {
+    fn call(&self, batch_id: &str, records: &[SourceRecord]) -> Result<Vec<RuleOutput>, String> {
         let mut instance = self.checkout(batch_id)?;
         instance.store.set_epoch_deadline(self.deadline_ticks());
         instance.store.data().world.begin(records);
-        let result = instance.rule.call_process(&mut instance.store, records);
+        let result = match &instance.rule {
+            Bound::V0_1(rule) => rule
+                .call_process(&mut instance.store, records)
+                .map(|o| Ok(o.into_iter().map(RuleOutput::Wit).collect::<Vec<_>>())),
+            Bound::V0_2(process) => {
+                let process: PackedProcess<'_> = process
+                    .typed(&instance.store)
+                    .expect("checked when the instance was made");
+                process
+                    .call(&mut instance.store, (records,))
+                    .map(|(buffer,)| {
+                        let declared = packed::Declared {
+                            tables: &self.limits.tables,
+                            max_rows: self.limits.max_rows_per_record,
+                            budget_bytes: packed::DECODE_BUDGET_PER_CAP
+                                .saturating_mul(self.limits.memory_bytes),
+                        };
+                        packed::decode(&buffer, records.len(), declared)
+                            .map(|o| o.into_iter().map(RuleOutput::Checked).collect())
+                    })
+            }
+        };
         let printed = instance.store.data().output.take();
+        let result = match result {
+            Ok(Err(malformed)) => {
+                crate::metrics::global().inc("weir_rule_traps_total", &[], 1);
+                return Err(if printed.is_empty() {
+                    malformed
+                } else {
+                    format!("{malformed}; rule output: {printed}")
+                });
+            }
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(outcomes) if outcomes.len() == records.len() => {
                 if !printed.is_empty() {

@@ -1,13 +1,14 @@
 use super::*;
 
-/// Versions of the same 0.x minor are compatible; other minors and majors are not.
+/// Versions of the same 0.x minor as a supported one are compatible; other minors and majors are not.
 #[test]
 fn contract_versions() {
-    assert!(contract_compatible("0.1.0"));
-    assert!(contract_compatible("0.1.7"));
-    assert!(!contract_compatible("0.2.0"));
-    assert!(!contract_compatible("1.1.0"));
-    assert!(!contract_compatible("x"));
+    assert_eq!(contract_compatible("0.1.0"), Some(Contract::V0_1));
+    assert_eq!(contract_compatible("0.1.7"), Some(Contract::V0_1));
+    assert_eq!(contract_compatible("0.2.0"), Some(Contract::V0_2));
+    assert_eq!(contract_compatible("0.3.0"), None);
+    assert_eq!(contract_compatible("1.1.0"), None);
+    assert_eq!(contract_compatible("x"), None);
 }
 
 /// The WIT package and every guest SDK name the host's contract version: the version string is
@@ -17,7 +18,9 @@ fn one_contract_version() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let read =
         |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    assert!(read("wit/rules.wit").contains(&format!("package {CONTRACT};")));
+    assert!(read("wit/v0.2/rules.wit").contains(&format!("package {CONTRACT};")));
+    assert!(read("wit/rules.wit").contains(&format!("package {CONTRACT_0_1};")));
+    let v0_1 = CONTRACT_VERSIONS[0];
     for (file, line) in [
         (
             "plugins/weir-rule/src/lib.rs",
@@ -25,19 +28,19 @@ fn one_contract_version() {
         ),
         (
             "plugins/c/weir_rule.h",
-            format!("#define WEIR_CONTRACT_VERSION \"{CONTRACT_VERSION}\""),
+            format!("#define WEIR_CONTRACT_VERSION \"{v0_1}\""),
         ),
         (
             "plugins/js/weir_rule.js",
-            format!("export const CONTRACT_VERSION = '{CONTRACT_VERSION}';"),
+            format!("export const CONTRACT_VERSION = '{v0_1}';"),
         ),
         (
             "plugins/js/weir_rule.js",
-            format!("from 'weir:rules/host@{CONTRACT_VERSION}'"),
+            format!("from 'weir:rules/host@{v0_1}'"),
         ),
         (
             "plugins/python/weir_rule/__init__.py",
-            format!("CONTRACT_VERSION = \"{CONTRACT_VERSION}\""),
+            format!("CONTRACT_VERSION = \"{v0_1}\""),
         ),
     ] {
         assert!(read(file).contains(&line), "{file} does not say {line}");

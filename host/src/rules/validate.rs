@@ -3,7 +3,7 @@
 //! A row for an undeclared table, a cell for an undeclared column, a value that does not fit its column
 //! type, a NULL key column or too many rows reject that one record, with the table and column named.
 
-use super::{Outcome, RawOutcome};
+use super::{Outcome, RawOutcome, RuleOutput};
 use crate::schema::{Cell, TableSpec, check_value};
 
 /// A checked row: the table's index among the declared tables and one cell per declared column, in
@@ -56,9 +56,18 @@ pub enum RecordOutcome {
 pub fn check(raw: RawOutcome, tables: &[TableSpec], max_rows: usize) -> RecordOutcome {
     match raw {
         Err(reason) => RecordOutcome::Reject(RejectStage::Sandbox, reason),
-        Ok(Outcome::Drop(reason)) => RecordOutcome::Drop(reason),
-        Ok(Outcome::Reject(reason)) => RecordOutcome::Reject(RejectStage::Rule, reason),
-        Ok(Outcome::Emit(rows)) => {
+        // Contract 0.2: decoded from the packed buffer and checked against the same tables already.
+        Ok(RuleOutput::Checked(outcome)) => outcome,
+        Ok(RuleOutput::Wit(outcome)) => check_wit(outcome, tables, max_rows),
+    }
+}
+
+/// Checks a contract 0.1 outcome.
+fn check_wit(outcome: Outcome, tables: &[TableSpec], max_rows: usize) -> RecordOutcome {
+    match outcome {
+        Outcome::Drop(reason) => RecordOutcome::Drop(reason),
+        Outcome::Reject(reason) => RecordOutcome::Reject(RejectStage::Rule, reason),
+        Outcome::Emit(rows) => {
             if rows.len() > max_rows {
                 return RecordOutcome::Reject(
                     RejectStage::Validate,
@@ -115,6 +124,12 @@ fn check_row(row: super::Row, tables: &[TableSpec]) -> Result<CheckedRow, String
         cells[c] = check_value(spec.columns[c].1, value)
             .map_err(|m| format!("table {}, column {column}: {m}", spec.name))?;
     }
+    check_keys(spec, &cells)?;
+    Ok(CheckedRow { table: t, cells })
+}
+
+/// Every primary-key column of a checked row is set.
+pub(super) fn check_keys(spec: &TableSpec, cells: &[Cell]) -> Result<(), String> {
     for key in &spec.primary_key {
         let c = spec
             .column_index(key)
@@ -126,7 +141,7 @@ fn check_row(row: super::Row, tables: &[TableSpec]) -> Result<CheckedRow, String
             ));
         }
     }
-    Ok(CheckedRow { table: t, cells })
+    Ok(())
 }
 
 /// Runs a batch's records through the rule and checks the outcomes: contiguous slices on `instances`
@@ -181,10 +196,10 @@ mod tests {
     }
 
     fn emit(cells: Vec<(&str, Value)>, table: &str) -> RawOutcome {
-        Ok(Outcome::Emit(vec![Row {
+        Ok(RuleOutput::Wit(Outcome::Emit(vec![Row {
             table: table.into(),
             cells: cells.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }]))
+        }])))
     }
 
     fn reason(o: RecordOutcome) -> String {

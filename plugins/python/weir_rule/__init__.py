@@ -13,11 +13,16 @@ A rule is a class named ``WitWorld`` in your app module that derives from :class
             text = record.payload.decode("utf-8")
             return emit(row("greetings", text=text))
 
+The same helper builds both contract versions, whichever ``wit/`` folder componentize-py is given:
+``weir:rules@0.2.0`` (``-d wit/v0.2``: the host passes the declared tables to ``init`` and the batch's rows go
+back packed in one ``bytes`` buffer, built here with ``struct``) or ``weir:rules@0.1.0`` (``-d wit``: one WIT value
+per cell).
+
 Cells are plain Python values: ``str`` → text, ``int`` → integer, ``float`` → float, ``bool`` → boolean,
 ``None`` → NULL, ``decimal.Decimal`` → decimal, ``datetime`` (aware) → timestamp, ``dict``/``list`` → JSON (use
 :class:`Json` for a JSON string or scalar). Build with
-``componentize-py -d wit -w rule componentize app -p plugins/python -p . -o rule.wasm`` and stamp it with
-``weir plugin stamp rule.wasm``.
+``componentize-py -d wit/v0.2 -w rule componentize app -p plugins/python -p . -o rule.wasm`` and stamp it with
+``weir plugin stamp rule.wasm`` (it names the version the component imports).
 
 Reject bad data with a reason that names the field (``reject("placed_at: not an RFC 3339 timestamp")``). An
 exception escaping ``process_record`` rejects that record with the exception as its reason.
@@ -25,6 +30,7 @@ exception escaping ``process_record`` rejects that record with the exception as 
 import datetime as _dt
 import decimal as _decimal
 import json as _json
+import struct as _struct
 
 import wit_world
 from wit_world.imports import host as _host
@@ -32,8 +38,11 @@ from wit_world.imports import types as _t
 
 __all__ = ["Rule", "Json", "emit", "drop", "reject", "row", "log", "count", "CONTRACT_VERSION"]
 
-#: The ``weir:rules`` contract version this helper implements.
-CONTRACT_VERSION = "0.1.0"
+#: Whether this build is against contract 0.1 (its WIT has outcome values; 0.2's has none).
+_V01 = hasattr(_t, "Outcome_Emit")
+
+#: The ``weir:rules`` contract version this build implements.
+CONTRACT_VERSION = "0.1.0" if _V01 else "0.2.0"
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
@@ -73,24 +82,110 @@ def _value(v):
     raise TypeError(f"cannot store a {type(v).__name__} in a cell")
 
 
+# Contract 0.2's packed layout (docs/CONTRACT.md): each cell is encoded when the row is made, so a value that
+# cannot be stored raises inside ``process_record`` exactly as with 0.1.
+_U32 = _struct.Struct("<I").pack
+_TAG_U32 = _struct.Struct("<BI").pack
+_TAG_I64 = _struct.Struct("<Bq").pack
+_TAG_F64 = _struct.Struct("<Bd").pack
+_NULL = b"\x00"
+_TRUE = b"\x01\x01"
+_FALSE = b"\x01\x00"
+_EMIT, _DROP, _REJECT, _INVALID = 0, 1, 2, 3
+
+
+def _text(tag, s):
+    b = s.encode("utf-8", "surrogatepass")
+    return _TAG_U32(tag, len(b)) + b
+
+
+def _cell(v):
+    if v is None:
+        return _NULL
+    if isinstance(v, bool):
+        return _TRUE if v else _FALSE
+    if isinstance(v, int):
+        if not -(2**63) <= v < 2**63:
+            raise OverflowError(f"{v} does not fit in 64 bits")
+        return _TAG_I64(2, v)
+    if isinstance(v, float):
+        return _TAG_F64(3, v)
+    if isinstance(v, _decimal.Decimal):
+        return _text(4, format(v, "f"))
+    if isinstance(v, str):
+        return _text(5, v)
+    if isinstance(v, _dt.datetime):
+        if v.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return _TAG_I64(6, (v - _EPOCH) // _dt.timedelta(microseconds=1))
+    if isinstance(v, Json):
+        return _NULL if v.value is None else _text(7, _json_text(v.value))
+    if isinstance(v, (dict, list)):
+        return _text(7, _json_text(v))
+    raise TypeError(f"cannot store a {type(v).__name__} in a cell")
+
+
 def row(table, **cells):
     """A row of ``table`` with the given cells (column=value)."""
-    return _t.Row(table, [(name, _value(v)) for name, v in cells.items()])
+    if _V01:
+        return _t.Row(table, [(name, _value(v)) for name, v in cells.items()])
+    return (table, {name: _cell(v) for name, v in cells.items()})
 
 
 def emit(*rows):
     """The record becomes these rows (possibly none)."""
-    return _t.Outcome_Emit(list(rows))
+    return _t.Outcome_Emit(list(rows)) if _V01 else (_EMIT, rows)
 
 
 def drop(reason):
     """The record is deliberately not loaded, for this reason."""
-    return _t.Outcome_Drop(reason)
+    return _t.Outcome_Drop(reason) if _V01 else (_DROP, reason)
 
 
 def reject(reason):
     """The record is bad data; the reason should name the field."""
-    return _t.Outcome_Reject(reason)
+    return _t.Outcome_Reject(reason) if _V01 else (_REJECT, reason)
+
+
+def _printable(s):
+    return s[:64].encode("unicode_escape").decode("ascii")
+
+
+# The declared tables (0.2): name -> (index, {column: position}, width).
+_TABLES = {}
+
+
+def _pack_emit(rows, out):
+    """Appends one emit; returns a reason when a row breaks the declared tables."""
+    out += _TAG_U32(_EMIT, len(rows))
+    for table, cells in rows:
+        declared = _TABLES.get(table)
+        if declared is None:
+            return f"table `{_printable(table)}` is not declared in the sink configuration"
+        index, columns, width = declared
+        slots = [_NULL] * width
+        for name, encoded in cells.items():
+            c = columns.get(name)
+            if c is None:
+                return f"table {table}, column `{_printable(name)}`: not a declared column"
+            slots[c] = encoded
+        out += _U32(index)
+        out += b"".join(slots)
+    return None
+
+
+def _pack(outcomes):
+    out = bytearray()
+    for kind, detail in outcomes:
+        if kind == _EMIT:
+            start = len(out)
+            invalid = _pack_emit(detail, out)
+            if invalid is not None:
+                del out[start:]
+                out += _text(_INVALID, invalid)
+        else:
+            out += _text(kind, detail)
+    return bytes(out)
 
 
 _LEVELS = {
@@ -126,9 +221,15 @@ class Rule(wit_world.WitWorld):
     # kept here and restored before each batch.
     _state = {}
 
-    def init(self, settings):
+    def init(self, *args):
+        # 0.1: init(settings); 0.2: init(tables, settings).
+        if not _V01:
+            _TABLES.clear()
+            for i, t in enumerate(args[0]):
+                columns = {c.name: n for n, c in enumerate(t.columns)}
+                _TABLES[t.name] = (i, columns, len(t.columns))
         try:
-            self.setup(dict(settings))
+            self.setup(dict(args[-1]))
         except Exception as e:  # the contract's error: stops the worker with this message
             raise wit_world.Err(str(e)) from None
         Rule._state = dict(self.__dict__)
@@ -140,5 +241,12 @@ class Rule(wit_world.WitWorld):
             try:
                 out.append(self.process_record(record))
             except Exception as e:
-                out.append(_t.Outcome_Reject(f"rule error: {type(e).__name__}: {e}"))
-        return out
+                out.append(reject(f"rule error: {type(e).__name__}: {e}"))
+        if _V01:
+            return out
+        if len(out) != len(batch):
+            # As the host would say it for 0.1: the batch is then split until the record is isolated.
+            raise RuntimeError(
+                f"rule returned {len(out)} outcomes for {len(batch)} records (it must return exactly one per record)"
+            )
+        return _pack(out)

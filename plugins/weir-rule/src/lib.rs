@@ -1,8 +1,10 @@
 //! Write weir business rules in Rust.
 //!
 //! A rule is a type that implements [`Rule`]; [`export_rule!`] turns it into a WebAssembly component that
-//! implements the `weir:rules` contract (the WIT files in the repository's `wit/` folder). The generated
-//! bindings stay hidden behind this crate:
+//! implements the `weir:rules` contract (the WIT files in the repository's `wit/` folder): version 0.2 by
+//! default, whose rows cross into the host packed in one buffer per batch (`wit/v0.2/rules.wit`), or 0.1 with
+//! the `contract-0-1` feature, for hosts older than 0.2. The generated bindings and the packing stay hidden
+//! behind this crate; a rule's source is the same for both:
 //!
 //! ```
 //! use weir_rule::{Outcome, Rule, RowBuilder, Settings, SourceRecord};
@@ -30,6 +32,19 @@
 //! re-runs the batch on fresh instances to find the guilty record, which is correct but slow.
 
 #[doc(hidden)]
+#[cfg(not(feature = "contract-0-1"))]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/v0.2",
+        world: "rule",
+        pub_export_macro: true,
+        export_macro_name: "__export_rule_world",
+        default_bindings_module: "weir_rule::bindings",
+    });
+}
+
+#[doc(hidden)]
+#[cfg(feature = "contract-0-1")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
@@ -40,13 +55,19 @@ pub mod bindings {
     });
 }
 
+#[cfg(not(feature = "contract-0-1"))]
+pub mod pack;
 mod row;
 
 pub use bindings::weir::rules::host::Level;
-pub use bindings::weir::rules::types::{Outcome, Row, SourceRecord, Value};
-pub use row::{RowBuilder, json_to_value, row_from_json};
+pub use bindings::weir::rules::types::SourceRecord;
+pub use row::{Outcome, Row, RowBuilder, Value, json_to_value, row_from_json};
 
 /// The version of the `weir:rules` contract this SDK implements.
+#[cfg(not(feature = "contract-0-1"))]
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// The version of the `weir:rules` contract this SDK implements.
+#[cfg(feature = "contract-0-1")]
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
 /// The `[rule] settings` table of the worker's configuration.
@@ -136,17 +157,58 @@ pub mod __private {
         Ok(())
     }
 
-    pub fn process<R: Rule>(batch: Vec<SourceRecord>) -> Vec<Outcome> {
+    /// Runs the rule over a batch: one outcome per record (anything else is a trap, as the host would
+    /// treat it: the batch is split until the record is isolated).
+    fn outcomes<R: Rule>(batch: &[SourceRecord]) -> Vec<Outcome> {
+        let outcomes = run::<R>(batch);
+        assert!(
+            outcomes.len() == batch.len(),
+            "rule returned {} outcomes for {} records (it must return exactly one per record)",
+            outcomes.len(),
+            batch.len()
+        );
+        outcomes
+    }
+
+    fn run<R: Rule>(batch: &[SourceRecord]) -> Vec<Outcome> {
         RULE.with(|cell| {
             let mut slot = cell.borrow_mut();
             match slot.as_mut().and_then(|rule| rule.downcast_mut::<R>()) {
-                Some(rule) => rule.process_batch(&batch),
+                Some(rule) => rule.process_batch(batch),
                 None => batch
                     .iter()
                     .map(|_| Outcome::Reject("rule: process called before init".into()))
                     .collect(),
             }
         })
+    }
+
+    /// Contract 0.2: the declared tables, then the rule's own init.
+    #[cfg(not(feature = "contract-0-1"))]
+    pub fn init_tables<R: Rule>(
+        tables: Vec<bindings::weir::rules::types::Table>,
+        settings: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        crate::pack::declare(tables);
+        init::<R>(settings)
+    }
+
+    /// Contract 0.2: the batch's outcomes, packed.
+    #[cfg(not(feature = "contract-0-1"))]
+    pub fn process<R: Rule>(batch: Vec<SourceRecord>) -> Vec<u8> {
+        let outcomes = outcomes::<R>(&batch);
+        crate::pack::pack(&outcomes)
+    }
+
+    /// Contract 0.1: the batch's outcomes as WIT values.
+    #[cfg(feature = "contract-0-1")]
+    pub fn process<R: Rule>(
+        batch: Vec<SourceRecord>,
+    ) -> Vec<bindings::weir::rules::types::Outcome> {
+        outcomes::<R>(&batch)
+            .into_iter()
+            .map(Outcome::into_wit)
+            .collect()
     }
 }
 
@@ -164,6 +226,38 @@ macro_rules! export_rule {
             $crate::__private::CONTRACT_BYTES;
 
         #[cfg(target_arch = "wasm32")]
+        $crate::__export_guest!($rule);
+    };
+}
+
+#[doc(hidden)]
+#[cfg(not(feature = "contract-0-1"))]
+#[macro_export]
+macro_rules! __export_guest {
+    ($rule:ty) => {
+        const _: () = {
+            struct __WeirRuleExport;
+            impl $crate::bindings::Guest for __WeirRuleExport {
+                fn init(
+                    tables: ::std::vec::Vec<$crate::bindings::weir::rules::types::Table>,
+                    settings: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init_tables::<$rule>(tables, settings)
+                }
+                fn process(batch: ::std::vec::Vec<$crate::SourceRecord>) -> ::std::vec::Vec<u8> {
+                    $crate::__private::process::<$rule>(batch)
+                }
+            }
+    $crate::bindings::__export_rule_world!(__WeirRuleExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+#[cfg(feature = "contract-0-1")]
+#[macro_export]
+macro_rules! __export_guest {
+    ($rule:ty) => {
         const _: () = {
             struct __WeirRuleExport;
             impl $crate::bindings::Guest for __WeirRuleExport {
@@ -174,7 +268,7 @@ macro_rules! export_rule {
                 }
                 fn process(
                     batch: ::std::vec::Vec<$crate::SourceRecord>,
-                ) -> ::std::vec::Vec<$crate::Outcome> {
+                ) -> ::std::vec::Vec<$crate::bindings::weir::rules::types::Outcome> {
                     $crate::__private::process::<$rule>(batch)
                 }
             }

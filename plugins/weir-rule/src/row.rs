@@ -1,6 +1,87 @@
-//! Building typed rows, by hand or from `serde_json` values.
+//! What a rule returns — outcomes, rows, typed cells — and building rows by hand or from `serde_json`
+//! values. These types are the SDK's own, the same for both contract versions; the SDK turns them into the
+//! contract's form when the batch is done (packed bytes for 0.2, WIT values for 0.1).
 
-use crate::{Row, Value};
+use std::borrow::Cow;
+
+/// A table or column name: borrowed when it is a literal, as it usually is, so naming it costs nothing.
+pub type Name = Cow<'static, str>;
+
+/// A typed cell. The host checks it against the declared column type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A boolean column.
+    Boolean(bool),
+    /// A `smallint`, `integer` or `bigint` column (range-checked by the host); also a `real`, `double` or
+    /// `decimal` column.
+    Integer(i64),
+    /// A `real` or `double precision` column.
+    Float(f64),
+    /// A `decimal(p,s)` column, as a plain decimal string such as `-12.50` (exact, never a float).
+    Decimal(String),
+    /// A `varchar(n)` column; `n` counts UTF-8 bytes.
+    Text(String),
+    /// A `timestamp` or `timestamptz` column, in microseconds since the Unix epoch, UTC.
+    TimestampUs(i64),
+    /// A `super` (semi-structured) column, as JSON text.
+    Json(String),
+}
+
+/// One row for one declared table. Cells not listed are NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Name of a table declared in the worker's configuration.
+    pub table: Name,
+    /// Column name and value pairs; every column must be declared for that table.
+    pub cells: Vec<(Name, Value)>,
+}
+
+/// What the rule decided for one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The record becomes these rows (possibly none).
+    Emit(Vec<Row>),
+    /// The record is deliberately not loaded, for this reason (for example `test order`).
+    Drop(String),
+    /// The record is bad data, for this reason; it goes to the dead-letter store. Name the offending field.
+    Reject(String),
+}
+
+#[cfg(feature = "contract-0-1")]
+impl Outcome {
+    /// The outcome as contract 0.1's WIT value.
+    pub(crate) fn into_wit(self) -> crate::bindings::weir::rules::types::Outcome {
+        use crate::bindings::weir::rules::types as w;
+        let value = |v: Value| match v {
+            Value::Null => w::Value::Null,
+            Value::Boolean(b) => w::Value::Boolean(b),
+            Value::Integer(i) => w::Value::Integer(i),
+            Value::Float(x) => w::Value::Float(x),
+            Value::Decimal(s) => w::Value::Decimal(s),
+            Value::Text(s) => w::Value::Text(s),
+            Value::TimestampUs(us) => w::Value::TimestampUs(us),
+            Value::Json(s) => w::Value::Json(s),
+        };
+        match self {
+            Outcome::Emit(rows) => w::Outcome::Emit(
+                rows.into_iter()
+                    .map(|r| w::Row {
+                        table: r.table.into_owned(),
+                        cells: r
+                            .cells
+                            .into_iter()
+                            .map(|(k, v)| (k.into_owned(), value(v)))
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+            Outcome::Drop(r) => w::Outcome::Drop(r),
+            Outcome::Reject(r) => w::Outcome::Reject(r),
+        }
+    }
+}
 
 /// Builds one [`Row`] cell by cell.
 ///
@@ -19,60 +100,60 @@ pub struct RowBuilder {
 }
 
 impl RowBuilder {
-    /// A row for the declared table `table`.
-    pub fn new(table: &str) -> Self {
+    /// A row for the declared table `table` (a literal, or any owned `String`).
+    pub fn new(table: impl Into<Name>) -> Self {
         RowBuilder {
             row: Row {
-                table: table.to_string(),
-                cells: Vec::new(),
+                table: table.into(),
+                cells: Vec::with_capacity(8),
             },
         }
     }
 
     /// Sets `column` to any value.
-    pub fn value(mut self, column: &str, value: Value) -> Self {
-        self.row.cells.push((column.to_string(), value));
+    pub fn value(mut self, column: impl Into<Name>, value: Value) -> Self {
+        self.row.cells.push((column.into(), value));
         self
     }
 
     /// Sets a `varchar` column.
-    pub fn text(self, column: &str, text: impl Into<String>) -> Self {
+    pub fn text(self, column: impl Into<Name>, text: impl Into<String>) -> Self {
         self.value(column, Value::Text(text.into()))
     }
 
     /// Sets a `varchar` column, or NULL for `None`.
-    pub fn opt_text(self, column: &str, text: Option<impl Into<String>>) -> Self {
+    pub fn opt_text(self, column: impl Into<Name>, text: Option<impl Into<String>>) -> Self {
         let value = text.map_or(Value::Null, |t| Value::Text(t.into()));
         self.value(column, value)
     }
 
     /// Sets an integer column.
-    pub fn integer(self, column: &str, n: i64) -> Self {
+    pub fn integer(self, column: impl Into<Name>, n: i64) -> Self {
         self.value(column, Value::Integer(n))
     }
 
     /// Sets a floating-point column.
-    pub fn float(self, column: &str, x: f64) -> Self {
+    pub fn float(self, column: impl Into<Name>, x: f64) -> Self {
         self.value(column, Value::Float(x))
     }
 
     /// Sets a boolean column.
-    pub fn boolean(self, column: &str, b: bool) -> Self {
+    pub fn boolean(self, column: impl Into<Name>, b: bool) -> Self {
         self.value(column, Value::Boolean(b))
     }
 
     /// Sets a `decimal(p,s)` column from its exact decimal text, such as `"19.99"`.
-    pub fn decimal(self, column: &str, text: impl Into<String>) -> Self {
+    pub fn decimal(self, column: impl Into<Name>, text: impl Into<String>) -> Self {
         self.value(column, Value::Decimal(text.into()))
     }
 
     /// Sets a timestamp column, in microseconds since the Unix epoch (UTC).
-    pub fn timestamp_us(self, column: &str, micros: i64) -> Self {
+    pub fn timestamp_us(self, column: impl Into<Name>, micros: i64) -> Self {
         self.value(column, Value::TimestampUs(micros))
     }
 
     /// Sets a `super` column to a JSON value (`null` becomes SQL NULL).
-    pub fn json(self, column: &str, json: &serde_json::Value) -> Self {
+    pub fn json(self, column: impl Into<Name>, json: &serde_json::Value) -> Self {
         let value = if json.is_null() {
             Value::Null
         } else {
@@ -82,7 +163,7 @@ impl RowBuilder {
     }
 
     /// Sets `column` to SQL NULL.
-    pub fn null(self, column: &str) -> Self {
+    pub fn null(self, column: impl Into<Name>) -> Self {
         self.value(column, Value::Null)
     }
 
@@ -110,13 +191,13 @@ pub fn json_to_value(json: &serde_json::Value) -> Value {
 
 /// A row for `table` with one cell per member of a JSON object, mapped by [`json_to_value`].
 /// Returns `None` when `object` is not a JSON object.
-pub fn row_from_json(table: &str, object: &serde_json::Value) -> Option<Row> {
+pub fn row_from_json(table: impl Into<Name>, object: &serde_json::Value) -> Option<Row> {
     let map = object.as_object()?;
     Some(Row {
-        table: table.to_string(),
+        table: table.into(),
         cells: map
             .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .map(|(k, v)| (Name::Owned(k.clone()), json_to_value(v)))
             .collect(),
     })
 }
