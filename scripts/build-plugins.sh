@@ -65,8 +65,8 @@ build_py() { # name source-folder wit-folder
 }
 build_py orders-py plugins/orders-py wit/v0.2
 build_py orders-py-v01 plugins/orders-py wit
-# The sandbox suite's Python rule writes contract 0.1's WIT values itself.
-build_py misbehave-py tests/plugins/misbehave-py wit
+build_py misbehave-py tests/plugins/misbehave-py wit/v0.2
+build_py misbehave-py-v01 tests/plugins/misbehave-py wit
 
 # JavaScript: componentize-js (StarlingMonkey) through plugins/js/build.mjs.
 js_dir=${WEIR_JS_PLUGINS_DIR:-/var/tmp/weir-js-plugins}
@@ -80,14 +80,15 @@ if [ ! -d "$js_dir/node_modules/@bytecodealliance/componentize-js" ]; then
   mkdir -p "$js_dir" && npm install -s --prefix "$js_dir" @bytecodealliance/componentize-js@0.23.0
 fi
 cp "$root/plugins/js/build.mjs" "$js_dir/build.mjs"   # resolves componentize-js from its own folder
+# The helper (plugins/js/weir_rule.js) builds contract 0.2: it imports weir:rules/host@0.2.0.
 build_js() { # name app.js
   local out="$root/plugins/dist/$1.wasm"
   local src
-  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/wit/rules.wit" | sha256sum | cut -c1-16)
+  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/wit/v0.2/rules.wit" | sha256sum | cut -c1-16)
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
-    echo "==> building $2 (componentize-js)"
-    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" wit)
-    python3 "$root/scripts/stamp.py" "$contract" "$out"
+    echo "==> building $2 against weir:rules@0.2.0 (componentize-js)"
+    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" wit/v0.2)
+    python3 "$root/scripts/stamp.py" 0.2.0 "$out"
     echo "$src" > "$out.src"
   fi
 }
@@ -110,18 +111,20 @@ if [ ! -x "$c_tools/bin/wit-bindgen" ]; then
   echo "==> installing wit-bindgen-cli 0.61.1 (crates.io) into $c_tools"
   cargo install -q --locked wit-bindgen-cli --version 0.61.1 --root "$c_tools"
 fi
-build_c() { # name source.c [CFLAGS]
+# The one helper builds either contract version, by the wit folder it is given (plugins/c/build.sh).
+build_c() { # name wit-folder source.c [CFLAGS]
   local out="$root/plugins/dist/$1.wasm"
   local src
-  src=$( (cat "$root"/plugins/c/* "$root/$2" "$root/wit/rules.wit"; echo "${3:-}") | sha256sum | cut -c1-16)
+  src=$( (cat "$root"/plugins/c/* "$root/$3" "$root/$2/rules.wit"; echo "${4:-}") | sha256sum | cut -c1-16)
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
-    echo "==> building $2 ${3:+$3 }(clang, wasi-libc)"
-    CFLAGS="${3:-}" WIT_BINDGEN="$c_tools/bin/wit-bindgen" "$root/plugins/c/build.sh" "$out" "$root/$2"
+    echo "==> building $3 ${4:+$4 }against $2 (clang, wasi-libc)"
+    CFLAGS="${4:-}" WEIR_WIT="$root/$2" WIT_BINDGEN="$c_tools/bin/wit-bindgen" "$root/plugins/c/build.sh" "$out" "$root/$3"
     echo "$src" > "$out.src"
   fi
 }
-build_c orders-c plugins/orders-c/orders.c
+build_c orders-c wit/v0.2 plugins/orders-c/orders.c
+build_c orders-c-v01 wit plugins/orders-c/orders.c
 # Version 2 of the orders rule, for the shadow-run tests (tests/reconcile.rs).
-build_c orders-c-v2 plugins/orders-c/orders.c -DORDERS_V2
+build_c orders-c-v2 wit/v0.2 plugins/orders-c/orders.c -DORDERS_V2
 
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"

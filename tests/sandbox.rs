@@ -64,6 +64,13 @@ async fn guilty_records_only_in_python() {
     guilty_records_only_with("misbehave-py", 128).await;
 }
 
+/// The same with the Python plugin built against contract 0.1.
+#[tokio::test]
+async fn guilty_records_only_in_python_on_contract_0_1() {
+    needs!("guilty_records_only_in_python_on_contract_0_1": Plugins);
+    guilty_records_only_with("misbehave-py-v01", 128).await;
+}
+
 async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
     for max_records in [100, 3] {
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! `weir plugin new`: a rule project that builds and passes `weir plugin test` as generated.
 //!
-//! The project carries its own copy of the contract (`wit/rules.wit`) and of the language's weir helper (the
+//! The project carries its own copy of the contract (`weir:rules@0.2.0`) and of the language's weir helper (the
 //! Rust SDK crate, the Python module), so it builds outside this repository and offline.
 
 use std::path::{Path, PathBuf};
@@ -18,8 +18,7 @@ pub enum Lang {
     C,
 }
 
-const WIT: &str = include_str!("../../wit/rules.wit");
-const WIT_0_2: &str = include_str!("../../wit/v0.2/rules.wit");
+const WIT: &str = include_str!("../../wit/v0.2/rules.wit");
 const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
 const SDK_PACK: &str = include_str!("../../plugins/weir-rule/src/pack.rs");
 const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
@@ -191,18 +190,14 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang) -> Result<(PathBuf, Vec<S
         Lang::Js => js_project(name),
         Lang::C => c_project(name),
     };
-    // Rust and Python rules build contract 0.2 (packed rows; the Rust SDK reads it from wit/v0.2, as in this
-    // repository); the JavaScript and C helpers still build 0.1.
-    let (wit, text, contract) = match lang {
-        Lang::Rust => (
-            "wit/v0.2/rules.wit",
-            WIT_0_2,
-            crate::rules::CONTRACT_VERSION,
-        ),
-        Lang::Python => ("wit/rules.wit", WIT_0_2, crate::rules::CONTRACT_VERSION),
-        Lang::Js | Lang::C => ("wit/rules.wit", WIT, crate::rules::CONTRACT_VERSIONS[0]),
+    // Every language's project builds contract 0.2 (packed rows); the Rust SDK reads it from wit/v0.2, as in
+    // this repository, the other helpers from wit/.
+    let wit = match lang {
+        Lang::Rust => "wit/v0.2/rules.wit",
+        Lang::Python | Lang::Js | Lang::C => "wit/rules.wit",
     };
-    files.insert(0, (wit.into(), text.into()));
+    let contract = crate::rules::CONTRACT_VERSION;
+    files.insert(0, (wit.into(), WIT.into()));
     files.push(("sample.jsonl".into(), SAMPLE.into()));
     files.push((
         "README.md".into(),

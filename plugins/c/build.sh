@@ -25,15 +25,21 @@ wasm_ld=${WASM_LD:-$(command -v wasm-ld || command -v wasm-ld-14 || true)}
 component_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/wasm-component-ld"
 [ -x "$component_ld" ] || { echo "build.sh: $component_ld not found (rustup ships it)" >&2; exit 1; }
 
+# Contract 0.2 (packed rows) or 0.1, by the WIT's package version.
+version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$wit/rules.wit")
+case "$version" in
+  0.2.*) contract_flag=-DWEIR_CONTRACT_0_2 ;;
+  *) contract_flag= ;;
+esac
+
 gen=$(mktemp -d)
 trap 'rm -rf "$gen"' EXIT
 "$bindgen" c "$wit" --world rule --out-dir "$gen" >/dev/null 2>&1 || "$bindgen" c "$wit" --world rule --out-dir "$gen"
-"$cc" --target=wasm32-wasi -O2 -std=c11 -Wall -Wextra -Wno-unused-parameter -mexec-model=reactor ${CFLAGS:-} \
+"$cc" --target=wasm32-wasi -O2 -std=c11 -Wall -Wextra -Wno-unused-parameter -mexec-model=reactor $contract_flag ${CFLAGS:-} \
   -fuse-ld="$component_ld" -Wl,--wasm-ld-path="$wasm_ld" \
   -I "$here" -I "$gen" "$@" "$here/weir_rule.c" "$here/weir_json.c" "$gen/rule.c" "$gen/rule_component_type.o" \
   -o "$out"
 
 # The contract version as a `weir-contract` custom section (what the Rust SDK's export_rule! writes).
-version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$wit/rules.wit")
 name=weir-contract
 printf '\000'"$(printf '\\%03o' $((1 + ${#name} + ${#version})))"'\015%s%s' "$name" "$version" >> "$out"

@@ -1,7 +1,11 @@
 /*
- * The glue between weir_rule.h and the bindings `wit-bindgen c` generates from wit/rules.wit (rule.h):
- * the exports call the rule once per record, and outcomes are built straight into the canonical-ABI types,
- * whose memory the generated post-return code frees after the host has copied it.
+ * The glue between weir_rule.h and the bindings `wit-bindgen c` generates (rule.h), for either contract
+ * version (build.sh defines WEIR_CONTRACT_0_2 when the WIT it is given is weir:rules@0.2.0):
+ * - 0.2: `init` keeps the declared tables; each row holds one slot per declared column, set by name, and the
+ *   batch's outcomes are written into one packed buffer (docs/CONTRACT.md), which the generated post-return
+ *   code frees after the host has copied it;
+ * - 0.1: outcomes are built straight into the canonical-ABI types, freed the same way.
+ * Either way the exports call the rule once per record.
  */
 #include "weir_rule.h"
 
@@ -14,21 +18,8 @@
 void weir__arena_reset(void);
 char *weir__vformat(const char *fmt, va_list ap);
 
-struct weir_row {
-    rule_string_t table;
-    weir_rules_types_tuple2_string_value_t *cells;
-    size_t len, cap;
-};
-
 enum { DECIDED_EMIT, DECIDED_DROP, DECIDED_REJECT };
 
-struct weir_outcome {
-    int kind;
-    rule_string_t reason;
-    weir_row **rows; /* arena */
-    size_t len, cap;
-    weir_row scratch; /* rows asked for after a drop or reject: discarded */
-};
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -68,7 +59,7 @@ const char *weir_setting(const char *name) {
 
 __attribute__((weak)) const char *weir_rule_setup(void) { return NULL; }
 
-bool exports_rule_init(rule_list_tuple2_string_string_t *list, rule_string_t *err) {
+static bool init_settings(rule_list_tuple2_string_string_t *list, rule_string_t *err) {
     settings = xmalloc(list->len * sizeof *settings);
     settings_len = list->len;
     for (size_t i = 0; i < list->len; i++) {
@@ -116,7 +107,299 @@ const char *weir_attribute(const weir_record *r, const char *name) {
     return NULL;
 }
 
+#ifdef WEIR_CONTRACT_0_2
+
+/* ---- declared tables (contract 0.2) ---- */
+
+typedef struct declared_table {
+    char *name;
+    char **columns;
+    size_t width;
+} declared_table;
+
+static declared_table *tables;
+static size_t tables_len;
+
+bool exports_rule_init(rule_list_table_t *list, rule_list_tuple2_string_string_t *settings_list,
+                       rule_string_t *err) {
+    tables = xmalloc(list->len * sizeof *tables);
+    tables_len = list->len;
+    for (size_t i = 0; i < list->len; i++) {
+        const rule_table_t *t = &list->ptr[i];
+        tables[i].name = cstr(&t->name);
+        tables[i].width = t->columns.len;
+        tables[i].columns = xmalloc(t->columns.len * sizeof(char *));
+        for (size_t c = 0; c < t->columns.len; c++) tables[i].columns[c] = cstr(&t->columns.ptr[c].name);
+    }
+    rule_list_table_free(list);
+    return init_settings(settings_list, err);
+}
+
 /* ---- outcomes ---- */
+
+/* Cell tags of the packed layout. */
+enum { CELL_NULL, CELL_BOOL, CELL_INT, CELL_FLOAT, CELL_DECIMAL, CELL_TEXT, CELL_TIMESTAMP, CELL_JSON };
+
+typedef struct slot {
+    uint8_t tag;
+    bool b;
+    int64_t i;
+    double f;
+    const char *s; /* arena */
+    size_t len;
+} slot;
+
+struct weir_row {
+    long table;        /* index into the declared tables; -1: undeclared */
+    slot *slots;       /* one per declared column (arena) */
+    const char *error; /* the first reason the row cannot be packed, or NULL */
+};
+
+struct weir_outcome {
+    int kind;
+    const char *reason; /* arena */
+    weir_row **rows;    /* arena */
+    size_t len, cap;
+    weir_row scratch; /* rows asked for after a drop or reject: discarded */
+};
+
+static void decide(weir_outcome *out, int kind, const char *fmt, va_list ap) {
+    if (out->kind != DECIDED_EMIT) return; /* the first drop or reject stands */
+    out->len = 0;
+    out->kind = kind;
+    out->reason = weir__vformat(fmt, ap);
+}
+
+void weir_drop(weir_outcome *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    decide(out, DECIDED_DROP, fmt, ap);
+    va_end(ap);
+}
+
+void weir_reject(weir_outcome *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    decide(out, DECIDED_REJECT, fmt, ap);
+    va_end(ap);
+}
+
+weir_row *weir_emit(weir_outcome *out, const char *table) {
+    weir_row *row;
+    if (out->kind != DECIDED_EMIT) {
+        row = &out->scratch;
+    } else {
+        if (out->len == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : 4;
+            weir_row **rows = weir_alloc(cap * sizeof *rows);
+            if (out->len) memcpy(rows, out->rows, out->len * sizeof *rows);
+            out->rows = rows;
+            out->cap = cap;
+        }
+        row = weir_alloc(sizeof *row);
+        out->rows[out->len++] = row;
+    }
+    memset(row, 0, sizeof *row);
+    row->table = -1;
+    for (size_t t = 0; t < tables_len; t++) {
+        if (strcmp(tables[t].name, table) == 0) {
+            row->table = (long)t;
+            row->slots = weir_alloc(tables[t].width * sizeof *row->slots);
+            memset(row->slots, 0, tables[t].width * sizeof *row->slots);
+            return row;
+        }
+    }
+    row->error = weir_printf("table `%.64s` is not declared in the sink configuration", table);
+    return row;
+}
+
+/* The slot of `column`, replacing an earlier value of the same column; a throwaway slot when the row cannot
+ * be packed. */
+static slot *cell(weir_row *row, const char *column) {
+    static slot ignored;
+    if (row->table >= 0) {
+        const declared_table *t = &tables[row->table];
+        for (size_t c = 0; c < t->width; c++) {
+            if (strcmp(t->columns[c], column) == 0) {
+                memset(&row->slots[c], 0, sizeof row->slots[c]);
+                return &row->slots[c];
+            }
+        }
+        if (!row->error)
+            row->error = weir_printf("table %s, column `%.64s`: not a declared column", t->name, column);
+    }
+    memset(&ignored, 0, sizeof ignored);
+    return &ignored;
+}
+
+void weir_cell_null(weir_row *row, const char *column) { cell(row, column)->tag = CELL_NULL; }
+
+void weir_cell_bool(weir_row *row, const char *column, bool v) {
+    slot *c = cell(row, column);
+    c->tag = CELL_BOOL;
+    c->b = v;
+}
+
+void weir_cell_int(weir_row *row, const char *column, int64_t v) {
+    slot *c = cell(row, column);
+    c->tag = CELL_INT;
+    c->i = v;
+}
+
+void weir_cell_float(weir_row *row, const char *column, double v) {
+    slot *c = cell(row, column);
+    c->tag = CELL_FLOAT;
+    c->f = v;
+}
+
+void weir_cell_timestamp_us(weir_row *row, const char *column, int64_t us) {
+    slot *c = cell(row, column);
+    c->tag = CELL_TIMESTAMP;
+    c->i = us;
+}
+
+static void string_cell(weir_row *row, const char *column, uint8_t tag, const char *s, size_t len) {
+    slot *c = cell(row, column);
+    if (!s) {
+        c->tag = CELL_NULL;
+        return;
+    }
+    char *copy = weir_alloc(len ? len : 1);
+    memcpy(copy, s, len);
+    c->tag = tag;
+    c->s = copy;
+    c->len = len;
+}
+
+void weir_cell_decimal(weir_row *row, const char *column, const char *digits) {
+    string_cell(row, column, CELL_DECIMAL, digits, digits ? strlen(digits) : 0);
+}
+
+void weir_cell_text(weir_row *row, const char *column, const char *text) {
+    string_cell(row, column, CELL_TEXT, text, text ? strlen(text) : 0);
+}
+
+void weir_cell_textn(weir_row *row, const char *column, const char *text, size_t len) {
+    string_cell(row, column, CELL_TEXT, text, len);
+}
+
+void weir_cell_json(weir_row *row, const char *column, const weir_json *v) {
+    const char *text = weir_json_type(v) == WEIR_JSON_NULL ? NULL : weir_json_write(v);
+    string_cell(row, column, CELL_JSON, text, text ? strlen(text) : 0);
+}
+
+/* ---- the batch: one packed buffer ---- */
+
+typedef struct packed {
+    uint8_t *p;
+    size_t len, cap;
+} packed;
+
+static void room(packed *b, size_t n) {
+    if (b->len + n <= b->cap) return;
+    size_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap < b->len + n) cap *= 2;
+    b->p = realloc(b->p, cap);
+    if (!b->p) abort();
+    b->cap = cap;
+}
+
+static void put(packed *b, const void *bytes, size_t n) {
+    room(b, n);
+    memcpy(b->p + b->len, bytes, n);
+    b->len += n;
+}
+
+/* wasm32 is little-endian, as the layout is: integers are written as they are in memory. */
+static void put_u8(packed *b, uint8_t v) { put(b, &v, 1); }
+static void put_u32(packed *b, uint32_t v) { put(b, &v, 4); }
+
+static void put_str(packed *b, const char *s, size_t len) {
+    put_u32(b, (uint32_t)len);
+    put(b, s, len);
+}
+
+static void finish(weir_outcome *out, packed *b) {
+    switch (out->kind) {
+    case DECIDED_DROP:
+    case DECIDED_REJECT:
+        put_u8(b, out->kind == DECIDED_DROP ? 1 : 2);
+        put_str(b, out->reason, strlen(out->reason));
+        return;
+    }
+    for (size_t i = 0; i < out->len; i++) {
+        if (out->rows[i]->error) {
+            put_u8(b, 3); /* invalid: dead-lettered as a validation failure */
+            put_str(b, out->rows[i]->error, strlen(out->rows[i]->error));
+            return;
+        }
+    }
+    put_u8(b, 0);
+    put_u32(b, (uint32_t)out->len);
+    for (size_t i = 0; i < out->len; i++) {
+        const weir_row *row = out->rows[i];
+        put_u32(b, (uint32_t)row->table);
+        for (size_t c = 0; c < tables[row->table].width; c++) {
+            const slot *s = &row->slots[c];
+            put_u8(b, s->tag);
+            switch (s->tag) {
+            case CELL_BOOL: put_u8(b, s->b ? 1 : 0); break;
+            case CELL_INT:
+            case CELL_TIMESTAMP: put(b, &s->i, 8); break;
+            case CELL_FLOAT: put(b, &s->f, 8); break;
+            case CELL_DECIMAL:
+            case CELL_TEXT:
+            case CELL_JSON: put_str(b, s->s, s->len); break;
+            }
+        }
+    }
+}
+
+void exports_rule_process(rule_list_source_record_t *batch, rule_list_u8_t *ret) {
+    packed b = {NULL, 0, 0};
+    room(&b, batch->len * 256);
+    for (size_t i = 0; i < batch->len; i++) {
+        const rule_source_record_t *raw = &batch->ptr[i];
+        weir_record r = {
+            .id = {(const char *)raw->id.ptr, raw->id.len},
+            .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
+            .arrived_at_ms = raw->arrived_at_ms,
+            .payload = raw->payload.ptr,
+            .payload_len = raw->payload.len,
+            .raw = raw,
+        };
+        weir_outcome out;
+        memset(&out, 0, sizeof out);
+        weir_rule_record(&r, &out);
+        finish(&out, &b);
+    }
+    rule_list_source_record_free(batch);
+    weir__arena_reset();
+    ret->ptr = b.p;
+    ret->len = b.len;
+}
+
+#else
+
+bool exports_rule_init(rule_list_tuple2_string_string_t *list, rule_string_t *err) {
+    return init_settings(list, err);
+}
+
+/* ---- outcomes ---- */
+
+struct weir_row {
+    rule_string_t table;
+    weir_rules_types_tuple2_string_value_t *cells;
+    size_t len, cap;
+};
+
+struct weir_outcome {
+    int kind;
+    rule_string_t reason;
+    weir_row **rows; /* arena */
+    size_t len, cap;
+    weir_row scratch; /* rows asked for after a drop or reject: discarded */
+};
 
 static void free_row(weir_row *row) {
     weir_rules_types_list_tuple2_string_value_t cells = {row->cells, row->len};
@@ -288,3 +571,5 @@ void exports_rule_process(rule_list_source_record_t *batch, rule_list_outcome_t 
     rule_list_source_record_free(batch);
     weir__arena_reset();
 }
+
+#endif /* WEIR_CONTRACT_0_2 */

@@ -36,7 +36,11 @@
 #include <stdint.h>
 
 /* The weir:rules contract version this helper implements. */
+#ifdef WEIR_CONTRACT_0_2
+#define WEIR_CONTRACT_VERSION "0.2.0"
+#else
 #define WEIR_CONTRACT_VERSION "0.1.0"
+#endif
 
 /* Bytes with a length; `ptr` is NUL-terminated when the helper made it, not necessarily otherwise. */
 typedef struct weir_str {

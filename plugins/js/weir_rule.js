@@ -11,11 +11,18 @@
 // Cells are plain values: string → text, integer Number or BigInt → integer, other Number → float, boolean,
 // null/undefined → NULL, Decimal('12.50') → decimal, Date or TimestampUs(µs) → timestamp, objects and arrays → JSON (Json(x) to
 // force JSON). A thrown exception rejects that record with the exception as its reason.
-import { log as hostLog, count as hostCount } from 'weir:rules/host@0.1.0';
+//
+// Builds contract weir:rules@0.2.0 (wit/v0.2/rules.wit): the host passes the declared tables to `init`, and the
+// batch's rows go back packed in one buffer (docs/CONTRACT.md), cells in declared column order, written here
+// with a DataView into one growing Uint8Array.
+import { log as hostLog, count as hostCount } from 'weir:rules/host@0.2.0';
 
-export const CONTRACT_VERSION = '0.1.0';
+export const CONTRACT_VERSION = '0.2.0';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8Out = new TextEncoder();
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
 
 class DecimalCell { constructor(text) { this.text = text; } }
 class JsonCell { constructor(value) { this.value = value; } }
@@ -28,23 +35,109 @@ export const TimestampUs = (us) => new TimestampCell(BigInt(us));
 /** A JSON cell from any value (a string or number too). */
 export const Json = (value) => new JsonCell(value);
 
+// Cell tags of the packed layout.
+const NULL = 0, BOOLEAN = 1, INTEGER = 2, FLOAT = 3, DECIMAL = 4, TEXT = 5, TIMESTAMP = 6, JSON_TEXT = 7;
+const NULL_CELL = [NULL, null];
+
+function int64(v) {
+  if (v < I64_MIN || v > I64_MAX) throw new RangeError(`${v} does not fit in 64 bits`);
+  return v;
+}
+
+// A cell as [tag, value], made when the row is made so that a value that cannot be stored throws in `record`.
 function value(v) {
-  if (v === null || v === undefined) return { tag: 'null' };
-  if (typeof v === 'boolean') return { tag: 'boolean', val: v };
-  if (typeof v === 'bigint') return { tag: 'integer', val: v };
-  if (typeof v === 'number') return Number.isInteger(v) ? { tag: 'integer', val: BigInt(v) } : { tag: 'float', val: v };
-  if (typeof v === 'string') return { tag: 'text', val: v };
-  if (v instanceof DecimalCell) return { tag: 'decimal', val: v.text };
-  if (v instanceof TimestampCell) return { tag: 'timestamp-us', val: v.us };
-  if (v instanceof Date) return { tag: 'timestamp-us', val: BigInt(v.getTime()) * 1000n };
-  if (v instanceof JsonCell) return v.value === null || v.value === undefined ? { tag: 'null' } : { tag: 'json', val: JSON.stringify(v.value) };
-  if (typeof v === 'object') return { tag: 'json', val: JSON.stringify(v) };
+  if (v === null || v === undefined) return NULL_CELL;
+  if (typeof v === 'boolean') return [BOOLEAN, v];
+  if (typeof v === 'bigint') return [INTEGER, int64(v)];
+  if (typeof v === 'number') return Number.isInteger(v) ? [INTEGER, int64(BigInt(v))] : [FLOAT, v];
+  if (typeof v === 'string') return [TEXT, v];
+  if (v instanceof DecimalCell) return [DECIMAL, v.text];
+  if (v instanceof TimestampCell) return [TIMESTAMP, int64(v.us)];
+  if (v instanceof Date) return [TIMESTAMP, BigInt(v.getTime()) * 1000n];
+  if (v instanceof JsonCell) return v.value === null || v.value === undefined ? NULL_CELL : [JSON_TEXT, JSON.stringify(v.value)];
+  if (typeof v === 'object') return [JSON_TEXT, JSON.stringify(v)];
   throw new TypeError(`cannot store a ${typeof v} in a cell`);
 }
 
 /** A row of `table` with the given cells. */
 export function row(table, cells) {
   return { table, cells: Object.entries(cells).map(([k, v]) => [k, value(v)]) };
+}
+
+// The declared tables: name -> { index, columns: Map(name -> position), width }.
+const tables = new Map();
+
+// One growing buffer, written little-endian.
+class Packed {
+  constructor() { this.bytes = new Uint8Array(1 << 16); this.view = new DataView(this.bytes.buffer); this.len = 0; }
+  room(n) {
+    if (this.len + n <= this.bytes.length) return;
+    let size = this.bytes.length * 2;
+    while (size < this.len + n) size *= 2;
+    const bigger = new Uint8Array(size);
+    bigger.set(this.bytes.subarray(0, this.len));
+    this.bytes = bigger;
+    this.view = new DataView(bigger.buffer);
+  }
+  u8(x) { this.room(1); this.bytes[this.len++] = x; }
+  u32(x) { this.room(4); this.view.setUint32(this.len, x, true); this.len += 4; }
+  i64(x) { this.room(8); this.view.setBigInt64(this.len, x, true); this.len += 8; }
+  f64(x) { this.room(8); this.view.setFloat64(this.len, x, true); this.len += 8; }
+  str(s) {
+    const b = utf8Out.encode(s);
+    this.room(4 + b.length);
+    this.view.setUint32(this.len, b.length, true);
+    this.bytes.set(b, this.len + 4);
+    this.len += 4 + b.length;
+  }
+  cell([tag, v]) {
+    this.u8(tag);
+    if (tag === NULL) return;
+    if (tag === BOOLEAN) this.u8(v ? 1 : 0);
+    else if (tag === INTEGER || tag === TIMESTAMP) this.i64(v);
+    else if (tag === FLOAT) this.f64(v);
+    else this.str(v);
+  }
+}
+
+const printable = (s) => JSON.stringify(String(s).slice(0, 64)).slice(1, -1);
+
+// Appends one emit; returns a reason when a row breaks the declared tables.
+function packEmit(rows, out) {
+  out.u8(0);
+  out.u32(rows.length);
+  for (const r of rows) {
+    const t = tables.get(r.table);
+    if (!t) return `table \`${printable(r.table)}\` is not declared in the sink configuration`;
+    const slots = new Array(t.width).fill(NULL_CELL);
+    for (const [name, cell] of r.cells) {
+      const c = t.columns.get(name);
+      if (c === undefined) return `table ${r.table}, column \`${printable(name)}\`: not a declared column`;
+      slots[c] = cell;
+    }
+    out.u32(t.index);
+    for (const cell of slots) out.cell(cell);
+  }
+  return null;
+}
+
+function pack(outcomes) {
+  const out = new Packed();
+  for (const o of outcomes) {
+    if (o.tag === 'emit') {
+      const start = out.len;
+      const invalid = packEmit(o.val, out);
+      if (invalid !== null) {
+        out.len = start;
+        out.u8(3);
+        out.str(invalid);
+      }
+    } else {
+      out.u8(o.tag === 'drop' ? 1 : 2);
+      out.str(String(o.val));
+    }
+  }
+  return out.bytes.slice(0, out.len);
 }
 /** The record becomes these rows (possibly none). */
 export const emit = (...rows) => ({ tag: 'emit', val: rows });
@@ -61,11 +154,15 @@ export const count = (metric, delta = 1) => hostCount(metric, BigInt(delta));
 /** The contract's `init` and `process` from `{ setup(settings), record(r) }`. */
 export function rule(impl) {
   return {
-    init(settings) {
+    init(declared, settings) {
+      tables.clear();
+      declared.forEach((t, index) => {
+        tables.set(t.name, { index, columns: new Map(t.columns.map((c, i) => [c.name, i])), width: t.columns.length });
+      });
       if (impl.setup) impl.setup(Object.fromEntries(settings));
     },
     process(batch) {
-      return batch.map((r) => {
+      return pack(batch.map((r) => {
         const record = {
           id: r.id,
           partitionKey: r.partitionKey,
@@ -79,7 +176,7 @@ export function rule(impl) {
         } catch (e) {
           return reject(`rule error: ${e && e.message ? e.message : e}`);
         }
-      });
+      }));
     },
   };
 }

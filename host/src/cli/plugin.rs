@@ -53,6 +53,10 @@ pub(super) async fn plugin_bench(
     secs: f64,
 ) -> Result<ExitCode> {
     let loaded = config_path.map(config::load).transpose()?;
+    let configured = loaded.is_some();
+    let checks = loaded
+        .as_ref()
+        .map(|l| (l.tables.clone(), l.config.rule.max_rows_per_record));
     let (limits, settings) = rule_setup(loaded.as_ref());
     let mut source = FileSource::open(input, None)
         .await
@@ -72,6 +76,13 @@ pub(super) async fn plugin_bench(
         let first_compile = started.elapsed();
         let started = std::time::Instant::now();
         let rule = RuleRuntime::new(Some(cache.clone()))?.load(&plugin, limits, settings)?;
+        if !configured && rule.contract() == weir::rules::Contract::V0_2 {
+            anyhow::bail!(
+                "{} implements contract weir:rules@0.2.0, whose rules get the declared tables from the \
+                 worker's configuration: pass it with --config weir.toml",
+                plugin.display()
+            );
+        }
         rule.process("bench/warm", &records[..1]);
         let warm = started.elapsed();
         let _ = std::fs::remove_dir_all(&cache);
@@ -86,12 +97,27 @@ first compile: {:.2} s; warm start (cached, to the first outcome): {:.0} ms
             first_compile.as_secs_f64(),
             warm.as_secs_f64() * 1000.0
         );
+        // With a configuration, every call's outcomes are checked as a worker checks them, so that both
+        // contract versions are timed doing the same work (0.2 checks while it decodes).
+        if let Some(c) = &checks {
+            out.push_str(&format!(
+                "timed: the rule and the host's checks of its rows against the {} declared tables\n\n",
+                c.0.len()
+            ));
+        }
         out.push_str("| batch | records/s | µs/record |\n|------:|----------:|----------:|\n");
         for batch in [1usize, 100, 1000] {
             let chunk: Vec<SourceRecord> = records.iter().cycle().take(batch).cloned().collect();
             let (mut done, started) = (0usize, std::time::Instant::now());
             while started.elapsed().as_secs_f64() < secs {
-                rule.process("bench", &chunk);
+                let raw = rule.process("bench", &chunk);
+                if let Some((tables, max_rows)) = &checks {
+                    let checked: Vec<RecordOutcome> = raw
+                        .into_iter()
+                        .map(|o| validate::check(o, tables, *max_rows))
+                        .collect();
+                    std::hint::black_box(checked);
+                }
                 done += chunk.len();
             }
             let elapsed = started.elapsed().as_secs_f64();

@@ -110,7 +110,10 @@ pub fn decode(
         return Err(over_budget());
     }
     let mut out = Vec::with_capacity(records);
-    for _ in 0..records {
+    for n in 0..records {
+        if r.pos == buf.len() {
+            return Err(miscount(n, records));
+        }
         let outcome = match r.u8("outcome tag")? {
             EMIT => {
                 let rows = r.u32("row count")? as usize;
@@ -161,12 +164,45 @@ pub fn decode(
         out.push(outcome);
     }
     if r.pos != buf.len() {
+        // Whole outcomes after the last one: say how many, as for a 0.1 rule that miscounts.
+        let at = r.pos;
+        let mut extra = 0;
+        while r.pos < buf.len() && skip_outcome(&mut r, declared.tables).is_ok() {
+            extra += 1;
+        }
+        if r.pos == buf.len() {
+            return Err(miscount(records + extra, records));
+        }
+        r.pos = at;
         return Err(r.malformed(&format!(
             "{} bytes after the last of {records} outcomes",
             buf.len() - r.pos
         )));
     }
     Ok(out)
+}
+
+fn miscount(got: usize, records: usize) -> String {
+    format!(
+        "rule returned {got} outcomes for {records} records (it must return exactly one per record)"
+    )
+}
+
+/// Reads over one outcome without keeping it.
+fn skip_outcome(r: &mut Reader<'_>, tables: &[TableSpec]) -> Result<(), String> {
+    match r.u8("outcome tag")? {
+        EMIT => {
+            let mut spent = 0;
+            for _ in 0..r.u32("row count")? {
+                row(r, tables, false, &mut spent)?;
+            }
+        }
+        DROP | REJECT | INVALID => {
+            r.bytes("reason")?;
+        }
+        tag => return Err(format!("unknown outcome tag {tag}")),
+    }
+    Ok(())
 }
 
 /// One row: `Ok(None)` when only skipped over (`keep` false), `Ok(Some(Err))` when it breaks its table,
@@ -511,7 +547,6 @@ mod tests {
         };
         let cases: Vec<(Vec<u8>, usize, &str)> = vec![
             (good[..good.len() - 1].to_vec(), 1, "runs past the end"),
-            (good.clone(), 2, "outcome tag runs past the end"),
             (
                 [good.clone(), vec![0]].concat(),
                 1,
@@ -538,6 +573,22 @@ mod tests {
                 "{want}: {e}"
             );
         }
+    }
+
+    /// Too few or too many whole outcomes are counted, as for a 0.1 rule.
+    #[test]
+    fn miscounts_are_named() {
+        let mut b = Vec::new();
+        reason(&mut b, 1, "one");
+        reason(&mut b, 1, "two");
+        assert_eq!(
+            run(&b, 1, 10).unwrap_err(),
+            "rule returned 2 outcomes for 1 records (it must return exactly one per record)"
+        );
+        assert_eq!(
+            run(&b, 3, 10).unwrap_err(),
+            "rule returned 2 outcomes for 3 records (it must return exactly one per record)"
+        );
     }
 
     /// Decoding stops at the budget instead of building rows without bound.

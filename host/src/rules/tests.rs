@@ -28,19 +28,21 @@ fn one_contract_version() {
         ),
         (
             "plugins/c/weir_rule.h",
-            format!("#define WEIR_CONTRACT_VERSION \"{v0_1}\""),
+            format!(
+                "#define WEIR_CONTRACT_VERSION \"{CONTRACT_VERSION}\"\n#else\n#define WEIR_CONTRACT_VERSION \"{v0_1}\""
+            ),
         ),
         (
             "plugins/js/weir_rule.js",
-            format!("export const CONTRACT_VERSION = '{v0_1}';"),
+            format!("export const CONTRACT_VERSION = '{CONTRACT_VERSION}';"),
         ),
         (
             "plugins/js/weir_rule.js",
-            format!("from 'weir:rules/host@{v0_1}'"),
+            format!("from 'weir:rules/host@{CONTRACT_VERSION}'"),
         ),
         (
             "plugins/python/weir_rule/__init__.py",
-            format!("CONTRACT_VERSION = \"{v0_1}\""),
+            format!("CONTRACT_VERSION = \"{v0_1}\" if _V01 else \"{CONTRACT_VERSION}\""),
         ),
     ] {
         assert!(read(file).contains(&line), "{file} does not say {line}");

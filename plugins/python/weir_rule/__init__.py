@@ -36,7 +36,7 @@ import wit_world
 from wit_world.imports import host as _host
 from wit_world.imports import types as _t
 
-__all__ = ["Rule", "Json", "emit", "drop", "reject", "row", "log", "count", "CONTRACT_VERSION"]
+__all__ = ["Rule", "Json", "emit", "drop", "reject", "row", "log", "count", "finish_batch", "CONTRACT_VERSION"]
 
 #: Whether this build is against contract 0.1 (its WIT has outcome values; 0.2's has none).
 _V01 = hasattr(_t, "Outcome_Emit")
@@ -172,6 +172,12 @@ def _pack_emit(rows, out):
         out += _U32(index)
         out += b"".join(slots)
     return None
+
+
+def finish_batch(outcomes):
+    """What the contract's ``process`` returns for these outcomes, for a rule that overrides ``process``: the
+    list itself on contract 0.1, the packed buffer on 0.2. The host checks there is one per record."""
+    return outcomes if _V01 else _pack(outcomes)
 
 
 def _pack(outcomes):

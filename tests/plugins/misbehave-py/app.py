@@ -1,15 +1,15 @@
 """The sandbox test plugin in Python (see tests/plugins/misbehave for the Rust one): each payload is a command.
 
-Written against the generated bindings directly, not the weir_rule helper, so that an exception is a trap.
+It overrides the weir_rule helper's ``process``, so that an exception is a trap rather than a reject, and builds
+either contract version (scripts/build-plugins.sh makes misbehave-py on 0.2 and misbehave-py-v01 on 0.1).
 """
-import wit_world
-from wit_world.imports import types as t
+from weir_rule import Rule, drop, emit, finish_batch, reject, row
 
 
 def one(record):
     payload = record.payload.decode("utf-8", "replace").strip()
     if payload.startswith("ok:"):
-        return t.Outcome_Emit([t.Row("t", [("id", t.Value_Text(payload[3:])), ("n", t.Value_Integer(1))])])
+        return emit(row("t", id=payload[3:], n=1))
     if payload == "trap":
         raise RuntimeError(f"boom on purpose in {record.id}")
     if payload == "loop":
@@ -18,26 +18,23 @@ def one(record):
             n += 1
     if payload == "alloc":
         block = bytearray(512 << 20)
-        return t.Outcome_Drop(f"allocated {len(block)}")
+        return drop(f"allocated {len(block)}")
     if payload == "badcol":
-        return t.Outcome_Emit([t.Row("t", [("id", t.Value_Text("x")), ("evil", t.Value_Text("1"))])])
+        return emit(row("t", id="x", evil="1"))
     if payload == "badtable":
-        return t.Outcome_Emit([t.Row('t"; DROP TABLE t; --', [("id", t.Value_Text("x"))])])
+        return emit(row('t"; DROP TABLE t; --', id="x"))
     if payload == "badtype":
-        return t.Outcome_Emit([t.Row("t", [("id", t.Value_Text("x")), ("n", t.Value_Text("one"))])])
+        return emit(row("t", id="x", n="one"))
     if payload == "drop":
-        return t.Outcome_Drop("asked to drop")
-    return t.Outcome_Reject("unknown command")
+        return drop("asked to drop")
+    return reject("unknown command")
 
 
-class WitWorld(wit_world.WitWorld):
-    def init(self, settings):
-        pass
-
+class WitWorld(Rule):
     def process(self, batch):
         out = []
         for record in batch:
             if record.payload.strip() == b"extra":
-                out.append(t.Outcome_Drop("one"))
+                out.append(drop("one"))
             out.append(one(record))
-        return out
+        return finish_batch(out)
