@@ -63,7 +63,11 @@ pub async fn check_aws(loaded: &Loaded) -> Vec<Check> {
                 format!("source: Kinesis stream {stream}"),
                 r.map(|_| ()).map_err(|e| crate::aws::sdk_error(&e)),
                 "kinesis:ListShards (and kinesis:GetShardIterator, kinesis:GetRecords)",
-                "create the stream, or fix source.stream",
+                if stream_arn.is_some() {
+                    "create the stream, or fix source.stream_arn (and the role that reads it)"
+                } else {
+                    "create the stream, or fix source.stream"
+                },
             ));
         }
         _ => {}

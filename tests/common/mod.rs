@@ -1220,6 +1220,7 @@ pub fn check_quickstart_status(config: &Path, batches: i64) {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.contains("partitions:")
+            && text.contains(" until ")
             && text.contains(" ago")
             && text.contains("dead letters in the last hour:")
             && text.contains("currency: must be three letters"),

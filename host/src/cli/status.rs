@@ -165,7 +165,7 @@ fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source: {}   sink: {}", s.source, s.sink);
     let _ = writeln!(out, "\npartitions:");
-    let rows: Vec<[String; 8]> = s
+    let rows: Vec<[String; 9]> = s
         .partitions
         .iter()
         .map(|p| {
@@ -177,6 +177,12 @@ fn render(s: &Status) -> String {
                     p.owner.clone()
                 },
                 p.lease.to_string(),
+                // The time of day the lease runs out (UTC); the JSON has the whole timestamp.
+                p.lease_expires_at
+                    .as_deref()
+                    .and_then(|t| t.get(11..19))
+                    .map(|t| format!("{t}Z"))
+                    .unwrap_or_else(|| "-".into()),
                 short(&p.checkpoint, 24),
                 p.batches.to_string(),
                 p.records.to_string(),
@@ -195,6 +201,7 @@ fn render(s: &Status) -> String {
             "partition",
             "owner",
             "lease",
+            "until",
             "checkpoint",
             "batches",
             "records",

@@ -167,10 +167,16 @@ pub fn decode(
         // Whole outcomes after the last one: say how many, as for a 0.1 rule that miscounts.
         let at = r.pos;
         let mut extra = 0;
-        while r.pos < buf.len() && skip_outcome(&mut r, declared.tables).is_ok() {
+        let whole = loop {
+            if r.pos == buf.len() {
+                break true;
+            }
+            if skip_outcome(&mut r, declared.tables).is_err() {
+                break false;
+            }
             extra += 1;
-        }
-        if r.pos == buf.len() {
+        };
+        if whole {
             return Err(miscount(records + extra, records));
         }
         r.pos = at;

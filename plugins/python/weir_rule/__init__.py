@@ -148,7 +148,16 @@ def reject(reason):
 
 
 def _printable(s):
-    return s[:64].encode("unicode_escape").decode("ascii")
+    """At most 64 characters, escaped for a message (without codecs: componentize-py's CPython has few)."""
+    out = []
+    for ch in s[:64]:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
 
 
 # The declared tables (0.2): name -> (index, {column: position}, width).
