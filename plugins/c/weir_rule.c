@@ -107,6 +107,36 @@ const char *weir_attribute(const weir_record *r, const char *name) {
     return NULL;
 }
 
+/* The rule's view of one source record (its bytes stay in the binding's record). */
+static weir_record record_of(const rule_source_record_t *raw) {
+    weir_record r = {
+        .id = {(const char *)raw->id.ptr, raw->id.len},
+        .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
+        .arrived_at_ms = raw->arrived_at_ms,
+        .payload = raw->payload.ptr,
+        .payload_len = raw->payload.len,
+        .raw = raw,
+    };
+    return r;
+}
+
+/* Each contract's section defines `decide`: the first drop or reject stands and discards the record's rows. */
+static void decide(weir_outcome *out, int kind, const char *fmt, va_list ap);
+
+void weir_drop(weir_outcome *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    decide(out, DECIDED_DROP, fmt, ap);
+    va_end(ap);
+}
+
+void weir_reject(weir_outcome *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    decide(out, DECIDED_REJECT, fmt, ap);
+    va_end(ap);
+}
+
 #ifdef WEIR_CONTRACT_0_2
 
 /* ---- declared tables (contract 0.2) ---- */
@@ -168,20 +198,6 @@ static void decide(weir_outcome *out, int kind, const char *fmt, va_list ap) {
     out->len = 0;
     out->kind = kind;
     out->reason = weir__vformat(fmt, ap);
-}
-
-void weir_drop(weir_outcome *out, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    decide(out, DECIDED_DROP, fmt, ap);
-    va_end(ap);
-}
-
-void weir_reject(weir_outcome *out, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    decide(out, DECIDED_REJECT, fmt, ap);
-    va_end(ap);
 }
 
 weir_row *weir_emit(weir_outcome *out, const char *table) {
@@ -359,15 +375,7 @@ void exports_rule_process(rule_list_source_record_t *batch, rule_list_u8_t *ret)
     packed b = {NULL, 0, 0};
     room(&b, batch->len * 256);
     for (size_t i = 0; i < batch->len; i++) {
-        const rule_source_record_t *raw = &batch->ptr[i];
-        weir_record r = {
-            .id = {(const char *)raw->id.ptr, raw->id.len},
-            .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
-            .arrived_at_ms = raw->arrived_at_ms,
-            .payload = raw->payload.ptr,
-            .payload_len = raw->payload.len,
-            .raw = raw,
-        };
+        weir_record r = record_of(&batch->ptr[i]);
         weir_outcome out;
         memset(&out, 0, sizeof out);
         weir_rule_record(&r, &out);
@@ -415,20 +423,6 @@ static void decide(weir_outcome *out, int kind, const char *fmt, va_list ap) {
     char *reason = weir__vformat(fmt, ap);
     out->kind = kind;
     out->reason = dup_n(reason, strlen(reason));
-}
-
-void weir_drop(weir_outcome *out, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    decide(out, DECIDED_DROP, fmt, ap);
-    va_end(ap);
-}
-
-void weir_reject(weir_outcome *out, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    decide(out, DECIDED_REJECT, fmt, ap);
-    va_end(ap);
 }
 
 weir_row *weir_emit(weir_outcome *out, const char *table) {
@@ -554,15 +548,7 @@ void exports_rule_process(rule_list_source_record_t *batch, rule_list_outcome_t 
     ret->len = batch->len;
     ret->ptr = batch->len ? xmalloc(batch->len * sizeof *ret->ptr) : NULL;
     for (size_t i = 0; i < batch->len; i++) {
-        const rule_source_record_t *raw = &batch->ptr[i];
-        weir_record r = {
-            .id = {(const char *)raw->id.ptr, raw->id.len},
-            .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
-            .arrived_at_ms = raw->arrived_at_ms,
-            .payload = raw->payload.ptr,
-            .payload_len = raw->payload.len,
-            .raw = raw,
-        };
+        weir_record r = record_of(&batch->ptr[i]);
         weir_outcome out;
         memset(&out, 0, sizeof out);
         weir_rule_record(&r, &out);
