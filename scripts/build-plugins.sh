@@ -80,19 +80,21 @@ if [ ! -d "$js_dir/node_modules/@bytecodealliance/componentize-js" ]; then
   mkdir -p "$js_dir" && npm install -s --prefix "$js_dir" @bytecodealliance/componentize-js@0.23.0
 fi
 cp "$root/plugins/js/build.mjs" "$js_dir/build.mjs"   # resolves componentize-js from its own folder
-# The helper (plugins/js/weir_rule.js) builds contract 0.2: it imports weir:rules/host@0.2.0.
-build_js() { # name app.js
+# The helper builds either contract version, by the wit folder build.mjs is given.
+build_js() { # name app.js wit-folder
   local out="$root/plugins/dist/$1.wasm"
-  local src
-  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/wit/v0.2/rules.wit" | sha256sum | cut -c1-16)
+  local src version
+  version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/$3/rules.wit")
+  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/$3/rules.wit" | sha256sum | cut -c1-16)
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
-    echo "==> building $2 against weir:rules@0.2.0 (componentize-js)"
-    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" wit/v0.2)
-    python3 "$root/scripts/stamp.py" 0.2.0 "$out"
+    echo "==> building $2 against weir:rules@$version (componentize-js)"
+    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" "$3")
+    python3 "$root/scripts/stamp.py" "$version" "$out"
     echo "$src" > "$out.src"
   fi
 }
-build_js orders-js plugins/orders-js/app.js
+build_js orders-js plugins/orders-js/app.js wit/v0.2
+build_js orders-js-v01 plugins/orders-js/app.js wit
 
 # C: clang + wasi-libc (Debian), bindings from wit-bindgen-cli (crates.io, pinned), linked by rustup's
 # wasm-component-ld, through plugins/c/build.sh.

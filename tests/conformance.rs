@@ -9,12 +9,13 @@ use serde_json::Value;
 
 /// The orders rule in each language, as built by scripts/build-plugins.sh. The reference is the Rust rule on
 /// contract 0.2 (packed rows); the same source on contract 0.1 and the other languages (0.1) must agree with it.
-const LANGUAGES: [(&str, &str); 7] = [
+const LANGUAGES: [(&str, &str); 8] = [
     ("Rust", "orders"),
     ("Rust on contract 0.1", "orders-v01"),
     ("Python", "orders-py"),
     ("Python on contract 0.1", "orders-py-v01"),
     ("JavaScript", "orders-js"),
+    ("JavaScript on contract 0.1", "orders-js-v01"),
     ("C", "orders-c"),
     ("C on contract 0.1", "orders-c-v01"),
 ];

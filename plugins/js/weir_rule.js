@@ -14,10 +14,12 @@
 //
 // Builds contract weir:rules@0.2.0 (wit/v0.2/rules.wit): the host passes the declared tables to `init`, and the
 // batch's rows go back packed in one buffer (docs/CONTRACT.md), cells in declared column order, written here
-// with a DataView into one growing Uint8Array.
+// with a DataView into one growing Uint8Array. build.mjs given contract 0.1's WIT builds from a copy of this file
+// whose import and CONTRACT_VERSION name 0.1.0; the outcomes are then returned as 0.1's WIT values.
 import { log as hostLog, count as hostCount } from 'weir:rules/host@0.2.0';
 
 export const CONTRACT_VERSION = '0.2.0';
+const V01 = CONTRACT_VERSION.startsWith('0.1.');
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const utf8Out = new TextEncoder();
@@ -121,6 +123,19 @@ function packEmit(rows, out) {
   return null;
 }
 
+// Contract 0.1: a row's cells as WIT values.
+const WIT_TAGS = ['null', 'boolean', 'integer', 'float', 'decimal', 'text', 'timestamp-us', 'json'];
+function wit01(o) {
+  if (o.tag !== 'emit') return o;
+  return {
+    tag: 'emit',
+    val: o.val.map((r) => ({
+      table: r.table,
+      cells: r.cells.map(([k, [tag, v]]) => [k, tag === NULL ? { tag: 'null' } : { tag: WIT_TAGS[tag], val: v }]),
+    })),
+  };
+}
+
 function pack(outcomes) {
   const out = new Packed();
   for (const o of outcomes) {
@@ -154,7 +169,10 @@ export const count = (metric, delta = 1) => hostCount(metric, BigInt(delta));
 /** The contract's `init` and `process` from `{ setup(settings), record(r) }`. */
 export function rule(impl) {
   return {
-    init(declared, settings) {
+    // 0.2: init(tables, settings); 0.1: init(settings).
+    init(...args) {
+      const settings = args[args.length - 1];
+      const declared = args.length === 2 ? args[0] : [];
       tables.clear();
       declared.forEach((t, index) => {
         tables.set(t.name, { index, columns: new Map(t.columns.map((c, i) => [c.name, i])), width: t.columns.length });
@@ -162,7 +180,7 @@ export function rule(impl) {
       if (impl.setup) impl.setup(Object.fromEntries(settings));
     },
     process(batch) {
-      return pack(batch.map((r) => {
+      const outcomes = batch.map((r) => {
         const record = {
           id: r.id,
           partitionKey: r.partitionKey,
@@ -176,7 +194,8 @@ export function rule(impl) {
         } catch (e) {
           return reject(`rule error: ${e && e.message ? e.message : e}`);
         }
-      }));
+      });
+      return V01 ? outcomes.map(wit01) : pack(outcomes);
     },
   };
 }
