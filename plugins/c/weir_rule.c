@@ -287,22 +287,10 @@ static void string_cell(weir_row *row, const char *column, uint8_t tag, const ch
     c->len = len;
 }
 
-void weir_cell_decimal(weir_row *row, const char *column, const char *digits) {
-    string_cell(row, column, CELL_DECIMAL, digits, digits ? strlen(digits) : 0);
-}
-
-void weir_cell_text(weir_row *row, const char *column, const char *text) {
-    string_cell(row, column, CELL_TEXT, text, text ? strlen(text) : 0);
-}
-
-void weir_cell_textn(weir_row *row, const char *column, const char *text, size_t len) {
-    string_cell(row, column, CELL_TEXT, text, len);
-}
-
-void weir_cell_json(weir_row *row, const char *column, const weir_json *v) {
-    const char *text = weir_json_type(v) == WEIR_JSON_NULL ? NULL : weir_json_write(v);
-    string_cell(row, column, CELL_JSON, text, text ? strlen(text) : 0);
-}
+/* The string cells' tags, for the shared setters at the end of this file. */
+#define STRING_DECIMAL CELL_DECIMAL
+#define STRING_TEXT CELL_TEXT
+#define STRING_JSON CELL_JSON
 
 /* ---- the batch: one packed buffer ---- */
 
@@ -502,22 +490,9 @@ static void string_cell(weir_row *row, const char *column, uint8_t tag, const ch
     c->val.text = dup_n(s, len);
 }
 
-void weir_cell_decimal(weir_row *row, const char *column, const char *digits) {
-    string_cell(row, column, WEIR_RULES_TYPES_VALUE_DECIMAL, digits, digits ? strlen(digits) : 0);
-}
-
-void weir_cell_text(weir_row *row, const char *column, const char *text) {
-    string_cell(row, column, WEIR_RULES_TYPES_VALUE_TEXT, text, text ? strlen(text) : 0);
-}
-
-void weir_cell_textn(weir_row *row, const char *column, const char *text, size_t len) {
-    string_cell(row, column, WEIR_RULES_TYPES_VALUE_TEXT, text, len);
-}
-
-void weir_cell_json(weir_row *row, const char *column, const weir_json *v) {
-    const char *text = weir_json_type(v) == WEIR_JSON_NULL ? NULL : weir_json_write(v);
-    string_cell(row, column, WEIR_RULES_TYPES_VALUE_JSON, text, text ? strlen(text) : 0);
-}
+#define STRING_DECIMAL WEIR_RULES_TYPES_VALUE_DECIMAL
+#define STRING_TEXT WEIR_RULES_TYPES_VALUE_TEXT
+#define STRING_JSON WEIR_RULES_TYPES_VALUE_JSON
 
 /* ---- the batch ---- */
 
@@ -559,3 +534,22 @@ void exports_rule_process(rule_list_source_record_t *batch, rule_list_outcome_t 
 }
 
 #endif /* WEIR_CONTRACT_0_2 */
+
+/* ---- string cells: the same for both contracts (each section defines string_cell and the tags) ---- */
+
+void weir_cell_decimal(weir_row *row, const char *column, const char *digits) {
+    string_cell(row, column, STRING_DECIMAL, digits, digits ? strlen(digits) : 0);
+}
+
+void weir_cell_text(weir_row *row, const char *column, const char *text) {
+    string_cell(row, column, STRING_TEXT, text, text ? strlen(text) : 0);
+}
+
+void weir_cell_textn(weir_row *row, const char *column, const char *text, size_t len) {
+    string_cell(row, column, STRING_TEXT, text, len);
+}
+
+void weir_cell_json(weir_row *row, const char *column, const weir_json *v) {
+    const char *text = weir_json_type(v) == WEIR_JSON_NULL ? NULL : weir_json_write(v);
+    string_cell(row, column, STRING_JSON, text, text ? strlen(text) : 0);
+}
