@@ -40,6 +40,12 @@ if [ ! -x "$WEIR_CFN_VENV/bin/cfn-lint" ]; then
   echo "==> installing cfn-lint (PyPI) into $WEIR_CFN_VENV"
   python3 -m venv "$WEIR_CFN_VENV" && "$WEIR_CFN_VENV/bin/pip" install -q 'cfn-lint==1.58.0'
 fi
+# PyArrow (PyPI, pinned): the independent reader of Parquet RAW in tests/parquet.rs.
+export WEIR_PYARROW_VENV=${WEIR_PYARROW_VENV:-/var/tmp/weir-pyarrow}
+if ! "$WEIR_PYARROW_VENV/bin/python" -c 'import pyarrow' 2>/dev/null; then
+  echo "==> installing pyarrow (PyPI) into $WEIR_PYARROW_VENV"
+  python3 -m venv "$WEIR_PYARROW_VENV" && "$WEIR_PYARROW_VENV/bin/pip" install -q 'pyarrow==22.0.0'
+fi
 # binutils (objcopy, readelf): scripts/dist.sh and its test in tests/deploy.rs.
 if ! command -v objcopy >/dev/null 2>&1 || ! command -v readelf >/dev/null 2>&1; then
   echo "==> installing binutils (Debian package)"

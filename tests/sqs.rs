@@ -825,8 +825,9 @@ async fn random_kill_9_loses_and_doubles_nothing() {
 }
 
 /// The whole AWS endpoint (SQS and S3) gone for 30 s in the middle of a run with the default retry settings
-/// (a front that refuses new connections and cuts open ones): receives, visibility extensions, RAW writes and
-/// deletes fail and retry with backoff, nothing commits without its RAW copy, `idle_exit_secs` does not end the
+/// (a front that refuses new connections and cuts open ones): receives fail and retry with backoff (and so do
+/// visibility extensions, RAW writes and deletes that happen to be in flight at the cut; a RAW write failing
+/// by construction is `s3_outage_deletes_nothing_and_recovers`), nothing commits without its RAW copy, `idle_exit_secs` does not end the
 /// run during the outage, and the worker finishes by itself once the endpoint is back: every order exactly
 /// once with its quantities from the input, RAW holds every message, every batch balances, the queue is drained.
 #[tokio::test(flavor = "multi_thread")]
@@ -880,8 +881,9 @@ async fn aws_endpoint_outage_mid_run_recovers() {
     let out = running.wait(Duration::from_secs(180)).await;
     assert!(out.status.success(), "{}", show(&out));
     let log = String::from_utf8_lossy(&out.stderr);
+    // Only the receive is sure to fail: the outage outlasts every poll. Whether a batch sat between its
+    // receive and its RAW write at the cut depends on timing, so that retry is not asserted here.
     assert!(log.contains("receive failed; retrying"), "{}", show(&out));
-    assert!(log.contains("RAW write failed; retrying"), "{}", show(&out));
 
     assert_every_order_once(&aws, &db, (&queue, &bucket), n, 5).await;
 }

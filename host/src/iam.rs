@@ -31,7 +31,12 @@ pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<
     if p.account.region.is_none() {
         p.account.region = config.aws.region.clone();
     }
-    if let SourceConfig::Sqs { queue_url, .. } = &config.source
+    let queue = match &config.source {
+        SourceConfig::Sqs { queue_url, .. } => Some(queue_url),
+        SourceConfig::S3 { queue_url, .. } => queue_url.as_ref(),
+        _ => None,
+    };
+    if let Some(queue_url) = queue
         && let Some((region, account, _)) = queue_parts(queue_url)
     {
         p.account.account_id.get_or_insert(account);
@@ -40,24 +45,37 @@ pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<
         }
     }
     match &config.source {
-        SourceConfig::File { .. } => {}
-        SourceConfig::Sqs { queue_url, .. } => {
-            let (region, account, name) = queue_parts(queue_url).ok_or_else(|| {
-                format!("source.queue_url {queue_url:?} is not https://sqs.REGION.amazonaws.com/ACCOUNT/NAME")
-            })?;
-            let region = region.map(Ok).unwrap_or_else(|| p.region())?;
-            let arn = format!("arn:{}:sqs:{region}:{account}:{name}", p.account.partition);
+        SourceConfig::File { .. } | SourceConfig::Http { .. } => {}
+        SourceConfig::S3 {
+            queue_url,
+            bucket,
+            prefix,
+            ..
+        } => {
+            if let Some(queue_url) = queue_url {
+                consume_queue(&mut p, queue_url)?;
+            }
+            // With notifications and no `bucket`, the buckets are whatever sends to the queue.
+            let objects = match bucket {
+                Some(b) => p.s3(b, &format!("{prefix}*")),
+                None => format!("arn:{}:s3:::*/{prefix}*", p.account.partition),
+            };
             p.allow(
-                "ConsumeTheQueue",
-                &[
-                    "sqs:ReceiveMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:DeleteMessage",
-                    "sqs:GetQueueAttributes",
-                ],
-                &[arn],
+                "ReadTheObjects",
+                &["s3:GetObject", "s3:GetObjectVersion"],
+                &[objects],
             );
+            if let (None, Some(bucket)) = (queue_url, bucket) {
+                p.statements.push(json!({
+                    "Sid": "ListTheObjects",
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": format!("arn:{}:s3:::{bucket}", p.account.partition),
+                    "Condition": { "StringLike": { "s3:prefix": [format!("{prefix}*")] } },
+                }));
+            }
         }
+        SourceConfig::Sqs { queue_url, .. } => consume_queue(&mut p, queue_url)?,
         SourceConfig::Kinesis {
             stream, stream_arn, ..
         } => {
@@ -327,6 +345,28 @@ impl Policy {
 }
 
 /// The region (when the host names one), account and name of an SQS queue URL.
+/// The statement that lets a worker consume an SQS queue.
+fn consume_queue(p: &mut Policy, queue_url: &str) -> Result<(), String> {
+    let (region, account, name) = queue_parts(queue_url).ok_or_else(|| {
+        format!(
+            "source.queue_url {queue_url:?} is not https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+        )
+    })?;
+    let region = region.map(Ok).unwrap_or_else(|| p.region())?;
+    let arn = format!("arn:{}:sqs:{region}:{account}:{name}", p.account.partition);
+    p.allow(
+        "ConsumeTheQueue",
+        &[
+            "sqs:ReceiveMessage",
+            "sqs:ChangeMessageVisibility",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+        ],
+        &[arn],
+    );
+    Ok(())
+}
+
 fn queue_parts(url: &str) -> Option<(Option<String>, String, String)> {
     let rest = url.split_once("://")?.1;
     let mut parts = rest.split('/');

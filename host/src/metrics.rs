@@ -102,7 +102,7 @@ fn buckets(name: &str) -> &'static [f64; 14] {
 }
 
 /// What each metric means, and its Prometheus type: the `/metrics` catalogue.
-const CATALOGUE: [(&str, &str, &str); 16] = [
+const CATALOGUE: [(&str, &str, &str); 18] = [
     ("weir_batches_total", "counter", "Batches committed."),
     (
         "weir_records_total",
@@ -164,6 +164,16 @@ const CATALOGUE: [(&str, &str, &str); 16] = [
         "weir_retries_total",
         "counter",
         "Operations retried after a transient failure, by stage (RAW write, commit, registration, staging write, grouped merge, …).",
+    ),
+    (
+        "weir_http_requests_total",
+        "counter",
+        "Requests to the HTTP source, by route (`records`, `firehose`) and status code.",
+    ),
+    (
+        "weir_s3_notifications_unreadable_total",
+        "counter",
+        "Messages of an S3 source's queue that are no S3 event notification (left for the queue's redrive policy).",
     ),
     (
         "weir_batch_records",

@@ -409,7 +409,11 @@ pub async fn check_sink(loaded: &Loaded) -> Result<String, SinkError> {
 /// Opens the RAW store (checking that an S3 bucket is reachable).
 pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
     Ok(match &loaded.config.raw {
-        RawConfig::Local { dir, prefix } => Arc::new(LocalRaw::new(dir.clone(), prefix.clone())),
+        RawConfig::Local {
+            dir,
+            prefix,
+            format,
+        } => Arc::new(LocalRaw::new(dir.clone(), prefix.clone()).with_format(*format)),
         #[cfg(not(feature = "s3"))]
         RawConfig::S3 { .. } => {
             return Err(RawError::Io {
@@ -426,6 +430,7 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
             multipart_threshold_bytes,
             part_size_bytes,
             endpoint_url,
+            format,
             ..
         } => {
             let aws = &loaded.config.aws.with_role(&loaded.config.raw.role());
@@ -444,6 +449,7 @@ pub async fn open_raw(loaded: &Loaded) -> Result<Arc<dyn RawStore>, RawError> {
                     kms_key_id: kms_key_id.clone(),
                     multipart_threshold_bytes: *multipart_threshold_bytes,
                     part_size_bytes: *part_size_bytes,
+                    format: *format,
                 },
             );
             store.check().await?;
@@ -498,11 +504,63 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             };
             Ok(Box::new(SqsSource::open(client, options).await?))
         }
+        #[cfg(not(feature = "http"))]
+        SourceConfig::Http { .. } => Err(SourceError::Io {
+            source_name: "http".into(),
+            message: crate::config::not_compiled("source.kind", "http", "http"),
+        }),
+        #[cfg(feature = "http")]
+        SourceConfig::Http {
+            bind,
+            max_body_bytes,
+            auth,
+            max_pending_records,
+            max_pending_bytes,
+            commit_timeout_secs,
+            node,
+        } => {
+            use crate::source::http::{HttpOptions, HttpSource};
+            let options = HttpOptions {
+                bind: bind.clone(),
+                max_body_bytes: *max_body_bytes,
+                auth: auth.clone(),
+                max_pending_records: *max_pending_records,
+                max_pending_bytes: *max_pending_bytes,
+                commit_timeout: Duration::from_secs(*commit_timeout_secs),
+                node: node.clone().unwrap_or_else(default_node),
+            };
+            Ok(Box::new(HttpSource::open(options).await?))
+        }
+        SourceConfig::S3 { .. } => Err(SourceError::Io {
+            source_name: "s3".into(),
+            message: if cfg!(feature = "s3-source") {
+                "an S3 source runs one pipeline per object (worker::run)".into()
+            } else {
+                crate::config::not_compiled("source.kind", "s3", "s3-source")
+            },
+        }),
         SourceConfig::Kinesis { stream, .. } => Err(SourceError::Io {
             source_name: format!("kinesis stream {stream}"),
             message: "a Kinesis source runs one reader per leased shard (worker::run)".into(),
         }),
     }
+}
+
+/// An HTTP source's default node name: the host name, cut to what a record id takes.
+#[cfg(feature = "http")]
+fn default_node() -> String {
+    let name: String = crate::record::host_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(crate::config::MAX_NODE_BYTES)
+        .collect();
+    name
 }
 
 /// How a worker's run ended.
@@ -668,6 +726,44 @@ async fn run_pipeline(
         };
         let client = loaded.config.source_kinesis().await;
         return Ok(crate::fleet::run(client, options, stages, shutdown).await?);
+    }
+    #[cfg(feature = "s3-source")]
+    if let SourceConfig::S3 {
+        queue_url,
+        bucket,
+        prefix,
+        format,
+        range_bytes,
+        max_record_bytes,
+        wait_secs,
+        visibility_timeout_secs,
+        idle_exit_secs,
+        ..
+    } = &loaded.config.source
+    {
+        // One receiver taking one notification at a time: a notification may take long to load, and the
+        // other workers of a fleet take the next ones meanwhile.
+        let options = crate::source::s3::S3SourceOptions {
+            queue: queue_url
+                .as_ref()
+                .map(|url| crate::source::sqs::SqsOptions {
+                    queue_url: url.clone(),
+                    receivers: 1,
+                    wait_secs: *wait_secs,
+                    max_messages: 1,
+                    visibility_timeout_secs: *visibility_timeout_secs,
+                    idle_exit: idle_exit_secs.map(Duration::from_secs),
+                }),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            object: crate::source::s3::object_options(*format, *range_bytes, *max_record_bytes),
+        };
+        let s3 = loaded.config.source_s3().await;
+        let sqs = match queue_url {
+            Some(_) => Some(loaded.config.source_sqs().await),
+            None => None,
+        };
+        return Ok(crate::source::s3::run(s3, sqs, options, stages, shutdown).await?);
     }
     // A partition whose checkpoint moved under this worker (with grouped commits: the loader merged first a
     // batch an earlier, crashed run had registered, cut at other positions than this run's) is read again

@@ -64,6 +64,16 @@ pub(crate) enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Serve the HTTP ingest endpoint of a configuration with `[source] kind = "http"` (POST /v1/records,
+    /// POST /v1/firehose) until SIGINT/SIGTERM; each request is answered once its records have committed.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Listen here instead of `[source] bind`, e.g. `127.0.0.1:8080`.
+        #[arg(long)]
+        bind: Option<String>,
+    },
     /// Check a configuration: fields, plugin contract and init, sink reachable, tables match.
     Validate {
         /// The configuration file.
@@ -315,7 +325,8 @@ pub(crate) fn init_logging(format: LogFormat) {
 
 pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run { config } => run(&config).await,
+        Command::Run { config } => run(config::load(&config)?).await,
+        Command::Serve { config, bind } => run(serving(&config, bind)?).await,
         Command::Validate { config, aws } => validate_config(&config, aws).await,
         Command::Status { config, json } => status::status(&config, json).await,
         Command::DeadLetters { command } => dead_letters::dead_letters(command).await,

@@ -60,5 +60,15 @@ pub(super) async fn produce(
             "{}: `weir produce` sends to an SQS or Kinesis source; this configuration reads a file",
             path.display()
         ),
+        config::SourceConfig::S3 { .. } => anyhow::bail!(
+            "{}: `weir produce` sends to an SQS or Kinesis source; this configuration reads S3 objects: upload \
+             the file to the bucket (aws s3 cp FILE s3://BUCKET/PREFIX)",
+            path.display()
+        ),
+        config::SourceConfig::Http { .. } => anyhow::bail!(
+            "{}: `weir produce` sends to an SQS or Kinesis source; this configuration serves HTTP: POST the \
+             lines to its /v1/records (curl --data-binary @FILE)",
+            path.display()
+        ),
     }
 }

@@ -2,8 +2,28 @@
 
 use super::*;
 
-pub(super) async fn run(path: &Path) -> Result<ExitCode> {
-    let loaded = config::load(path)?;
+/// `weir serve`: the configuration, which must have an HTTP source, with `--bind` applied.
+pub(super) fn serving(path: &Path, bind: Option<String>) -> Result<config::Loaded> {
+    let mut loaded = config::load(path)?;
+    let config::SourceConfig::Http {
+        bind: configured, ..
+    } = &mut loaded.config.source
+    else {
+        anyhow::bail!(
+            "{}: `weir serve` needs `[source] kind = \"http\"` (this configuration reads another source: use `weir run`)",
+            path.display()
+        );
+    };
+    if let Some(bind) = bind {
+        if bind.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!("--bind `{bind}` is not an address and port such as `0.0.0.0:8080`");
+        }
+        *configured = bind;
+    }
+    Ok(loaded)
+}
+
+pub(super) async fn run(loaded: config::Loaded) -> Result<ExitCode> {
     // The admin endpoint answers (503 on /readyz) through the drain and stops once the worker has.
     let (admin_stop, admin_shutdown) = watch::channel(false);
     if let Some(bind) = &loaded.config.worker.admin_bind {

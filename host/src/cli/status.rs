@@ -91,6 +91,8 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         config::SourceConfig::File { .. } => "file",
         config::SourceConfig::Sqs { .. } => "sqs",
         config::SourceConfig::Kinesis { .. } => "kinesis",
+        config::SourceConfig::Http { .. } => "http",
+        config::SourceConfig::S3 { .. } => "s3",
     };
     // A partition's input fingerprint row is weir's own bookkeeping, not a partition.
     let fingerprint = weir::source::fingerprint_partition("");

@@ -505,6 +505,25 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
         SourceConfig::Kinesis { .. } if !cfg!(feature = "kinesis") => {
             return missing("source.kind", "kinesis", "kinesis");
         }
+        SourceConfig::Http { .. } if !cfg!(feature = "http") => {
+            return missing("source.kind", "http", "http");
+        }
+        SourceConfig::S3 { .. } if !cfg!(feature = "s3-source") => {
+            return missing("source.kind", "s3", "s3-source");
+        }
+        _ => {}
+    }
+    match &config.raw {
+        RawConfig::Local {
+            format: crate::raw::RawFormat::Parquet,
+            ..
+        }
+        | RawConfig::S3 {
+            format: crate::raw::RawFormat::Parquet,
+            ..
+        } if !cfg!(feature = "parquet") => {
+            return missing("raw.format", "parquet", "parquet");
+        }
         _ => {}
     }
     match &config.raw {

@@ -132,6 +132,16 @@ impl Config {
         aws.sqs(self.source.endpoint_url()).await
     }
 
+    /// The S3 client of an S3 source: its own endpoint and role, else `[aws]`'s.
+    #[cfg(feature = "s3")]
+    pub async fn source_s3(&self) -> aws_sdk_s3::Client {
+        let aws = self.aws.with_role(&self.source.role());
+        match self.source.endpoint_url() {
+            Some(url) => aws.s3_at(&aws.load().await, url),
+            None => aws.s3().await,
+        }
+    }
+
     /// The Kinesis client of the source: its own endpoint and role, else `[aws]`'s.
     #[cfg(feature = "kinesis")]
     pub async fn source_kinesis(&self) -> aws_sdk_kinesis::Client {
@@ -336,7 +346,10 @@ fn resolve_paths(config: &mut Config, base: &Path) {
                 *path = join(Path::new(path)).to_string_lossy().into_owned();
             }
         }
-        SourceConfig::Sqs { .. } | SourceConfig::Kinesis { .. } => {}
+        SourceConfig::Sqs { .. }
+        | SourceConfig::Kinesis { .. }
+        | SourceConfig::Http { .. }
+        | SourceConfig::S3 { .. } => {}
     }
 }
 

@@ -13,14 +13,22 @@ pub enum RawConfig {
         /// A key prefix inside the directory, such as `orders/`. Default: none.
         #[serde(default)]
         prefix: String,
+        /// The objects' format: `"jsonl"` (gzip JSON lines, the default) or `"parquet"` (one Parquet file per
+        /// batch, for Athena, Spark and DuckDB).
+        #[serde(default)]
+        format: crate::raw::RawFormat,
     },
-    /// An Amazon S3 bucket: one gzip JSON-lines object per batch.
+    /// An Amazon S3 bucket: one object per batch (gzip JSON lines, or Parquet).
     S3 {
         /// The bucket.
         bucket: String,
         /// A key prefix, such as `raw/orders/`. Default: none.
         #[serde(default)]
         prefix: String,
+        /// The objects' format: `"jsonl"` (gzip JSON lines, the default) or `"parquet"` (one Parquet file per
+        /// batch, for Athena, Spark and DuckDB).
+        #[serde(default)]
+        format: crate::raw::RawFormat,
         /// Server-side encryption: `"none"` (the bucket's default), `"s3"` (SSE-S3) or `"kms"` (SSE-KMS).
         /// Default `"none"`.
         #[serde(default)]

@@ -96,6 +96,113 @@ pub enum SourceConfig {
         #[serde(default)]
         external_id: Option<String>,
     },
+    /// An HTTP ingest endpoint (`weir serve`): clients `POST /v1/records` (one record per line, or a JSON
+    /// array), Amazon Data Firehose delivers to `POST /v1/firehose`; each request is answered 200 only once
+    /// every record of it is in RAW and committed through the rule to the sink.
+    Http {
+        /// The address to listen on, e.g. `0.0.0.0:8080` (port 0 picks a free port). Default `0.0.0.0:8080`.
+        #[serde(default = "default_http_bind")]
+        bind: String,
+        /// The largest request body, in bytes, after gzip decoding. Default 16 MiB.
+        #[serde(default = "default_max_body_bytes")]
+        max_body_bytes: usize,
+        /// The shared secret clients must present: `Authorization: Bearer {auth}` on `/v1/records`, Firehose's
+        /// access key (`X-Amz-Firehose-Access-Key`) on `/v1/firehose`. Use `${secretsmanager:…}` or `${ENV}`.
+        /// Default: none (any client on the network may send; only behind a private load balancer).
+        #[serde(default)]
+        auth: Option<String>,
+        /// Records received but not yet committed, at most; a request that would pass it is answered 429 with
+        /// `Retry-After`. Default 100000.
+        #[serde(default = "default_max_pending_records")]
+        max_pending_records: usize,
+        /// Payload bytes received but not yet committed, at most (as `max_pending_records`). Default 256 MiB.
+        #[serde(default = "default_max_pending_bytes")]
+        max_pending_bytes: usize,
+        /// How long a request waits for its records' commit before it is answered 503; they still commit, and
+        /// a retry with the same request id is idempotent. Default 60 seconds.
+        #[serde(default = "default_commit_timeout_secs")]
+        commit_timeout_secs: u64,
+        /// This server's name in record ids (`http/{node}/{request id}/{n}`) and RAW keys. Give each server
+        /// behind a load balancer its own stable name. Default: the host name.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Objects in Amazon S3 read as records: those named by the bucket's event notifications delivered to an
+    /// SQS queue (`queue_url`: S3's own notifications, wrapped in SNS or not, or EventBridge's), or every
+    /// object under `prefix` of `bucket` once (a one-off listing; the run ends after the last object).
+    S3 {
+        /// The SQS queue the notifications arrive in. Each message is deleted only once every record of its
+        /// objects has committed.
+        #[serde(default)]
+        queue_url: Option<String>,
+        /// The bucket to list (without `queue_url`); with `queue_url`, notifications of other buckets are
+        /// skipped.
+        #[serde(default)]
+        bucket: Option<String>,
+        /// Only keys under this prefix (listing, and notifications when `bucket` is given). Default: all.
+        #[serde(default)]
+        prefix: String,
+        /// How an object becomes records: `"lines"` (one per non-blank line, e.g. JSON lines; the default),
+        /// `"csv"` (a header row, then one record per row as a JSON object of the header's names) or
+        /// `"whole"` (the object is one record). gzip objects (`Content-Encoding: gzip`, a `.gz` key, or gzip
+        /// bytes) are decompressed as they are read.
+        #[serde(default)]
+        format: ObjectFormat,
+        /// An object is read in ranged GETs of this many bytes. Default 8 MiB.
+        #[serde(default = "default_range_bytes")]
+        range_bytes: u64,
+        /// The largest record, in bytes: a longer line (or `whole` object) is handed to the rule cut to this
+        /// size, with the attribute `s3:truncated` giving its length. Default 8 MiB.
+        #[serde(default = "default_max_record_bytes")]
+        max_record_bytes: usize,
+        /// Long-poll wait per receive call, in seconds (0–20). Default 20.
+        #[serde(default = "default_wait_secs")]
+        wait_secs: i32,
+        /// How long a received notification stays invisible, in seconds; extended while its objects are read
+        /// and loaded. Default 60.
+        #[serde(default = "default_visibility_timeout_secs")]
+        visibility_timeout_secs: i32,
+        /// Stop when no notification has arrived for this many seconds and the queue was found empty.
+        /// Default: never (a listing always ends after its last object).
+        #[serde(default)]
+        idle_exit_secs: Option<u64>,
+        /// An endpoint for this source's S3 and SQS calls (a VPC endpoint, a local server); default `[aws]
+        /// endpoint_url`, else AWS.
+        #[serde(default)]
+        endpoint_url: Option<String>,
+        /// An IAM role this source's calls assume instead of `[aws] role_arn`.
+        #[serde(default)]
+        role_arn: Option<String>,
+        /// The external id the role's trust policy requires.
+        #[serde(default)]
+        external_id: Option<String>,
+    },
+}
+
+/// `format` of an S3 source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ObjectFormat {
+    /// One record per non-blank line.
+    #[default]
+    Lines,
+    /// A header row, then one record per row (a JSON object of the header's names).
+    Csv,
+    /// The whole object is one record.
+    Whole,
+}
+
+impl<'de> Deserialize<'de> for ObjectFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "lines" => Ok(ObjectFormat::Lines),
+            "csv" => Ok(ObjectFormat::Csv),
+            "whole" => Ok(ObjectFormat::Whole),
+            other => Err(serde::de::Error::custom(format!(
+                "format `{other}`: use \"lines\", \"csv\" or \"whole\""
+            ))),
+        }
+    }
 }
 
 impl SourceConfig {
@@ -103,6 +210,11 @@ impl SourceConfig {
     pub fn role(&self) -> crate::aws::Role {
         match self {
             SourceConfig::Sqs {
+                role_arn,
+                external_id,
+                ..
+            }
+            | SourceConfig::S3 {
                 role_arn,
                 external_id,
                 ..
@@ -115,17 +227,17 @@ impl SourceConfig {
                 role_arn: role_arn.clone(),
                 external_id: external_id.clone(),
             },
-            SourceConfig::File { .. } => crate::aws::Role::default(),
+            SourceConfig::File { .. } | SourceConfig::Http { .. } => crate::aws::Role::default(),
         }
     }
 
     /// The source's own AWS endpoint override, if any.
     pub fn endpoint_url(&self) -> Option<&str> {
         match self {
-            SourceConfig::Sqs { endpoint_url, .. } | SourceConfig::Kinesis { endpoint_url, .. } => {
-                endpoint_url.as_deref()
-            }
-            SourceConfig::File { .. } => None,
+            SourceConfig::Sqs { endpoint_url, .. }
+            | SourceConfig::Kinesis { endpoint_url, .. }
+            | SourceConfig::S3 { endpoint_url, .. } => endpoint_url.as_deref(),
+            SourceConfig::File { .. } | SourceConfig::Http { .. } => None,
         }
     }
 }
@@ -236,6 +348,34 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+pub(super) fn default_http_bind() -> String {
+    "0.0.0.0:8080".into()
+}
+
+pub(super) fn default_max_body_bytes() -> usize {
+    16 << 20
+}
+
+pub(super) fn default_max_pending_records() -> usize {
+    100_000
+}
+
+pub(super) fn default_max_pending_bytes() -> usize {
+    256 << 20
+}
+
+pub(super) fn default_commit_timeout_secs() -> u64 {
+    60
+}
+
+pub(super) fn default_range_bytes() -> u64 {
+    8 << 20
+}
+
+pub(super) fn default_max_record_bytes() -> usize {
+    8 << 20
+}
+
 pub(super) fn default_receivers() -> usize {
     (2 * cores()).max(4)
 }
@@ -276,12 +416,151 @@ pub(super) fn check_source(
         }
         SourceConfig::Sqs { .. } => check_sqs(source, aws)?,
         SourceConfig::Kinesis { .. } => check_kinesis(source)?,
+        SourceConfig::Http { .. } => check_http(source)?,
+        SourceConfig::S3 { .. } => check_s3(source, aws)?,
     }
     if let Some(url) = source.endpoint_url() {
         check_endpoint_url("source.endpoint_url", url)?;
     }
     Ok(())
 }
+
+/// `[source]` of kind `http`.
+fn check_http(source: &SourceConfig) -> Result<(), ConfigError> {
+    let SourceConfig::Http {
+        bind,
+        max_body_bytes,
+        auth,
+        max_pending_records,
+        max_pending_bytes,
+        commit_timeout_secs,
+        node,
+    } = source
+    else {
+        return Ok(());
+    };
+    if bind.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ConfigError::field(
+            "source.bind",
+            format!("`{bind}` is not an address and port such as `0.0.0.0:8080`"),
+        ));
+    }
+    if !(1024..=1 << 30).contains(max_body_bytes) {
+        return Err(ConfigError::field(
+            "source.max_body_bytes",
+            format!("{max_body_bytes} is out of range; use 1024 to 1073741824 bytes (1 GiB)"),
+        ));
+    }
+    if auth
+        .as_deref()
+        .is_some_and(|a| a.is_empty() || a.len() > 4096)
+    {
+        return Err(ConfigError::field(
+            "source.auth",
+            "must be 1 to 4096 bytes (Firehose's limit for its access key); leave it out to accept any client",
+        ));
+    }
+    if *max_pending_records == 0 {
+        return Err(ConfigError::field(
+            "source.max_pending_records",
+            "must be at least 1",
+        ));
+    }
+    if *max_pending_bytes < *max_body_bytes {
+        return Err(ConfigError::field(
+            "source.max_pending_bytes",
+            format!(
+                "{max_pending_bytes} is less than source.max_body_bytes ({max_body_bytes}): a full-sized \
+                 request could never be taken; make it at least as large"
+            ),
+        ));
+    }
+    if *commit_timeout_secs == 0 {
+        return Err(ConfigError::field(
+            "source.commit_timeout_secs",
+            "must be at least 1 (seconds)",
+        ));
+    }
+    if let Some(node) = node
+        && !crate::source::valid_id(node, MAX_NODE_BYTES)
+    {
+        return Err(ConfigError::field(
+            "source.node",
+            format!(
+                "`{node}` must be 1 to {MAX_NODE_BYTES} letters, digits, `.`, `_`, `:` or `-` (it is part of \
+                 every record id)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[source]` of kind `s3`.
+fn check_s3(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), ConfigError> {
+    let SourceConfig::S3 {
+        queue_url,
+        bucket,
+        range_bytes,
+        max_record_bytes,
+        wait_secs,
+        visibility_timeout_secs,
+        idle_exit_secs,
+        ..
+    } = source
+    else {
+        return Ok(());
+    };
+    match (queue_url, bucket) {
+        (None, None) => {
+            return Err(ConfigError::field(
+                "source.queue_url",
+                "is missing: give the SQS queue the bucket's event notifications go to, or `bucket` (and \
+                 `prefix`) to read the objects there once",
+            ));
+        }
+        (Some(url), _) => check_sqs(
+            &SourceConfig::Sqs {
+                queue_url: url.clone(),
+                receivers: 1,
+                wait_secs: *wait_secs,
+                max_messages: 10,
+                visibility_timeout_secs: *visibility_timeout_secs,
+                idle_exit_secs: *idle_exit_secs,
+                endpoint_url: None,
+                role_arn: None,
+                external_id: None,
+            },
+            aws,
+        )?,
+        (None, Some(_)) => {}
+    }
+    if let Some(b) = bucket
+        && (b.len() < 3 || b.len() > 63 || b.contains('/'))
+    {
+        return Err(ConfigError::field(
+            "source.bucket",
+            format!(
+                "`{b}` is not a bucket name (3 to 63 characters, no `/`; the key prefix goes in `prefix`)"
+            ),
+        ));
+    }
+    if !((64 << 10)..=(1 << 30)).contains(range_bytes) {
+        return Err(ConfigError::field(
+            "source.range_bytes",
+            format!("{range_bytes} is out of range; use 65536 (64 KiB) to 1073741824 (1 GiB)"),
+        ));
+    }
+    if !(1024..=(256 << 20)).contains(max_record_bytes) {
+        return Err(ConfigError::field(
+            "source.max_record_bytes",
+            format!("{max_record_bytes} is out of range; use 1024 to 268435456 (256 MiB)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest `[source] node` of an HTTP source, in bytes.
+pub const MAX_NODE_BYTES: usize = 64;
 
 /// `[source]` of kind `sqs`.
 fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), ConfigError> {

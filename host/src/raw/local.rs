@@ -14,12 +14,23 @@ use crate::record::Batch;
 pub struct LocalRaw {
     dir: PathBuf,
     prefix: String,
+    format: super::RawFormat,
 }
 
 impl LocalRaw {
-    /// A store under `dir` with key `prefix`.
+    /// A store under `dir` with key `prefix`, writing gzip JSON lines.
     pub fn new(dir: PathBuf, prefix: String) -> Self {
-        LocalRaw { dir, prefix }
+        LocalRaw {
+            dir,
+            prefix,
+            format: super::RawFormat::default(),
+        }
+    }
+
+    /// The same store writing `format` (reading tells formats apart by the key).
+    pub fn with_format(mut self, format: super::RawFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn io(&self, e: impl std::fmt::Display) -> RawError {
@@ -33,10 +44,10 @@ impl LocalRaw {
 #[async_trait]
 impl RawStore for LocalRaw {
     async fn put(&self, batch: &Batch) -> Result<Vec<String>, RawError> {
-        let key = super::object_key(&self.prefix, batch);
+        let key = self.format.object_key(&self.prefix, batch);
         let path = self.dir.join(&key);
         let span = tracing::debug_span!("local_raw.put", key = %key, records = batch.records.len());
-        let bytes = super::encode(batch);
+        let bytes = self.format.encode(batch)?;
         let write = move || -> std::io::Result<()> {
             let parent = path.parent().expect("keys have folders");
             std::fs::create_dir_all(parent)?;

@@ -5,14 +5,19 @@
 //!
 //! `{prefix}source={source}/dt={yyyy-mm-dd}/hour={hh}/{partition}-{first}-{last}[-{digest}].jsonl.gz`
 //!
-//! (the digest only for unordered sources such as SQS, see [`Batch::digest`]).
+//! (the digest only for unordered sources such as SQS, see [`Batch::digest`]; `.parquet` instead of
+//! `.jsonl.gz` with `[raw] format = "parquet"`, see [`parquet`]).
 //!
 //! The date comes from the first record's source timestamp, never the wall clock. Each object is gzip JSON
-//! lines, one [`RawLine`] per record in batch order; a record's RAW reference is `{key}#{line}` (1-based).
+//! lines, one [`RawLine`] per record in batch order (or a Parquet file, one row per record); a record's RAW
+//! reference is `{key}#{line}` (1-based). Reading tells the two formats apart by the key, so a store keeps
+//! being readable after its format changed.
 
 pub mod local;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 #[cfg(feature = "s3")]
 pub mod s3;
 
@@ -106,7 +111,66 @@ impl RawLine {
     }
 }
 
-/// The object key of a batch.
+/// The file format of RAW objects (`[raw] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RawFormat {
+    /// gzip JSON lines (the default).
+    #[default]
+    JsonLines,
+    /// Parquet, one file per batch (the `parquet` feature).
+    Parquet,
+}
+
+impl<'de> Deserialize<'de> for RawFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "jsonl" => Ok(RawFormat::JsonLines),
+            "parquet" => Ok(RawFormat::Parquet),
+            other => Err(serde::de::Error::custom(format!(
+                "format `{other}`: use \"jsonl\" (gzip JSON lines) or \"parquet\""
+            ))),
+        }
+    }
+}
+
+impl RawFormat {
+    /// The key suffix of the format's objects.
+    pub fn extension(self) -> &'static str {
+        match self {
+            RawFormat::JsonLines => ".jsonl.gz",
+            RawFormat::Parquet => ".parquet",
+        }
+    }
+
+    /// A batch's object in this format.
+    pub fn encode(self, batch: &Batch) -> Result<Vec<u8>, RawError> {
+        match self {
+            RawFormat::JsonLines => Ok(encode(batch)),
+            #[cfg(feature = "parquet")]
+            RawFormat::Parquet => parquet::encode(batch).map_err(|e| RawError::Corrupt {
+                key: batch.id.clone(),
+                message: format!("encoding Parquet: {e}"),
+            }),
+            #[cfg(not(feature = "parquet"))]
+            RawFormat::Parquet => Err(RawError::Io {
+                store: "raw".into(),
+                message: crate::config::not_compiled("raw.format", "parquet", "parquet"),
+            }),
+        }
+    }
+
+    /// The object key of a batch in this format.
+    pub fn object_key(self, prefix: &str, batch: &Batch) -> String {
+        let key = object_key(prefix, batch);
+        match self {
+            RawFormat::JsonLines => key,
+            RawFormat::Parquet => format!("{}.parquet", key.trim_end_matches(".jsonl.gz")),
+        }
+    }
+}
+
+/// The object key of a batch (gzip JSON lines).
 pub fn object_key(prefix: &str, batch: &Batch) -> String {
     let ms = batch.records.first().map(|r| r.arrived_at_ms).unwrap_or(0);
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
@@ -156,8 +220,17 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
     gz.finish().expect("writing to memory")
 }
 
-/// Decodes a gzip JSON-lines object.
+/// Decodes a RAW object: Parquet when its key ends in `.parquet`, else gzip JSON lines.
 pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
+    if key.ends_with(".parquet") {
+        #[cfg(feature = "parquet")]
+        return parquet::decode(key, bytes);
+        #[cfg(not(feature = "parquet"))]
+        return Err(RawError::Corrupt {
+            key: key.to_string(),
+            message: crate::config::not_compiled("raw.format", "parquet", "parquet"),
+        });
+    }
     let corrupt = |message: String| RawError::Corrupt {
         key: key.to_string(),
         message,
@@ -172,10 +245,11 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
         .collect()
 }
 
-/// Whether a listed key is a RAW object of the window: a `.jsonl.gz` object whose hour is inside it.
+/// Whether a listed key is a RAW object of the window: a `.jsonl.gz` or `.parquet` object whose hour is inside
+/// it.
 pub(crate) fn listed(key: &str, prefix: &str, window: &Window) -> bool {
     key.starts_with(prefix)
-        && key.ends_with(".jsonl.gz")
+        && (key.ends_with(".jsonl.gz") || key.ends_with(".parquet"))
         && !key.rsplit('/').next().unwrap_or("").starts_with('.')
         && window.has_key(key) != Some(false)
 }

@@ -32,6 +32,17 @@ pub struct S3Options {
     pub multipart_threshold_bytes: usize,
     /// Part size, bytes.
     pub part_size_bytes: usize,
+    /// The objects' file format.
+    pub format: super::RawFormat,
+}
+
+impl S3Options {
+    fn content_type(&self) -> &'static str {
+        match self.format {
+            super::RawFormat::JsonLines => "application/gzip",
+            super::RawFormat::Parquet => "application/vnd.apache.parquet",
+        }
+    }
 }
 
 /// RAW objects in an S3 bucket.
@@ -103,7 +114,7 @@ impl S3Raw {
             .put_object()
             .bucket(&self.options.bucket)
             .key(key)
-            .content_type("application/gzip")
+            .content_type(self.options.content_type())
             .set_server_side_encryption(self.sse())
             .set_ssekms_key_id(self.options.kms_key_id.clone())
             .body(ByteStream::from(body));
@@ -127,7 +138,7 @@ impl S3Raw {
             .create_multipart_upload()
             .bucket(&self.options.bucket)
             .key(key)
-            .content_type("application/gzip")
+            .content_type(self.options.content_type())
             .set_server_side_encryption(self.sse())
             .set_ssekms_key_id(self.options.kms_key_id.clone());
         for (k, v) in meta {
@@ -213,9 +224,9 @@ impl S3Raw {
 #[async_trait]
 impl RawStore for S3Raw {
     async fn put(&self, batch: &Batch) -> Result<Vec<String>, RawError> {
-        let key = super::object_key(&self.options.prefix, batch);
+        let key = self.options.format.object_key(&self.options.prefix, batch);
         let span = tracing::debug_span!("s3_raw.put", bucket = %self.options.bucket, key = %key, records = batch.records.len());
-        let body = super::encode(batch);
+        let body = self.options.format.encode(batch)?;
         let digest = Sha256::digest(&body);
         let meta = [
             ("weir-records", batch.records.len().to_string()),

@@ -4,10 +4,14 @@
 //! are acknowledged through the source's [`Acker`] only after their batch has committed.
 
 pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 #[cfg(feature = "kinesis")]
 pub mod kpl;
+#[cfg(feature = "s3-source")]
+pub mod s3;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
@@ -68,6 +72,16 @@ pub trait Source: Send {
     /// gets it at once). The pipeline awaits it on every exit path of its batcher; dropping a source without
     /// closing it is a fallback that cannot wait for the calls it starts.
     async fn close(&mut self) {}
+}
+
+/// Whether `id` can be part of a record id: 1 to `max` bytes of ASCII letters, digits, `.`, `_`, `:` and `-`
+/// (no `/`, which separates the parts of an id).
+pub fn valid_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The checkpoint row that keeps a partition's input fingerprint ([`Source::fingerprint`]).
