@@ -563,3 +563,98 @@ fn serve_needs_an_http_source() {
         show(&out)
     );
 }
+
+/// A forwarding tier: `weir serve` on the workers' own configuration (an SQS `[source]`, HTTP settings in
+/// `[serve]`) puts each request's records into the FIFO queue before answering 200 — they are in the queue
+/// when the answer arrives — and a retried request is kept once (deduplicated by its record ids); the worker
+/// then drains the queue into SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forwarding_tier_puts_into_the_queue_before_answering() {
+    needs!("a_forwarding_tier_puts_into_the_queue_before_answering": Aws, Plugins);
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let sqs = aws_sdk_sqs::Client::new(&aws_sdk().await);
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", unique("weir-fwd")))
+        .attributes(A::FifoQueue, "true")
+        .send()
+        .await
+        .expect("create queue (is the AWS test server running? scripts/services.sh)")
+        .queue_url
+        .unwrap();
+    let depth = || async {
+        let out = sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .unwrap();
+        out.attributes().unwrap()[&A::ApproximateNumberOfMessages]
+            .parse::<i64>()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = quickstart_in(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[source]\nkind = \"file\"\npath = \"orders.jsonl\"",
+        &format!(
+            "[source]\nkind = \"sqs\"\nqueue_url = \"{queue}\"\nwait_secs = 1\nidle_exit_secs = 3\n\n\
+             [serve]\nauth = \"s3cret\"\nnode = \"edge-1\"\n\n[aws]\nendpoint_url = \"{}\"",
+            aws_endpoint()
+        ),
+    );
+    assert!(text.contains("kind = \"sqs\""));
+    std::fs::write(&config, text).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["serve", "-c", config.to_str().unwrap()])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env("WEIR_LOG", "info")
+        .envs(AWS_TEST_ENV);
+    let server = Background::spawn(cmd);
+    wait_listening(port).await;
+    let (all, _) = orders_input(20);
+    let headers = [
+        ("authorization", "Bearer s3cret"),
+        ("x-request-id", "fwd-1"),
+    ];
+    for attempt in 1..=2 {
+        let r = post(port, "/v1/records", &headers, all.as_bytes()).await;
+        assert_eq!(r.status, 200, "attempt {attempt}: {r:?}");
+        assert_eq!(r.body["records"], 20);
+        assert_eq!(
+            depth().await,
+            20,
+            "attempt {attempt}: in the queue when answered, once"
+        );
+    }
+    let r = post(port, "/v1/records", &[headers[1]], all.as_bytes()).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let out = stop(server).await;
+    assert!(out.status.success(), "{}", show(&out));
+
+    let out = weir_with_aws(&["run", "-c", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let db = dir.path().join("out/weir.db");
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 20);
+    assert_eq!(depth().await, 0);
+}
+
+/// Waits (at most 120 s) until something accepts connections on `port`.
+async fn wait_listening(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {port} after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn weir_with_aws(args: &[&str]) -> std::process::Output {
+    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV.to_vec();
+    env.push(("WEIR_LOG", "info"));
+    weir(args, &env)
+}

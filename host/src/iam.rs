@@ -45,7 +45,7 @@ pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<
         }
     }
     match &config.source {
-        SourceConfig::File { .. } | SourceConfig::Http { .. } => {}
+        SourceConfig::File { .. } | SourceConfig::Http(_) => {}
         SourceConfig::S3 {
             queue_url,
             bucket,

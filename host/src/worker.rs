@@ -505,32 +505,14 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             Ok(Box::new(SqsSource::open(client, options).await?))
         }
         #[cfg(not(feature = "http"))]
-        SourceConfig::Http { .. } => Err(SourceError::Io {
+        SourceConfig::Http(_) => Err(SourceError::Io {
             source_name: "http".into(),
             message: crate::config::not_compiled("source.kind", "http", "http"),
         }),
         #[cfg(feature = "http")]
-        SourceConfig::Http {
-            bind,
-            max_body_bytes,
-            auth,
-            max_pending_records,
-            max_pending_bytes,
-            commit_timeout_secs,
-            node,
-        } => {
-            use crate::source::http::{HttpOptions, HttpSource};
-            let options = HttpOptions {
-                bind: bind.clone(),
-                max_body_bytes: *max_body_bytes,
-                auth: auth.clone(),
-                max_pending_records: *max_pending_records,
-                max_pending_bytes: *max_pending_bytes,
-                commit_timeout: Duration::from_secs(*commit_timeout_secs),
-                node: node.clone().unwrap_or_else(default_node),
-            };
-            Ok(Box::new(HttpSource::open(options).await?))
-        }
+        SourceConfig::Http(http) => Ok(Box::new(
+            crate::source::http::HttpSource::open(http_options(http)).await?,
+        )),
         SourceConfig::S3 { .. } => Err(SourceError::Io {
             source_name: "s3".into(),
             message: if cfg!(feature = "s3-source") {
@@ -544,6 +526,53 @@ pub async fn open_source(loaded: &Loaded) -> Result<Box<dyn Source>, SourceError
             message: "a Kinesis source runs one reader per leased shard (worker::run)".into(),
         }),
     }
+}
+
+/// The HTTP server's options from `[source]` (kind `http`) or `[serve]`.
+#[cfg(feature = "http")]
+pub fn http_options(http: &crate::config::HttpConfig) -> crate::source::http::HttpOptions {
+    crate::source::http::HttpOptions {
+        bind: http.bind.clone(),
+        max_body_bytes: http.max_body_bytes,
+        auth: http.auth.clone(),
+        max_pending_records: http.max_pending_records,
+        max_pending_bytes: http.max_pending_bytes,
+        commit_timeout: Duration::from_secs(http.commit_timeout_secs),
+        node: http.node.clone().unwrap_or_else(default_node),
+    }
+}
+
+/// Runs a forwarding tier (`weir serve` with a Kinesis or SQS `[source]`) until `stop` resolves.
+#[cfg(feature = "http")]
+pub async fn serve_forwarding(
+    loaded: &Loaded,
+    http: &crate::config::HttpConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    use crate::source::http::Forward;
+    let forward: Arc<dyn Forward> = match &loaded.config.source {
+        #[cfg(feature = "kinesis")]
+        SourceConfig::Kinesis {
+            stream, stream_arn, ..
+        } => Arc::new(crate::source::http::KinesisForward {
+            client: loaded.config.source_kinesis().await,
+            stream: stream.clone(),
+            stream_arn: stream_arn.clone(),
+        }),
+        #[cfg(feature = "sqs")]
+        SourceConfig::Sqs { queue_url, .. } => Arc::new(crate::source::http::SqsForward {
+            client: loaded.config.source_sqs().await,
+            queue_url: queue_url.clone(),
+            group_id: http.node.clone().unwrap_or_else(default_node),
+        }),
+        _ => {
+            return Err(WorkerError::Source(SourceError::Io {
+                source_name: "http".into(),
+                message: "a forwarding tier puts records into the Kinesis stream or SQS queue of [source]; this [source] is neither (or not in this build)".into(),
+            }));
+        }
+    };
+    Ok(crate::source::http::serve_forwarding(http_options(http), forward, stop).await?)
 }
 
 /// An HTTP source's default node name: the host name, cut to what a record id takes.

@@ -64,8 +64,9 @@ pub(crate) enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Serve the HTTP ingest endpoint of a configuration with `[source] kind = "http"` (POST /v1/records,
-    /// POST /v1/firehose) until SIGINT/SIGTERM; each request is answered once its records have committed.
+    /// Serve the HTTP ingest endpoint (POST /v1/records, POST /v1/firehose) until SIGINT/SIGTERM. With
+    /// `[source] kind = "http"` each request is answered once its records committed; with a Kinesis or SQS
+    /// `[source]`, once they were put into that stream or queue (a forwarding tier, settings in `[serve]`).
     Serve {
         /// The configuration file.
         #[arg(short, long)]
@@ -326,7 +327,7 @@ pub(crate) fn init_logging(format: LogFormat) {
 pub(crate) async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => run(config::load(&config)?).await,
-        Command::Serve { config, bind } => run(serving(&config, bind)?).await,
+        Command::Serve { config, bind } => serve(&config, bind).await,
         Command::Validate { config, aws } => validate_config(&config, aws).await,
         Command::Status { config, json } => status::status(&config, json).await,
         Command::DeadLetters { command } => dead_letters::dead_letters(command).await,

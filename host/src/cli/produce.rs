@@ -65,7 +65,7 @@ pub(super) async fn produce(
              the file to the bucket (aws s3 cp FILE s3://BUCKET/PREFIX)",
             path.display()
         ),
-        config::SourceConfig::Http { .. } => anyhow::bail!(
+        config::SourceConfig::Http(_) => anyhow::bail!(
             "{}: `weir produce` sends to an SQS or Kinesis source; this configuration serves HTTP: POST the \
              lines to its /v1/records (curl --data-binary @FILE)",
             path.display()

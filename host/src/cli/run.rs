@@ -2,25 +2,55 @@
 
 use super::*;
 
-/// `weir serve`: the configuration, which must have an HTTP source, with `--bind` applied.
-pub(super) fn serving(path: &Path, bind: Option<String>) -> Result<config::Loaded> {
+/// `weir serve`: with `[source] kind = "http"`, the pipeline behind its HTTP endpoint (as `weir run`); with a
+/// Kinesis or SQS `[source]`, a forwarding tier in front of that stream or queue (`[serve]` settings).
+/// `--bind` replaces the configured address.
+pub(super) async fn serve(path: &Path, bind: Option<String>) -> Result<ExitCode> {
     let mut loaded = config::load(path)?;
-    let config::SourceConfig::Http {
-        bind: configured, ..
-    } = &mut loaded.config.source
-    else {
-        anyhow::bail!(
-            "{}: `weir serve` needs `[source] kind = \"http\"` (this configuration reads another source: use `weir run`)",
-            path.display()
-        );
-    };
-    if let Some(bind) = bind {
-        if bind.parse::<std::net::SocketAddr>().is_err() {
-            anyhow::bail!("--bind `{bind}` is not an address and port such as `0.0.0.0:8080`");
-        }
-        *configured = bind;
+    if let Some(bind) = &bind
+        && bind.parse::<std::net::SocketAddr>().is_err()
+    {
+        anyhow::bail!("--bind `{bind}` is not an address and port such as `0.0.0.0:8080`");
     }
-    Ok(loaded)
+    match &mut loaded.config.source {
+        config::SourceConfig::Http(http) => {
+            if let Some(bind) = bind {
+                http.bind = bind;
+            }
+            run(loaded).await
+        }
+        config::SourceConfig::Kinesis { .. } | config::SourceConfig::Sqs { .. } => {
+            let mut http = loaded.config.serve.clone().unwrap_or_default();
+            if let Some(bind) = bind {
+                http.bind = bind;
+            }
+            forward(&loaded, &http).await
+        }
+        _ => anyhow::bail!(
+            "{}: `weir serve` needs `[source] kind = \"http\"` (the pipeline behind an HTTP endpoint), or a Kinesis \
+             or SQS [source] to forward into; this configuration reads another source: use `weir run`",
+            path.display()
+        ),
+    }
+}
+
+/// The forwarding tier until SIGINT/SIGTERM, with the admin endpoint when configured.
+#[cfg(feature = "http")]
+async fn forward(loaded: &config::Loaded, http: &config::HttpConfig) -> Result<ExitCode> {
+    let (admin_stop, admin_shutdown) = watch::channel(false);
+    if let Some(bind) = &loaded.config.worker.admin_bind {
+        weir::admin::serve(bind, admin_shutdown)
+            .await
+            .with_context(|| format!("worker.admin_bind: cannot listen on {bind}"))?;
+    }
+    weir::worker::serve_forwarding(loaded, http, wait_for_signal()).await?;
+    let _ = admin_stop.send(true);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "http"))]
+async fn forward(_: &config::Loaded, _: &config::HttpConfig) -> Result<ExitCode> {
+    anyhow::bail!(config::not_compiled("serve", "http", "http"))
 }
 
 pub(super) async fn run(loaded: config::Loaded) -> Result<ExitCode> {

@@ -91,7 +91,7 @@ pub(super) async fn status(path: &Path, json: bool) -> Result<ExitCode> {
         config::SourceConfig::File { .. } => "file",
         config::SourceConfig::Sqs { .. } => "sqs",
         config::SourceConfig::Kinesis { .. } => "kinesis",
-        config::SourceConfig::Http { .. } => "http",
+        config::SourceConfig::Http(_) => "http",
         config::SourceConfig::S3 { .. } => "s3",
     };
     // A partition's input fingerprint row is weir's own bookkeeping, not a partition.

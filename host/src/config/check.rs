@@ -9,6 +9,15 @@ pub(super) fn check(config: &Config) -> Result<Vec<TableSpec>, ConfigError> {
     check_sink(config)?;
     check_features(config)?;
     check_source(&config.source, &config.aws)?;
+    if let Some(serve) = &config.serve {
+        if matches!(config.source, SourceConfig::Http(_)) {
+            return Err(ConfigError::field(
+                "serve",
+                "[serve] configures a forwarding tier in front of a Kinesis or SQS [source]; with `[source] kind = \"http\"` put these settings in [source]",
+            ));
+        }
+        check_http(serve, "serve")?;
+    }
     check_raw(&config.raw)?;
     check_roles(config)?;
     if config.sink.tables.is_empty() {
@@ -505,7 +514,7 @@ fn check_features(config: &Config) -> Result<(), ConfigError> {
         SourceConfig::Kinesis { .. } if !cfg!(feature = "kinesis") => {
             return missing("source.kind", "kinesis", "kinesis");
         }
-        SourceConfig::Http { .. } if !cfg!(feature = "http") => {
+        SourceConfig::Http(_) if !cfg!(feature = "http") => {
             return missing("source.kind", "http", "http");
         }
         SourceConfig::S3 { .. } if !cfg!(feature = "s3-source") => {

@@ -108,6 +108,10 @@ pub struct Config {
     /// `[coordinator]`: where Kinesis shard leases, the loader lease and the registry of staged batches live.
     #[serde(default)]
     pub coordinator: CoordinatorConfig,
+    /// `[serve]`: the HTTP settings of a forwarding tier (`weir serve` in front of the Kinesis stream or SQS
+    /// queue of `[source]`). Default: the same defaults as an HTTP source's.
+    #[serde(default)]
+    pub serve: Option<HttpConfig>,
 }
 
 impl Config {
@@ -348,7 +352,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         }
         SourceConfig::Sqs { .. }
         | SourceConfig::Kinesis { .. }
-        | SourceConfig::Http { .. }
+        | SourceConfig::Http(_)
         | SourceConfig::S3 { .. } => {}
     }
 }

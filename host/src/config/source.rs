@@ -99,34 +99,7 @@ pub enum SourceConfig {
     /// An HTTP ingest endpoint (`weir serve`): clients `POST /v1/records` (one record per line, or a JSON
     /// array), Amazon Data Firehose delivers to `POST /v1/firehose`; each request is answered 200 only once
     /// every record of it is in RAW and committed through the rule to the sink.
-    Http {
-        /// The address to listen on, e.g. `0.0.0.0:8080` (port 0 picks a free port). Default `0.0.0.0:8080`.
-        #[serde(default = "default_http_bind")]
-        bind: String,
-        /// The largest request body, in bytes, after gzip decoding. Default 16 MiB.
-        #[serde(default = "default_max_body_bytes")]
-        max_body_bytes: usize,
-        /// The shared secret clients must present: `Authorization: Bearer {auth}` on `/v1/records`, Firehose's
-        /// access key (`X-Amz-Firehose-Access-Key`) on `/v1/firehose`. Use `${secretsmanager:…}` or `${ENV}`.
-        /// Default: none (any client on the network may send; only behind a private load balancer).
-        #[serde(default)]
-        auth: Option<String>,
-        /// Records received but not yet committed, at most; a request that would pass it is answered 429 with
-        /// `Retry-After`. Default 100000.
-        #[serde(default = "default_max_pending_records")]
-        max_pending_records: usize,
-        /// Payload bytes received but not yet committed, at most (as `max_pending_records`). Default 256 MiB.
-        #[serde(default = "default_max_pending_bytes")]
-        max_pending_bytes: usize,
-        /// How long a request waits for its records' commit before it is answered 503; they still commit, and
-        /// a retry with the same request id is idempotent. Default 60 seconds.
-        #[serde(default = "default_commit_timeout_secs")]
-        commit_timeout_secs: u64,
-        /// This server's name in record ids (`http/{node}/{request id}/{n}`) and RAW keys. Give each server
-        /// behind a load balancer its own stable name. Default: the host name.
-        #[serde(default)]
-        node: Option<String>,
-    },
+    Http(HttpConfig),
     /// Objects in Amazon S3 read as records: those named by the bucket's event notifications delivered to an
     /// SQS queue (`queue_url`: S3's own notifications, wrapped in SNS or not, or EventBridge's), or every
     /// object under `prefix` of `bucket` once (a one-off listing; the run ends after the last object).
@@ -179,6 +152,53 @@ pub enum SourceConfig {
     },
 }
 
+/// The HTTP endpoint's settings: `[source]` of kind `http`, or `[serve]` of a forwarding tier (`weir serve` in
+/// front of the Kinesis stream or SQS queue of `[source]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The address to listen on, e.g. `0.0.0.0:8080` (port 0 picks a free port). Default `0.0.0.0:8080`.
+    #[serde(default = "default_http_bind")]
+    pub bind: String,
+    /// The largest request body, in bytes, after gzip decoding. Default 16 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The shared secret clients must present: `Authorization: Bearer {auth}` on `/v1/records`, Firehose's
+    /// access key (`X-Amz-Firehose-Access-Key`) on `/v1/firehose`. Use `${secretsmanager:…}` or `${ENV}`.
+    /// Default: none (any client on the network may send; only behind a private load balancer).
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// Records received but not yet committed, at most; a request that would pass it is answered 429 with
+    /// `Retry-After`. Default 100000.
+    #[serde(default = "default_max_pending_records")]
+    pub max_pending_records: usize,
+    /// Payload bytes received but not yet committed, at most (as `max_pending_records`). Default 256 MiB.
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: usize,
+    /// How long a request waits for its records' commit before it is answered 503; they still commit, and
+    /// a retry with the same request id is idempotent. Default 60 seconds.
+    #[serde(default = "default_commit_timeout_secs")]
+    pub commit_timeout_secs: u64,
+    /// This server's name in record ids (`http/{node}/{request id}/{n}`) and RAW keys. Give each server
+    /// behind a load balancer its own stable name. Default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: default_http_bind(),
+            max_body_bytes: default_max_body_bytes(),
+            auth: None,
+            max_pending_records: default_max_pending_records(),
+            max_pending_bytes: default_max_pending_bytes(),
+            commit_timeout_secs: default_commit_timeout_secs(),
+            node: None,
+        }
+    }
+}
+
 /// `format` of an S3 source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ObjectFormat {
@@ -227,7 +247,7 @@ impl SourceConfig {
                 role_arn: role_arn.clone(),
                 external_id: external_id.clone(),
             },
-            SourceConfig::File { .. } | SourceConfig::Http { .. } => crate::aws::Role::default(),
+            SourceConfig::File { .. } | SourceConfig::Http(_) => crate::aws::Role::default(),
         }
     }
 
@@ -237,7 +257,7 @@ impl SourceConfig {
             SourceConfig::Sqs { endpoint_url, .. }
             | SourceConfig::Kinesis { endpoint_url, .. }
             | SourceConfig::S3 { endpoint_url, .. } => endpoint_url.as_deref(),
-            SourceConfig::File { .. } | SourceConfig::Http { .. } => None,
+            SourceConfig::File { .. } | SourceConfig::Http(_) => None,
         }
     }
 }
@@ -416,7 +436,7 @@ pub(super) fn check_source(
         }
         SourceConfig::Sqs { .. } => check_sqs(source, aws)?,
         SourceConfig::Kinesis { .. } => check_kinesis(source)?,
-        SourceConfig::Http { .. } => check_http(source)?,
+        SourceConfig::Http(http) => check_http(http, "source")?,
         SourceConfig::S3 { .. } => check_s3(source, aws)?,
     }
     if let Some(url) = source.endpoint_url() {
@@ -425,9 +445,9 @@ pub(super) fn check_source(
     Ok(())
 }
 
-/// `[source]` of kind `http`.
-fn check_http(source: &SourceConfig) -> Result<(), ConfigError> {
-    let SourceConfig::Http {
+/// `[source]` of kind `http`, or `[serve]` (`section` names which in messages).
+pub(super) fn check_http(http: &HttpConfig, section: &str) -> Result<(), ConfigError> {
+    let HttpConfig {
         bind,
         max_body_bytes,
         auth,
@@ -435,19 +455,17 @@ fn check_http(source: &SourceConfig) -> Result<(), ConfigError> {
         max_pending_bytes,
         commit_timeout_secs,
         node,
-    } = source
-    else {
-        return Ok(());
-    };
+    } = http;
+    let field = |name: &str| format!("{section}.{name}");
     if bind.parse::<std::net::SocketAddr>().is_err() {
         return Err(ConfigError::field(
-            "source.bind",
+            field("bind"),
             format!("`{bind}` is not an address and port such as `0.0.0.0:8080`"),
         ));
     }
     if !(1024..=1 << 30).contains(max_body_bytes) {
         return Err(ConfigError::field(
-            "source.max_body_bytes",
+            field("max_body_bytes"),
             format!("{max_body_bytes} is out of range; use 1024 to 1073741824 bytes (1 GiB)"),
         ));
     }
@@ -456,28 +474,28 @@ fn check_http(source: &SourceConfig) -> Result<(), ConfigError> {
         .is_some_and(|a| a.is_empty() || a.len() > 4096)
     {
         return Err(ConfigError::field(
-            "source.auth",
+            field("auth"),
             "must be 1 to 4096 bytes (Firehose's limit for its access key); leave it out to accept any client",
         ));
     }
     if *max_pending_records == 0 {
         return Err(ConfigError::field(
-            "source.max_pending_records",
+            field("max_pending_records"),
             "must be at least 1",
         ));
     }
     if *max_pending_bytes < *max_body_bytes {
         return Err(ConfigError::field(
-            "source.max_pending_bytes",
+            field("max_pending_bytes"),
             format!(
-                "{max_pending_bytes} is less than source.max_body_bytes ({max_body_bytes}): a full-sized \
+                "{max_pending_bytes} is less than max_body_bytes ({max_body_bytes}): a full-sized \
                  request could never be taken; make it at least as large"
             ),
         ));
     }
     if *commit_timeout_secs == 0 {
         return Err(ConfigError::field(
-            "source.commit_timeout_secs",
+            field("commit_timeout_secs"),
             "must be at least 1 (seconds)",
         ));
     }
@@ -485,7 +503,7 @@ fn check_http(source: &SourceConfig) -> Result<(), ConfigError> {
         && !crate::source::valid_id(node, MAX_NODE_BYTES)
     {
         return Err(ConfigError::field(
-            "source.node",
+            field("node"),
             format!(
                 "`{node}` must be 1 to {MAX_NODE_BYTES} letters, digits, `.`, `_`, `:` or `-` (it is part of \
                  every record id)"

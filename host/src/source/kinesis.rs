@@ -476,6 +476,18 @@ pub async fn put_lines(
                 .expect("key and data are set")
         })
         .collect();
+    put_entries(client, stream, stream_arn, entries).await?;
+    Ok(users.len())
+}
+
+/// Puts records, 500 per `PutRecords` call, retrying the entries Kinesis refused (throttling) with backoff.
+pub async fn put_entries(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    stream_arn: Option<&str>,
+    entries: Vec<aws_sdk_kinesis::types::PutRecordsRequestEntry>,
+) -> Result<(), SourceError> {
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let err = |m: String| kinesis_error(stream, m);
     for chunk in entries.chunks(500) {
         let mut pending = chunk.to_vec();
@@ -511,7 +523,7 @@ pub async fn put_lines(
             pending = refused;
         }
     }
-    Ok(users.len())
+    Ok(())
 }
 
 /// The `StreamName` of a call: none when the stream is named by ARN (a call names it one way only).

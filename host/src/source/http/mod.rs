@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 use super::{Acker, Source, SourceError};
 use crate::record::{Batch, Polled};
 
+mod forward;
 mod server;
+pub use forward::*;
 
 /// Settings of an HTTP source (`[source] kind = "http"`).
 #[derive(Debug, Clone)]
@@ -73,7 +75,7 @@ struct InFlight {
     remaining: usize,
     done: watch::Sender<Fate>,
     /// Its share of `max_pending_records` and `max_pending_bytes`, given back when it ends.
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permits: Permits,
 }
 
 /// Requests in flight, by request id.
@@ -129,7 +131,12 @@ struct Shared {
     /// To the batcher. Its capacity is `max_pending_records`, and every record in it holds a permit of
     /// `records`, so sending never waits and never fails while the source is open.
     tx: mpsc::Sender<Polled>,
+    /// A forwarding tier's stream or queue, instead of the batcher.
+    forward: Option<Arc<dyn Forward>>,
 }
+
+/// A request's share of `max_pending_records` and `max_pending_bytes`.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// How a request was taken.
 enum Admission {
@@ -144,6 +151,37 @@ enum Admission {
 }
 
 impl Shared {
+    /// Reserves room for `n` records of `bytes` payload bytes, unless the server is closed or full.
+    fn reserve(&self, requests: &Requests, n: usize, bytes: usize) -> Result<Permits, Admission> {
+        if let Some(why) = &requests.closed {
+            return Err(Admission::Closed(why.clone()));
+        }
+        let (Ok(n32), Ok(bytes32)) = (u32::try_from(n), u32::try_from(bytes)) else {
+            return Err(Admission::Full);
+        };
+        let records = self
+            .records
+            .clone()
+            .try_acquire_many_owned(n32)
+            .map_err(|_| Admission::Full)?;
+        let bytes = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(bytes32)
+            .map_err(|_| Admission::Full)?;
+        Ok((records, bytes))
+    }
+
+    /// Room for a forwarded request, held while its records are put.
+    fn reserve_forward(
+        &self,
+        records: &[crate::contract::SourceRecord],
+    ) -> Result<Permits, Admission> {
+        let bytes = records.iter().map(|r| r.payload.len()).sum();
+        let requests = self.requests.lock().expect("not poisoned");
+        self.reserve(&requests, records.len(), bytes)
+    }
+
     /// Takes a request's records, or says why not. Under one lock with [`HttpSource::close`], so a record is
     /// either queued before the source closes (and given back by it) or refused.
     fn admit(&self, id: &str, records: Vec<crate::contract::SourceRecord>) -> Admission {
@@ -159,14 +197,9 @@ impl Shared {
         if n == 0 {
             return Admission::Taken(watch::channel(Fate::Committed).1);
         }
-        let (Ok(n32), Ok(bytes32)) = (u32::try_from(n), u32::try_from(bytes)) else {
-            return Admission::Full;
-        };
-        let Ok(records_permit) = self.records.clone().try_acquire_many_owned(n32) else {
-            return Admission::Full;
-        };
-        let Ok(bytes_permit) = self.bytes.clone().try_acquire_many_owned(bytes32) else {
-            return Admission::Full;
+        let permits = match self.reserve(&requests, n, bytes) {
+            Ok(p) => p,
+            Err(refused) => return refused,
         };
         let (done, rx) = watch::channel(Fate::Pending);
         for (i, record) in records.into_iter().enumerate() {
@@ -187,11 +220,72 @@ impl Shared {
                 committed: vec![false; n],
                 remaining: n,
                 done,
-                _permits: (records_permit, bytes_permit),
+                _permits: permits,
             },
         );
         Admission::Taken(rx)
     }
+}
+
+/// Binds the server's address.
+async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), SourceError> {
+    let io = |e: std::io::Error| SourceError::Io {
+        source_name: "http".into(),
+        message: format!("cannot listen on {addr}: {e} (is another process on that port?)"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(io)?;
+    let local = listener.local_addr().map_err(io)?;
+    Ok((listener, local))
+}
+
+impl Shared {
+    fn new(
+        options: HttpOptions,
+        forward: Option<Arc<dyn Forward>>,
+    ) -> (Arc<Shared>, mpsc::Receiver<Polled>) {
+        let (tx, rx) = mpsc::channel(options.max_pending_records);
+        let shared = Arc::new(Shared {
+            records: Arc::new(Semaphore::new(options.max_pending_records)),
+            bytes: Arc::new(Semaphore::new(options.max_pending_bytes)),
+            options,
+            requests: Mutex::new(Requests::default()),
+            tx,
+            forward,
+        });
+        (shared, rx)
+    }
+}
+
+/// Serves a forwarding tier until `stop` resolves: each request's records are put into `forward` and the
+/// request answered once they all were. Then it stops accepting and waits (at most `commit_timeout`) for the
+/// puts in flight.
+pub async fn serve_forwarding(
+    options: HttpOptions,
+    forward: Arc<dyn Forward>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let (listener, addr) = bind(&options.bind).await?;
+    tracing::info!(%addr, node = %options.node, to = %forward.describe(), "http forwarding tier: listening (POST /v1/records, POST /v1/firehose)");
+    let (shared, _rx) = Shared::new(options, Some(forward));
+    let accepting = Listener(tokio::spawn(server::accept(listener, shared.clone())));
+    crate::admin::set_ready(true);
+    stop.await;
+    crate::admin::set_ready(false);
+    drop(accepting);
+    shared.requests.lock().expect("not poisoned").closed =
+        Some("the server is shutting down".into());
+    let all = u32::try_from(shared.options.max_pending_records).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(
+        shared.options.commit_timeout,
+        shared.records.acquire_many(all),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "http forwarding tier: puts still in flight at exit (their clients get no answer and retry)"
+        );
+    }
+    Ok(())
 }
 
 /// Aborts the server's accept loop when dropped.
@@ -214,27 +308,8 @@ pub struct HttpSource {
 impl HttpSource {
     /// Binds `options.bind` and starts serving.
     pub async fn open(options: HttpOptions) -> Result<Self, SourceError> {
-        let listener = tokio::net::TcpListener::bind(&options.bind)
-            .await
-            .map_err(|e| SourceError::Io {
-                source_name: "http".into(),
-                message: format!(
-                    "cannot listen on source.bind = {}: {e} (is another process on that port?)",
-                    options.bind
-                ),
-            })?;
-        let addr = listener.local_addr().map_err(|e| SourceError::Io {
-            source_name: "http".into(),
-            message: e.to_string(),
-        })?;
-        let (tx, rx) = mpsc::channel(options.max_pending_records);
-        let shared = Arc::new(Shared {
-            records: Arc::new(Semaphore::new(options.max_pending_records)),
-            bytes: Arc::new(Semaphore::new(options.max_pending_bytes)),
-            options,
-            requests: Mutex::new(Requests::default()),
-            tx,
-        });
+        let (listener, addr) = bind(&options.bind).await?;
+        let (shared, rx) = Shared::new(options, None);
         tracing::info!(%addr, node = %shared.options.node, "http source: listening (POST /v1/records, POST /v1/firehose)");
         let task = tokio::spawn(server::accept(listener, shared.clone()));
         Ok(Self {
@@ -346,7 +421,6 @@ mod tests {
     }
 
     fn shared(max_records: usize, max_bytes: usize) -> (Arc<Shared>, mpsc::Receiver<Polled>) {
-        let (tx, rx) = mpsc::channel(max_records);
         let options = HttpOptions {
             bind: "127.0.0.1:0".into(),
             max_body_bytes: 1024,
@@ -356,14 +430,8 @@ mod tests {
             commit_timeout: Duration::from_secs(1),
             node: "n".into(),
         };
-        let shared = Arc::new(Shared {
-            records: Arc::new(Semaphore::new(max_records)),
-            bytes: Arc::new(Semaphore::new(max_bytes)),
-            options,
-            requests: Mutex::default(),
-            tx,
-        });
-        (shared, rx)
+
+        Shared::new(options, None)
     }
 
     #[test]

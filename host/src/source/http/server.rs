@@ -217,7 +217,7 @@ async fn receive(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply
             ),
         );
     }
-    let records = records
+    let records: Vec<SourceRecord> = records
         .into_iter()
         .enumerate()
         .map(|(i, mut r)| {
@@ -225,6 +225,9 @@ async fn receive(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply
             r
         })
         .collect();
+    if let Some(forward) = &shared.forward {
+        return forwarded(shared, forward.as_ref(), request_id, records).await;
+    }
     let mut done = match shared.admit(request_id, records) {
         Admission::Taken(rx) | Admission::Joined(rx) => rx,
         Admission::Full => {
@@ -271,6 +274,60 @@ async fn receive(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply
                 "not committed within source.commit_timeout_secs ({} s); the records may still commit: retry \
                  with the same request id (idempotent)",
                 options.commit_timeout.as_secs()
+            ),
+        ),
+    }
+}
+
+/// A forwarding tier's request: its records put into the stream or queue, answered once they all were.
+async fn forwarded(
+    shared: &Shared,
+    forward: &dyn super::Forward,
+    request_id: &str,
+    records: Vec<SourceRecord>,
+) -> Reply {
+    if let Some(why) = forward.refuse(&records) {
+        return Reply::error(StatusCode::PAYLOAD_TOO_LARGE, request_id, why);
+    }
+    let permits = match shared.reserve_forward(&records) {
+        Ok(p) => p,
+        Err(Admission::Closed(why)) => {
+            return Reply::error(StatusCode::SERVICE_UNAVAILABLE, request_id, why);
+        }
+        Err(_) => {
+            return Reply::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                request_id,
+                "too many records in flight ([serve] max_pending_records / max_pending_bytes); retry after a second",
+            );
+        }
+    };
+    let timeout = shared.options.commit_timeout;
+    let put = tokio::time::timeout(timeout, forward.put(&records)).await;
+    drop(permits);
+    match put {
+        Ok(Ok(())) => Reply {
+            status: StatusCode::OK,
+            request_id: request_id.to_string(),
+            records: records.len(),
+            error: None,
+            retry_after_secs: None,
+        },
+        Ok(Err(e)) => Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_id,
+            format!(
+                "forwarding to {} failed: {e}; retry the request",
+                forward.describe()
+            ),
+        ),
+        Err(_) => Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_id,
+            format!(
+                "forwarding to {} took longer than {} s; retry the request",
+                forward.describe(),
+                timeout.as_secs()
             ),
         ),
     }

@@ -12,11 +12,7 @@ pub async fn send_lines(
     lines: &[Vec<u8>],
     group_id: &str,
 ) -> Result<usize, SourceError> {
-    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
     use sha2::{Digest, Sha256};
-    let queue = queue_name(queue_url);
-    let fifo = queue.ends_with(".fifo");
-    let mut sent = 0;
     let mut numbered: Vec<(usize, &str)> = Vec::new();
     for (n, line) in lines.iter().enumerate() {
         if line.is_empty() {
@@ -30,19 +26,40 @@ pub async fn send_lines(
             ),
         }
     }
-    for chunk in numbered.chunks(10) {
+    let messages: Vec<(String, &str)> = numbered
+        .iter()
+        .map(|(n, body)| {
+            let digest = Sha256::digest(body.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            (format!("{}-{hex}", n + 1), *body)
+        })
+        .collect();
+    send_messages(client, queue_url, &messages, group_id).await
+}
+
+/// Sends messages, 10 per `SendMessageBatch` call; on a FIFO queue each with `group_id` and its own
+/// deduplication id (the first of each pair), so that SQS keeps one copy of a message sent twice within its
+/// five-minute window. Returns the number sent.
+pub async fn send_messages(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    messages: &[(String, &str)],
+    group_id: &str,
+) -> Result<usize, SourceError> {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    let queue = queue_name(queue_url);
+    let fifo = queue.ends_with(".fifo");
+    let mut sent = 0;
+    for chunk in messages.chunks(10) {
         let mut entries = Vec::new();
-        for (i, (n, body)) in chunk.iter().enumerate() {
-            let body = *body;
+        for (i, (dedupe, body)) in chunk.iter().enumerate() {
             let mut e = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
-                .message_body(body);
+                .message_body(*body);
             if fifo {
-                let digest = Sha256::digest(body.as_bytes());
-                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
                 e = e
                     .message_group_id(group_id)
-                    .message_deduplication_id(format!("{}-{hex}", n + 1));
+                    .message_deduplication_id(dedupe.clone());
             }
             entries.push(e.build().expect("id and body are set"));
         }
