@@ -65,7 +65,9 @@ pub fn policy(config: &Config, secrets: &[String], account: &Account) -> Result<
                 &["s3:GetObject", "s3:GetObjectVersion"],
                 &[objects],
             );
-            if let (None, Some(bucket)) = (queue_url, bucket) {
+            // Listing: a backfill lists the prefix; with notifications it makes a deleted object a 404
+            // (skipped) instead of a 403 (which would stop the worker).
+            if let Some(bucket) = bucket {
                 p.statements.push(json!({
                     "Sid": "ListTheObjects",
                     "Effect": "Allow",
