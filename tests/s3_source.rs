@@ -225,9 +225,10 @@ fn raw_of(dir: &Path) -> std::collections::BTreeMap<String, (String, usize)> {
 
 /// Three objects announced three ways (S3's own notification, wrapped in SNS, EventBridge), plain, gzip and
 /// CSV, a key with a space and a non-ASCII letter; a test event; one notification delivered twice; a message
-/// that is no notification. Every record is loaded once with its `s3/{bucket}/{key}/{etag}/{n}` id, the
-/// redelivered notification reads nothing again (its object's checkpoint is at its end), every notification
-/// is deleted and only the stray message stays in the queue.
+/// that is no notification; an object that cannot be read. Every record is loaded once with its
+/// `s3/{bucket}/{key}/{etag}/{n}` id, the redelivered notification reads nothing again (its object's
+/// checkpoint is at its end), the unreadable object does not stop the worker, every other notification is
+/// deleted, and only the stray message and the unreadable object's notification stay in the queue.
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_load_each_object_once_and_are_deleted_after_commit() {
     needs!("notifications_load_each_object_once_and_are_deleted_after_commit": Aws, Plugins);
@@ -261,6 +262,12 @@ async fn notifications_load_each_object_once_and_are_deleted_after_commit() {
     .await;
     aws.send(&queue, "this is not a notification").await;
     aws.send(&queue, &s3_event(&bucket, "in/a.jsonl", &a)).await;
+    // An object that cannot be read (gzip by its name, not by its bytes): reported, its notification left.
+    let bad = aws
+        .put(&bucket, "in/bad.jsonl.gz", b"\x1f\x8b not gzip".to_vec())
+        .await;
+    aws.send(&queue, &s3_event(&bucket, "in/bad.jsonl.gz", &bad))
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -276,6 +283,7 @@ async fn notifications_load_each_object_once_and_are_deleted_after_commit() {
         "{}",
         show(&out)
     );
+    assert!(log.contains("could not be read"), "{}", show(&out));
 
     let db = dir.path().join("out/weir.db");
     assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 50);
@@ -308,8 +316,9 @@ async fn notifications_load_each_object_once_and_are_deleted_after_commit() {
     )
     .await;
     assert_eq!(lineage[0][0], format!("s3/{bucket}/{b_key}/{b}/2"));
-    // Left in the queue: the stray message only (it goes to the queue's dead-letter queue by its redrive policy).
-    assert_eq!(aws.left(&queue).await, 1);
+    // Left in the queue: the stray message and the unreadable object's notification (both go to the queue's
+    // dead-letter queue by its redrive policy).
+    assert_eq!(aws.left(&queue).await, 2);
 
     // The CSV object as a format of its own: one record per row, a JSON object of the header's names.
     let aws2 = aws.queue().await;

@@ -102,7 +102,7 @@ fn buckets(name: &str) -> &'static [f64; 14] {
 }
 
 /// What each metric means, and its Prometheus type: the `/metrics` catalogue.
-const CATALOGUE: [(&str, &str, &str); 18] = [
+const CATALOGUE: [(&str, &str, &str); 19] = [
     ("weir_batches_total", "counter", "Batches committed."),
     (
         "weir_records_total",
@@ -174,6 +174,11 @@ const CATALOGUE: [(&str, &str, &str); 18] = [
         "weir_s3_notifications_unreadable_total",
         "counter",
         "Messages of an S3 source's queue that are no S3 event notification (left for the queue's redrive policy).",
+    ),
+    (
+        "weir_s3_objects_failed_total",
+        "counter",
+        "Objects an S3 source could not read (denied, replaced mid-read, unreadable gzip or CSV); their notifications stay in the queue.",
     ),
     (
         "weir_batch_records",

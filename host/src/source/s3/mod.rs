@@ -76,7 +76,20 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Reads one object through its own pipeline; returns whether it was read to its end (not cut by shutdown).
+/// How loading one object ended.
+enum Loaded {
+    /// Read to its end (or gone), every batch committed.
+    Whole,
+    /// Cut by shutdown: its checkpoint says where to go on.
+    Cut,
+    /// It could not be read (denied, replaced mid-read, unreadable gzip or CSV): what was committed stays,
+    /// the rest is read again when the notification comes back.
+    Failed(SourceError),
+}
+
+/// Reads one object through its own pipeline. A failure of the object itself is reported, not returned: one
+/// unreadable object must not stop the worker (its notification goes to the queue's dead-letter queue after
+/// its redrive policy's receive count); the sink's and RAW's failures stop it as always.
 async fn load_object(
     s3: &aws_sdk_s3::Client,
     object: ObjectRef,
@@ -84,21 +97,29 @@ async fn load_object(
     stages: &Stages,
     shutdown: &watch::Receiver<bool>,
     summary: &mut Summary,
-) -> Result<bool, PipelineError> {
-    let source = match ObjectSource::open(s3.clone(), object, options.object.clone()).await? {
-        Opened::Gone(object) => {
+) -> Result<Loaded, PipelineError> {
+    let source = match ObjectSource::open(s3.clone(), object, options.object.clone()).await {
+        Ok(Opened::Gone(object)) => {
             tracing::warn!(bucket = %object.bucket, key = %object.key, "s3 source: the object no longer exists; skipped");
-            return Ok(true);
+            return Ok(Loaded::Whole);
         }
-        Opened::Ready(source) => source,
+        Ok(Opened::Ready(source)) => source,
+        Err(e) => return Ok(Loaded::Failed(e)),
     };
     let pipeline = Pipeline {
         source: Box::new(source),
         stages: stages.clone(),
     };
-    summary.merge(pipeline.run(shutdown.clone()).await?);
-    // A pipeline cut by shutdown may have left part of its object; its checkpoint says where to go on.
-    Ok(!*shutdown.borrow())
+    match pipeline.run(shutdown.clone()).await {
+        Ok(s) => summary.merge(s),
+        Err(PipelineError::Source(e)) => return Ok(Loaded::Failed(e)),
+        Err(e) => return Err(e),
+    }
+    Ok(if *shutdown.borrow() {
+        Loaded::Cut
+    } else {
+        Loaded::Whole
+    })
 }
 
 /// The notification loop: each message's objects are loaded, then the message is deleted.
@@ -130,21 +151,27 @@ async fn notifications(
                     continue;
                 }
             };
-            let mut complete = true;
+            let mut failed = false;
             for object in objects {
                 if !options.wants(&object) {
                     tracing::debug!(bucket = %object.bucket, key = %object.key, "s3 source: not under source.bucket / prefix; skipped");
                     continue;
                 }
-                if !load_object(s3, object, options, stages, &shutdown, summary).await? {
-                    complete = false;
-                    break;
+                match load_object(s3, object, options, stages, &shutdown, summary).await? {
+                    Loaded::Whole => {}
+                    // Shutdown: the message is given back, and its objects resume from their checkpoints.
+                    Loaded::Cut => return Ok(()),
+                    Loaded::Failed(e) => {
+                        crate::metrics::global().inc("weir_s3_objects_failed_total", &[], 1);
+                        tracing::error!(message = %message.position, error = %e,
+                            "s3 source: an object of this notification could not be read; the notification is left in the queue (it comes back, and goes to the queue's dead-letter queue after its redrive policy's receive count)");
+                        failed = true;
+                    }
                 }
             }
-            if !complete {
-                return Ok(()); // shutdown: the message is given back and its objects resume from their checkpoints
+            if !failed {
+                acker.ack(&message_batch(&message)).await?;
             }
-            acker.ack(&message_batch(&message)).await?;
         }
     }
     .await;
@@ -179,7 +206,8 @@ async fn listing(
 ) -> Result<(), PipelineError> {
     let bucket = options.bucket.clone().unwrap_or_default();
     let mut token: Option<String> = None;
-    loop {
+    let mut failed: Vec<String> = Vec::new();
+    let result = loop {
         let page = list_page(s3, &bucket, &options.prefix, token.clone()).await?;
         for o in page.contents() {
             let Some(key) = o.key() else { continue };
@@ -189,15 +217,32 @@ async fn listing(
                 version_id: None,
                 etag: o.e_tag().map(str::to_string),
             };
-            if !load_object(s3, object, options, stages, &shutdown, summary).await? {
-                return Ok(());
+            match load_object(s3, object, options, stages, &shutdown, summary).await? {
+                Loaded::Whole => {}
+                Loaded::Cut => return Ok(()),
+                Loaded::Failed(e) => {
+                    crate::metrics::global().inc("weir_s3_objects_failed_total", &[], 1);
+                    tracing::error!(error = %e, "s3 source: an object could not be read; the listing goes on (run it again to read it)");
+                    failed.push(key.to_string());
+                }
             }
         }
         token = page.next_continuation_token().map(str::to_string);
         if token.is_none() || *shutdown.borrow() {
-            return Ok(());
+            break Ok(());
         }
+    };
+    if let Some(first) = failed.first() {
+        return Err(PipelineError::Source(SourceError::Io {
+            source_name: format!("s3 bucket {bucket}"),
+            message: format!(
+                "{} object(s) could not be read (the first: {first}); the others were loaded; run the listing \
+                 again once they can be read (what was loaded is not read again)",
+                failed.len()
+            ),
+        }));
     }
+    result
 }
 
 /// One `ListObjectsV2` page, retried with backoff while S3 is unreachable or throttling.
