@@ -12,7 +12,7 @@ cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/weir-target}
 n=${1:-100000}
 work=$(mktemp -d)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap '[ -z "${server:-}" ] || kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh >/dev/null
@@ -62,7 +62,7 @@ printf '| weir run, file source, batch 5000 (the peer) | - | %d | %.2f | - | %.0
 drop_db file
 
 declare -a rates=()
-for shape in "8 500" "32 100" "64 50"; do
+for shape in "8 500" "64 50" "32 500" "64 250"; do
   read -r clients per <<<"$shape"
   url=$(fresh_db "serve$clients")
   cfg=$(config "$url" http 50)
