@@ -149,24 +149,6 @@ fn orders(all: &str, first: usize, n: usize) -> String {
         .collect()
 }
 
-/// Every RAW record of `dir`, as many times as it was archived.
-fn raw_records(dir: &Path) -> Vec<weir::raw::RawLine> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                let key = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.extend(weir::raw::decode(&key, &std::fs::read(&p).unwrap()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// Every RAW record id of `dir` → how many copies RAW holds.
 fn raw_ids(dir: &Path) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();

@@ -100,7 +100,7 @@ fn parquet_raw_is_read_back_by_pyarrow_and_by_reconcile() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|kv| kv[0] == "line" && kv[1] == n.to_string()),
+                .any(|kv| kv[0] == "line" && kv[1].as_str() == Some(n.to_string().as_str())),
             "{row}"
         );
     }
@@ -123,16 +123,7 @@ fn parquet_raw_is_read_back_by_pyarrow_and_by_reconcile() {
 }
 
 fn raw_has_jsonl(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                return true;
-            }
-        }
-    }
-    false
+    raw_objects(dir)
+        .iter()
+        .any(|(key, _)| key.ends_with(".jsonl.gz"))
 }

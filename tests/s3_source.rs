@@ -199,26 +199,8 @@ async fn run(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
 /// Every RAW record: id → payload, and how many copies.
 fn raw_of(dir: &Path) -> std::collections::BTreeMap<String, (String, usize)> {
     let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.join("out/raw")];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
-                let key = p
-                    .strip_prefix(dir.join("out/raw"))
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                for line in weir::raw::decode(&key, &std::fs::read(&p).unwrap()).unwrap() {
-                    out.entry(line.id).or_insert((line.payload, 0usize)).1 += 1;
-                }
-            }
-        }
+    for line in raw_records(&dir.join("out/raw")) {
+        out.entry(line.id).or_insert((line.payload, 0usize)).1 += 1;
     }
     out
 }
@@ -406,7 +388,8 @@ async fn a_crash_mid_object_resumes_from_its_checkpoint() {
 }
 
 /// Without a queue, `bucket` and `prefix` list the objects once: the run ends by itself after the last one,
-/// objects outside the prefix are not read, and a second run reads nothing again.
+/// objects outside the prefix are not read, and a second run reads nothing again. With `format = "whole"`
+/// each object is one record.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listing_reads_every_object_under_the_prefix_once() {
     needs!("a_listing_reads_every_object_under_the_prefix_once": Aws, Plugins);
@@ -446,4 +429,27 @@ async fn a_listing_reads_every_object_under_the_prefix_once() {
             .keys()
             .all(|id| id.starts_with(&format!("s3/{bucket}/in/part-")))
     );
+
+    // `format = "whole"`: each object is one record, its bytes exactly (a pretty-printed JSON document, plain
+    // and gzipped).
+    let doc =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(lines[0]).unwrap())
+            .unwrap();
+    aws.put(&bucket, "whole/doc.json", doc.clone().into_bytes())
+        .await;
+    aws.put(&bucket, "whole/doc.json.gz", gzip(doc.as_bytes()))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("bucket = \"{bucket}\"\nprefix = \"whole/\"\nformat = \"whole\""),
+        6,
+    );
+    let out = run(&cfg, &[]).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let raw = raw_of(dir.path());
+    assert_eq!(raw.len(), 2, "{raw:?}");
+    assert!(raw.values().all(|(payload, _)| *payload == doc), "{raw:?}");
+    let db = dir.path().join("out/weir.db");
+    assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 1);
 }

@@ -127,24 +127,45 @@ pub async fn snapshot(db: &Path, tables: &[&str]) -> BTreeMap<String, Vec<Vec<St
 /// Every RAW line under a local RAW directory: record id → decoded line.
 pub fn raw_lines(dir: &Path) -> BTreeMap<String, weir::raw::RawLine> {
     let mut out = BTreeMap::new();
+    for line in raw_records(dir) {
+        assert!(
+            out.insert(line.id.clone(), line).is_none(),
+            "a record is archived twice"
+        );
+    }
+    out
+}
+
+/// Every RAW object under `dir` (gzip JSON lines or Parquet): its key relative to `dir`, and its path; none
+/// when `dir` does not exist.
+pub fn raw_objects(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
             let p = e.unwrap().path();
+            let name = p.to_string_lossy();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().ends_with(".jsonl.gz") {
+            } else if name.ends_with(".jsonl.gz") || name.ends_with(".parquet") {
                 let key = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                for line in weir::raw::decode(&key, &std::fs::read(&p).unwrap()).unwrap() {
-                    assert!(
-                        out.insert(line.id.clone(), line).is_none(),
-                        "a record is archived twice"
-                    );
-                }
+                out.push((key, p));
             }
         }
     }
+    out.sort();
     out
+}
+
+/// Every RAW record under `dir`, as many times as it was archived.
+pub fn raw_records(dir: &Path) -> Vec<weir::raw::RawLine> {
+    raw_objects(dir)
+        .into_iter()
+        .flat_map(|(key, p)| weir::raw::decode(&key, &std::fs::read(&p).unwrap()).unwrap())
+        .collect()
 }
 
 /// A fresh PostgreSQL database owned by a fresh MD5-password role, with the `SUPER` stand-in, dropped at the

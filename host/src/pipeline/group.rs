@@ -26,6 +26,7 @@ pub(super) async fn group_sink_stage(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !open && window.is_empty() {
+            acker.finish().await;
             return Ok(());
         }
         tokio::select! {

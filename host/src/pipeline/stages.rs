@@ -228,6 +228,7 @@ pub(super) async fn sink_stage(
             .instrument(span.clone())
             .await?;
     }
+    acker.finish().await;
     Ok(())
 }
 

@@ -99,6 +99,17 @@ pub struct RawLine {
 }
 
 impl RawLine {
+    /// A payload as RAW lines keep it: the text when it is UTF-8 (`utf8`), else base64 (`base64`).
+    pub fn payload_text(bytes: &[u8]) -> (String, &'static str) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => (text.to_string(), "utf8"),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                "base64",
+            ),
+        }
+    }
+
     /// The payload bytes exactly as received.
     pub fn payload_bytes(&self) -> Result<Vec<u8>, String> {
         match self.payload_encoding.as_str() {
@@ -193,13 +204,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
     // many small writes (one per JSON token) would dominate the whole pipeline.
     let mut text = Vec::with_capacity(batch.bytes + batch.records.len() * 160);
     for (record, position) in batch.records.iter().zip(&batch.positions) {
-        let (payload, payload_encoding) = match std::str::from_utf8(&record.payload) {
-            Ok(text) => (text.to_string(), "utf8"),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(&record.payload),
-                "base64",
-            ),
-        };
+        let (payload, payload_encoding) = RawLine::payload_text(&record.payload);
         let line = RawLine {
             id: record.id.clone(),
             position: position.clone(),

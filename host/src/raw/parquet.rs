@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
@@ -170,13 +169,11 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Vec<RawLine>, RawError> {
                         }
                     }
                 }
-                ("payload", Field::Bytes(b)) => match std::str::from_utf8(b.data()) {
-                    Ok(t) => line.payload = t.to_string(),
-                    Err(_) => {
-                        line.payload = base64::engine::general_purpose::STANDARD.encode(b.data());
-                        line.payload_encoding = "base64".into();
-                    }
-                },
+                ("payload", Field::Bytes(b)) => {
+                    let (text, encoding) = RawLine::payload_text(b.data());
+                    line.payload = text;
+                    line.payload_encoding = encoding.into();
+                }
                 _ => {}
             }
         }

@@ -94,6 +94,10 @@ pub fn fingerprint_partition(partition: &str) -> String {
 pub trait Acker: Send {
     /// Called once per batch, after its commit.
     async fn ack(&mut self, batch: &Batch) -> Result<(), SourceError>;
+
+    /// Called once when the pipeline has acknowledged its last batch (the input ended, or a shutdown drained
+    /// it), before the worker may exit: an HTTP source answers its last requests here.
+    async fn finish(&mut self) {}
 }
 
 /// For sources whose durable position is the sink's checkpoint: nothing more to acknowledge.

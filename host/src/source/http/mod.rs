@@ -133,6 +133,10 @@ struct Shared {
     tx: mpsc::Sender<Polled>,
     /// A forwarding tier's stream or queue, instead of the batcher.
     forward: Option<Arc<dyn Forward>>,
+    /// One permit per open connection ([`MAX_CONNECTIONS`]): all of them back means every connection ended.
+    connections: Arc<Semaphore>,
+    /// Set when the server stops: each connection finishes the request it is answering, then closes.
+    stopping: watch::Sender<bool>,
 }
 
 /// A request's share of `max_pending_records` and `max_pending_bytes`.
@@ -251,8 +255,25 @@ impl Shared {
             requests: Mutex::new(Requests::default()),
             tx,
             forward,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            stopping: watch::channel(false).0,
         });
         (shared, rx)
+    }
+
+    /// Stops the server's connections once the requests they are answering were answered (at most
+    /// `commit_timeout`, and 10 s more for the answers to be written): the worker must not exit with an answer
+    /// computed but not sent.
+    async fn finish_connections(&self) {
+        let _ = self.stopping.send(true);
+        let limit = self.options.commit_timeout + Duration::from_secs(10);
+        let all = MAX_CONNECTIONS as u32;
+        if tokio::time::timeout(limit, self.connections.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("http source: connections still open at exit");
+        }
     }
 }
 
@@ -274,17 +295,8 @@ pub async fn serve_forwarding(
     drop(accepting);
     shared.requests.lock().expect("not poisoned").closed =
         Some("the server is shutting down".into());
-    let all = u32::try_from(shared.options.max_pending_records).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(
-        shared.options.commit_timeout,
-        shared.records.acquire_many(all),
-    )
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            "http forwarding tier: puts still in flight at exit (their clients get no answer and retry)"
-        );
-    }
+    // The puts in flight finish and are answered; then every connection closes.
+    shared.finish_connections().await;
     Ok(())
 }
 
@@ -393,6 +405,18 @@ impl Acker for HttpAcker {
             requests.commit(p);
         }
         Ok(())
+    }
+
+    /// The last batch is acknowledged: whatever is still waiting will not commit in this run; every request
+    /// is answered and written before the worker may exit.
+    async fn finish(&mut self) {
+        {
+            let mut requests = self.shared.requests.lock().expect("not poisoned");
+            let why = "the server is shutting down";
+            requests.closed.get_or_insert_with(|| why.to_string());
+            requests.fail_all(why);
+        }
+        self.shared.finish_connections().await;
     }
 }
 

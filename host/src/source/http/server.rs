@@ -24,16 +24,17 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 
-use super::{Admission, Fate, MAX_CONNECTIONS, MAX_REQUEST_ID_BYTES, Shared};
+use super::{Admission, Fate, MAX_REQUEST_ID_BYTES, Shared};
 use crate::contract::SourceRecord;
 
 /// How long a client may take to send its headers, and then its body.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts connections until aborted (the source closed), at most [`MAX_CONNECTIONS`] at once.
+/// Accepts connections until aborted (the source closed), at most [`super::MAX_CONNECTIONS`] at once. Each
+/// connection, once the server is stopping, finishes the request it is answering and closes.
 pub(super) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = shared.connections.clone();
     let mut backoff = crate::retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let stream = match listener.accept().await {
@@ -55,15 +56,26 @@ pub(super) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let mut stopping = shared.stopping.subscribe();
+            let service = {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, req).await) }
-            });
-            let _ = http1::Builder::new()
+                service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&shared, req).await) }
+                })
+            };
+            let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
             drop(permit);
         });
     }
