@@ -15,10 +15,12 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_
 export AWS_REGION=${AWS_REGION:-us-east-1}
 endpoint=${WEIR_AWS_ENDPOINT:-http://127.0.0.1:4566}
 export WEIR_RAW_BUCKET=${WEIR_RAW_BUCKET:-weir-raw} WEIR_LANDING_BUCKET=weir-landing-$$
+# The local server tells services apart by the credential scope of a request's signature (it checks no signature).
+sqs() { curl -fsS "$endpoint/" -H "Authorization: AWS4-HMAC-SHA256 Credential=test/20261206/$AWS_REGION/sqs/aws4_request, SignedHeaders=host, Signature=0" "$@"; }
 curl -fsS -X PUT "$endpoint/$WEIR_RAW_BUCKET" >/dev/null || true   # exists already: fine
 curl -fsS -X PUT "$endpoint/$WEIR_LANDING_BUCKET" >/dev/null
 export WEIR_EVENTS_QUEUE_URL
-WEIR_EVENTS_QUEUE_URL=$(curl -fsS "$endpoint/" -d "Action=CreateQueue&QueueName=weir-landing-events-$$" |
+WEIR_EVENTS_QUEUE_URL=$(sqs -d "Action=CreateQueue&QueueName=weir-landing-events-$$" |
   sed -n 's|.*<QueueUrl>\(.*\)</QueueUrl>.*|\1|p')
 db=weir_s3_example
 psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
@@ -32,12 +34,12 @@ SQL
 # The upload, and the notification S3 would send for it (a local server does not send notifications).
 key=incoming/2026-12-06/orders.jsonl.gz
 gzip -c "$root/examples/quickstart/orders.jsonl" > "$here/.orders.jsonl.gz"
-etag=$(curl -fsS -X PUT --data-binary @"$here/.orders.jsonl.gz" -D - "$endpoint/$WEIR_LANDING_BUCKET/$key" -o /dev/null |
+etag=$(curl -fsS -T "$here/.orders.jsonl.gz" -H "Expect:" -D - "$endpoint/$WEIR_LANDING_BUCKET/$key" -o /dev/null |
   tr -d '\r' | sed -n 's/^[Ee][Tt]ag: "\(.*\)"/\1/p')
 rm -f "$here/.orders.jsonl.gz"
 event=$(printf '{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"%s"},"object":{"key":"%s","eTag":"%s"}}}]}' \
   "$WEIR_LANDING_BUCKET" "$key" "$etag")
-curl -fsS "$endpoint/" --data-urlencode "Action=SendMessage" --data-urlencode "QueueUrl=$WEIR_EVENTS_QUEUE_URL" \
+sqs --data-urlencode "Action=SendMessage" --data-urlencode "QueueUrl=$WEIR_EVENTS_QUEUE_URL" \
   --data-urlencode "MessageBody=$event" >/dev/null
 
 sed 's/^idle_exit_secs = 30 .*/idle_exit_secs = 3/; s/^wait_secs = 20/wait_secs = 1/' "$here/weir.toml" > "$here/.weir-local.toml"

@@ -15,9 +15,11 @@ export AWS_REGION=${AWS_REGION:-us-east-1}
 endpoint=${WEIR_AWS_ENDPOINT:-http://127.0.0.1:4566}
 export WEIR_RAW_BUCKET=${WEIR_RAW_BUCKET:-weir-raw}
 queue=weir-orders-$$
+# The local server tells services apart by the credential scope of a request's signature (it checks no signature).
+sqs() { curl -fsS "$endpoint/" -H "Authorization: AWS4-HMAC-SHA256 Credential=test/20261206/$AWS_REGION/sqs/aws4_request, SignedHeaders=host, Signature=0" "$@"; }
 curl -fsS -X PUT "$endpoint/$WEIR_RAW_BUCKET" >/dev/null || true   # exists already: fine
 export WEIR_QUEUE_URL
-WEIR_QUEUE_URL=$(curl -fsS "$endpoint/" -d "Action=CreateQueue&QueueName=$queue" |
+WEIR_QUEUE_URL=$(sqs -d "Action=CreateQueue&QueueName=$queue" |
   sed -n 's|.*<QueueUrl>\(.*\)</QueueUrl>.*|\1|p')
 db=weir_sqs_example
 psql -X -q "$WEIR_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
