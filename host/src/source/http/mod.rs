@@ -265,7 +265,7 @@ impl Shared {
     /// `commit_timeout`, and 10 s more for the answers to be written): the worker must not exit with an answer
     /// computed but not sent.
     async fn finish_connections(&self) {
-        let _ = self.stopping.send(true);
+        self.stopping.send_replace(true); // stored even before a connection subscribed
         let limit = self.options.commit_timeout + Duration::from_secs(10);
         let all = MAX_CONNECTIONS as u32;
         if tokio::time::timeout(limit, self.connections.acquire_many(all))
