@@ -51,36 +51,47 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        let mut backoff =
-            crate::retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                a = listener.accept() => a,
-            };
-            let stream = match accepted {
-                Ok((stream, _)) => {
-                    backoff.reset();
-                    stream
-                }
-                Err(e) => {
-                    let wait = backoff.next_delay().unwrap_or(Duration::from_secs(1));
-                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "admin endpoint: accept failed");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                drop(stream); // at the cap: closed unanswered
-                continue;
-            };
+        let serving = accept_capped(&listener, &slots, "admin endpoint", |stream, permit| {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream)).await;
                 drop(permit);
             });
+        });
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = serving => {}
         }
     });
     Ok(local)
+}
+
+/// Accepts connections until the future is dropped: each is handed to `serve` with its slot of `slots`;
+/// beyond them a connection is closed unanswered (a storm must not cost the process its memory or file
+/// descriptors). A failing `accept` (out of file descriptors, say) backs off from 10 ms to 1 s instead of
+/// spinning. `what` names the server in logs.
+pub(crate) async fn accept_capped(
+    listener: &TcpListener,
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    what: &'static str,
+    mut serve: impl FnMut(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit),
+) -> std::convert::Infallible {
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => serve(stream, permit),
+                    Err(_) => drop(stream), // at the cap: closed unanswered
+                }
+            }
+            Err(e) => {
+                let wait = backoff.next_delay().unwrap_or(Duration::from_secs(1));
+                tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "{what}: accept failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// The response to one request line.

@@ -536,18 +536,14 @@ fn check_s3(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), Co
                  `prefix`) to read the objects there once",
             ));
         }
-        (Some(url), _) => check_sqs(
-            &SourceConfig::Sqs {
-                queue_url: url.clone(),
-                receivers: 1,
-                wait_secs: *wait_secs,
-                max_messages: 10,
-                visibility_timeout_secs: *visibility_timeout_secs,
-                idle_exit_secs: *idle_exit_secs,
-                endpoint_url: None,
-                role_arn: None,
-                external_id: None,
-            },
+        // One receiver taking one notification at a time (worker::run_pipeline).
+        (Some(url), _) => check_queue(
+            url,
+            1,
+            *wait_secs,
+            1,
+            *visibility_timeout_secs,
+            *idle_exit_secs,
             aws,
         )?,
         (None, Some(_)) => {}
@@ -594,6 +590,27 @@ fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), C
     else {
         return Ok(());
     };
+    check_queue(
+        queue_url,
+        *receivers,
+        *wait_secs,
+        *max_messages,
+        *visibility_timeout_secs,
+        *idle_exit_secs,
+        aws,
+    )
+}
+
+/// A queue's settings (`[source]` of kind `sqs`, or the notifications' queue of kind `s3`).
+fn check_queue(
+    queue_url: &str,
+    receivers: usize,
+    wait_secs: i32,
+    max_messages: i32,
+    visibility_timeout_secs: i32,
+    idle_exit_secs: Option<u64>,
+    aws: &crate::aws::AwsConfig,
+) -> Result<(), ConfigError> {
     let name = queue_url
         .trim_end_matches('/')
         .rsplit('/')
@@ -608,19 +625,19 @@ fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), C
             ),
         ));
     }
-    if !(1..=64).contains(receivers) {
+    if !(1..=64).contains(&receivers) {
         return Err(ConfigError::field(
             "source.receivers",
             format!("{receivers} is out of range; use 1 to 64"),
         ));
     }
-    if !(0..=20).contains(wait_secs) {
+    if !(0..=20).contains(&wait_secs) {
         return Err(ConfigError::field(
             "source.wait_secs",
             format!("{wait_secs} is out of range; SQS long polls wait 0 to 20 seconds"),
         ));
     }
-    if aws.read_timeout_secs <= *wait_secs as u64 {
+    if aws.read_timeout_secs <= wait_secs as u64 {
         return Err(ConfigError::field(
             "aws.read_timeout_secs",
             format!(
@@ -630,19 +647,19 @@ fn check_sqs(source: &SourceConfig, aws: &crate::aws::AwsConfig) -> Result<(), C
             ),
         ));
     }
-    if !(1..=10).contains(max_messages) {
+    if !(1..=10).contains(&max_messages) {
         return Err(ConfigError::field(
             "source.max_messages",
             format!("{max_messages} is out of range; SQS returns 1 to 10 messages per call"),
         ));
     }
-    if !(2..=43_200).contains(visibility_timeout_secs) {
+    if !(2..=43_200).contains(&visibility_timeout_secs) {
         return Err(ConfigError::field(
             "source.visibility_timeout_secs",
             format!("{visibility_timeout_secs} is out of range; use 2 to 43200 seconds (12 hours)"),
         ));
     }
-    if *idle_exit_secs == Some(0) {
+    if idle_exit_secs == Some(0) {
         return Err(ConfigError::field(
             "source.idle_exit_secs",
             "must be at least 1 (seconds); leave it out to run until stopped",

@@ -35,24 +35,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection, once the server is stopping, finishes the request it is answering and closes.
 pub(super) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let slots = shared.connections.clone();
-    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.reset();
-                stream
-            }
-            Err(e) => {
-                let wait = backoff.next_delay().unwrap_or(Duration::from_secs(1));
-                tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "http source: accept failed");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream); // at the cap: closed unanswered
-            continue;
-        };
+    crate::admin::accept_capped(&listener, &slots, "http source", |stream, permit| {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -78,7 +61,8 @@ pub(super) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared
             }
             drop(permit);
         });
-    }
+    })
+    .await;
 }
 
 /// The two protocols.
@@ -153,7 +137,8 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
 /// Reads, checks and takes one request, then waits for its commit.
 async fn receive(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply {
     let options = &shared.options;
-    let headers = req.headers().clone();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let header_id = match route {
         Route::Records => header("x-request-id"),
@@ -178,7 +163,7 @@ async fn receive(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply
             );
         }
     }
-    let body = match read_body(&headers, req.into_body(), options.max_body_bytes).await {
+    let body = match read_body(&headers, body, options.max_body_bytes).await {
         Ok(b) => b,
         Err((status, why)) => return Reply::error(status, &header_id, why),
     };
