@@ -14,6 +14,9 @@
 # worker in a cgroup of its own limited to that share of one core, as if each had a small instance to itself:
 # on one machine the workers otherwise share its cores with the database, and the table reads the cores, not
 # the fleet (needs a writable cgroup cpu controller, v1 or v2; the database and coordinator are not limited).
+# WEIR_BENCH_WORKERS (default "1 2 4") the fleet sizes. WEIR_BENCH_LOG, a log filter for the workers (say
+# "warn,weir::group=debug"), prints their merge rounds and lease moves after each run; WEIR_BENCH_KEEP_LOGS=DIR
+# keeps the Kinesis workers' whole logs there.
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +47,11 @@ for w in 0 1 2 3; do python3 benches/gen_orders.py "$n" $((w * 1000000)) > "$wor
 
 # Per-worker CPU limits (WEIR_BENCH_WORKER_CPUS): one cgroup per worker.
 cap=${WEIR_BENCH_WORKER_CPUS:-}
+# The scheduler's period for that share (WEIR_BENCH_CPU_PERIOD_US, default 10,000 µs): a worker gets its share
+# of every period, then waits for the next. With the kernel's default of 100 ms, 0.15 of a core is 15 ms of CPU
+# then an 85 ms stop, and a chain of round trips (a merge is some 40 statements) waits for a new period at
+# almost every step: a stop-and-go no instance has. 10 ms spreads the same share evenly.
+period=${WEIR_BENCH_CPU_PERIOD_US:-10000}
 cgroups=()
 if [ -n "$cap" ]; then
   if [ -w /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
@@ -65,14 +73,14 @@ spawn() {
   fi
   local g="$cg_root/weir-bench-$$-${#cgroups[@]}"
   local quota
-  quota=$(awk -v c="$cap" 'BEGIN { printf "%d", c * 100000 }')
+  quota=$(awk -v c="$cap" -v p="$period" 'BEGIN { printf "%d", c * p }')
   mkdir -p "$g"
   cgroups+=("$g")
   if [ "$cg_v" = 1 ]; then
-    echo 100000 > "$g/cpu.cfs_period_us"
+    echo "$period" > "$g/cpu.cfs_period_us"
     echo "$quota" > "$g/cpu.cfs_quota_us"
   else
-    echo "$quota 100000" > "$g/cpu.max"
+    echo "$quota $period" > "$g/cpu.max"
   fi
   (echo "$BASHPID" > "$g/cgroup.procs" && exec "$@") &
 }
@@ -179,7 +187,7 @@ for mode in ${WEIR_BENCH_MODES:-plain per-batch grouped grouped-copy}; do
     else
       report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
     fi
-    [ -n "${WEIR_BENCH_LOG:-}" ] && grep -h "merge round" "$work"/out-* | sed 's/\x1b\[[0-9;]*m//g' >&2
+    [ -n "${WEIR_BENCH_LOG:-}" ] && { grep -h "merge round" "$work"/out-* | sed 's/\x1b\[[0-9;]*m//g' >&2 || true; }
     drop_db "$tag"; drop_db "${tag}c"
   done
 done
@@ -265,7 +273,9 @@ for mode in $kinesis_modes; do
     end=$(date +%s.%N)
     read -r busy1 idle1 <<< "$(cpu_now)"
     report "$url" redshift-sim "$mode" "$workers" "$start" "$end" "$busy0" "$idle0" "$busy1" "$idle1"
-    [ -n "${WEIR_BENCH_LOG:-}" ] && grep -H "merge round\|took a lease\|lease lost\|claimed" "$work"/kout-* | sed 's/\x1b\[[0-9;]*m//g' >&2
+    # WEIR_BENCH_KEEP_LOGS=DIR keeps every worker's log of each run (DIR/<mode><workers>-kout-N).
+    [ -n "${WEIR_BENCH_KEEP_LOGS:-}" ] && for f in "$work"/kout-*; do cp "$f" "$WEIR_BENCH_KEEP_LOGS/$tag-${f##*/}"; done
+    [ -n "${WEIR_BENCH_LOG:-}" ] && { grep -H "merge round\|took a lease\|lease lost\|claimed" "$work"/kout-* | sed 's/\x1b\[[0-9;]*m//g' >&2 || true; }
     kill -TERM "${pids[@]}"
     for pid in "${pids[@]}"; do wait "$pid" || true; done
     drop_db "$tag"; drop_db "${tag}c"
@@ -293,5 +303,5 @@ fi
 
 echo
 limits="workers not limited"
-[ -n "$cap" ] && limits="workers limited to $cap CPU each"
+[ -n "$cap" ] && limits="workers limited to $cap CPU each (per period of $period µs)"
 echo "commit cost ${commit_ms} ms per write transaction, batch $batch, grouped interval ${interval_ms} ms, $n orders per worker; $(nproc) cores; $limits"

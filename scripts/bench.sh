@@ -7,6 +7,7 @@
 #   ratios that read each figure against its limit and peer.
 #
 #   scripts/bench.sh [RECORDS]        default 200000; the numbers in docs/PERFORMANCE.md come from this
+#   WEIR_BENCH_PEER_BIN=PATH          also runs that weir binary at batch 5000 and prints the ratio
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -92,6 +93,17 @@ read -r secs rss _ _ < <(measure_weir "$cfg")
 took[insert]=$secs
 line "weir, batch 5000, INSERT fill (the Redshift-portable path)" "$n" "$(rows "$url")" "$secs" "$rss"
 drop_db insert
+
+# WEIR_BENCH_PEER_BIN: a second weir binary (say one built without the `mimalloc` feature) at batch 5000, in
+# the same run as the first, for a ratio between the two builds.
+if [ -n "${WEIR_BENCH_PEER_BIN:-}" ]; then
+  url=$(fresh_db peer)
+  cfg=$(weir_config "$url" 5000)
+  read -r secs rss _ _ < <(weir=$WEIR_BENCH_PEER_BIN measure_weir "$cfg")
+  took[peer]=$secs
+  line "weir, batch 5000, $WEIR_BENCH_PEER_BIN" "$n" "$(rows "$url")" "$secs" "$rss"
+  drop_db peer
+fi
 
 # Parallel rule instances and sink connections, at batch 5000.
 for knob in "instances = 2|rule.instances = 2" "connections = 2|sink.connections = 2"; do
@@ -191,5 +203,6 @@ ratio "weir batch 5000 / ceiling with analyzed stages" "${took[w5000]}" "${took[
 ratio "weir batch 5000 / Python worker" "${took[w5000]}" "${took[python]}"
 ratio "weir batch 5000 / client COPY floor" "${took[w5000]}" "${took[floor]}"
 ratio "weir batch 5000, INSERT fill / PostgreSQL ceiling" "${took[insert]}" "${took[ceiling]}"
+[ -n "${took[peer]:-}" ] && ratio "weir batch 5000 / $WEIR_BENCH_PEER_BIN" "${took[w5000]}" "${took[peer]}"
 echo
 echo "data: $n records, $bytes bytes ($((bytes / n)) bytes/record); machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
