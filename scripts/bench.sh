@@ -94,7 +94,7 @@ took[insert]=$secs
 line "weir, batch 5000, INSERT fill (the Redshift-portable path)" "$n" "$(rows "$url")" "$secs" "$rss"
 drop_db insert
 
-# WEIR_BENCH_PEER_BIN: a second weir binary (say one built without the `mimalloc` feature) at batch 5000, in
+# WEIR_BENCH_PEER_BIN: a second weir binary (say one from another commit or build) at batch 5000, in
 # the same run as the first, for a ratio between the two builds.
 if [ -n "${WEIR_BENCH_PEER_BIN:-}" ]; then
   url=$(fresh_db peer)
