@@ -22,6 +22,7 @@ const WIT: &str = include_str!("../../wit/v0.2/rules.wit");
 const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
 const SDK_PACK: &str = include_str!("../../plugins/weir-rule/src/pack.rs");
 const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
+const SDK_ARENA: &str = include_str!("../../plugins/weir-rule/src/arena.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
 const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
 const JS_BUILD: &str = include_str!("../../plugins/js/build.mjs");
@@ -268,7 +269,14 @@ edition = "2024"
 wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
 serde_json = { version = "1", features = ["preserve_order"] }
 
+# The component's allocator (sdk/weir-rule/src/arena.rs): batch allocations from an arena, the rest from Talc.
+[target.'cfg(target_family = "wasm")'.dependencies]
+talc = { version = "5", optional = true }
+
 [features]
+default = ["allocator"]
+# Install the SDK's allocator. Turn it off (`default-features = false`) to bring your own.
+allocator = ["dep:talc"]
 # Build against contract 0.1 (needs wit/rules.wit of weir:rules@0.1.0), for hosts older than 0.2.
 contract-0-1 = []
 "#
@@ -277,6 +285,7 @@ contract-0-1 = []
         ("sdk/weir-rule/src/lib.rs".into(), SDK_LIB.into()),
         ("sdk/weir-rule/src/pack.rs".into(), SDK_PACK.into()),
         ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
+        ("sdk/weir-rule/src/arena.rs".into(), SDK_ARENA.into()),
         ("src/lib.rs".into(), RUST_RULE.into()),
     ]);
     files.push((

@@ -86,7 +86,13 @@ size_t weir__utf8_valid_up_to(const unsigned char *s, size_t len) {
         unsigned char c = s[i];
         size_t n;
         uint32_t cp;
-        if (c < 0x80) { i++; continue; }
+        if (c < 0x80) {
+            /* ASCII, eight bytes at a time. */
+            uint64_t word;
+            while (len - i >= 9 && (memcpy(&word, s + i + 1, 8), (word & 0x8080808080808080ull) == 0)) i += 8;
+            i++;
+            continue;
+        }
         if (c >= 0xC2 && c <= 0xDF) { n = 1; cp = c & 0x1F; }
         else if (c >= 0xE0 && c <= 0xEF) { n = 2; cp = c & 0x0F; }
         else if (c >= 0xF0 && c <= 0xF4) { n = 3; cp = c & 0x07; }
@@ -182,6 +188,16 @@ static size_t put_utf8(char *o, uint32_t cp) {
 static int parse_string(parser *p, weir_str *out) {
     size_t start = p->pos, end = start;
     int escapes = 0;
+    /* Eight bytes at a time while none is a quote, a backslash or a control character. */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (p->len - end >= 8) {
+        uint64_t w, quote, backslash;
+        memcpy(&w, p->s + end, 8);
+        quote = w ^ (ones * '"');
+        backslash = w ^ (ones * '\\');
+        if ((((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | ((w - ones * 0x20) & ~w)) & highs) break;
+        end += 8;
+    }
     while (end < p->len && p->s[end] != '"') {
         unsigned char c = (unsigned char)p->s[end];
         if (c < 0x20) { p->pos = end; fail(p, "control character (\\u0000-\\u001F) found while parsing a string"); return 0; }
@@ -269,27 +285,50 @@ static const weir_json *parse_number(parser *p) {
     t[p->pos - start] = 0;
     v->u.text = t;
     v->len = p->pos - start;
-    double d;
-    if (!weir_json_f64(v, &d) || isinf(d)) { fail(p, "number out of range"); return NULL; }
+    /* Only a fraction, an exponent or a long integer can be out of the double range. */
+    if (v->len > 16 || strpbrk(t, ".eE")) {
+        double d;
+        if (!weir_json_f64(v, &d) || isinf(d)) { fail(p, "number out of range"); return NULL; }
+    }
     return v;
 }
 
-/* Growable list of members while a container is parsed. */
+/* Growable list of members while a container is parsed: on the stack up to SMALL members (most objects),
+ * on the heap past that. */
+#define SMALL 16
 typedef struct {
     const weir_json **items;
     weir_str *keys;
     size_t len, cap;
+    const weir_json *small_items[SMALL];
+    weir_str small_keys[SMALL];
 } members;
 
 static void push(members *m, weir_str key, const weir_json *v) {
     if (m->len == m->cap) {
-        m->cap = m->cap ? m->cap * 2 : 8;
-        m->items = realloc(m->items, m->cap * sizeof *m->items);
-        m->keys = realloc(m->keys, m->cap * sizeof *m->keys);
-        if (!m->items || !m->keys) abort();
+        size_t cap = m->cap * 2;
+        const weir_json **items = malloc(cap * sizeof *items);
+        weir_str *keys = malloc(cap * sizeof *keys);
+        if (!items || !keys) abort();
+        memcpy(items, m->items, m->len * sizeof *items);
+        memcpy(keys, m->keys, m->len * sizeof *keys);
+        if (m->items != m->small_items) {
+            free(m->items);
+            free(m->keys);
+        }
+        m->items = items;
+        m->keys = keys;
+        m->cap = cap;
     }
     m->items[m->len] = v;
     m->keys[m->len++] = key;
+}
+
+static void release(members *m) {
+    if (m->items != m->small_items) {
+        free(m->items);
+        free(m->keys);
+    }
 }
 
 static weir_json *finish(members *m, weir_json_kind kind) {
@@ -303,15 +342,18 @@ static weir_json *finish(members *m, weir_json_kind kind) {
         memcpy(keys, m->keys, m->len * sizeof *keys);
         v->u.c.keys = keys;
     }
-    free(m->items);
-    free(m->keys);
+    release(m);
     return v;
 }
 
 static const weir_json *parse_container(parser *p, int depth, int object) {
     if (depth >= MAX_DEPTH) { fail(p, "recursion limit exceeded"); return NULL; }
     char close = object ? '}' : ']';
-    members m = {0};
+    members m;
+    m.items = m.small_items;
+    m.keys = m.small_keys;
+    m.len = 0;
+    m.cap = SMALL;
     p->pos++;
     skip_ws(p);
     if (p->pos < p->len && p->s[p->pos] == close) {
@@ -342,8 +384,7 @@ static const weir_json *parse_container(parser *p, int depth, int object) {
         if (p->pos < p->len && p->s[p->pos] == close) { fail(p, "trailing comma"); goto bad; }
     }
 bad:
-    free(m.items);
-    free(m.keys);
+    release(&m);
     return NULL;
 }
 
@@ -383,12 +424,8 @@ static const weir_json *parse_value(parser *p, int depth) {
     }
 }
 
-const weir_json *weir_json_parse(const char *text, size_t len, const char **error) {
-    size_t valid = weir__utf8_valid_up_to((const unsigned char *)text, len);
-    if (valid != len) {
-        if (error) *error = weir_printf("invalid UTF-8 sequence of 1 bytes from index %zu", valid);
-        return NULL;
-    }
+/* Parses text already known to be UTF-8. */
+static const weir_json *parse_utf8(const char *text, size_t len, const char **error) {
     parser p = {text, len, 0, NULL};
     const weir_json *v = parse_value(&p, 0);
     if (v) {
@@ -399,6 +436,15 @@ const weir_json *weir_json_parse(const char *text, size_t len, const char **erro
     return v;
 }
 
+const weir_json *weir_json_parse(const char *text, size_t len, const char **error) {
+    size_t valid = weir__utf8_valid_up_to((const unsigned char *)text, len);
+    if (valid != len) {
+        if (error) *error = weir_printf("invalid UTF-8 sequence of 1 bytes from index %zu", valid);
+        return NULL;
+    }
+    return parse_utf8(text, len, error);
+}
+
 const weir_json *weir_payload_json(const weir_record *r, const char **error) {
     size_t valid = weir__utf8_valid_up_to(r->payload, r->payload_len);
     if (valid != r->payload_len) {
@@ -406,7 +452,7 @@ const weir_json *weir_payload_json(const weir_record *r, const char **error) {
         return NULL;
     }
     const char *why = NULL;
-    const weir_json *v = weir_json_parse((const char *)r->payload, r->payload_len, &why);
+    const weir_json *v = parse_utf8((const char *)r->payload, r->payload_len, &why);
     if (!v) *error = weir_printf("payload: not valid JSON (%s)", why);
     return v;
 }

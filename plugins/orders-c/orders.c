@@ -26,17 +26,20 @@ static bool blank(const char *s) {
     return true;
 }
 
-/* "19.99" → 1999: 1–30 integer digits, at most 2 decimals, no sign, no exponent. */
+/* "19.99" → 1999: 1–30 integer digits, at most 2 decimals, no sign, no exponent. Up to 16 integer digits the
+ * sum is kept in 64 bits: WebAssembly has no 128-bit instructions, so every 128-bit multiply is a call. */
 static bool cents(const char *s, __int128 *out) {
     if (!s) return false;
     const char *dot = strchr(s, '.');
     size_t int_len = dot ? (size_t)(dot - s) : strlen(s);
     size_t frac_len = dot ? strlen(dot + 1) : 0;
     if (int_len == 0 || int_len > 30 || (dot && (frac_len == 0 || frac_len > 2))) return false;
+    uint64_t small = 0;
     __int128 v = 0;
     for (size_t i = 0; i < int_len; i++) {
         if (s[i] < '0' || s[i] > '9') return false;
-        v = v * 10 + (s[i] - '0');
+        if (int_len <= 16) small = small * 10 + (uint64_t)(s[i] - '0');
+        else v = v * 10 + (s[i] - '0');
     }
     int frac = 0;
     for (size_t i = 0; i < 2; i++) {
@@ -44,21 +47,36 @@ static bool cents(const char *s, __int128 *out) {
         if (c < '0' || c > '9') return false;
         frac = frac * 10 + (c - '0');
     }
-    *out = v * 100 + frac;
+    *out = int_len <= 16 ? (__int128)(small * 100 + (uint64_t)frac) : v * 100 + frac;
     return true;
 }
 
-/* 1999 → "19.99". */
+/* `price × qty`, in 64 bits when it fits. */
+static __int128 times(__int128 price, int64_t qty) {
+    int64_t product;
+    if (price >= INT64_MIN && price <= INT64_MAX && !__builtin_mul_overflow((int64_t)price, qty, &product))
+        return product;
+    return price * qty;
+}
+
+/* 1999 → "19.99", in 64-bit steps once the rest fits. */
 static const char *money(__int128 c) {
     char buf[48], *p = buf + sizeof buf;
     unsigned __int128 a = c < 0 ? -(unsigned __int128)c : (unsigned __int128)c;
+    int digits = 0;
     *--p = 0;
-    *--p = (char)('0' + (int)(a % 10)); a /= 10;
-    *--p = (char)('0' + (int)(a % 10)); a /= 10;
-    *--p = '.';
-    do { *--p = (char)('0' + (int)(a % 10)); a /= 10; } while (a);
+    while (a > UINT64_MAX) { *--p = (char)('0' + (int)(a % 10)); a /= 10; if (++digits == 2) *--p = '.'; }
+    uint64_t b = (uint64_t)a;
+    while (digits < 3 || b) {
+        *--p = (char)('0' + (int)(b % 10));
+        b /= 10;
+        if (++digits == 2) *--p = '.';
+    }
     if (c < 0) *--p = '-';
-    return weir_printf("%s", p);
+    size_t len = (size_t)(buf + sizeof buf - p);
+    char *s = weir_alloc(len);
+    memcpy(s, p, len);
+    return s;
 }
 
 void weir_rule_record(const weir_record *r, weir_outcome *out) {
@@ -86,8 +104,10 @@ void weir_rule_record(const weir_record *r, weir_outcome *out) {
         { weir_reject(out, "placed_at: not an RFC 3339 timestamp: \"%s\"", placed); return; }
 
     const char *currency = weir_json_str(weir_json_get(o, "currency"));
-    if (!currency || weir_json_str_len(weir_json_get(o, "currency")) != 3 ||
-        strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != 3)
+    bool letters = currency && weir_json_str_len(weir_json_get(o, "currency")) == 3;
+    for (int i = 0; letters && i < 3; i++)
+        letters = (currency[i] >= 'A' && currency[i] <= 'Z') || (currency[i] >= 'a' && currency[i] <= 'z');
+    if (!letters)
         { weir_reject(out, "currency: must be three letters"); return; }
 
     const weir_json *lines = weir_json_get(o, "lines");
@@ -104,7 +124,7 @@ void weir_rule_record(const weir_record *r, weir_outcome *out) {
             { weir_reject(out, "lines[%zu].qty: must be a positive integer", i); return; }
         if (!cents(weir_json_str(weir_json_get(line, "unit_price")), &price))
             { weir_reject(out, "lines[%zu].unit_price: must be a decimal string with at most 2 decimals", i); return; }
-        total += price * qty;
+        total += times(price, qty);
     }
 
     const weir_json *shipping = weir_json_get(o, "shipping");
@@ -137,6 +157,6 @@ void weir_rule_record(const weir_record *r, weir_outcome *out) {
         weir_cell_text(row, "sku", weir_json_str(weir_json_get(line, "sku")));
         weir_cell_int(row, "qty", qty);
         weir_cell_decimal(row, "unit_price", money(price));
-        weir_cell_decimal(row, "amount", money(price * qty));
+        weir_cell_decimal(row, "amount", money(times(price, qty)));
     }
 }

@@ -194,6 +194,11 @@ impl RuleRuntime {
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `WEIR_WASM_PROFILER=perfmap` writes /tmp/perf-<pid>.map, so `perf report` names the guest's own
+        // functions instead of showing anonymous JIT addresses (docs/PERFORMANCE.md, "Profiling a rule").
+        if std::env::var_os("WEIR_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| RuleError::Engine(format!("{e:#}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()

@@ -57,6 +57,28 @@ pub mod bindings {
 
 #[cfg(not(feature = "contract-0-1"))]
 pub mod pack;
+
+pub mod arena;
+
+/// The component's allocator: batch allocations from an arena, the rest from Talc (see [`arena`]).
+#[cfg(all(
+    feature = "allocator",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: arena::BatchArena<talc::wasm::WasmDynamicTalc> =
+    arena::BatchArena::new(talc::wasm::new_wasm_dynamic_allocator());
+
+/// Called once `init` is done: from then on, allocations are batch allocations.
+fn initialized() {
+    #[cfg(all(
+        feature = "allocator",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    ))]
+    ALLOCATOR.enable();
+}
 mod row;
 
 pub use bindings::weir::rules::host::Level;
@@ -154,6 +176,7 @@ pub mod __private {
     pub fn init<R: Rule>(settings: Vec<(String, String)>) -> Result<(), String> {
         let rule = R::init(&Settings::new(settings))?;
         RULE.with(|cell| *cell.borrow_mut() = Some(Box::new(rule)));
+        initialized();
         Ok(())
     }
 

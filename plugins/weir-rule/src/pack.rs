@@ -5,37 +5,85 @@
 //! `invalid`, with the same wording as the host's own check, and the host dead-letters it as a validation
 //! failure. Types are not checked here: every cell carries its type tag and the host checks it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use crate::bindings::weir::rules::types::Table;
+use crate::row::Name;
 use crate::{Outcome, Row, Value};
 
 /// One declared table, ready for packing.
 struct Declared {
     name: String,
-    /// Column name → position.
+    /// The literal this table was last named by.
+    literal: Literal,
+    /// Column names in declared order.
+    names: Vec<String>,
+    /// For each column, the literal it was last named by.
+    literals: Vec<Literal>,
+    /// Column name → position, for cells set out of the declared order.
     columns: HashMap<String, usize>,
     width: usize,
+}
+
+impl Declared {
+    /// The position of `column`. A rule names columns with the same literals row after row, usually in
+    /// declared order: the literal last seen at the column after the previous one is tried first (no bytes
+    /// compared), then that column's name, then every name.
+    fn position(&self, column: &Name, expected: usize) -> Option<usize> {
+        if self.literals.get(expected).is_some_and(|l| l.is(column)) {
+            return Some(expected);
+        }
+        let c = if self.names.get(expected).is_some_and(|n| n == column) {
+            expected
+        } else {
+            *self.columns.get(column.as_ref())?
+        };
+        self.literals[c].remember(column);
+        Some(c)
+    }
+}
+
+/// The address and length of the `'static` string a name was last given as. Such a string never changes
+/// and is never freed, so the same address and length is the same name, without comparing its bytes.
+#[derive(Default)]
+struct Literal(Cell<(usize, usize)>);
+
+impl Literal {
+    fn is(&self, name: &Name) -> bool {
+        matches!(name, Name::Borrowed(s) if self.0.get() == (s.as_ptr() as usize, s.len()))
+    }
+
+    fn remember(&self, name: &Name) {
+        if let Name::Borrowed(s) = name {
+            self.0.set((s.as_ptr() as usize, s.len()));
+        }
+    }
 }
 
 thread_local! {
     static TABLES: RefCell<Vec<Declared>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Keeps the tables `init` received.
-pub(crate) fn declare(tables: Vec<Table>) {
+/// Keeps the tables `init` received. The SDK calls it inside a component; a native test or benchmark calls it
+/// to pack outcomes the way the component would.
+pub fn declare(tables: Vec<Table>) {
     let declared = tables
         .into_iter()
-        .map(|t| Declared {
-            width: t.columns.len(),
-            columns: t
-                .columns
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| (c.name, i))
-                .collect(),
-            name: t.name,
+        .map(|t| {
+            let names: Vec<String> = t.columns.into_iter().map(|c| c.name).collect();
+            Declared {
+                width: names.len(),
+                columns: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.clone(), i))
+                    .collect(),
+                literals: names.iter().map(|_| Literal::default()).collect(),
+                names,
+                literal: Literal::default(),
+                name: t.name,
+            }
         })
         .collect();
     TABLES.with(|cell| *cell.borrow_mut() = declared);
@@ -104,7 +152,15 @@ fn pack_row<'a>(
     slots: &mut Vec<Option<&'a Value>>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let Some(t) = tables.iter().position(|t| t.name == row.table) else {
+    let found = tables
+        .iter()
+        .position(|t| t.literal.is(&row.table))
+        .or_else(|| {
+            let t = tables.iter().position(|t| t.name == row.table)?;
+            tables[t].literal.remember(&row.table);
+            Some(t)
+        });
+    let Some(t) = found else {
         return Err(format!(
             "table `{}` is not declared in the sink configuration",
             printable(&row.table)
@@ -113,8 +169,9 @@ fn pack_row<'a>(
     let table = &tables[t];
     slots.clear();
     slots.resize(table.width, None);
+    let mut expected = 0;
     for (column, value) in &row.cells {
-        let Some(&c) = table.columns.get(column.as_ref()) else {
+        let Some(c) = table.position(column, expected) else {
             return Err(format!(
                 "table {}, column `{}`: not a declared column",
                 table.name,
@@ -128,6 +185,7 @@ fn pack_row<'a>(
             ));
         }
         slots[c] = Some(value);
+        expected = c + 1;
     }
     out.extend_from_slice(&(t as u32).to_le_bytes());
     for slot in slots.iter() {
@@ -161,4 +219,83 @@ fn pack_row<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RowBuilder;
+    use crate::bindings::weir::rules::types::{Column, ColumnType};
+
+    fn declare_orders() {
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_: ColumnType::Varchar(64),
+        };
+        declare(vec![
+            Table {
+                name: "other".into(),
+                columns: vec![column("x")],
+                key: vec!["x".into()],
+            },
+            Table {
+                name: "orders".into(),
+                columns: vec![column("id"), column("customer"), column("country")],
+                key: vec!["id".into()],
+            },
+        ]);
+    }
+
+    /// The same row packs to the same bytes whether its names are literals (remembered after the first row)
+    /// or owned strings, in declared order or not.
+    #[test]
+    fn names_however_given_pack_the_same() {
+        declare_orders();
+        let literal = RowBuilder::new("orders")
+            .text("id", "o-1")
+            .text("country", "ES")
+            .build();
+        let owned = RowBuilder::new(String::from("orders"))
+            .text(String::from("country"), "ES")
+            .text(String::from("id"), "o-1")
+            .build();
+        let expected = {
+            let mut out = vec![EMIT, 1, 0, 0, 0, 1, 0, 0, 0];
+            out.push(5);
+            string(&mut out, "o-1");
+            out.push(0); // customer: NULL
+            out.push(5);
+            string(&mut out, "ES");
+            out
+        };
+        for _ in 0..3 {
+            for row in [&literal, &owned] {
+                assert_eq!(pack(&[Outcome::Emit(vec![row.clone()])]), expected);
+            }
+        }
+    }
+
+    /// An undeclared table or column, or a column set twice, makes the record `invalid`, naming it.
+    #[test]
+    fn unpackable_rows_are_invalid() {
+        declare_orders();
+        let invalid = |row: Row| {
+            let out = pack(&[Outcome::Emit(vec![row])]);
+            assert_eq!(out[0], INVALID);
+            String::from_utf8(out[5..].to_vec()).unwrap()
+        };
+        assert!(invalid(RowBuilder::new("nope").build()).contains("table `nope`"));
+        assert!(
+            invalid(RowBuilder::new("orders").text("idd", "x").build()).contains("column `idd`")
+        );
+        assert!(
+            invalid(
+                RowBuilder::new("orders")
+                    .text("id", "x")
+                    .text("id", "y")
+                    .build()
+            )
+            .contains("set twice")
+        );
+    }
 }
