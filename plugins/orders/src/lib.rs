@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 use weir_rule::{Outcome, RowBuilder, Rule, Settings, SourceRecord};
 
@@ -180,13 +180,13 @@ enum Lines<'a> {
 
 /// Consumes the rest of an array, checking only that it is well-formed.
 fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    while seq.next_element::<Skip>()?.is_some() {}
     Ok(())
 }
 
 /// Consumes the rest of an object, checking only that it is well-formed.
 fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    while map.next_entry::<Skip, Skip>()?.is_some() {}
     Ok(())
 }
 
@@ -214,6 +214,31 @@ macro_rules! scalars_are {
     };
 }
 
+/// A JSON value read over and dropped, strings not copied. Unlike serde's `IgnoredAny`, which serde_json skips
+/// without looking at its depth, it goes through `deserialize_any`: the same nesting limit and number range as
+/// a `serde_json::Value` apply, so a payload too deep to be a `Value` is not JSON here either.
+struct Skip;
+
+impl<'de> de::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skip;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            scalars_are!(Skip);
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| Skip)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| Skip)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl<'de> de::Deserialize<'de> for Document<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -238,7 +263,7 @@ impl<'de> de::Deserialize<'de> for Document<'de> {
                         "lines" => order.lines = map.next_value()?,
                         "shipping" => order.shipping = Some(map.next_value()?),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Skip>()?;
                         }
                     }
                 }
@@ -294,7 +319,7 @@ impl<'de> de::Deserialize<'de> for Line<'de> {
                         "qty" => line.qty = map.next_value()?,
                         "unit_price" => line.unit_price = map.next_value()?,
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Skip>()?;
                         }
                     }
                 }
@@ -521,6 +546,10 @@ mod tests {
         assert!(
             rejected(&order("", line).replace("}]}", "}]")).starts_with("payload: not valid JSON")
         );
+        // Members the rule does not read are held to a `Value`'s limits too: nesting and number range.
+        let deep = format!(r#""x":{}1{},"#, "[".repeat(200), "]".repeat(200));
+        assert!(rejected(&order(&deep, line)).contains("recursion limit"));
+        assert!(rejected(&order(r#""x":[1e400],"#, line)).contains("number out of range"));
     }
 
     /// Each malformed order is rejected with a reason naming the field.
