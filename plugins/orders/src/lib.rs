@@ -71,7 +71,6 @@ pub fn order_rows(payload: &[u8]) -> Result<Outcome, String> {
     };
 
     let mut rows = Vec::with_capacity(lines.len() + 1);
-    rows.push(RowBuilder::new("orders").build()); // the order row, filled in below once the total is known
     let mut total_cents: i128 = 0;
     for (i, line) in lines.iter().enumerate() {
         let qty = match line.qty {
@@ -100,7 +99,7 @@ pub fn order_rows(payload: &[u8]) -> Result<Outcome, String> {
     }
 
     let shipping = order.shipping.as_ref().unwrap_or(&Json::Null);
-    rows[0] = RowBuilder::new("orders")
+    let orders_row = RowBuilder::new("orders")
         .text("order_id", order_id)
         .opt_text("customer_id", order.customer_id.as_str())
         .timestamp_us("placed_at", placed_at)
@@ -110,6 +109,7 @@ pub fn order_rows(payload: &[u8]) -> Result<Outcome, String> {
         .opt_text("country", shipping.get("country").and_then(Json::as_str))
         .json("shipping", shipping)
         .build();
+    rows.insert(0, orders_row);
     Ok(Outcome::Emit(rows))
 }
 

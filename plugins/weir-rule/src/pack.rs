@@ -23,7 +23,6 @@ struct Declared {
     literals: Vec<Literal>,
     /// Column name → position, for cells set out of the declared order.
     columns: HashMap<String, usize>,
-    width: usize,
 }
 
 impl Declared {
@@ -73,7 +72,6 @@ pub fn declare(tables: Vec<Table>) {
         .map(|t| {
             let names: Vec<String> = t.columns.into_iter().map(|c| c.name).collect();
             Declared {
-                width: names.len(),
                 columns: names
                     .iter()
                     .enumerate()
@@ -168,7 +166,7 @@ fn pack_row<'a>(
     };
     let table = &tables[t];
     slots.clear();
-    slots.resize(table.width, None);
+    slots.resize(table.names.len(), None);
     let mut expected = 0;
     for (column, value) in &row.cells {
         let Some(c) = table.position(column, expected) else {
