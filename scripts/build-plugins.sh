@@ -81,20 +81,32 @@ if [ ! -d "$js_dir/node_modules/@bytecodealliance/componentize-js" ]; then
 fi
 cp "$root/plugins/js/build.mjs" "$js_dir/build.mjs"   # resolves componentize-js from its own folder
 # The helper builds either contract version, by the wit folder build.mjs is given.
-build_js() { # name app.js wit-folder
+build_js() { # name app.js wit-folder [--aot]
   local out="$root/plugins/dist/$1.wasm"
   local src version
   version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/$3/rules.wit")
-  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/$3/rules.wit" | sha256sum | cut -c1-16)
+  src=$(cat "$root"/plugins/js/*.js "$root/plugins/js/build.mjs" "$root/$2" "$root/$3/rules.wit" | sha256sum | cut -c1-16)${4:-}
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
-    echo "==> building $2 against weir:rules@$version (componentize-js)"
-    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" "$3")
+    echo "==> building $2 against weir:rules@$version (componentize-js${4:+, ahead of time})"
+    (cd "$root" && node "$js_dir/build.mjs" "$2" "$out" "$3" ${4:-})
     python3 "$root/scripts/stamp.py" "$version" "$out"
     echo "$src" > "$out.src"
   fi
 }
 build_js orders-js plugins/orders-js/app.js wit/v0.2
 build_js orders-js-v01 plugins/orders-js/app.js wit
+# WEIR_JS_AOT=1 (scripts/test.sh --long, the rule benches): the same rule built ahead of time (`build.mjs --aot`),
+# with weval 0.5 from crates.io (about ten minutes to build the first time, so not by default).
+if [ "${WEIR_JS_AOT:-}" = 1 ]; then
+  weval_root=${WEIR_WEVAL_ROOT:-/var/tmp/weir-weval}
+  if [ ! -x "$weval_root/bin/weval" ]; then
+    echo "==> installing weval 0.5.0 (crates.io) into $weval_root"
+    CARGO_TARGET_DIR="$weval_root/target" cargo install -q weval --version 0.5.0 --locked --root "$weval_root"
+    rm -rf "$weval_root/target"
+  fi
+  export WEIR_WEVAL="$weval_root/bin/weval"
+  build_js orders-js-aot plugins/orders-js/app.js wit/v0.2 --aot
+fi
 
 # C: clang + wasi-libc (Debian), bindings from wit-bindgen-cli (crates.io, pinned), linked by rustup's
 # wasm-component-ld, through plugins/c/build.sh.

@@ -5,7 +5,9 @@
 # plugin toolchains, Chromium), builds the plugins once, then runs every test:
 # the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
 #   scripts/test.sh --long   the same with the long reliability variants: 100 random kills per source kind
-#                            (WEIR_CRASH_ITERATIONS) and 20,000 cases per property test (PROPTEST_CASES)
+#                            (WEIR_CRASH_ITERATIONS) and 20,000 cases per property test (PROPTEST_CASES),
+#                            and the JavaScript rule also built ahead of time (WEIR_JS_AOT: weval, in the
+#                            conformance suite)
 # Builds go to $CARGO_TARGET_DIR, by default /var/tmp/weir-target, outside the checkout, so repeated runs on
 # one machine (and CI's fresh clones) reuse them.
 set -euo pipefail
@@ -13,7 +15,8 @@ long=
 case "${1:-}" in
   --long)
     long=1
-    export WEIR_CRASH_ITERATIONS=${WEIR_CRASH_ITERATIONS:-100} PROPTEST_CASES=${PROPTEST_CASES:-20000} ;;
+    export WEIR_CRASH_ITERATIONS=${WEIR_CRASH_ITERATIONS:-100} PROPTEST_CASES=${PROPTEST_CASES:-20000}
+    export WEIR_JS_AOT=${WEIR_JS_AOT:-1} ;;
   "") ;;
   *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
 esac

@@ -344,7 +344,10 @@ fn js_project(name: &str) -> Files {
   "name": "{name}",
   "private": true,
   "type": "module",
-  "scripts": {{ "build": "node build.mjs app.js {name}.wasm wit && weir plugin stamp {name}.wasm" }},
+  "scripts": {{
+    "build": "node build.mjs app.js {name}.wasm wit && weir plugin stamp {name}.wasm",
+    "build:aot": "node build.mjs app.js {name}.wasm wit --aot && weir plugin stamp {name}.wasm"
+  }},
   "devDependencies": {{ "@bytecodealliance/componentize-js": "0.23.0" }}
 }}
 "#

@@ -1,35 +1,59 @@
 // Builds a JavaScript rule into a weir component with componentize-js (StarlingMonkey).
-//   node plugins/js/build.mjs SOURCE.js OUT.wasm [WIT_DIR]
+//   node plugins/js/build.mjs SOURCE.js OUT.wasm [WIT_DIR] [--aot]
 // componentize-js must be installed (scripts/build-plugins.sh installs it, pinned, under /var/tmp).
 //
 // The weir_rule.js helper imports `weir:rules/host@0.2.0`. Given another contract version's WIT (0.1: the
 // repository's wit/), the rule is built from a copy of its folder in which the helper it imports names that
 // version instead.
+//
+// --aot: componentize-js's ahead-of-time mode, in which weval specializes the JavaScript interpreter for the
+// rule's code. It needs weval 0.5: the binary named by $WEIR_WEVAL, else `weval` on the PATH
+// (`cargo install weval --version 0.5.0 --locked`). weval opens only the rule's own folder, so the rule is
+// built from a copy of it with the helper placed beside it.
 import { componentize } from '@bytecodealliance/componentize-js';
+import { existsSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, delimiter, dirname, join, resolve } from 'node:path';
 
-const [source, outArg, wit = 'wit'] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const aot = args.includes('--aot');
+const [source, outArg, wit = 'wit'] = args.filter((a) => a !== '--aot');
+let wevalBin;
+if (aot) {
+  wevalBin = process.env.WEIR_WEVAL
+    ?? (process.env.PATH ?? '').split(delimiter).map((d) => join(d, 'weval')).find((p) => existsSync(p));
+  if (!wevalBin || !existsSync(wevalBin)) {
+    console.error('--aot needs weval 0.5: `cargo install weval --version 0.5.0 --locked`, or set WEIR_WEVAL to its path');
+    process.exit(2);
+  }
+}
 const out = resolve(outArg);
 const witText = await readFile(join(resolve(wit), 'rules.wit'), 'utf8');
 const version = /package weir:rules@([0-9.]+);/.exec(witText)?.[1] ?? '0.2.0';
 let sourcePath = resolve(source);
 let scratch = null;
-if (version !== '0.2.0') {
+if (version !== '0.2.0' || aot) {
   scratch = await mkdtemp(join(tmpdir(), 'weir-js-'));
   const app = join(scratch, 'app');
-  await cp(dirname(sourcePath), app, { recursive: true });
-  const helperImport = /from\s+'([^']*weir_rule\.js)'/.exec(await readFile(sourcePath, 'utf8'))?.[1];
+  // The rule's folder without its node_modules (componentize-js itself, in a project `weir plugin new` made).
+  await cp(dirname(sourcePath), app, { recursive: true, filter: (p) => basename(p) !== 'node_modules' });
+  const text = await readFile(sourcePath, 'utf8');
+  const helperImport = /from\s+'([^']*weir_rule\.js)'/.exec(text)?.[1];
   if (helperImport) {
-    const helper = await readFile(resolve(dirname(sourcePath), helperImport), 'utf8');
-    const target = resolve(app, helperImport);
-    await mkdir(dirname(target), { recursive: true });
-    await writeFile(
-      target,
-      helper.replaceAll('weir:rules/host@0.2.0', `weir:rules/host@${version}`)
-        .replace("CONTRACT_VERSION = '0.2.0'", `CONTRACT_VERSION = '${version}'`),
-    );
+    let helper = await readFile(resolve(dirname(sourcePath), helperImport), 'utf8');
+    if (version !== '0.2.0') {
+      helper = helper.replaceAll('weir:rules/host@0.2.0', `weir:rules/host@${version}`)
+        .replace("CONTRACT_VERSION = '0.2.0'", `CONTRACT_VERSION = '${version}'`);
+    }
+    if (aot) {
+      await writeFile(join(app, 'weir_rule.js'), helper);
+      await writeFile(join(app, basename(sourcePath)), text.replace(`'${helperImport}'`, "'./weir_rule.js'"));
+    } else {
+      const target = resolve(app, helperImport);
+      await mkdir(dirname(target), { recursive: true });
+      await writeFile(target, helper);
+    }
   }
   sourcePath = join(app, basename(sourcePath));
   // componentize-js resolves the rule's imports and the WIT from the working directory.
@@ -42,6 +66,7 @@ try {
     witPath: scratch ? join(scratch, 'wit') : resolve(wit),
     worldName: 'rule',
     disableFeatures: ['http', 'fetch-event', 'random', 'clocks', 'stdio'],
+    ...(aot ? { enableAot: true, wevalBin } : {}),
   });
   await writeFile(out, component);
 } finally {

@@ -46,28 +46,77 @@ function int64(v) {
   return v;
 }
 
-// A cell as [tag, value], made when the row is made so that a value that cannot be stored throws in `record`.
-function value(v) {
-  if (v === null || v === undefined) return NULL_CELL;
-  if (typeof v === 'boolean') return [BOOLEAN, v];
-  if (typeof v === 'bigint') return [INTEGER, int64(v)];
-  if (typeof v === 'number') return Number.isInteger(v) ? [INTEGER, int64(BigInt(v))] : [FLOAT, v];
-  if (typeof v === 'string') return [TEXT, v];
-  if (v instanceof DecimalCell) return [DECIMAL, v.text];
-  if (v instanceof TimestampCell) return [TIMESTAMP, int64(v.us)];
-  if (v instanceof Date) return [TIMESTAMP, BigInt(v.getTime()) * 1000n];
-  if (v instanceof JsonCell) return v.value === null || v.value === undefined ? NULL_CELL : [JSON_TEXT, JSON.stringify(v.value)];
-  if (typeof v === 'object') return [JSON_TEXT, JSON.stringify(v)];
+// A cell's tag, its value left in `cellValue`: worked out when the row is made, so that a value that cannot be
+// stored throws in `record`. (One tag and one shared slot instead of a [tag, value] pair: no allocation per cell.)
+let cellValue = null;
+function tagOf(v) {
+  if (v === null || v === undefined) return NULL;
+  if (typeof v === 'string') { cellValue = v; return TEXT; }
+  if (typeof v === 'number') {
+    if (Number.isInteger(v)) { cellValue = int64(BigInt(v)); return INTEGER; }
+    cellValue = v;
+    return FLOAT;
+  }
+  if (typeof v === 'boolean') { cellValue = v; return BOOLEAN; }
+  if (typeof v === 'bigint') { cellValue = int64(v); return INTEGER; }
+  if (v instanceof DecimalCell) { cellValue = v.text; return DECIMAL; }
+  if (v instanceof TimestampCell) { cellValue = int64(v.us); return TIMESTAMP; }
+  if (v instanceof Date) { cellValue = BigInt(v.getTime()) * 1000n; return TIMESTAMP; }
+  if (v instanceof JsonCell) {
+    if (v.value === null || v.value === undefined) return NULL;
+    cellValue = JSON.stringify(v.value);
+    return JSON_TEXT;
+  }
+  if (typeof v === 'object') { cellValue = JSON.stringify(v); return JSON_TEXT; }
   throw new TypeError(`cannot store a ${typeof v} in a cell`);
+}
+
+// A cell as [tag, value] (contract 0.1's rows).
+function value(v) {
+  const tag = tagOf(v);
+  return tag === NULL ? NULL_CELL : [tag, cellValue];
+}
+
+const printable = (s) => JSON.stringify(String(s).slice(0, 64)).slice(1, -1);
+
+// The declared tables: name -> { index, columns: Map(name -> position), width }.
+const tables = new Map();
+
+// A 0.2 row, its cells already in declared column order (tags: 0 = NULL), or the reason it breaks the declared
+// tables, reported when its outcome is packed. Rows are placed against the tables `init` was given, so they
+// are made while a batch runs (in `record`, or in `setup` to be reused), not when the module loads.
+class Row {
+  constructor(index, tags, values, error) {
+    this.index = index;
+    this.tags = tags;
+    this.values = values;
+    this.error = error;
+  }
 }
 
 /** A row of `table` with the given cells. */
 export function row(table, cells) {
-  return { table, cells: Object.entries(cells).map(([k, v]) => [k, value(v)]) };
+  if (V01) return { table, cells: Object.entries(cells).map(([k, v]) => [k, value(v)]) };
+  const t = tables.get(table);
+  const names = Object.keys(cells);
+  const width = t === undefined ? 0 : t.width;
+  const tags = new Uint8Array(width);
+  const values = new Array(width);
+  let error = t === undefined ? `table \`${printable(table)}\` is not declared in the sink configuration` : null;
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    const tag = tagOf(cells[name]);
+    if (error !== null) continue;
+    const c = t.columns.get(name);
+    if (c === undefined) {
+      error = `table ${table}, column \`${printable(name)}\`: not a declared column`;
+      continue;
+    }
+    tags[c] = tag;
+    values[c] = cellValue;
+  }
+  return new Row(t === undefined ? 0 : t.index, tags, values, error);
 }
-
-// The declared tables: name -> { index, columns: Map(name -> position), width }.
-const tables = new Map();
 
 // One growing buffer, written little-endian.
 class Packed {
@@ -83,8 +132,6 @@ class Packed {
   }
   u8(x) { this.room(1); this.bytes[this.len++] = x; }
   u32(x) { this.room(4); this.view.setUint32(this.len, x, true); this.len += 4; }
-  i64(x) { this.room(8); this.view.setBigInt64(this.len, x, true); this.len += 8; }
-  f64(x) { this.room(8); this.view.setFloat64(this.len, x, true); this.len += 8; }
   str(s) {
     const b = utf8Out.encode(s);
     this.room(4 + b.length);
@@ -92,34 +139,44 @@ class Packed {
     this.bytes.set(b, this.len + 4);
     this.len += 4 + b.length;
   }
-  cell([tag, v]) {
-    this.u8(tag);
-    if (tag === NULL) return;
-    if (tag === BOOLEAN) this.u8(v ? 1 : 0);
-    else if (tag === INTEGER || tag === TIMESTAMP) this.i64(v);
-    else if (tag === FLOAT) this.f64(v);
-    else this.str(v);
+  // A row's table index and cells.
+  row(r) {
+    const { tags, values } = r;
+    // Tag and fixed-size values: at most 9 bytes a cell; text is made room for as it is written.
+    this.room(4 + 9 * tags.length);
+    this.view.setUint32(this.len, r.index, true);
+    this.len += 4;
+    for (let c = 0; c < tags.length; c++) {
+      const tag = tags[c];
+      this.bytes[this.len++] = tag;
+      if (tag === NULL) continue;
+      if (tag === TEXT || tag === DECIMAL || tag === JSON_TEXT) {
+        this.str(values[c]);
+        this.room(9 * (tags.length - c));
+      } else if (tag === INTEGER || tag === TIMESTAMP) {
+        this.view.setBigInt64(this.len, values[c], true);
+        this.len += 8;
+      } else if (tag === FLOAT) {
+        this.view.setFloat64(this.len, values[c], true);
+        this.len += 8;
+      } else {
+        this.bytes[this.len++] = values[c] ? 1 : 0;
+      }
+    }
   }
 }
 
-const printable = (s) => JSON.stringify(String(s).slice(0, 64)).slice(1, -1);
-
 // Appends one emit; returns a reason when a row breaks the declared tables.
 function packEmit(rows, out) {
+  // Indexed loops: without a JIT, `for…of` costs an iterator call per element.
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    if (!(r instanceof Row)) return 'an emitted row was not made by row()';
+    if (r.error !== null) return r.error;
+  }
   out.u8(0);
   out.u32(rows.length);
-  for (const r of rows) {
-    const t = tables.get(r.table);
-    if (!t) return `table \`${printable(r.table)}\` is not declared in the sink configuration`;
-    const slots = new Array(t.width).fill(NULL_CELL);
-    for (const [name, cell] of r.cells) {
-      const c = t.columns.get(name);
-      if (c === undefined) return `table ${r.table}, column \`${printable(name)}\`: not a declared column`;
-      slots[c] = cell;
-    }
-    out.u32(t.index);
-    for (const cell of slots) out.cell(cell);
-  }
+  for (let i = 0; i < rows.length; i++) out.row(rows[i]);
   return null;
 }
 
@@ -136,23 +193,20 @@ function wit01(o) {
   };
 }
 
-function pack(outcomes) {
-  const out = new Packed();
-  for (const o of outcomes) {
-    if (o.tag === 'emit') {
-      const start = out.len;
-      const invalid = packEmit(o.val, out);
-      if (invalid !== null) {
-        out.len = start;
-        out.u8(3);
-        out.str(invalid);
-      }
-    } else {
-      out.u8(o.tag === 'drop' ? 1 : 2);
-      out.str(String(o.val));
+// Appends one record's outcome.
+function packOutcome(o, out) {
+  if (o.tag === 'emit') {
+    const start = out.len;
+    const invalid = packEmit(o.val, out);
+    if (invalid !== null) {
+      out.len = start;
+      out.u8(3);
+      out.str(invalid);
     }
+  } else {
+    out.u8(o.tag === 'drop' ? 1 : 2);
+    out.str(String(o.val));
   }
-  return out.bytes.slice(0, out.len);
 }
 /** The record becomes these rows (possibly none). */
 export const emit = (...rows) => ({ tag: 'emit', val: rows });
@@ -180,7 +234,7 @@ export function rule(impl) {
       if (impl.setup) impl.setup(Object.fromEntries(settings));
     },
     process(batch) {
-      const outcomes = batch.map((r) => {
+      const outcome = (r) => {
         const record = {
           id: r.id,
           partitionKey: r.partitionKey,
@@ -194,8 +248,13 @@ export function rule(impl) {
         } catch (e) {
           return reject(`rule error: ${e && e.message ? e.message : e}`);
         }
-      });
-      return V01 ? outcomes.map(wit01) : pack(outcomes);
+      };
+      if (V01) return batch.map((r) => wit01(outcome(r)));
+      // Each record's outcome is packed as soon as it is made: its rows die young instead of living to the end
+      // of the batch, which keeps the garbage collector's work per record small.
+      const out = new Packed();
+      for (let i = 0; i < batch.length; i++) packOutcome(outcome(batch[i]), out);
+      return out.bytes.slice(0, out.len);
     },
   };
 }

@@ -33,8 +33,19 @@ function micros(m) {
 
 // JSON.parse reads integers beyond 2^53 as inexact floats, and `2.0` as the integer 2: read integers from the
 // source text, and remember the objects whose `qty` was written as a non-integer literal.
-let floatQty = new WeakSet();
+//
+// That reviver is a call into interpreted code for every value of the document, so it runs only when the text
+// holds a number it could matter for: one with a fraction or an exponent, or of 16 digits or more. In JSON text
+// every number follows `[`, `,` or `:` (or starts the text), spaces aside, so RISKY finds each such number; what
+// it also finds inside strings (a time's `:30.5`) only takes the reviver's path, which gives the same outcome.
+const RISKY = /(?:^|[[,:])[ \t\n\r]*-?(?:\d{16}|\d+[.eE])/;
+const NO_FLOATS = new WeakSet();
+let floatQty = NO_FLOATS;
 function parse(text) {
+  if (!RISKY.test(text)) {
+    floatQty = NO_FLOATS;
+    return JSON.parse(text);
+  }
   floatQty = new WeakSet();
   return JSON.parse(text, function (key, value, context) {
     if (typeof value !== 'number' || !context) return value;
