@@ -237,7 +237,8 @@ async fn a_refused_row_isolates_its_record_and_merges_the_rest() {
 /// registering it (before its merge), right after the loader's merge committed (before the registry learns
 /// the fates), after its batch merged (before the acknowledgement) — and run again on more input: the rows
 /// are those of one per-batch run over all the input, every record is in exactly one ledger batch, and every
-/// registered batch ends merged. After the loader's crash the next run's loader, once the dead one's lease ran
+/// registered batch ends merged (or refused, when the rerun staged it from a checkpoint the dead run's batches
+/// then moved). After the loader's crash the next run's loader, once the dead one's lease ran
 /// out, finds the merged batches' ledger rows and marks them merged without merging them again.
 #[tokio::test]
 async fn killed_at_every_step_loses_and_doubles_nothing() {
@@ -294,20 +295,32 @@ async fn killed_at_every_step_loses_and_doubles_nothing() {
             "{crash}: every record in exactly one ledger batch"
         );
         assert_eq!(have[4], want[4], "{crash}: the checkpoint");
-        // Batches merged before a crash are found merged (by their ledger rows), not refused.
-        assert_eq!(
-            grouped
-                .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate")
-                .await,
-            vec![vec![
-                "merged".to_string(),
-                grouped
-                    .count("SELECT count(*) FROM weir_batches")
-                    .await
-                    .to_string()
-            ]],
-            "{crash}"
-        );
+        let ledger = grouped.count("SELECT count(*) FROM weir_batches").await;
+        let fates = grouped
+            .rows("SELECT fate, count(*)::text FROM weir_staged GROUP BY fate ORDER BY fate")
+            .await;
+        if crash == "registered:2" {
+            // The dead run's registered batches are merged by the next run's loader; whether the next run's
+            // worker had meanwhile staged batches from the old checkpoint (then refused: their records are in
+            // the dead run's batches, and the worker reads again from the new checkpoint) is a matter of
+            // timing. Either way nothing is left pending and every merged batch is one ledger batch.
+            let merged = fates
+                .iter()
+                .find(|f| f[0] == "merged")
+                .map(|f| f[1].clone());
+            assert_eq!(merged, Some(ledger.to_string()), "{crash}: {fates:?}");
+            assert!(
+                fates.iter().all(|f| f[0] == "merged" || f[0] == "refused"),
+                "{crash}: {fates:?}"
+            );
+        } else {
+            // Batches merged before a crash are found merged (by their ledger rows), not refused.
+            assert_eq!(
+                fates,
+                vec![vec!["merged".to_string(), ledger.to_string()]],
+                "{crash}"
+            );
+        }
     }
 }
 
