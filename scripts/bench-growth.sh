@@ -5,6 +5,7 @@
 # each as a ratio to the first. Prints one table; the figures in docs/PERFORMANCE.md come from it.
 #
 #   scripts/bench-growth.sh [RECORDS]     default 1000000 (5000000 for the last row: about two minutes more)
+#   WEIR_BENCH_BIN=PATH                   run that weir binary instead of building one
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,8 +20,12 @@ trap 'rm -rf "$work"; drop_db load >/dev/null 2>&1 || true' EXIT
 
 eval "$(scripts/services.sh)"
 scripts/build-plugins.sh >/dev/null
-cargo build --release --locked -p weir --bin weir >&2
-weir="$CARGO_TARGET_DIR/release/weir"
+if [ -n "${WEIR_BENCH_BIN:-}" ]; then
+  weir=$WEIR_BENCH_BIN
+else
+  cargo build --release --locked -p weir --bin weir >&2
+  weir="$CARGO_TARGET_DIR/release/weir"
+fi
 
 url=$(fresh_db load)
 cfg="$work/weir.toml"

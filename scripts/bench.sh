@@ -8,6 +8,8 @@
 #
 #   scripts/bench.sh [RECORDS]        default 200000; the numbers in docs/PERFORMANCE.md come from this
 #   WEIR_BENCH_PEER_BIN=PATH          also runs that weir binary at batch 5000 and prints the ratio
+#   WEIR_BENCH_QUICK=1                only the batch-5000 rows and what they are read against (the INSERT
+#                                     fill, the peer, the Python worker, the ceilings, the COPY floor)
 set -euo pipefail
 export PGOPTIONS='-c client_min_messages=warning'
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +75,10 @@ measure_weir() { # config [stdin-feed args...]
 }
 
 declare -A took
-for batch in 100 1000 5000 20000; do
+quick=${WEIR_BENCH_QUICK:-0}
+batches="100 1000 5000 20000"
+[ "$quick" = 1 ] && batches=5000
+for batch in $batches; do
   url=$(fresh_db "w$batch")
   cfg=$(weir_config "$url" "$batch")
   read -r secs rss _ _ < <(measure_weir "$cfg")
@@ -106,7 +111,7 @@ if [ -n "${WEIR_BENCH_PEER_BIN:-}" ]; then
 fi
 
 # Parallel rule instances and sink connections, at batch 5000.
-for knob in "instances = 2|rule.instances = 2" "connections = 2|sink.connections = 2"; do
+[ "$quick" = 1 ] || for knob in "instances = 2|rule.instances = 2" "connections = 2|sink.connections = 2"; do
   setting=${knob%%|*} label=${knob##*|}
   url=$(fresh_db knob)
   cfg=$(weir_config "$url" 5000)
@@ -120,6 +125,7 @@ for knob in "instances = 2|rule.instances = 2" "connections = 2|sink.connections
 done
 
 # A steady 1,000 records/s from standard input for 60 s (batches close after 100 ms): latency and memory.
+if [ "$quick" != 1 ]; then
 steady_secs=${WEIR_BENCH_STEADY_SECS:-60}
 stall_secs=${WEIR_BENCH_STALL_SECS:-60}
 url=$(fresh_db steady)
@@ -143,6 +149,7 @@ stalled_rss=$(awk -v a=20 -v b=$((20 + stall_secs)) '$1 >= a && $1 < b && $2 > m
 steady_rss=$(awk '$1 < 20 && $2 > m { m = $2 } END { printf "%.1f", m }' "$work/rss")
 line "weir, 1,000 records/s, sink stalled ${stall_secs} s (RSS before / during the stall)" "$((1000 * total))" "$(rows "$url")" "$secs" "$steady_rss / $stalled_rss" "$p50" "$p99"
 drop_db stall
+fi
 
 url=$(fresh_db python)
 read -r secs rss < <(python3 benches/measure.py "$venv/bin/python" benches/baseline/worker.py "$work/orders.jsonl" "$url")

@@ -281,6 +281,67 @@ async fn duplicate_keys_keep_latest() {
     assert_eq!(db.count("SELECT count(*) FROM items").await, 2);
 }
 
+/// The stage is analyzed once per session, after its first fill; every later merge still probes the target's
+/// key index instead of scanning the target, whatever the later batches' sizes (PostgreSQL's counters, read
+/// once the sink's sessions have ended and so reported them).
+#[tokio::test]
+async fn later_merges_probe_the_key_without_a_new_analyze() {
+    needs!("later_merges_probe_the_key_without_a_new_analyze": Postgres);
+    let db = TestDb::new().await;
+    let tables = spec();
+    let s = sink(&db).await;
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    let first: Vec<(&str, i64)> = keys[..2000].iter().map(|k| (k.as_str(), 1)).collect();
+    let b = batch("", 1, &first);
+    assert_eq!(
+        s.commit(&load(&b, &tables)).await.unwrap(),
+        Commit::Committed
+    );
+    let mut prev = 2000;
+    for round in 0..6 {
+        // Half the keys are stored already, half are new; the sizes differ from the analyzed first fill.
+        let size = 50 + 150 * round;
+        let rows: Vec<(&str, i64)> = (0..size)
+            .map(|i| {
+                (
+                    keys[(1000 + round * 300 + i) % 3000].as_str(),
+                    2 + round as i64,
+                )
+            })
+            .collect();
+        let b = batch(&prev.to_string(), prev + 1, &rows);
+        assert_eq!(
+            s.commit(&load(&b, &tables)).await.unwrap(),
+            Commit::Committed
+        );
+        prev += size;
+    }
+    drop(s);
+    let admin = db.admin().await;
+    let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while admin.query_one(others, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink's sessions did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let scans = admin
+        .query_one(
+            "SELECT seq_scan, idx_scan FROM pg_stat_user_tables WHERE relname = 'items'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (seq, idx): (i64, i64) = (scans.get(0), scans.get(1));
+    // The first batch meets an empty target, which may be scanned; no later batch scans it.
+    assert!(seq <= 1, "the target was scanned {seq} times in 7 merges");
+    assert!(idx >= 6, "the key index was probed {idx} times in 7 merges");
+    assert_eq!(db.count("SELECT count(*) FROM items").await, 3000);
+    assert_eq!(db.count("SELECT count(*) FROM weir_batches").await, 7);
+}
+
 /// The `postgres` kind's binary `COPY` stage fill stores exactly what the portable INSERT fill stores, for
 /// every column type and edge value (NULLs, extreme integers, 38-digit and negative decimals, floats, multi-byte
 /// text, big JSON numbers, timestamps before 2000 and near year 9999).

@@ -133,7 +133,7 @@ impl RedshiftSink {
                         .copy_group_table(&tx, &sqls[t], target, &loaded_at)
                         .await?;
                     manifests.push(manifest);
-                    self.merge_stage(&tx, &sqls[t]).await?;
+                    self.merge_stage(&tx, &mut conn.analyzed, &sqls[t]).await?;
                 }
             }
         } else {
@@ -143,7 +143,7 @@ impl RedshiftSink {
                 }
                 let fill = (loaded_at_us, self.binary_fill());
                 fill_stage(&tx, &mut conn.prepared, &sqls[t], rows, fill).await?;
-                self.merge_stage(&tx, &sqls[t]).await?;
+                self.merge_stage(&tx, &mut conn.analyzed, &sqls[t]).await?;
             }
         }
         write_dead_letters(&tx, &self.schema, &accepted, &loaded_at).await?;

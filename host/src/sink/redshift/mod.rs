@@ -89,6 +89,8 @@ struct Conn {
     client: Client,
     /// Temp stage tables already created in this session.
     staged: HashSet<String>,
+    /// Stages analyzed in this session (PostgreSQL): once, after their first fill (see `merge_stage`).
+    analyzed: HashSet<String>,
     /// Full-size stage INSERTs prepared in this session, by stage: parsed and planned once, not per chunk.
     prepared: Statements,
 }

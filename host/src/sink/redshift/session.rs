@@ -333,6 +333,7 @@ impl RedshiftSink {
         Ok(Conn {
             client,
             staged: HashSet::new(),
+            analyzed: HashSet::new(),
             prepared: HashMap::new(),
         })
     }
