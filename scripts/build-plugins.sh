@@ -95,6 +95,8 @@ build_js() { # name app.js wit-folder [--aot]
 }
 build_js orders-js plugins/orders-js/app.js wit/v0.2
 build_js orders-js-v01 plugins/orders-js/app.js wit
+build_js fields-js tests/plugins/fields-js/app.js wit/v0.2
+build_js fields-js-v01 tests/plugins/fields-js/app.js wit
 # WEIR_JS_AOT=1 (scripts/test.sh --long, the rule benches): the same rule built ahead of time (`build.mjs --aot`),
 # with weval 0.5 from crates.io (about ten minutes to build the first time, so not by default).
 if [ "${WEIR_JS_AOT:-}" = 1 ]; then

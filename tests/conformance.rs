@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::path::Path;
 
 /// The orders rule in each language, as built by scripts/build-plugins.sh. The reference is the Rust rule on
 /// contract 0.2 (packed rows); the same source on contract 0.1 and the other languages (0.1) must agree with it.
@@ -20,11 +21,8 @@ const LANGUAGES: [(&str, &str); 8] = [
     ("C on contract 0.1", "orders-c-v01"),
 ];
 
-/// `weir plugin test --json` of a plugin over the conformance input, checked against the quickstart's tables,
-/// with reasons reduced to their category.
-fn outcomes(plugin_name: &str) -> Vec<Value> {
-    let config = root().join("examples/quickstart/weir.toml");
-    let input = root().join("tests/conformance/orders.jsonl");
+/// `weir plugin test --json` of a plugin over `input`, checked against the tables of `config`.
+fn plugin_test(plugin_name: &str, input: &Path, config: &Path) -> Vec<Value> {
     let out = weir(
         &[
             "plugin",
@@ -38,11 +36,16 @@ fn outcomes(plugin_name: &str) -> Vec<Value> {
         ],
         &[],
     );
-    assert!(out.status.success(), "{}", show(&out));
-    let Value::Array(items) = serde_json::from_slice(&out.stdout).unwrap() else {
-        panic!("an array of outcomes")
-    };
-    items
+    assert!(out.status.success(), "{plugin_name}: {}", show(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The outcomes of a plugin over the conformance input, checked against the quickstart's tables, with reasons
+/// reduced to their category.
+fn outcomes(plugin_name: &str) -> Vec<Value> {
+    let config = root().join("examples/quickstart/weir.toml");
+    let input = root().join("tests/conformance/orders.jsonl");
+    plugin_test(plugin_name, &input, &config)
         .into_iter()
         .map(|mut o| {
             if let Some(Value::String(r)) = o.get_mut("reason") {
@@ -77,4 +80,63 @@ fn every_language_gives_identical_outcomes() {
             assert_eq!(have, want, "{language} differs on {}", want["id"]);
         }
     }
+}
+
+/// Every field of a record reaches a JavaScript rule unchanged: on contract 0.2 the helper reads them out of
+/// the packed batch, on 0.1 componentize-js's own bindings lift them, and the two agree — on ASCII,
+/// multi-byte UTF-8 and bytes that are not UTF-8.
+#[test]
+fn record_fields_reach_a_javascript_rule_identically_on_both_versions() {
+    needs!("record_fields_reach_a_javascript_rule_identically_on_both_versions": Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fields.jsonl");
+    std::fs::write(
+        &input,
+        b"{\"a\":1}\ncaf\xc3\xa9 \xe2\x98\x95\n\n\xff\xfe\nlast\n",
+    )
+    .unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"[source]
+kind = "file"
+path = "fields.jsonl"
+
+[raw]
+kind = "local"
+dir = "raw"
+
+[rule]
+plugin = "fields.wasm"
+
+[sink]
+kind = "sqlite"
+path = "out.db"
+
+[[sink.tables]]
+name = "fields"
+primary_key = ["id"]
+columns = { id = "varchar(200)", partition_key = "varchar(200)", arrived_at_ms = "bigint", attributes = "super", payload_bytes = "integer", payload = "varchar(200)", first_byte = "integer" }
+"#,
+    )
+    .unwrap();
+    let packed = plugin_test("fields-js", &input, &config);
+    let lifted = plugin_test("fields-js-v01", &input, &config);
+    assert_eq!(packed, lifted);
+    // The file source skips the empty line.
+    assert_eq!(packed.len(), 4, "{packed:?}");
+    let cells = |i: usize| packed[i]["rows"][0]["cells"].clone();
+    assert_eq!(cells(0)["payload"], "{\"a\":1}");
+    assert_eq!(cells(0)["payload_bytes"], 7);
+    assert_eq!(cells(0)["first_byte"], i64::from(b'{'));
+    assert_eq!(cells(0)["id"], "file/fields.jsonl/1");
+    assert_eq!(cells(0)["partition_key"], "fields.jsonl");
+    assert!(cells(0)["arrived_at_ms"].as_i64().is_some_and(|ms| ms > 0));
+    assert_eq!(cells(0)["attributes"], serde_json::json!([["line", "1"]]));
+    assert_eq!(cells(1)["payload"], "café ☕");
+    assert_eq!(cells(1)["payload_bytes"], 9);
+    // Not UTF-8: text() throws, so the record is rejected — the same way on both versions.
+    assert_eq!(packed[2]["outcome"], "reject", "{}", packed[2]);
+    assert_eq!(cells(3)["payload"], "last");
+    assert_eq!(cells(3)["attributes"], serde_json::json!([["line", "5"]]));
 }

@@ -785,6 +785,14 @@ async fn random_kill_9_loses_and_doubles_nothing() {
                 ..setup(&queue, &bucket, &db.url)
             },
         );
+        // A killed run leaves its messages in flight for up to the visibility timeout (4 s) after the kill:
+        // the final run's idle exit must outlast that, or it could end (on a fast machine, having drained the
+        // rest in under a second) before they return.
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("idle_exit_secs = 3", "idle_exit_secs = 6");
+        assert!(text.contains("idle_exit_secs = 6"), "{text}");
+        std::fs::write(&config, text).unwrap();
         for _ in 0..ROUND.min(iterations - round * ROUND) {
             let before = db.batches_so_far().await;
             let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -46,7 +46,9 @@ if (version !== '0.2.0' || aot) {
       helper = helper.replaceAll('weir:rules/host@0.2.0', `weir:rules/host@${version}`)
         .replace("CONTRACT_VERSION = '0.2.0'", `CONTRACT_VERSION = '${version}'`);
     }
-    if (aot) {
+    // Beside the rule (its import rewritten) when weval builds it, or when the helper's place relative to the
+    // rule would fall outside the scratch folder (a rule nested deeper than one level under the helper).
+    if (aot || !resolve(app, helperImport).startsWith(scratch + '/')) {
       await writeFile(join(app, 'weir_rule.js'), helper);
       await writeFile(join(app, basename(sourcePath)), text.replace(`'${helperImport}'`, "'./weir_rule.js'"));
     } else {
@@ -64,7 +66,9 @@ try {
   const { component } = await componentize({
     sourcePath,
     witPath: scratch ? join(scratch, 'wit') : resolve(wit),
-    worldName: 'rule',
+    // 0.2's `rule-packed-batch` world: the batch arrives as one buffer the helper reads in place, instead of
+    // records that the generated bindings would lift string by string in interpreted code.
+    worldName: /^world rule-packed-batch\b/m.test(witText) ? 'rule-packed-batch' : 'rule',
     disableFeatures: ['http', 'fetch-event', 'random', 'clocks', 'stdio'],
     ...(aot ? { enableAot: true, wevalBin } : {}),
   });

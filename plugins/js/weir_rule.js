@@ -12,9 +12,10 @@
 // null/undefined → NULL, Decimal('12.50') → decimal, Date or TimestampUs(µs) → timestamp, objects and arrays → JSON (Json(x) to
 // force JSON). A thrown exception rejects that record with the exception as its reason.
 //
-// Builds contract weir:rules@0.2.0 (wit/v0.2/rules.wit): the host passes the declared tables to `init`, and the
-// batch's rows go back packed in one buffer (docs/CONTRACT.md), cells in declared column order, written here
-// with a DataView into one growing Uint8Array. build.mjs given contract 0.1's WIT builds from a copy of this file
+// Builds contract weir:rules@0.2.0 (wit/v0.2/rules.wit), world `rule-packed-batch`: the host passes the declared
+// tables to `init`, each batch arrives as one buffer whose records are read in place (a field is decoded when
+// the rule first reads it), and the batch's rows go back packed in one buffer (docs/CONTRACT.md), cells in
+// declared column order. build.mjs given contract 0.1's WIT builds from a copy of this file
 // whose import and CONTRACT_VERSION name 0.1.0; the outcomes are then returned as 0.1's WIT values.
 import { log as hostLog, count as hostCount } from 'weir:rules/host@0.2.0';
 
@@ -31,9 +32,9 @@ class JsonCell { constructor(value) { this.value = value; } }
 class TimestampCell { constructor(us) { this.us = us; } }
 
 /** An exact decimal cell from its text, such as `'12.50'`. */
-export const Decimal = (text) => new DecimalCell(String(text));
+export const Decimal = (text) => new DecimalCell(typeof text === 'string' ? text : String(text));
 /** A timestamp cell in microseconds since the Unix epoch (a Date keeps milliseconds only). */
-export const TimestampUs = (us) => new TimestampCell(BigInt(us));
+export const TimestampUs = (us) => new TimestampCell(typeof us === 'bigint' ? us : BigInt(us));
 /** A JSON cell from any value (a string or number too). */
 export const Json = (value) => new JsonCell(value);
 
@@ -85,20 +86,36 @@ const tables = new Map();
 // A 0.2 row, its cells already in declared column order (tags: 0 = NULL), or the reason it breaks the declared
 // tables, reported when its outcome is packed. Rows are placed against the tables `init` was given, so they
 // are made while a batch runs (in `record`, or in `setup` to be reused), not when the module loads.
+// A row whose cells come in declared order and fit the one-string packing (below) is made as its piece of that
+// string instead: `ascii`, with the 8-byte numbers to patch in `nums` (offset in the piece, tag, value).
 class Row {
-  constructor(index, tags, values, error) {
+  constructor(index, tags, values, error, ascii, nums) {
     this.index = index;
     this.tags = tags;
     this.values = values;
     this.error = error;
+    this.ascii = ascii;
+    this.nums = nums;
   }
 }
+
+let lastTable = null;
+let lastSpec = undefined;
 
 /** A row of `table` with the given cells. */
 export function row(table, cells) {
   if (V01) return { table, cells: Object.entries(cells).map(([k, v]) => [k, value(v)]) };
-  const t = tables.get(table);
+  // The table of the row before, most often the same one, without the call to Map.get.
+  const t = table === lastTable ? lastSpec : tables.get(table);
+  if (t !== undefined) {
+    lastTable = table;
+    lastSpec = t;
+  }
   const names = Object.keys(cells);
+  if (t !== undefined && t.index < 128 && names.length === t.width) {
+    const piece = asciiRow(t, cells, names);
+    if (piece !== null) return piece;
+  }
   const width = t === undefined ? 0 : t.width;
   const tags = new Uint8Array(width);
   const values = new Array(width);
@@ -117,7 +134,51 @@ export function row(table, cells) {
     tags[c] = tag;
     values[c] = cellValue;
   }
-  return new Row(t === undefined ? 0 : t.index, tags, values, error);
+  return new Row(t === undefined ? 0 : t.index, tags, values, error, null, null);
+}
+
+// The row as its piece of an emit's one string (see packEmitAscii), or null when a name is not the declared
+// column at its place or a text is 128 characters or more (the row is then made cell by cell, which throws
+// the same errors: a value that cannot be stored throws here first, as it would there).
+function asciiRow(t, cells, names) {
+  const declared = t.names;
+  let s = LEN[t.index];
+  let nums = null;
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    if (name !== declared[i]) return null;
+    const v = cells[name];
+    if (typeof v === 'string') {
+      if (v.length >= 128) return null;
+      s += TEXT_HEAD[v.length] + v;
+      continue;
+    }
+    // Small integers are ASCII bytes too (n, then seven zeros).
+    if (typeof v === 'number' && (v | 0) === v && v >= 0 && v < 128) {
+      s += SMALL_INT[v];
+      continue;
+    }
+    if (v instanceof DecimalCell && v.text.length < 128) {
+      s += DECIMAL_HEAD[v.text.length] + v.text;
+      continue;
+    }
+    const tag = tagOf(v);
+    if (tag === DECIMAL || tag === JSON_TEXT) {
+      if (cellValue.length >= 128) return null;
+      s += TAG_CHAR[tag] + LEN[cellValue.length] + cellValue;
+    } else if (tag === NULL) {
+      s += '\0';
+    } else if (tag === BOOLEAN) {
+      s += cellValue ? '\x01\x01' : '\x01\0';
+    } else if (tag === INTEGER && cellValue >= 0n && cellValue < 128n) {
+      s += SMALL_INT[Number(cellValue)];
+    } else {
+      if (nums === null) nums = [];
+      nums.push(s.length + 1, tag, cellValue);
+      s += TAG_CHAR[tag] + NUMBER;
+    }
+  }
+  return new Row(t.index, null, null, null, s, nums);
 }
 
 // One growing buffer, written little-endian.
@@ -140,6 +201,37 @@ class Packed {
     this.view.setUint32(this.len, b.length, true);
     this.bytes.set(b, this.len + 4);
     this.len += 4 + b.length;
+  }
+  // A row made as a piece of the one-string packing, whose text turned out not to be all ASCII: the piece read
+  // back cell by cell (a text's length in it counts characters) and written with UTF-8 lengths.
+  asciiRow(r) {
+    const s = r.ascii;
+    const nums = r.nums;
+    let k = 0;
+    this.u32(s.charCodeAt(0));
+    let p = 4;
+    while (p < s.length) {
+      const tag = s.charCodeAt(p++);
+      this.u8(tag);
+      if (tag === TEXT || tag === DECIMAL || tag === JSON_TEXT) {
+        const n = s.charCodeAt(p);
+        this.str(s.slice(p + 4, p + 4 + n));
+        p += 4 + n;
+      } else if (tag === BOOLEAN) {
+        this.u8(s.charCodeAt(p++));
+      } else if (tag !== NULL) {
+        this.room(8);
+        if (nums !== null && nums[k] === p) {
+          if (nums[k + 1] === FLOAT) this.view.setFloat64(this.len, nums[k + 2], true);
+          else this.view.setBigInt64(this.len, nums[k + 2], true);
+          k += 3;
+        } else {
+          for (let b = 0; b < 8; b++) this.bytes[this.len + b] = s.charCodeAt(p + b);
+        }
+        this.len += 8;
+        p += 8;
+      }
+    }
   }
   // A row's table index and cells.
   row(r) {
@@ -178,13 +270,25 @@ class Packed {
 const LEN = Array.from({ length: 128 }, (_, n) => String.fromCharCode(n) + '\0\0\0');
 const TAG_CHAR = Array.from({ length: 8 }, (_, t) => String.fromCharCode(t));
 const NUMBER = '\0\0\0\0\0\0\0\0';
+const TEXT_HEAD = LEN.map((len) => TAG_CHAR[TEXT] + len);
+const DECIMAL_HEAD = LEN.map((len) => TAG_CHAR[DECIMAL] + len);
+const SMALL_INT = Array.from({ length: 128 }, (_, n) => TAG_CHAR[INTEGER] + String.fromCharCode(n) + '\0'.repeat(7));
 const patches = [];
 function packEmitAscii(rows, out) {
   if (rows.length >= 128) return false;
   let s = '\0' + LEN[rows.length];
   patches.length = 0;
   for (let i = 0; i < rows.length; i++) {
-    const { index, tags, values } = rows[i];
+    const r = rows[i];
+    if (r.ascii !== null) {
+      const nums = r.nums;
+      if (nums !== null) {
+        for (let k = 0; k < nums.length; k += 3) patches.push(s.length + nums[k], nums[k + 1], nums[k + 2]);
+      }
+      s += r.ascii;
+      continue;
+    }
+    const { index, tags, values } = r;
     if (index >= 128) return false;
     s += LEN[index];
     for (let c = 0; c < tags.length; c++) {
@@ -227,7 +331,10 @@ function packEmit(rows, out) {
   if (packEmitAscii(rows, out)) return null;
   out.u8(0);
   out.u32(rows.length);
-  for (let i = 0; i < rows.length; i++) out.row(rows[i]);
+  for (let i = 0; i < rows.length; i++) {
+    if (rows[i].ascii !== null) out.asciiRow(rows[i]);
+    else out.row(rows[i]);
+  }
   return null;
 }
 
@@ -271,6 +378,49 @@ export const log = (level, message) => hostLog(level, message);
 /** Adds `delta` to the rule counter `metric`. */
 export const count = (metric, delta = 1) => hostCount(metric, BigInt(delta));
 
+// One record of a packed batch, read in place: `payload` is a view of the batch's bytes, and the other fields
+// are decoded the first time the rule reads them.
+class PackedRecord {
+  constructor(batch, view, at, payloadAt, payloadLen) {
+    this.batch = batch;
+    this.view = view;
+    this.at = at;
+    this.payloadAt = payloadAt;
+    this.payloadLen = payloadLen;
+    this.cachedPayload = null;
+  }
+  // The string at byte `p` of the batch.
+  str(p) { return utf8.decode(this.batch.subarray(p + 4, p + 4 + this.view.getUint32(p, true))); }
+  get id() { return this.str(this.at); }
+  get partitionKey() { return this.str(this.at + 4 + this.view.getUint32(this.at, true)); }
+  // Where the arrival time is.
+  timeAt() {
+    const p = this.at + 4 + this.view.getUint32(this.at, true);
+    return p + 4 + this.view.getUint32(p, true);
+  }
+  get arrivedAtMs() { return this.view.getBigInt64(this.timeAt(), true); }
+  get attributes() {
+    let p = this.timeAt() + 8;
+    const n = this.view.getUint32(p, true);
+    p += 4;
+    const list = [];
+    for (let i = 0; i < n; i++) {
+      const name = this.str(p);
+      p += 4 + this.view.getUint32(p, true);
+      list.push([name, this.str(p)]);
+      p += 4 + this.view.getUint32(p, true);
+    }
+    return list;
+  }
+  get payload() {
+    if (this.cachedPayload === null) {
+      this.cachedPayload = this.batch.subarray(this.payloadAt, this.payloadAt + this.payloadLen);
+    }
+    return this.cachedPayload;
+  }
+  text() { return utf8.decode(this.batch.subarray(this.payloadAt, this.payloadAt + this.payloadLen)); }
+}
+
 /** The contract's `init` and `process` from `{ setup(settings), record(r) }`. */
 export function rule(impl) {
   return {
@@ -279,36 +429,58 @@ export function rule(impl) {
       const settings = args[args.length - 1];
       const declared = args.length === 2 ? args[0] : [];
       tables.clear();
+      lastTable = null;
+      lastSpec = undefined;
       declared.forEach((t, index) => {
         // Columns by name in an object without a prototype: a property read is cheaper than a call to Map.get.
         const columns = Object.create(null);
         t.columns.forEach((c, i) => { columns[c.name] = i; });
-        tables.set(t.name, { index, columns, width: t.columns.length });
+        tables.set(t.name, { index, columns, names: t.columns.map((c) => c.name), width: t.columns.length });
       });
       if (impl.setup) impl.setup(Object.fromEntries(settings));
     },
     process(batch) {
-      const outcome = (r) => {
-        const record = {
-          id: r.id,
-          partitionKey: r.partitionKey,
-          arrivedAtMs: r.arrivedAtMs,
-          attributes: r.attributes,
-          payload: r.payload,
-          text: () => utf8.decode(r.payload),
-        };
+      const outcome = (record) => {
         try {
           return impl.record(record);
         } catch (e) {
           return reject(`rule error: ${e && e.message ? e.message : e}`);
         }
       };
-      if (V01) return batch.map((r) => wit01(outcome(r)));
+      if (V01) {
+        return batch.map((r) => wit01(outcome({
+          id: r.id,
+          partitionKey: r.partitionKey,
+          arrivedAtMs: r.arrivedAtMs,
+          attributes: r.attributes,
+          payload: r.payload,
+          text: () => utf8.decode(r.payload),
+        })));
+      }
+      // The packed batch (wit/v0.2/rules.wit): count, then per record id, partition key, arrival time,
+      // attributes and payload. Only the payload's place is read here; the rest when the rule asks.
       // Each record's outcome is packed as soon as it is made: its rows die young instead of living to the end
       // of the batch, which keeps the garbage collector's work per record small.
+      const view = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
       const out = new Packed();
-      for (let i = 0; i < batch.length; i++) packOutcome(outcome(batch[i]), out);
-      return out.bytes.slice(0, out.len);
+      const n = view.getUint32(0, true);
+      let p = 4;
+      for (let i = 0; i < n; i++) {
+        const at = p;
+        p += 4 + view.getUint32(p, true);
+        p += 12 + view.getUint32(p, true);
+        const attributes = view.getUint32(p, true);
+        p += 4;
+        for (let a = 0; a < attributes; a++) {
+          p += 4 + view.getUint32(p, true);
+          p += 4 + view.getUint32(p, true);
+        }
+        const len = view.getUint32(p, true);
+        p += 4;
+        packOutcome(outcome(new PackedRecord(batch, view, at, p, len)), out);
+        p += len;
+      }
+      return out.bytes.subarray(0, out.len);
     },
   };
 }

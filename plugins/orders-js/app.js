@@ -8,7 +8,9 @@ function cents(s) {
   if (typeof s !== 'string') return null;
   const m = /^([0-9]{1,30})(?:\.([0-9]{1,2}))?$/.exec(s);
   if (!m) return null;
-  return BigInt(m[1]) * 100n + (m[2] ? BigInt(m[2].padEnd(2, '0')) : 0n);
+  // The integer part and two decimals as one integer of cents: one conversion.
+  const f = m[2];
+  return BigInt(m[1] + (f === undefined ? '00' : f.length === 1 ? f + '0' : f));
 }
 
 function money(c) {
@@ -23,7 +25,8 @@ function micros(m) {
   const ms = Date.UTC(+y, +mo - 1, +d, +h, +mi, +s);
   const day = new Date(ms);
   if (day.getUTCMonth() !== +mo - 1 || day.getUTCDate() !== +d || +h > 23 || +mi > 59 || +s > 60) return null;
-  let us = BigInt(ms) * 1000n + BigInt(((frac || '.').slice(1) + '000000').slice(0, 6));
+  let us = BigInt(ms) * 1000n;
+  if (frac !== undefined) us += BigInt((frac.slice(1) + '000000').slice(0, 6));
   if (zone !== 'Z' && zone !== 'z') {
     const sign = zone[0] === '-' ? -1n : 1n;
     us -= sign * BigInt(+zone.slice(1, 3) * 60 + +zone.slice(4, 6)) * 60000000n;
@@ -88,11 +91,16 @@ function order(r) {
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i] !== null && typeof lines[i] === 'object' && !Array.isArray(lines[i]) ? lines[i] : {};
     const q = line.qty;
-    if (floatQty.has(line) || !isInt(q) || BigInt(q) <= 0n || BigInt(q) > I64_MAX) return reject(`lines[${i}].qty: must be a positive integer`);
-    const qty = BigInt(q);
+    let qty;
+    if (typeof q === 'number' && (q | 0) === q && q > 0 && floatQty === NO_FLOATS) {
+      qty = q; // the common case, a small positive integer written as one: no BigInt needed for the cell
+    } else {
+      if (floatQty.has(line) || !isInt(q) || BigInt(q) <= 0n || BigInt(q) > I64_MAX) return reject(`lines[${i}].qty: must be a positive integer`);
+      qty = BigInt(q);
+    }
     const price = cents(line.unit_price);
     if (price === null) return reject(`lines[${i}].unit_price: must be a decimal string with at most 2 decimals`);
-    const amount = price * qty;
+    const amount = price * BigInt(qty);
     total += amount;
     rows.push(row('order_lines', {
       order_id: id, line_no: i + 1, sku: typeof line.sku === 'string' ? line.sku : null, qty,

@@ -305,10 +305,15 @@ impl RuleRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(incompatible)?;
-        // The stamp picks the version; an unstamped plugin is whichever its exports fit.
+        // The stamp picks the version; an unstamped plugin is whichever its exports fit. A 0.2 plugin whose
+        // `process` takes a byte buffer is the `rule-packed-batch` world (its `init` is checked when the
+        // first instance is made, below).
+        let packed_batch = takes_packed_batch(&component);
         let pre = match stamped {
             Some(Contract::V0_1) => Pre::V0_1(RulePre::new(pre).map_err(incompatible)?),
+            Some(Contract::V0_2) if packed_batch => Pre::V0_2PackedBatch(pre),
             Some(Contract::V0_2) => Pre::V0_2(v0_2::RulePre::new(pre).map_err(incompatible)?),
+            None if packed_batch => Pre::V0_2PackedBatch(pre),
             None => match v0_2::RulePre::new(pre.clone()) {
                 Ok(p) => Pre::V0_2(p),
                 Err(_) => Pre::V0_1(RulePre::new(pre).map_err(incompatible)?),
@@ -572,6 +577,19 @@ fn wit_column_type(ty: ColumnType) -> v0_2::weir::rules::types::ColumnType {
 enum Pre {
     V0_1(RulePre<HostState>),
     V0_2(v0_2::RulePre<HostState>),
+    /// 0.2's `rule-packed-batch` world: `process` takes the batch packed (`packed::encode_batch`).
+    V0_2PackedBatch(wasmtime::component::InstancePre<HostState>),
+}
+
+/// Whether the component's `process` takes one `list<u8>` (0.2's `rule-packed-batch` world).
+fn takes_packed_batch(component: &Component) -> bool {
+    use wasmtime::component::types::{ComponentItem, Type};
+    let Some((ComponentItem::ComponentFunc(f), _)) = component.get_export(None, "process") else {
+        return false;
+    };
+    let mut params = f.params();
+    params.len() == 1
+        && matches!(params.next(), Some((_, Type::List(l))) if matches!(l.ty(), Type::U8))
 }
 
 /// The `process` export of a live instance, by contract version.
@@ -579,6 +597,8 @@ enum Bound {
     V0_1(Rule),
     /// 0.2's `process`, called with the host's one source-record type (0.2's record has the same shape).
     V0_2(wasmtime::component::Func),
+    /// 0.2's `process` of the `rule-packed-batch` world.
+    V0_2PackedBatch(wasmtime::component::Func),
 }
 
 /// One live instance in its own store.
@@ -589,6 +609,18 @@ struct Instance {
 
 /// 0.2's `process` as the host calls it.
 type PackedProcess<'a> = wasmtime::component::TypedFunc<(&'a [SourceRecord],), (Vec<u8>,)>;
+
+/// 0.2's `process` of the `rule-packed-batch` world.
+type PackedBatchProcess<'a> = wasmtime::component::TypedFunc<(&'a [u8],), (Vec<u8>,)>;
+
+/// 0.2's `init`, called without the `rule` world's bindings (the `rule-packed-batch` world has the same one).
+type Init<'a> = wasmtime::component::TypedFunc<
+    (
+        &'a [v0_2::weir::rules::types::Table],
+        &'a [(String, String)],
+    ),
+    (Result<(), String>,),
+>;
 
 /// A loaded plugin. `process` is blocking: call it from a blocking thread.
 pub struct RulePlugin {
@@ -640,7 +672,7 @@ impl RulePlugin {
     pub fn contract(&self) -> Contract {
         match self.pre {
             Pre::V0_1(_) => Contract::V0_1,
-            Pre::V0_2(_) => Contract::V0_2,
+            Pre::V0_2(_) | Pre::V0_2PackedBatch(_) => Contract::V0_2,
         }
     }
 
@@ -699,6 +731,24 @@ impl RulePlugin {
                 let init = rule.call_init(&mut store, &self.tables, &self.settings);
                 (Bound::V0_2(process), init)
             }
+            Pre::V0_2PackedBatch(pre) => {
+                let instance = pre
+                    .instantiate(&mut store)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let init: Init<'_> = instance.get_typed_func(&mut store, "init").map_err(|e| {
+                    format!("the rule's `init` does not fit weir:rules@0.2.0: {e:#}")
+                })?;
+                let process = instance
+                    .get_func(&mut store, "process")
+                    .ok_or_else(|| "the rule exports no `process`".to_string())?;
+                process
+                    .typed::<(&[u8],), (Vec<u8>,)>(&store)
+                    .map_err(|e| self.describe(&mut store, e))?;
+                let init = init
+                    .call(&mut store, (&self.tables, &self.settings))
+                    .map(|(r,)| r);
+                (Bound::V0_2PackedBatch(process), init)
+            }
         };
         match init {
             Ok(Ok(())) => Ok(Instance { store, rule }),
@@ -735,6 +785,17 @@ impl RulePlugin {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(instance);
+    }
+
+    /// A 0.2 outcome buffer, checked against the declared tables; `Err` is a malformed buffer.
+    fn decode_outcomes(&self, buffer: &[u8], records: usize) -> Result<Vec<RuleOutput>, String> {
+        let declared = packed::Declared {
+            tables: &self.limits.tables,
+            max_rows: self.limits.max_rows_per_record,
+            budget_bytes: packed::DECODE_BUDGET_PER_CAP.saturating_mul(self.limits.memory_bytes),
+        };
+        packed::decode(buffer, records, declared)
+            .map(|o| o.into_iter().map(RuleOutput::Checked).collect())
     }
 
     /// A readable reason for a failed call, with what the guest printed (a Rust panic message, say).
@@ -780,16 +841,18 @@ impl RulePlugin {
                     .expect("checked when the instance was made");
                 process
                     .call(&mut instance.store, (records,))
-                    .map(|(buffer,)| {
-                        let declared = packed::Declared {
-                            tables: &self.limits.tables,
-                            max_rows: self.limits.max_rows_per_record,
-                            budget_bytes: packed::DECODE_BUDGET_PER_CAP
-                                .saturating_mul(self.limits.memory_bytes),
-                        };
-                        packed::decode(&buffer, records.len(), declared)
-                            .map(|o| o.into_iter().map(RuleOutput::Checked).collect())
-                    })
+                    .map(|(buffer,)| self.decode_outcomes(&buffer, records.len()))
+            }
+            Bound::V0_2PackedBatch(process) => {
+                let process: PackedBatchProcess<'_> = process
+                    .typed(&instance.store)
+                    .expect("checked when the instance was made");
+                match packed::encode_batch(records) {
+                    Ok(batch) => process
+                        .call(&mut instance.store, (&batch,))
+                        .map(|(buffer,)| self.decode_outcomes(&buffer, records.len())),
+                    Err(too_large) => Ok(Err(too_large)),
+                }
             }
         };
         let printed = instance.store.data().output.take();

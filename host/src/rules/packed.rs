@@ -10,6 +10,7 @@
 //!   that parses but does not fit its column rejects only its record, with the table and column named, by the
 //!   same checks as a 0.1 value ([`crate::schema::check_value_ref`]).
 
+use super::SourceRecord;
 use super::validate::{CheckedRow, RecordOutcome, RejectStage, check_keys};
 use crate::schema::{Cell, TableSpec, ValueRef, check_value_ref};
 
@@ -90,6 +91,50 @@ impl<'a> Reader<'a> {
     fn reason(&mut self) -> Result<String, String> {
         Ok(String::from_utf8_lossy(self.bytes("reason")?).into_owned())
     }
+}
+
+/// The batch as the `rule-packed-batch` world takes it (layout in `wit/v0.2/rules.wit`): one buffer, the
+/// records' fields in order, so an interpreted guest reads in place what its generated bindings would otherwise
+/// lift string by string. `Err` names a field longer than a `u32` length can say (the call then fails like a
+/// trap, and the record that causes it is isolated and dead-lettered).
+pub fn encode_batch(records: &[SourceRecord]) -> Result<Vec<u8>, String> {
+    fn len(out: &mut Vec<u8>, n: usize, what: &str) -> Result<(), String> {
+        let n = u32::try_from(n)
+            .map_err(|_| format!("record {what} of {n} bytes is too large for a rule"))?;
+        out.extend_from_slice(&n.to_le_bytes());
+        Ok(())
+    }
+    fn bytes(out: &mut Vec<u8>, b: &[u8], what: &str) -> Result<(), String> {
+        len(out, b.len(), what)?;
+        out.extend_from_slice(b);
+        Ok(())
+    }
+    let size: usize = records
+        .iter()
+        .map(|r| {
+            24 + r.id.len()
+                + r.partition_key.len()
+                + r.payload.len()
+                + r.attributes
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    let mut out = Vec::with_capacity(4 + size);
+    len(&mut out, records.len(), "count")?;
+    for r in records {
+        bytes(&mut out, r.id.as_bytes(), "id")?;
+        bytes(&mut out, r.partition_key.as_bytes(), "partition key")?;
+        out.extend_from_slice(&r.arrived_at_ms.to_le_bytes());
+        len(&mut out, r.attributes.len(), "attribute count")?;
+        for (name, value) in &r.attributes {
+            bytes(&mut out, name.as_bytes(), "attribute")?;
+            bytes(&mut out, value.as_bytes(), "attribute")?;
+        }
+        bytes(&mut out, &r.payload, "payload")?;
+    }
+    Ok(out)
 }
 
 /// Decodes a call's packed buffer into one checked outcome per record.
@@ -424,6 +469,37 @@ mod tests {
             RecordOutcome::Reject(RejectStage::Validate, r) => r,
             other => panic!("not a validation reject: {other:?}"),
         }
+    }
+
+    /// The packed batch is laid out byte for byte as `wit/v0.2/rules.wit` specifies.
+    #[test]
+    fn a_batch_packs_as_specified() {
+        let records = [
+            SourceRecord {
+                id: "a".into(),
+                partition_key: "pk".into(),
+                arrived_at_ms: -2,
+                attributes: vec![("k".into(), "v".into())],
+                payload: b"{}".to_vec(),
+            },
+            SourceRecord {
+                id: String::new(),
+                partition_key: String::new(),
+                arrived_at_ms: 1,
+                attributes: vec![],
+                payload: vec![0xff],
+            },
+        ];
+        let mut want = vec![2, 0, 0, 0];
+        want.extend([1, 0, 0, 0, b'a', 2, 0, 0, 0, b'p', b'k']);
+        want.extend((-2i64).to_le_bytes());
+        want.extend([1, 0, 0, 0, 1, 0, 0, 0, b'k', 1, 0, 0, 0, b'v']);
+        want.extend([2, 0, 0, 0, b'{', b'}']);
+        want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend(1i64.to_le_bytes());
+        want.extend([0, 0, 0, 0, 1, 0, 0, 0, 0xff]);
+        assert_eq!(encode_batch(&records).unwrap(), want);
+        assert_eq!(encode_batch(&[]).unwrap(), vec![0, 0, 0, 0]);
     }
 
     /// Every outcome kind decodes; cells are checked and normalized as 0.1 values are.
