@@ -29,15 +29,18 @@ if [ -n "$quickstart" ]; then
 fi
 echo "==> building plugins (wasm32-wasip2)"
 mkdir -p "$root/plugins/dist"
-# The Rust rules against contract 0.1 first (the SDK's contract-0-1 feature), as orders-v01 and misbehave-v01:
+# The Rust rules against contract 0.1 first (the SDK's contract-0-1 feature), as orders-v01, misbehave-v01
+# and fields-v01:
 # the host runs both versions, and the suites and benches compare them.
 (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked -p orders --features contract-0-1)
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/orders.wasm" "$root/plugins/dist/orders-v01.wasm"
-(cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked -p misbehave --features contract-0-1)
-cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/misbehave.wasm" "$root/plugins/dist/misbehave-v01.wasm"
+for name in misbehave fields; do
+  (cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked -p $name --features contract-0-1)
+  cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$name.wasm" "$root/plugins/dist/$name-v01.wasm"
+done
 (cd "$root/plugins" && cargo build --release --target wasm32-wasip2 --locked)
 (cd "$root/tests/plugins" && cargo build --release --target wasm32-wasip2 --locked)
-for name in orders misbehave hostile; do
+for name in orders misbehave hostile fields; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$name.wasm" "$root/plugins/dist/$name.wasm"
 done
 # Python: componentize-py bundles CPython and the app into a component.
@@ -142,5 +145,8 @@ build_c orders-c wit/v0.2 plugins/orders-c/orders.c
 build_c orders-c-v01 wit plugins/orders-c/orders.c
 # Version 2 of the orders rule, for the shadow-run tests (tests/reconcile.rs).
 build_c orders-c-v2 wit/v0.2 plugins/orders-c/orders.c -DORDERS_V2
+# Every record field, as the C helper reads it on each version (tests/conformance.rs).
+build_c fields-c wit/v0.2 tests/plugins/fields-c/fields.c
+build_c fields-c-v01 wit tests/plugins/fields-c/fields.c
 
 echo "==> plugins in plugins/dist: $(cd "$root/plugins/dist" && echo *.wasm)"

@@ -23,6 +23,7 @@ const SDK_LIB: &str = include_str!("../../plugins/weir-rule/src/lib.rs");
 const SDK_PACK: &str = include_str!("../../plugins/weir-rule/src/pack.rs");
 const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
 const SDK_ARENA: &str = include_str!("../../plugins/weir-rule/src/arena.rs");
+const SDK_BATCH: &str = include_str!("../../plugins/weir-rule/src/batch.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
 const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
 const JS_BUILD: &str = include_str!("../../plugins/js/build.mjs");
@@ -286,6 +287,7 @@ contract-0-1 = []
         ("sdk/weir-rule/src/pack.rs".into(), SDK_PACK.into()),
         ("sdk/weir-rule/src/row.rs".into(), SDK_ROW.into()),
         ("sdk/weir-rule/src/arena.rs".into(), SDK_ARENA.into()),
+        ("sdk/weir-rule/src/batch.rs".into(), SDK_BATCH.into()),
         ("src/lib.rs".into(), RUST_RULE.into()),
     ]);
     files.push((

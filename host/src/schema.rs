@@ -7,6 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub use compact_str::CompactString;
+
 use crate::contract::Value;
 
 /// A declared column type.
@@ -233,13 +235,13 @@ pub enum Cell {
     /// Any float type (finite).
     Float(f64),
     /// Decimal text normalized to the column's scale, e.g. `44.90` for `decimal(18,2)`.
-    Decimal(String),
+    Decimal(CompactString),
     /// Text within the column's byte length.
-    Text(String),
+    Text(CompactString),
     /// Microseconds since the Unix epoch, UTC.
     TimestampUs(i64),
     /// Valid JSON text.
-    Json(String),
+    Json(CompactString),
 }
 
 impl Cell {
@@ -250,7 +252,7 @@ impl Cell {
             Cell::Bool(b) => Some(b.to_string()),
             Cell::Int(i) => Some(i.to_string()),
             Cell::Float(x) => Some(x.to_string()),
-            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => Some(s.clone()),
+            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => Some(s.to_string()),
             Cell::TimestampUs(us) => Some(format_timestamp_us(*us)),
         }
     }
@@ -371,7 +373,7 @@ pub fn check_value_ref(ty: ColumnType, value: ValueRef<'_>) -> Result<Cell, Stri
             if s.contains('\0') {
                 return Err("text contains a NUL character".into());
             }
-            Ok(Cell::Text(s.to_string()))
+            Ok(Cell::Text(CompactString::new(s)))
         }
         (ColumnType::Timestamp | ColumnType::TimestampTz, V::TimestampUs(us)) => {
             // Years 1..=9999 are what both databases accept.
@@ -391,7 +393,7 @@ pub fn check_value_ref(ty: ColumnType, value: ValueRef<'_>) -> Result<Cell, Stri
             }
             serde_json::from_str::<serde::de::IgnoredAny>(s)
                 .map_err(|e| format!("not valid JSON: {e}"))?;
-            Ok(Cell::Json(s.to_string()))
+            Ok(Cell::Json(CompactString::new(s)))
         }
         _ => Err(format!("expected {ty}, got {}", value.kind())),
     }
@@ -411,7 +413,7 @@ pub fn value_kind(value: &Value) -> &'static str {
 }
 
 /// Checks a plain decimal string (`-12.5`) against `decimal(p,s)` and pads it to the scale (`-12.50`).
-pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<String, String> {
+pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<CompactString, String> {
     let bad = || {
         format!(
             "`{}` is not a plain decimal number",
@@ -433,16 +435,29 @@ pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<String, St
             "{s} has more than {scale} decimals for decimal({precision},{scale})"
         ));
     }
-    let int = int.trim_start_matches('0');
-    if int.len() + scale as usize > precision as usize {
+    let int_trimmed = int.trim_start_matches('0');
+    if int_trimmed.len() + scale as usize > precision as usize {
         return Err(format!("{s} does not fit decimal({precision},{scale})"));
     }
-    let mut out = String::with_capacity(int.len() + scale as usize + 2);
-    let is_zero = int.is_empty() && frac_trimmed.is_empty();
+    let is_zero = int_trimmed.is_empty() && frac_trimmed.is_empty();
+    // What rules usually send is already in the normal form (`44.90` for scale 2): then it is copied as is.
+    // The normal form drops a `+` and the sign of zero, and has one integer digit `0` or no leading zero,
+    // and exactly `scale` decimals after a point (none, and no point, for scale 0).
+    let sign_dropped = s.starts_with('+') || (neg && is_zero);
+    let int_normal = int == "0" || (!int.is_empty() && int_trimmed.len() == int.len());
+    let frac_normal = frac.len() == scale as usize && (scale > 0) == body.contains('.');
+    if !sign_dropped && int_normal && frac_normal {
+        return Ok(CompactString::new(s));
+    }
+    let mut out = CompactString::with_capacity(int_trimmed.len() + scale as usize + 2);
     if neg && !is_zero {
         out.push('-');
     }
-    out.push_str(if int.is_empty() { "0" } else { int });
+    out.push_str(if int_trimmed.is_empty() {
+        "0"
+    } else {
+        int_trimmed
+    });
     if scale > 0 {
         out.push('.');
         out.push_str(frac_trimmed);
@@ -495,6 +510,61 @@ mod tests {
         assert!(normalize_decimal("1234", 5, 2).is_err());
         assert!(normalize_decimal("1e5", 18, 2).is_err());
         assert!(normalize_decimal("", 18, 2).is_err());
+    }
+
+    /// A decimal already in the normal form is copied as is; every other spelling of the same number takes
+    /// the long way (a sign, a leading zero) and must come out the same.
+    #[test]
+    fn decimals_in_normal_form_are_kept_and_others_agree() {
+        let samples = [
+            "0",
+            "7",
+            "10",
+            "0.5",
+            "0.50",
+            "44.9",
+            "44.90",
+            "44.900",
+            "1.",
+            ".5",
+            "0.00",
+            "00.10",
+            "120.00",
+            "9999999999999999.99",
+            "5.0",
+            "0.0",
+        ];
+        // Errors quote the input, so only the values are compared.
+        let normal = |s: &str, scale: u8| normalize_decimal(s, 18, scale).ok();
+        for scale in [0u8, 1, 2, 3] {
+            for s in samples {
+                let plain = normal(s, scale);
+                assert_eq!(plain, normal(&format!("+{s}"), scale), "+{s} scale {scale}");
+                assert_eq!(plain, normal(&format!("0{s}"), scale), "0{s} scale {scale}");
+                let negative = normal(&format!("-{s}"), scale);
+                assert_eq!(
+                    negative,
+                    normal(&format!("-0{s}"), scale),
+                    "-{s} scale {scale}"
+                );
+                if let Some(n) = &plain {
+                    // The normal form is a fixed point.
+                    assert_eq!(normal(n, scale).as_ref(), Some(n), "{n} scale {scale}");
+                    let zero = n.bytes().all(|b| b == b'0' || b == b'.');
+                    let want: CompactString = if zero {
+                        n.clone()
+                    } else {
+                        format!("-{n}").into()
+                    };
+                    assert_eq!(negative, Some(want), "-{s} scale {scale}");
+                } else {
+                    assert_eq!(negative, None, "-{s} scale {scale}");
+                }
+            }
+        }
+        assert_eq!(normalize_decimal("-0.00", 18, 2).unwrap(), "0.00");
+        assert_eq!(normalize_decimal("1.", 18, 0).unwrap(), "1");
+        assert_eq!(normalize_decimal("5.0", 18, 2).unwrap(), "5.00");
     }
 
     /// Values are checked against their column type with a precise message.

@@ -27,19 +27,22 @@ component_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host
 
 # Contract 0.2 (packed rows) or 0.1, by the WIT's package version.
 version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$wit/rules.wit")
+# 0.2 builds the `rule-packed-batch` world: the batch comes in as one buffer that the helper reads in place,
+# instead of a list of records whose every string the host lowers through a call to the guest's allocator.
 case "$version" in
-  0.2.*) contract_flag=-DWEIR_CONTRACT_0_2 ;;
-  *) contract_flag= ;;
+  0.2.*) contract_flag=-DWEIR_CONTRACT_0_2 world=rule-packed-batch ;;
+  *) contract_flag= world=rule ;;
 esac
+bindings=${world//-/_}
 
 gen=$(mktemp -d)
 trap 'rm -rf "$gen"' EXIT
-"$bindgen" c "$wit" --world rule --out-dir "$gen" >/dev/null 2>&1 || "$bindgen" c "$wit" --world rule --out-dir "$gen"
+"$bindgen" c "$wit" --world "$world" --out-dir "$gen" >/dev/null 2>&1 || "$bindgen" c "$wit" --world "$world" --out-dir "$gen"
 # -O3 -flto: the rule, the helper and the bindings optimized as one program (the helper's small functions
 # inlined into the rule): 10-14 % more records/s than -O2 per file (weir's docs/PERFORMANCE.md).
 "$cc" --target=wasm32-wasi -O3 -flto -std=c11 -Wall -Wextra -Wno-unused-parameter -mexec-model=reactor $contract_flag ${CFLAGS:-} \
   -fuse-ld="$component_ld" -Wl,--wasm-ld-path="$wasm_ld" \
-  -I "$here" -I "$gen" "$@" "$here/weir_rule.c" "$here/weir_json.c" "$gen/rule.c" "$gen/rule_component_type.o" \
+  -I "$here" -I "$gen" "$@" "$here/weir_rule.c" "$here/weir_json.c" "$gen/$bindings.c" "$gen/${bindings}_component_type.o" \
   -o "$out"
 
 # The contract version as a `weir-contract` custom section (what the Rust SDK's export_rule! writes).

@@ -29,30 +29,50 @@ typedef struct chunk {
 } chunk;
 
 static chunk *arena;
+/* Parsed JSON text, apart: the parser decodes a copy of the text in place, and what it hands out is `const`,
+ * so a cell set from a parsed string can point into it instead of copying (weir__parsed_text). */
+static chunk *texts;
 
-void *weir_alloc(size_t len) {
+static void *take(chunk **list, size_t len) {
     len = (len + 15) & ~(size_t)15;
-    if (!arena || arena->cap - arena->used < len) {
+    chunk *head = *list;
+    if (!head || head->cap - head->used < len) {
         size_t cap = len > 65536 ? len : 65536;
         chunk *c = malloc(sizeof(chunk) + cap);
         if (!c) abort(); /* out of memory: the host recycles the instance */
-        c->next = arena;
+        c->next = head;
         c->used = 0;
         c->cap = cap;
-        arena = c;
+        *list = head = c;
     }
-    void *p = arena->data + arena->used;
-    arena->used += len;
+    void *p = head->data + head->used;
+    head->used += len;
     return p;
 }
 
-/* Frees everything weir_alloc handed out (end of batch). */
-void weir__arena_reset(void) {
-    while (arena) {
-        chunk *next = arena->next;
-        free(arena);
-        arena = next;
+void *weir_alloc(size_t len) { return take(&arena, len); }
+
+/* Whether `p` points into parsed JSON text, which stays as it is until the end of the batch. */
+bool weir__parsed_text(const void *p) {
+    uintptr_t at = (uintptr_t)p;
+    for (const chunk *c = texts; c; c = c->next) {
+        if (at >= (uintptr_t)c->data && at < (uintptr_t)c->data + c->used) return true;
     }
+    return false;
+}
+
+static void release_chunks(chunk **list) {
+    while (*list) {
+        chunk *next = (*list)->next;
+        free(*list);
+        *list = next;
+    }
+}
+
+/* Frees everything weir_alloc and the parser handed out (end of batch). */
+void weir__arena_reset(void) {
+    release_chunks(&arena);
+    release_chunks(&texts);
 }
 
 static char *vformat(const char *fmt, va_list ap) {
@@ -125,7 +145,8 @@ struct weir_json {
 };
 
 typedef struct {
-    const char *s;
+    char *s;          /* a copy of the text, whose strings are decoded and NUL-terminated in place */
+    const char *text; /* the text as given, for error positions */
     size_t len, pos;
     const char *error;
 } parser;
@@ -136,7 +157,7 @@ static void fail(parser *p, const char *what) {
     if (!p->error) {
         size_t line = 1, column = 1;
         for (size_t i = 0; i < p->pos && i < p->len; i++) {
-            if (p->s[i] == '\n') { line++; column = 1; } else column++;
+            if (p->text[i] == '\n') { line++; column = 1; } else column++;
         }
         p->error = weir_printf("%s at line %zu column %zu", what, line, column);
     }
@@ -205,10 +226,10 @@ static int parse_string(parser *p, weir_str *out) {
         end++;
     }
     if (end >= p->len) { p->pos = p->len; fail(p, "EOF while parsing a string"); return 0; }
-    char *o = weir_alloc(end - start + 1); /* decoding never grows the text */
+    /* Decoded in place: decoding never grows the text, and the closing quote becomes the NUL. */
+    char *o = p->s + start;
     size_t n = 0;
     if (!escapes) {
-        memcpy(o, p->s + start, end - start);
         n = end - start;
         p->pos = end + 1;
     } else {
@@ -426,7 +447,10 @@ static const weir_json *parse_value(parser *p, int depth) {
 
 /* Parses text already known to be UTF-8. */
 static const weir_json *parse_utf8(const char *text, size_t len, const char **error) {
-    parser p = {text, len, 0, NULL};
+    char *copy = take(&texts, len + 1);
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    parser p = {copy, text, len, 0, NULL};
     const weir_json *v = parse_value(&p, 0);
     if (v) {
         skip_ws(&p);

@@ -1,9 +1,10 @@
 /*
  * The glue between weir_rule.h and the bindings `wit-bindgen c` generates (rule.h), for either contract
  * version (build.sh defines WEIR_CONTRACT_0_2 when the WIT it is given is weir:rules@0.2.0):
- * - 0.2: `init` keeps the declared tables; each row holds one slot per declared column, set by name, and the
- *   batch's outcomes are written into one packed buffer (docs/CONTRACT.md), which the generated post-return
- *   code frees after the host has copied it;
+ * - 0.2: `init` keeps the declared tables; the batch comes in packed (world `rule-packed-batch`) and each
+ *   record is a view into it; each row holds one slot per declared column, set by name, and the batch's
+ *   outcomes are written into one packed buffer (docs/CONTRACT.md), which the generated post-return code frees
+ *   after the host has copied it;
  * - 0.1: outcomes are built straight into the canonical-ABI types, freed the same way.
  * Either way the exports call the rule once per record.
  */
@@ -13,9 +14,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef WEIR_CONTRACT_0_2
+/* 0.2 builds the `rule-packed-batch` world: the batch comes in as one buffer, read in place (below). Its
+ * generated names carry the world's name; the glue uses the `rule` world's. */
+#include "rule_packed_batch.h"
+typedef rule_packed_batch_string_t rule_string_t;
+typedef rule_packed_batch_list_tuple2_string_string_t rule_list_tuple2_string_string_t;
+typedef rule_packed_batch_list_table_t rule_list_table_t;
+typedef rule_packed_batch_table_t rule_table_t;
+typedef rule_packed_batch_list_u8_t rule_list_u8_t;
+#define rule_list_tuple2_string_string_free rule_packed_batch_list_tuple2_string_string_free
+#define rule_list_table_free rule_packed_batch_list_table_free
+#define rule_list_u8_free rule_packed_batch_list_u8_free
+#define exports_rule_init exports_rule_packed_batch_init
+#define exports_rule_process exports_rule_packed_batch_process
+#else
 #include "rule.h"
+#endif
 
 void weir__arena_reset(void);
+bool weir__parsed_text(const void *p);
 char *weir__vformat(const char *fmt, va_list ap);
 
 enum { DECIDED_EMIT, DECIDED_DROP, DECIDED_REJECT };
@@ -90,34 +108,6 @@ void weir_log(weir_level level, const char *fmt, ...) {
 void weir_count(const char *metric, uint64_t delta) {
     rule_string_t m = {(uint8_t *)metric, strlen(metric)};
     weir_rules_host_count(&m, delta);
-}
-
-const char *weir_attribute(const weir_record *r, const char *name) {
-    const rule_source_record_t *raw = r->raw;
-    size_t n = strlen(name);
-    for (size_t i = 0; i < raw->attributes.len; i++) {
-        const rule_tuple2_string_string_t *a = &raw->attributes.ptr[i];
-        if (a->f0.len == n && memcmp(a->f0.ptr, name, n) == 0) {
-            char *v = weir_alloc(a->f1.len + 1);
-            memcpy(v, a->f1.ptr, a->f1.len);
-            v[a->f1.len] = 0;
-            return v;
-        }
-    }
-    return NULL;
-}
-
-/* The rule's view of one source record (its bytes stay in the binding's record). */
-static weir_record record_of(const rule_source_record_t *raw) {
-    weir_record r = {
-        .id = {(const char *)raw->id.ptr, raw->id.len},
-        .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
-        .arrived_at_ms = raw->arrived_at_ms,
-        .payload = raw->payload.ptr,
-        .payload_len = raw->payload.len,
-        .raw = raw,
-    };
-    return r;
 }
 
 /* Each contract's section defines `decide`: the first drop or reject stands and discards the record's rows. */
@@ -284,10 +274,14 @@ static void string_cell(weir_row *row, const char *column, uint8_t tag, const ch
         c->tag = CELL_NULL;
         return;
     }
-    char *copy = weir_alloc(len ? len : 1);
-    memcpy(copy, s, len);
+    /* Parsed JSON text stays as it is until the end of the batch: only other text is copied. */
+    if (!weir__parsed_text(s)) {
+        char *copy = weir_alloc(len ? len : 1);
+        memcpy(copy, s, len);
+        s = copy;
+    }
     c->tag = tag;
-    c->s = copy;
+    c->s = s;
     c->len = len;
 }
 
@@ -363,23 +357,116 @@ static void finish(weir_outcome *out, packed *b) {
     }
 }
 
-void exports_rule_process(rule_list_source_record_t *batch, rule_list_u8_t *ret) {
+/* ---- the packed batch (layout in wit/v0.2/rules.wit) ---- */
+
+/* A reader over the host's buffer. The host wrote it, so a buffer that does not parse is a host defect: abort,
+ * which the host treats as a trap. */
+typedef struct reader {
+    const uint8_t *p, *end;
+} reader;
+
+static const uint8_t *take(reader *r, size_t n) {
+    if ((size_t)(r->end - r->p) < n) abort();
+    const uint8_t *at = r->p;
+    r->p += n;
+    return at;
+}
+
+static uint32_t take_u32(reader *r) {
+    uint32_t v;
+    memcpy(&v, take(r, 4), 4);
+    return v;
+}
+
+static weir_str take_str(reader *r) {
+    uint32_t n = take_u32(r);
+    weir_str s = {(const char *)take(r, n), n};
+    return s;
+}
+
+/* What `weir_record.raw` points at: the record's attributes, still packed. */
+typedef struct packed_attributes {
+    const uint8_t *at;
+    const uint8_t *end;
+    uint32_t count;
+} packed_attributes;
+
+const char *weir_attribute(const weir_record *r, const char *name) {
+    const packed_attributes *a = r->raw;
+    reader rd = {a->at, a->end};
+    size_t n = strlen(name);
+    for (uint32_t i = 0; i < a->count; i++) {
+        weir_str k = take_str(&rd), v = take_str(&rd);
+        if (k.len == n && memcmp(k.ptr, name, n) == 0) {
+            char *out = weir_alloc(v.len + 1);
+            memcpy(out, v.ptr, v.len);
+            out[v.len] = 0;
+            return out;
+        }
+    }
+    return NULL;
+}
+
+void exports_rule_process(rule_list_u8_t *batch, rule_list_u8_t *ret) {
+    reader rd = {batch->ptr, batch->ptr + batch->len};
+    uint32_t records = take_u32(&rd);
     packed b = {NULL, 0, 0};
-    room(&b, batch->len * 256);
-    for (size_t i = 0; i < batch->len; i++) {
-        weir_record r = record_of(&batch->ptr[i]);
+    room(&b, (size_t)records * 256);
+    for (uint32_t i = 0; i < records; i++) {
+        weir_record r;
+        packed_attributes attributes;
+        r.id = take_str(&rd);
+        r.partition_key = take_str(&rd);
+        memcpy(&r.arrived_at_ms, take(&rd, 8), 8);
+        attributes.count = take_u32(&rd);
+        attributes.at = rd.p;
+        for (uint32_t a = 0; a < 2 * attributes.count; a++) take_str(&rd);
+        attributes.end = rd.p;
+        r.raw = &attributes;
+        weir_str payload = take_str(&rd);
+        r.payload = (const uint8_t *)payload.ptr;
+        r.payload_len = payload.len;
         weir_outcome out;
         memset(&out, 0, sizeof out);
         weir_rule_record(&r, &out);
         finish(&out, &b);
     }
-    rule_list_source_record_free(batch);
+    if (rd.p != rd.end) abort();
+    rule_list_u8_free(batch);
     weir__arena_reset();
     ret->ptr = b.p;
     ret->len = b.len;
 }
 
 #else
+
+const char *weir_attribute(const weir_record *r, const char *name) {
+    const rule_source_record_t *raw = r->raw;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < raw->attributes.len; i++) {
+        const rule_tuple2_string_string_t *a = &raw->attributes.ptr[i];
+        if (a->f0.len == n && memcmp(a->f0.ptr, name, n) == 0) {
+            char *v = weir_alloc(a->f1.len + 1);
+            memcpy(v, a->f1.ptr, a->f1.len);
+            v[a->f1.len] = 0;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* The rule's view of one source record (its bytes stay in the binding's record). */
+static weir_record record_of(const rule_source_record_t *raw) {
+    weir_record r = {
+        .id = {(const char *)raw->id.ptr, raw->id.len},
+        .partition_key = {(const char *)raw->partition_key.ptr, raw->partition_key.len},
+        .arrived_at_ms = raw->arrived_at_ms,
+        .payload = raw->payload.ptr,
+        .payload_len = raw->payload.len,
+        .raw = raw,
+    };
+    return r;
+}
 
 bool exports_rule_init(rule_list_tuple2_string_string_t *list, rule_string_t *err) {
     return init_settings(list, err);

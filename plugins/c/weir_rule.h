@@ -55,7 +55,7 @@ typedef struct weir_record {
     int64_t arrived_at_ms;  /* source time, milliseconds since the Unix epoch */
     const uint8_t *payload; /* the payload bytes, untouched */
     size_t payload_len;
-    const void *raw;        /* the generated binding's record (for weir_attribute) */
+    const void *raw;        /* the record's attributes, as weir_attribute reads them */
 } weir_record;
 
 typedef struct weir_outcome weir_outcome;

@@ -2,9 +2,10 @@
 //!
 //! A rule is a type that implements [`Rule`]; [`export_rule!`] turns it into a WebAssembly component that
 //! implements the `weir:rules` contract (the WIT files in the repository's `wit/` folder): version 0.2 by
-//! default, whose rows cross into the host packed in one buffer per batch (`wit/v0.2/rules.wit`), or 0.1 with
-//! the `contract-0-1` feature, for hosts older than 0.2. The generated bindings and the packing stay hidden
-//! behind this crate; a rule's source is the same for both:
+//! default, whose rows cross into the host packed in one buffer per batch and whose records cross in packed
+//! the same way (world `rule-packed-batch`, `wit/v0.2/rules.wit`), or 0.1 with the `contract-0-1` feature,
+//! for hosts older than 0.2. The generated bindings and the packing stay hidden behind this crate; a rule's
+//! source is the same for both:
 //!
 //! ```
 //! use weir_rule::{Outcome, Rule, RowBuilder, Settings, SourceRecord};
@@ -36,7 +37,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/v0.2",
-        world: "rule",
+        world: "rule-packed-batch",
         pub_export_macro: true,
         export_macro_name: "__export_rule_world",
         default_bindings_module: "weir_rule::bindings",
@@ -57,6 +58,9 @@ pub mod bindings {
 
 #[cfg(not(feature = "contract-0-1"))]
 pub mod pack;
+
+#[cfg(not(feature = "contract-0-1"))]
+mod batch;
 
 pub mod arena;
 
@@ -216,10 +220,14 @@ pub mod __private {
         init::<R>(settings)
     }
 
-    /// Contract 0.2: the batch's outcomes, packed.
+    /// Contract 0.2: the batch's outcomes, packed; the batch comes packed too (world `rule-packed-batch`).
     #[cfg(not(feature = "contract-0-1"))]
-    pub fn process<R: Rule>(batch: Vec<SourceRecord>) -> Vec<u8> {
-        let outcomes = outcomes::<R>(&batch);
+    pub fn process<R: Rule>(batch: Vec<u8>) -> Vec<u8> {
+        let records = crate::batch::records(&batch);
+        // The packed batch is not needed past here: handing its memory back early lets the arena start over
+        // sooner.
+        drop(batch);
+        let outcomes = outcomes::<R>(&records);
         crate::pack::pack(&outcomes)
     }
 
@@ -267,7 +275,7 @@ macro_rules! __export_guest {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init_tables::<$rule>(tables, settings)
                 }
-                fn process(batch: ::std::vec::Vec<$crate::SourceRecord>) -> ::std::vec::Vec<u8> {
+                fn process(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
                     $crate::__private::process::<$rule>(batch)
                 }
             }
