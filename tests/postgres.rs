@@ -179,10 +179,10 @@ fn batch(
             RecordOutcome::Emit(vec![CheckedRow {
                 table: 0,
                 cells: vec![
-                    Cell::Text((*id).into()),
+                    Cell::Text(id.to_string()),
                     Cell::Int(*n),
-                    Cell::Decimal(format!("{n}.50").into()),
-                    Cell::Json(format!(r#"{{"n":{n}}}"#).into()),
+                    Cell::Decimal(format!("{n}.50")),
+                    Cell::Json(format!(r#"{{"n":{n}}}"#)),
                     Cell::TimestampUs(1_795_256_970_000_000 + n),
                 ],
             }])

@@ -42,7 +42,7 @@ fn fixture(prev: &str, first: usize, rows: &[(&str, i64)]) -> Fixture {
             } else {
                 RecordOutcome::Emit(vec![CheckedRow {
                     table: 0,
-                    cells: vec![Cell::Text((*id).into()), Cell::Int(*n)],
+                    cells: vec![Cell::Text(id.to_string()), Cell::Int(*n)],
                 }])
             }
         })
@@ -237,7 +237,7 @@ async fn redrive(sink: &dyn Sink, reader: &dyn SinkReader, tables: &[TableSpec],
         batch.ordered = false;
         let row = |(id, n): &(&str, i64)| CheckedRow {
             table: 0,
-            cells: vec![Cell::Text((*id).into()), Cell::Int(*n)],
+            cells: vec![Cell::Text(id.to_string()), Cell::Int(*n)],
         };
         Fixture {
             batch,

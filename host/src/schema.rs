@@ -7,8 +7,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-pub use compact_str::CompactString;
-
 use crate::contract::Value;
 
 /// A declared column type.
@@ -235,13 +233,13 @@ pub enum Cell {
     /// Any float type (finite).
     Float(f64),
     /// Decimal text normalized to the column's scale, e.g. `44.90` for `decimal(18,2)`.
-    Decimal(CompactString),
+    Decimal(String),
     /// Text within the column's byte length.
-    Text(CompactString),
+    Text(String),
     /// Microseconds since the Unix epoch, UTC.
     TimestampUs(i64),
     /// Valid JSON text.
-    Json(CompactString),
+    Json(String),
 }
 
 impl Cell {
@@ -252,7 +250,7 @@ impl Cell {
             Cell::Bool(b) => Some(b.to_string()),
             Cell::Int(i) => Some(i.to_string()),
             Cell::Float(x) => Some(x.to_string()),
-            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => Some(s.to_string()),
+            Cell::Decimal(s) | Cell::Text(s) | Cell::Json(s) => Some(s.clone()),
             Cell::TimestampUs(us) => Some(format_timestamp_us(*us)),
         }
     }
@@ -373,7 +371,7 @@ pub fn check_value_ref(ty: ColumnType, value: ValueRef<'_>) -> Result<Cell, Stri
             if s.contains('\0') {
                 return Err("text contains a NUL character".into());
             }
-            Ok(Cell::Text(CompactString::new(s)))
+            Ok(Cell::Text(s.to_string()))
         }
         (ColumnType::Timestamp | ColumnType::TimestampTz, V::TimestampUs(us)) => {
             // Years 1..=9999 are what both databases accept.
@@ -393,7 +391,7 @@ pub fn check_value_ref(ty: ColumnType, value: ValueRef<'_>) -> Result<Cell, Stri
             }
             serde_json::from_str::<serde::de::IgnoredAny>(s)
                 .map_err(|e| format!("not valid JSON: {e}"))?;
-            Ok(Cell::Json(CompactString::new(s)))
+            Ok(Cell::Json(s.to_string()))
         }
         _ => Err(format!("expected {ty}, got {}", value.kind())),
     }
@@ -413,7 +411,7 @@ pub fn value_kind(value: &Value) -> &'static str {
 }
 
 /// Checks a plain decimal string (`-12.5`) against `decimal(p,s)` and pads it to the scale (`-12.50`).
-pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<CompactString, String> {
+pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<String, String> {
     let bad = || {
         format!(
             "`{}` is not a plain decimal number",
@@ -447,9 +445,9 @@ pub fn normalize_decimal(s: &str, precision: u8, scale: u8) -> Result<CompactStr
     let int_normal = int == "0" || (!int.is_empty() && int_trimmed.len() == int.len());
     let frac_normal = frac.len() == scale as usize && (scale > 0) == body.contains('.');
     if !sign_dropped && int_normal && frac_normal {
-        return Ok(CompactString::new(s));
+        return Ok(s.to_owned());
     }
-    let mut out = CompactString::with_capacity(int_trimmed.len() + scale as usize + 2);
+    let mut out = String::with_capacity(int_trimmed.len() + scale as usize + 2);
     if neg && !is_zero {
         out.push('-');
     }
@@ -551,11 +549,7 @@ mod tests {
                     // The normal form is a fixed point.
                     assert_eq!(normal(n, scale).as_ref(), Some(n), "{n} scale {scale}");
                     let zero = n.bytes().all(|b| b == b'0' || b == b'.');
-                    let want: CompactString = if zero {
-                        n.clone()
-                    } else {
-                        format!("-{n}").into()
-                    };
+                    let want = if zero { n.clone() } else { format!("-{n}") };
                     assert_eq!(negative, Some(want), "-{s} scale {scale}");
                 } else {
                     assert_eq!(negative, None, "-{s} scale {scale}");

@@ -250,9 +250,9 @@ fn cell_json(c: &weir::schema::Cell) -> serde_json::Value {
         Cell::Bool(b) => (*b).into(),
         Cell::Int(i) => (*i).into(),
         Cell::Float(x) => (*x).into(),
-        Cell::Decimal(s) | Cell::Text(s) => s.as_str().into(),
+        Cell::Decimal(s) | Cell::Text(s) => s.clone().into(),
         Cell::TimestampUs(us) => weir::schema::format_timestamp_us(*us).into(),
-        Cell::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.as_str().into()),
+        Cell::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
     }
 }
 

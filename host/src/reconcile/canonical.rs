@@ -25,7 +25,7 @@ pub fn canonical_stored(ty: ColumnType, text: Option<&str>) -> Option<String> {
             .unwrap_or_else(|_| t.to_string()),
         ColumnType::Decimal { precision, scale } => {
             crate::schema::normalize_decimal(t.trim(), precision, scale)
-                .map_or_else(|_| t.to_string(), String::from)
+                .unwrap_or_else(|_| t.to_string())
         }
         ColumnType::Boolean => match t.trim() {
             "t" | "true" | "TRUE" | "1" => "true".into(),
@@ -46,7 +46,7 @@ pub fn canonical_cell(ty: ColumnType, cell: &Cell) -> Option<String> {
         Cell::Null => None,
         Cell::Float(x) if ty == ColumnType::Real => Some(format!("{:?}", *x as f32)),
         Cell::Float(x) => Some(format!("{x:?}")),
-        Cell::Json(s) => Some(canonical_json(s).unwrap_or_else(|| s.to_string())),
+        Cell::Json(s) => Some(canonical_json(s).unwrap_or_else(|| s.clone())),
         other => other.to_text(),
     }
 }

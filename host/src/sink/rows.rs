@@ -168,10 +168,10 @@ impl KeyEquality {
             Cell::Decimal(d)
                 if d.starts_with('-') && d[1..].bytes().all(|b| b == b'0' || b == b'.') =>
             {
-                Cell::Decimal(d[1..].into())
+                Cell::Decimal(d[1..].to_string())
             }
             Cell::Text(t) if self == KeyEquality::Redshift => {
-                Cell::Text(t.trim_end_matches(' ').into())
+                Cell::Text(t.trim_end_matches(' ').to_string())
             }
             other => other.clone(),
         }
