@@ -3,7 +3,7 @@
 #   scripts/test.sh
 # Installs and starts what is missing (the wasm32-wasip2 target, PostgreSQL, moto, kinesalite, mongoeco, the
 # plugin toolchains, Chromium), builds the plugins once, then runs every test:
-# the guest SDK and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
+# the guest SDKs and example rules natively, and the host's unit, black-box and smoke-benchmark tests.
 #   scripts/test.sh --long   the same with the long reliability variants: 100 random kills per source kind
 #                            (WEIR_CRASH_ITERATIONS) and 20,000 cases per property test (PROPTEST_CASES),
 #                            and the JavaScript rule also built ahead of time (WEIR_JS_AOT: weval, in the
@@ -68,6 +68,9 @@ echo "==> guest SDK and example rules (native unit tests)"
 # (a target dir of its own: the same crates built by two workspaces must not overwrite each other)
 (cd plugins && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/plugins-native" cargo test --locked --no-fail-fast) \
   || failed+=("guest SDK and example rules")
+
+echo "==> Python helper: row()'s fast path against its general path (native CPython)"
+python3 plugins/python/tests/test_rows.py || failed+=("Python helper rows")
 
 echo "==> grouped-commit protocol model (spin, exhaustive for small sizes)"
 scripts/model-check.sh ${long:+--long} || failed+=("model check")

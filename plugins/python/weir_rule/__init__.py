@@ -166,6 +166,12 @@ def row(table, **cells):
             return b"".join(parts)
         except Exception:
             pass  # the general path below raises the same error, for the first bad cell in the caller's order
+    return _general_row(table, cells)
+
+
+def _general_row(table, cells):
+    """A row as (table, {column: encoded cell}), checked against the declared tables only when packed: what
+    ``row`` falls back to, and what its fast path must match byte for byte (plugins/python/tests)."""
     return (table, {name: _cell(v) for name, v in cells.items()})
 
 
