@@ -57,7 +57,8 @@ build_py() { # name source-folder wit-folder
   local out="$root/plugins/dist/$1.wasm"
   local src version
   version=$(sed -n 's/^package weir:rules@\(.*\);$/\1/p' "$root/$3/rules.wit")
-  src=$(cat "$root"/plugins/python/weir_rule/*.py "$root/$2"/*.py "$root/$3/rules.wit" | sha256sum | cut -c1-16)
+  src=$(cat "$root"/plugins/python/weir_rule/*.py "$root"/plugins/python/weir_rule/*.so "$root/$2"/*.py \
+    "$root/$3/rules.wit" | sha256sum | cut -c1-16)
   if [ ! -f "$out" ] || [ "$(cat "$out.src" 2>/dev/null)" != "$src" ]; then
     echo "==> building $2 against weir:rules@$version (componentize-py)"
     (cd "$root" && "$py_venv/bin/componentize-py" -d "$3" -w rule componentize app \
@@ -129,6 +130,14 @@ fi
 if [ ! -x "$c_tools/bin/wit-bindgen" ]; then
   echo "==> installing wit-bindgen-cli 0.61.1 (crates.io) into $c_tools"
   cargo install -q --locked wit-bindgen-cli --version 0.61.1 --root "$c_tools"
+fi
+# The Python helper's allocator module is checked in (`weir plugin new` writes it into new projects): it must
+# be what its source builds to.
+alloc_so=plugins/python/weir_rule/_alloc.cpython-314-wasm32-wasi.so
+"$root/plugins/python/build-alloc.sh" "$root/plugins/dist/_alloc.so"
+if ! cmp -s "$root/plugins/dist/_alloc.so" "$root/$alloc_so"; then
+  echo "$alloc_so is not what plugins/python/weir_rule/_alloc.c builds to: run plugins/python/build-alloc.sh and commit it" >&2
+  exit 1
 fi
 # The one helper builds either contract version, by the wit folder it is given (plugins/c/build.sh).
 build_c() { # name wit-folder source.c [CFLAGS]

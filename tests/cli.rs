@@ -296,6 +296,16 @@ fn plugin_new_builds_and_passes_plugin_test() {
         } else {
             project.join(&wasm)
         };
+        if lang == "python" {
+            // The helper's allocator module is written into the project and linked into the component
+            // (componentize-py names each library it links by its path).
+            let bytes = std::fs::read(&wasm).unwrap();
+            let name = b"weir_rule/_alloc.cpython-314-wasm32-wasi.so";
+            assert!(
+                bytes.windows(name.len()).any(|w| w == name),
+                "the Python project's component does not link weir_rule/_alloc"
+            );
+        }
         let (input, config) = (project.join("sample.jsonl"), project.join("weir.toml"));
         let out = weir(
             &[

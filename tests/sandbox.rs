@@ -71,6 +71,45 @@ async fn guilty_records_only_in_python_on_contract_0_1() {
     guilty_records_only_with("misbehave-py-v01", 128).await;
 }
 
+/// The Python helper's allocator (weir_rule/_alloc.c, pymalloc for the CPython in the component) keeps every
+/// object intact: each record makes, grows, shrinks and frees objects of every small size in 30,000 random steps
+/// and checks their contents (misbehave-py's `churn`), in instances reused across batches, so later records run on
+/// pools the earlier ones emptied and handed back. The rule also rejects if the module did not load.
+#[tokio::test]
+async fn python_allocator_keeps_objects_intact() {
+    needs!("python_allocator_keeps_objects_intact": Plugins);
+    let dir = tempfile::tempdir().unwrap();
+    let input: String = (1..=6).map(|seed| format!("churn:{seed}\n")).collect();
+    std::fs::write(dir.path().join("input.txt"), input).unwrap();
+    let cfg = config(dir.path(), "misbehave-py", 128, 2);
+    // A deadline for the work, not for a runaway rule: each record takes about a second in the sandbox.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("batch_deadline_ms = 300"), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace("batch_deadline_ms = 300", "batch_deadline_ms = 120000"),
+    )
+    .unwrap();
+    let out = weir(&["run", "-c", cfg.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let db = dir.path().join("weir.db");
+    let dl = query(&db, "SELECT record_id, reason FROM weir_dead_letters").await;
+    assert!(dl.is_empty(), "{dl:?}");
+    assert_eq!(
+        loaded_ids(&db).await,
+        (1..=6).map(|s| format!("churn:{s}")).collect::<Vec<_>>()
+    );
+}
+
+/// The ids loaded into table `t`, in order.
+async fn loaded_ids(db: &std::path::Path) -> Vec<String> {
+    query(db, "SELECT id FROM t ORDER BY id")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect()
+}
+
 async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
     for max_records in [100, 3] {
         let dir = tempfile::tempdir().unwrap();
@@ -80,13 +119,8 @@ async fn guilty_records_only_with(plugin_name: &str, memory_mib: u32) {
         assert!(out.status.success(), "{}", show(&out));
         let db = dir.path().join("weir.db");
 
-        let ids: Vec<String> = query(&db, "SELECT id FROM t ORDER BY id")
-            .await
-            .into_iter()
-            .map(|r| r[0].clone())
-            .collect();
         assert_eq!(
-            ids,
+            loaded_ids(&db).await,
             ["1", "2", "3", "4", "5", "6", "7"],
             "{plugin_name}, batch size {max_records}"
         );

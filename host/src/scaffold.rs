@@ -25,6 +25,10 @@ const SDK_ROW: &str = include_str!("../../plugins/weir-rule/src/row.rs");
 const SDK_ARENA: &str = include_str!("../../plugins/weir-rule/src/arena.rs");
 const SDK_BATCH: &str = include_str!("../../plugins/weir-rule/src/batch.rs");
 const PY_HELPER: &str = include_str!("../../plugins/python/weir_rule/__init__.py");
+/// The Python helper's allocator module (pymalloc for the CPython in the component; plugins/python/weir_rule/_alloc.c,
+/// checked in as built, and checked against its source by scripts/build-plugins.sh).
+const PY_ALLOC: &[u8] =
+    include_bytes!("../../plugins/python/weir_rule/_alloc.cpython-314-wasm32-wasi.so");
 const JS_HELPER: &str = include_str!("../../plugins/js/weir_rule.js");
 const JS_BUILD: &str = include_str!("../../plugins/js/build.mjs");
 const C_HEADER: &str = include_str!("../../plugins/c/weir_rule.h");
@@ -209,10 +213,17 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang) -> Result<(PathBuf, Vec<S
             commands.join("\n"),
         ),
     ));
-    for (path, text) in files {
-        let p = root.join(&path);
+    let binaries: &[(&str, &[u8])] = match lang {
+        Lang::Python => &[("weir_rule/_alloc.cpython-314-wasm32-wasi.so", PY_ALLOC)],
+        Lang::Rust | Lang::Js | Lang::C => &[],
+    };
+    let files = files
+        .iter()
+        .map(|(path, text)| (path.as_str(), text.as_bytes()));
+    for (path, bytes) in files.chain(binaries.iter().copied()) {
+        let p = root.join(path);
         std::fs::create_dir_all(p.parent().expect("files are in the project"))
-            .and_then(|_| std::fs::write(&p, text))
+            .and_then(|_| std::fs::write(&p, bytes))
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
     #[cfg(unix)]

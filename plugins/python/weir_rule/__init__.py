@@ -27,6 +27,12 @@ Cells are plain Python values: ``str`` → text, ``int`` → integer, ``float`` 
 Reject bad data with a reason that names the field (``reject("placed_at: not an RFC 3339 timestamp")``). An
 exception escaping ``process_record`` rejects that record with the exception as its reason.
 """
+# First, before the imports below make objects: pymalloc for the CPython inside the component, which is built
+# without it (weir_rule/_alloc.c). Native CPython has its own and no such module.
+try:
+    from . import _alloc  # noqa: F401
+except ImportError:
+    pass
 import datetime as _dt
 import decimal as _decimal
 import json as _json
