@@ -101,6 +101,47 @@ async fn python_allocator_keeps_objects_intact() {
     );
 }
 
+/// Components are compiled with their constant globals folded (`rules::fold`): componentize-py's libpython
+/// reads its data through hundreds of imported GOT globals that its linker fixed, and the Python orders rule
+/// gives the same outcome for every quickstart line, rejects and their reasons included, as when the
+/// component is compiled as it is (`WEIR_WASM_FOLD_GLOBALS=0`).
+#[test]
+fn python_rule_is_the_same_with_its_globals_folded() {
+    needs!("python_rule_is_the_same_with_its_globals_folded": Plugins);
+    let wasm = plugin("orders-py");
+    let (_, folded) = weir::rules::fold::constant_globals(&std::fs::read(&wasm).unwrap())
+        .unwrap()
+        .expect("a componentize-py component has globals to fold");
+    assert!(folded.globals >= 300, "{folded:?}");
+    let input = root().join("examples/quickstart/orders.jsonl");
+    let config = root().join("examples/quickstart/weir.toml");
+    let outcomes = |fold: &str| {
+        let cache = tempfile::tempdir().unwrap();
+        let out = weir(
+            &[
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "-c",
+                config.to_str().unwrap(),
+            ],
+            &[
+                ("WEIR_WASM_FOLD_GLOBALS", fold),
+                ("WEIR_CACHE_DIR", cache.path().to_str().unwrap()),
+            ],
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (folded, as_built) = (outcomes("1"), outcomes("0"));
+    assert!(
+        folded.contains("emit") && folded.contains("reject"),
+        "{folded}"
+    );
+    assert_eq!(folded, as_built);
+}
+
 /// The ids loaded into table `t`, in order.
 async fn loaded_ids(db: &std::path::Path) -> Vec<String> {
     query(db, "SELECT id FROM t ORDER BY id")

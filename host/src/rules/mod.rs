@@ -5,7 +5,8 @@
 //!   environment or network) whose clocks and random are deterministic per call (see [`world`]).
 //! - [`RuleRuntime::load`] compiles a plugin once — or loads it from the on-disk cache of precompiled
 //!   components, keyed by the wasm digest and the engine's settings — into a [`RulePlugin`] holding an
-//!   `InstancePre`.
+//!   `InstancePre`. Before compiling, [`fold`] turns the imported globals a dynamically linked component's
+//!   linker fixed (componentize-py's `GOT.mem.*`) into constants the compiler can fold.
 //! - Each instance lives in its own `Store` with a linear-memory cap; each call gets a deadline. Healthy
 //!   instances are reused across batches; an instance that trapped is thrown away.
 //! - Two contract versions load side by side, picked by the plugin's stamp (or, unstamped, by its exports):
@@ -18,6 +19,7 @@
 //!   the others get their normal outcome.
 
 use crate::contract as bindings;
+pub mod fold;
 pub mod packed;
 mod stderr;
 pub mod validate;
@@ -368,11 +370,13 @@ impl RuleRuntime {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
+        let fold = fold_globals_enabled();
         let Some(dir) = self.cache_dir.as_deref().filter(|d| private_dir(d)) else {
-            return Component::new(&self.engine, wasm).map_err(compile_err);
+            return Component::new(&self.engine, &*prepared(path, wasm, fold)).map_err(compile_err);
         };
         let mut h = std::hash::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
+        fold.then_some(fold::VERSION).hash(&mut h);
         let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
         // Each compiled entry has its SHA-256 beside it, checked before `deserialize`: a truncated or
         // altered entry is compiled again instead of being run as machine code.
@@ -395,7 +399,7 @@ impl RuleRuntime {
         let started = Instant::now();
         let bytes = self
             .engine
-            .precompile_component(wasm)
+            .precompile_component(&prepared(path, wasm, fold))
             .map_err(compile_err)?;
         tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled plugin");
         let stored = write_atomically(&file, &bytes)
@@ -410,6 +414,38 @@ impl RuleRuntime {
     /// The cache directory, when it is usable (see [`private_dir`]).
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache_dir.as_deref().filter(|d| private_dir(d))
+    }
+}
+
+/// Whether components are compiled with their constant globals folded ([`fold`]): yes, unless
+/// `WEIR_WASM_FOLD_GLOBALS=0` (a diagnostic switch, to measure or rule out the pass).
+fn fold_globals_enabled() -> bool {
+    std::env::var_os("WEIR_WASM_FOLD_GLOBALS").is_none_or(|v| v != "0")
+}
+
+/// The bytes to compile for `wasm`: with its constant globals folded when `fold` is on and the pass
+/// applies, else `wasm` itself (a pass that fails is logged, never fatal: the component then runs as built).
+fn prepared<'a>(path: &Path, wasm: &'a [u8], fold: bool) -> std::borrow::Cow<'a, [u8]> {
+    if !fold {
+        return wasm.into();
+    }
+    let started = Instant::now();
+    match fold::constant_globals(wasm) {
+        Ok(Some((bytes, folded))) => {
+            tracing::debug!(
+                plugin = %path.display(),
+                modules = folded.modules,
+                globals = folded.globals,
+                ms = started.elapsed().as_millis() as u64,
+                "folded the component's constant globals"
+            );
+            bytes.into()
+        }
+        Ok(None) => wasm.into(),
+        Err(e) => {
+            tracing::warn!(plugin = %path.display(), error = ?e, "compiling the component without folding its constant globals");
+            wasm.into()
+        }
     }
 }
 
