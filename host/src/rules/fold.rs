@@ -71,7 +71,21 @@ enum Const {
 enum Expr {
     Const(Const),
     Global(u32),
-    Add(Box<Expr>, Box<Expr>),
+    /// The sum, and how deeply it nests.
+    Add(Box<Expr>, Box<Expr>, usize),
+}
+
+/// How deeply a computed value may nest (a relocation is one sum): the walk over it recurses, and a
+/// component's code is not to choose how deep.
+const MAX_EXPR_DEPTH: usize = 8;
+
+impl Expr {
+    fn depth(&self) -> usize {
+        match self {
+            Expr::Add(_, _, d) => *d,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -170,10 +184,16 @@ fn parse_module(bytes: &[u8], range: Range<usize>) -> Result<Module, FoldError> 
                             Operator::GlobalGet { global_index } => {
                                 stack.push(Expr::Global(global_index))
                             }
-                            Operator::I32Add | Operator::I64Add if stack.len() >= 2 => {
+                            Operator::I32Add | Operator::I64Add
+                                if stack.len() >= 2
+                                    && stack[stack.len() - 2..]
+                                        .iter()
+                                        .all(|e| e.depth() < MAX_EXPR_DEPTH) =>
+                            {
                                 let b = stack.pop().expect("two operands");
                                 let a = stack.pop().expect("two operands");
-                                stack.push(Expr::Add(Box::new(a), Box::new(b)));
+                                let depth = 1 + a.depth().max(b.depth());
+                                stack.push(Expr::Add(Box::new(a), Box::new(b), depth));
                             }
                             Operator::GlobalSet { global_index } if !stack.is_empty() => {
                                 m.computed
@@ -382,7 +402,7 @@ impl Component {
                     (true, _) => None,
                 }
             }
-            Expr::Add(a, b) => match (
+            Expr::Add(a, b, _) => match (
                 self.eval(instance, module, args, a)?,
                 self.eval(instance, module, args, b)?,
             ) {
